@@ -1,0 +1,168 @@
+"""Activation quantization (level k, upper bound B) and ternary weights.
+
+Median quantization, ALGORITHMS.md §1::
+
+    n = min(floor(relu(y) * 2^k + 1/2), 2^k * B)      an integer count
+    a = n / 2^k
+
+Rounding is half-up (``floor(v + 1/2)``), which is what a threshold neuron computes;
+``torch.round`` (half-to-even) would not be. Training uses the straight-through
+estimator: the gradient of the quantizer is 1 where 0 < y < B (y > 0 when B is none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qsnn.errors import QsnnError
+
+MAX_K = 4
+TERNARY_DELTA = 0.7
+
+
+def check_level(k: int, what: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_K:
+        raise QsnnError(f"{what} must be an integer from 0 to {MAX_K}, got {k!r}")
+    return k
+
+
+def check_bound(bound: int | None, what: str = "B") -> int | None:
+    """B is a positive integer, or None for no upper bound."""
+    if bound is None:
+        return None
+    if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+        raise QsnnError(f"{what} must be a positive integer or 'none', got {bound!r}")
+    return bound
+
+
+def parse_bound(text: str | int | None) -> int | None:
+    """Command-line form of B: an integer, or 'none'."""
+    if text is None or isinstance(text, int):
+        return check_bound(text)
+    if text.strip().lower() in ("none", "inf", "no"):
+        return None
+    try:
+        return check_bound(int(text))
+    except ValueError:
+        raise QsnnError(f"B must be a positive integer or 'none', got {text!r}") from None
+
+
+def max_count(k: int, bound: int | None) -> int | None:
+    """The largest count n, 2^k * B, or None when unbounded."""
+    return None if bound is None else (1 << k) * bound
+
+
+def quantize_counts(y: torch.Tensor, k: int, bound: int | None) -> torch.Tensor:
+    """Integer counts n (as y's dtype) of the quantized ReLU; no gradient."""
+    counts = torch.floor(torch.relu(y) * float(1 << k) + 0.5)
+    if bound is not None:
+        counts = counts.clamp_(max=float((1 << k) * bound))
+    return counts
+
+
+class _QuantizeSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, k: int, bound: int | None) -> torch.Tensor:
+        passes = y > 0
+        if bound is not None:
+            passes &= y < bound
+        ctx.save_for_backward(passes)
+        return quantize_counts(y, k, bound).mul_(1.0 / (1 << k))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (passes,) = ctx.saved_tensors
+        return grad * passes, None, None
+
+
+def quantize(y: torch.Tensor, k: int, bound: int | None) -> torch.Tensor:
+    """a = n / 2^k with the straight-through gradient of ALGORITHMS.md §1."""
+    return _QuantizeSTE.apply(y, k, bound)
+
+
+class _TernarizeSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor) -> torch.Tensor:
+        return ternary_values(weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad
+
+
+def ternary_values(weight: torch.Tensor) -> torch.Tensor:
+    """+1 where w > delta, -1 where w < -delta, else 0; delta = 0.7 * mean|w| (per layer)."""
+    delta = TERNARY_DELTA * weight.detach().abs().mean()
+    return (weight > delta).to(weight.dtype) - (weight < -delta).to(weight.dtype)
+
+
+def ternarize(weight: torch.Tensor) -> torch.Tensor:
+    """Ternary weights with a straight-through gradient to the latent float weights."""
+    return _TernarizeSTE.apply(weight)
+
+
+SAME = "same"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a network is quantized.
+
+    ``k`` and ``B``: level and upper bound of the hidden blocks (B None = no bound).
+    ``encoding_k`` and ``encoding_B``: the first block's own values (the INT nets use
+    k=0, B=4 there); "same" (the default) means as the hidden blocks.
+    ``ternary``: ternary weights in the hidden blocks after the first.
+    ``full_precision``: plain ReLU everywhere, no quantizer (the papers' baselines).
+    """
+
+    k: int = 1
+    B: int | None = None
+    ternary: bool = False
+    full_precision: bool = False
+    encoding_k: int | str = SAME
+    encoding_B: int | None | str = SAME
+
+    def __post_init__(self) -> None:
+        check_level(self.k)
+        check_bound(self.B)
+        if self.encoding_k != SAME:
+            check_level(self.encoding_k, "encoding k")
+        if self.encoding_B != SAME:
+            check_bound(self.encoding_B, "encoding B")
+
+    def block(self, index: int) -> tuple[int, int | None]:
+        """(k, B) of hidden block ``index`` (0 = the encoding block)."""
+        if index == 0:
+            k = self.k if self.encoding_k == SAME else self.encoding_k
+            bound = self.B if self.encoding_B == SAME else self.encoding_B
+            return k, bound
+        return self.k, self.B
+
+    def describe(self) -> str:
+        if self.full_precision:
+            return "full precision"
+        text = f"k={self.k} B={bound_text(self.B)}"
+        if self.block(0) != (self.k, self.B):
+            encoding_k, encoding_b = self.block(0)
+            text += f" (encoding k={encoding_k} B={bound_text(encoding_b)})"
+        return text + (" ternary" if self.ternary else "")
+
+    def to_dict(self) -> dict:
+        return {
+            "k": self.k,
+            "B": self.B,
+            "ternary": self.ternary,
+            "full_precision": self.full_precision,
+            "encoding_k": self.encoding_k,
+            "encoding_B": self.encoding_B,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Precision:
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+
+def bound_text(bound: int | None) -> str:
+    return "none" if bound is None else str(bound)
