@@ -122,7 +122,7 @@ class Precision:
     ternary: bool = False
     full_precision: bool = False
     encoding_k: int | str = SAME
-    encoding_B: int | None | str = SAME
+    encoding_B: int | str | None = SAME
 
     def __post_init__(self) -> None:
         check_level(self.k)

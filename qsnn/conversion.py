@@ -1,0 +1,475 @@
+"""From a trained quantized network to a spiking network, exactly (ALGORITHMS.md §2).
+
+Every hidden block's batch norm and quantizer fold into a per-channel threshold table:
+count level i (i = 0, 1, ...) is reached when the pre-activation z (the block's
+convolution output) satisfies, for gamma > 0,
+
+    z >= zeta_i = ((i + 1/2) / 2^k - beta) * sigma / gamma + mu,    sigma = sqrt(var + eps)
+
+i.e. zeta_i = zeta_0 + i * delta with delta = sigma / (gamma 2^k). A channel with gamma < 0
+has its incoming weights and mu negated (z' = -z) and uses |gamma|; a channel with
+gamma == 0 has a constant count (its input is ignored and its weights are zeroed).
+
+Exactness. Each layer's weights are put on an integer grid, W = W_int * 2^-s, with s as
+large as the layer allows while every membrane sum stays below 2^53 (float64 integers are
+exact there). For float32 weights that grid almost always holds them exactly; otherwise
+only bits below 2^-s are dropped (recorded as ``snapped``). A hidden block's membrane
+is then the exact integer V = W_int * n (n: the previous block's integer counts), the
+encoding block's is V = W_int * p with p the raw 0..255 pixels (x = p / 255), and the
+thresholds are integers: V >= zeta_i / unit  <=>  V >= ceil(zeta_i / unit). The spiking
+network and the reference quantized ANN (:func:`reference_counts`) both compare exact
+integers with this one table, which is what makes "lossless" a theorem, not a statistic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qsnn.errors import QsnnError
+from qsnn.io import write_bytes
+from qsnn.models import NetSpec, QuantizedNet
+from qsnn.neurons import Thresholds, target_count
+from qsnn.quantization import max_count
+
+SCHEMES = ("nsd", "sg", "int")
+FORMAT = "qsnn-snn"
+FORMAT_VERSION = 1
+EXACT_LIMIT = 2.0**53  # float64 holds every integer below this exactly
+PIXEL_LEVELS = 255  # x = p / 255 for 8-bit images
+PIXEL_HEADROOM = 2.0  # pixels may reach 2x their range under multiplicative noise
+
+
+@dataclass
+class SpikingLayer:
+    """One spiking layer: integer weights, geometry, and its threshold table."""
+
+    kind: str  # "conv" or "dense"
+    role: str  # "encoding" or "hidden"
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    kernel: int
+    stride: int
+    padding: int
+    k: int
+    bound: int | None
+    weight: np.ndarray  # int64 W_int; the real weights are W_int * 2^-exponent
+    exponent: int  # s
+    theta0: np.ndarray  # float64 [C], integer membrane units
+    step: np.ndarray  # float64 [C]
+    constant: np.ndarray  # int64 [C], -1 = input-driven
+    input_limit: float  # largest input (count or pixel) for which the membrane is exact
+    count_bound: float  # largest count this layer can reach (inf if unknown)
+    snapped: bool = False  # True if some weight bits below 2^-s were dropped
+
+    @property
+    def levels(self) -> int | None:
+        return max_count(self.k, self.bound)
+
+    @property
+    def neurons(self) -> int:
+        return math.prod(self.out_shape)
+
+    @property
+    def channels(self) -> int:
+        return self.out_shape[0]
+
+    def thresholds(self, scale: int | None = None) -> Thresholds:
+        return Thresholds(
+            torch.from_numpy(self.theta0),
+            torch.from_numpy(self.step),
+            torch.from_numpy(self.constant),
+            self.levels,
+            scale if self.role == "hidden" else None,
+        )
+
+
+@dataclass
+class OutputLayer:
+    """The non-spiking accumulator: logits_int = W_int * counts of the last hidden block."""
+
+    weight: np.ndarray  # int64 (classes, features)
+    exponent: int
+    input_limit: float
+    snapped: bool = False
+
+    @property
+    def classes(self) -> int:
+        return int(self.weight.shape[0])
+
+
+@dataclass
+class SpikingNet:
+    """A converted network: spiking layers, output accumulator, scheme and provenance."""
+
+    scheme: str
+    layers: list[SpikingLayer]
+    output: OutputLayer
+    spec: NetSpec
+    threshold_scale: int | None = None
+    source: dict = field(default_factory=dict)  # checkpoint path, sha256, dataset, accuracy
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.layers[0].in_shape
+
+    @property
+    def classes(self) -> int:
+        return self.output.classes
+
+    def thresholds(self, index: int) -> Thresholds:
+        return self.layers[index].thresholds(self.threshold_scale)
+
+    def describe(self) -> str:
+        scale = "" if self.threshold_scale is None else f", thresholds rounded to 1/{self.threshold_scale}"
+        return f"{self.scheme.upper()} SNN of {self.spec.describe()}{scale}"
+
+    # --- file format: one .npz with a JSON manifest, readable with NumPy alone ---------
+
+    def save(self, path: str | Path) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        layers = []
+        for index, layer in enumerate(self.layers):
+            meta = {
+                key: getattr(layer, key)
+                for key in (
+                    "kind", "role", "in_shape", "out_shape", "kernel", "stride", "padding",
+                    "k", "bound", "exponent", "input_limit", "count_bound", "snapped",
+                )
+            }
+            meta["levels"] = layer.levels
+            layers.append(meta)
+            for name in ("weight", "theta0", "step", "constant"):
+                arrays[f"layer{index}.{name}"] = getattr(layer, name)
+        arrays["output.weight"] = self.output.weight
+        manifest = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "scheme": self.scheme,
+            "threshold_scale": self.threshold_scale,
+            "net": self.spec.to_dict(),
+            "source": self.source,
+            "layers": layers,
+            "output": {
+                "exponent": self.output.exponent,
+                "input_limit": self.output.input_limit,
+                "snapped": self.output.snapped,
+                "classes": self.output.classes,
+            },
+        }
+        arrays["manifest"] = np.array(json.dumps(manifest, default=_json_number))
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> SpikingNet:
+        path = Path(path)
+        if not path.is_file():
+            raise QsnnError(f"no converted network at {path}: create one with `qsnn convert CHECKPOINT -o {path}`")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                manifest = json.loads(str(data["manifest"]))
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+            raise QsnnError(
+                f"{path} is not a converted qsnn network ({type(error).__name__}); "
+                "re-create it with `qsnn convert`"
+            ) from None
+        if manifest.get("format") != FORMAT:
+            raise QsnnError(f"{path} is not a converted qsnn network (format {manifest.get('format')!r})")
+        if manifest.get("version") != FORMAT_VERSION:
+            raise QsnnError(
+                f"{path} has format version {manifest.get('version')}, this qsnn reads "
+                f"version {FORMAT_VERSION}; re-create it with `qsnn convert`"
+            )
+        layers = []
+        for index, meta in enumerate(manifest["layers"]):
+            layers.append(
+                SpikingLayer(
+                    kind=meta["kind"],
+                    role=meta["role"],
+                    in_shape=tuple(meta["in_shape"]),
+                    out_shape=tuple(meta["out_shape"]),
+                    kernel=meta["kernel"],
+                    stride=meta["stride"],
+                    padding=meta["padding"],
+                    k=meta["k"],
+                    bound=meta["bound"],
+                    weight=arrays[f"layer{index}.weight"],
+                    exponent=meta["exponent"],
+                    theta0=arrays[f"layer{index}.theta0"],
+                    step=arrays[f"layer{index}.step"],
+                    constant=arrays[f"layer{index}.constant"],
+                    input_limit=float(meta["input_limit"]),
+                    count_bound=float(meta["count_bound"]),
+                    snapped=meta["snapped"],
+                )
+            )
+        out = manifest["output"]
+        output = OutputLayer(
+            arrays["output.weight"], out["exponent"], float(out["input_limit"]), out["snapped"]
+        )
+        return cls(
+            scheme=manifest["scheme"],
+            layers=layers,
+            output=output,
+            spec=NetSpec.from_dict(manifest["net"]),
+            threshold_scale=manifest["threshold_scale"],
+            source=manifest["source"],
+        )
+
+
+def _json_number(value):
+    if isinstance(value, np.integer | np.floating):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+# --- the integer grid ---------------------------------------------------------------------
+
+
+def _exact_exponent(values: torch.Tensor) -> int:
+    """The smallest s such that every value * 2^s is an integer (values nonzero, float64)."""
+    mantissa, exponent = torch.frexp(values)
+    digits = (mantissa.abs() * 2.0**53).to(torch.int64)  # exact: 53-bit integer mantissa
+    lowest_bit = (digits & -digits).to(torch.float64)
+    trailing = torch.log2(lowest_bit).round().to(torch.int64)
+    return int((53 - exponent - trailing).max())
+
+
+def _grid(weight: torch.Tensor, input_bound: float) -> tuple[np.ndarray, int, float, bool]:
+    """Put float weights on the integer grid 2^-s (ALGORITHMS.md §2, "use integers").
+
+    Returns (W_int, s, input_limit, snapped). s is the smallest exponent that holds every
+    weight exactly, lowered only as far as needed to keep |sum_j W_int * input| < 2^53 for
+    inputs up to ``input_bound``, and never below 24 significant bits of the largest
+    weight. If the bound does not fit even then (an unbounded layer whose worst-case count
+    is huge), ``input_limit`` says how large an input may get before exactness would be
+    lost: the simulator checks it and refuses, rather than be silently wrong.
+    """
+    w = weight.detach().to(torch.float64).reshape(weight.shape[0], -1)
+    nonzero = w[w != 0]
+    if nonzero.numel() == 0:
+        return np.zeros(tuple(weight.shape), np.int64), 0, math.inf, False
+    exact = _exact_exponent(nonzero)
+    rowabs = float(w.abs().sum(dim=1).max())
+    keep_bits = 24 - math.frexp(float(nonzero.abs().max()))[1]
+    lowest = min(exact, keep_bits)
+    if math.isfinite(input_bound) and input_bound > 0:
+        allowed = math.floor(math.log2((EXACT_LIMIT - 1) / (rowabs * input_bound)))
+        exponent = max(min(exact, allowed), lowest)
+    else:
+        exponent = exact if input_bound == 0 else lowest
+    scaled = w * 2.0**exponent
+    w_int = torch.round(scaled)
+    snapped = bool((w_int != scaled).any())
+    limit = (EXACT_LIMIT - 1) / float(w_int.abs().sum(dim=1).max())
+    return w_int.to(torch.int64).reshape(weight.shape).numpy(), exponent, limit, snapped
+
+
+def _count_bound(weight: torch.Tensor, zeta0, delta, constant, levels, input_bound) -> float:
+    """The largest count any neuron of the layer can reach for inputs in [0, input_bound]."""
+    if levels is not None:
+        return float(levels)
+    w = weight.detach().to(torch.float64).reshape(weight.shape[0], -1)
+    z_max = w.clamp(min=0).sum(dim=1) * input_bound
+    counts = torch.floor((z_max - zeta0) / delta) + 1
+    counts = torch.where(constant >= 0, constant.to(torch.float64), counts.clamp(min=0))
+    bound = float(counts.max())
+    return bound if math.isfinite(bound) else math.inf
+
+
+# --- conversion --------------------------------------------------------------------------
+
+
+def _fold_block(block):
+    """Weights (sign-folded) and z-unit thresholds zeta_0, delta and constants of a block."""
+    norm = block.norm
+    weight = block.effective_weight().detach().to(torch.float64).clone()
+    gamma = norm.weight.detach().to(torch.float64)
+    beta = norm.bias.detach().to(torch.float64)
+    mean = norm.running_mean.detach().to(torch.float64).clone()
+    var = norm.running_var.detach().to(torch.float64)
+    for name, values in (("gamma", gamma), ("beta", beta), ("running mean", mean), ("running variance", var)):
+        if not bool(torch.isfinite(values).all()):
+            raise QsnnError(f"batch norm {name} of block {block.layer.token} is not finite; the checkpoint is damaged")
+    sigma = torch.sqrt(var + norm.eps)
+    negative = gamma < 0
+    weight[negative] = -weight[negative]
+    mean[negative] = -mean[negative]
+    magnitude = gamma.abs()
+    zero = magnitude == 0
+    safe = torch.where(zero, torch.ones_like(magnitude), magnitude)
+    scale = 1.0 / (1 << block.k)
+    delta = sigma / safe * scale
+    zeta0 = (0.5 * scale - beta) * sigma / safe + mean
+    levels = max_count(block.k, block.bound)
+    constant_counts = torch.floor(torch.relu(beta) * (1 << block.k) + 0.5)
+    if levels is not None:
+        constant_counts = constant_counts.clamp(max=levels)
+    constant = torch.where(zero, constant_counts, torch.full_like(beta, -1.0)).to(torch.int64)
+    weight[zero] = 0.0
+    delta = torch.where(zero, torch.ones_like(delta), delta)
+    zeta0 = torch.where(zero, torch.zeros_like(zeta0), zeta0)
+    return weight, zeta0, delta, constant, levels
+
+
+def convert(
+    model: QuantizedNet,
+    scheme: str,
+    *,
+    threshold_scale: int | None = None,
+    source: dict | None = None,
+) -> SpikingNet:
+    """Convert a trained quantized network into a spiking network under ``scheme``.
+
+    ``threshold_scale`` (INT only) reproduces the original code's thresholds rounded to
+    1/scale instead of the exact integer thresholds.
+    """
+    scheme = scheme.lower()
+    if scheme not in SCHEMES:
+        raise QsnnError(f"unknown scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
+    if not model.quantized:
+        raise QsnnError("cannot convert a full-precision network: train it with quantized activations (--k)")
+    precision = model.spec.precision
+    if scheme == "sg":
+        unbounded = [i + 1 for i, b in enumerate(model.blocks) if b.bound is None]
+        if unbounded:
+            raise QsnnError(
+                f"SG needs an upper bound B on every block (scatter makes 2^k*B binary neurons), "
+                f"but block(s) {unbounded} have B none; train with --B 1, 2 or 4"
+            )
+    if scheme == "int":
+        if not precision.ternary and len(model.blocks) > 1:
+            raise QsnnError("INT needs ternary hidden weights so every membrane is an integer; train with --ternary")
+        if model.blocks[0].bound is None:
+            raise QsnnError("INT's encoding block needs an upper bound (the papers: --encoding-k 0 --encoding-B 4)")
+    if threshold_scale is not None:
+        if scheme != "int":
+            raise QsnnError("--threshold-scale reproduces the INT paper's rounded thresholds; use it with --scheme int")
+        if isinstance(threshold_scale, bool) or not isinstance(threshold_scale, int) or threshold_scale < 1:
+            raise QsnnError(f"--threshold-scale must be a positive integer, got {threshold_scale!r}")
+
+    was_training = model.training
+    model.eval()
+    layers: list[SpikingLayer] = []
+    input_bound = PIXEL_LEVELS * PIXEL_HEADROOM  # the encoding block reads raw pixels
+    k_in: int | None = None
+    for index, block in enumerate(model.blocks):
+        weight, zeta0, delta, constant, levels = _fold_block(block)
+        w_int, exponent, input_limit, snapped = _grid(weight, input_bound)
+        if index == 0:  # z = W_int p 2^-s / 255
+            per_unit = PIXEL_LEVELS * 2.0**exponent
+            count_bound = _count_bound(weight, zeta0, delta, constant, levels, PIXEL_HEADROOM)
+        else:  # z = W_int n 2^-s / 2^k_in
+            per_unit = 2.0 ** (exponent + k_in)
+            count_bound = _count_bound(weight, zeta0, delta, constant, levels, input_bound / (1 << k_in))
+        theta0 = (zeta0 * per_unit).numpy()
+        step = (delta * per_unit).numpy()
+        if not (np.all(np.isfinite(step)) and np.all(step > 0) and np.all(np.isfinite(theta0))):
+            raise QsnnError(
+                f"block {index + 1} ({block.layer.token}) has thresholds out of range "
+                "(batch norm gamma or variance extreme); retrain or check the checkpoint"
+            )
+        scaled_step_vanishes = threshold_scale is not None and index > 0 and levels is None
+        if scaled_step_vanishes and np.any(np.round(step * threshold_scale) == 0):
+            raise QsnnError(
+                f"--threshold-scale {threshold_scale} rounds a threshold step of block "
+                f"{index + 1} to 0 with no bound B; use exact thresholds (omit --threshold-scale)"
+            )
+        layer = block.layer
+        layers.append(
+            SpikingLayer(
+                kind=layer.kind,
+                role="encoding" if index == 0 else "hidden",
+                in_shape=layer.in_shape,
+                out_shape=layer.out_shape,
+                kernel=layer.kernel,
+                stride=layer.stride,
+                padding=layer.padding,
+                k=block.k,
+                bound=block.bound,
+                weight=w_int,
+                exponent=exponent,
+                theta0=theta0.astype(np.float64),
+                step=step.astype(np.float64),
+                constant=constant.numpy(),
+                input_limit=input_limit,
+                count_bound=count_bound,
+                snapped=snapped,
+            )
+        )
+        input_bound = count_bound
+        k_in = block.k
+    out_int, out_exponent, out_limit, out_snapped = _grid(model.classifier.detach(), input_bound)
+    output = OutputLayer(out_int, out_exponent, out_limit, out_snapped)
+    model.train(was_training)
+    return SpikingNet(scheme, layers, output, model.spec, threshold_scale, dict(source or {}))
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def with_scheme(net: SpikingNet, scheme: str, threshold_scale: int | None = None) -> SpikingNet:
+    """The same converted weights and thresholds under another scheme (checks included)."""
+    if scheme == "sg" and any(layer.levels is None for layer in net.layers):
+        raise QsnnError("SG needs an upper bound B on every block; this network has B none")
+    return replace(net, scheme=scheme, threshold_scale=threshold_scale)
+
+
+# --- exact evaluation ---------------------------------------------------------------------
+
+
+def layer_weight(layer: SpikingLayer | OutputLayer, device, dtype=torch.float64) -> torch.Tensor:
+    return torch.from_numpy(layer.weight).to(device=device, dtype=dtype)
+
+
+def apply_layer(layer: SpikingLayer, inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The layer's linear map (convolution or dense) on a batch; exact for integer tensors."""
+    if layer.kind == "conv":
+        return F.conv2d(inputs, weight, stride=layer.stride, padding=layer.padding)
+    return F.linear(inputs.flatten(1), weight)
+
+
+def check_input_limit(layer: SpikingLayer | OutputLayer, inputs: torch.Tensor, index: int) -> None:
+    largest = float(inputs.abs().max()) if inputs.numel() else 0.0
+    if largest > layer.input_limit:
+        raise QsnnError(
+            f"an input to layer {index + 1} reached {largest:.0f}, beyond {layer.input_limit:.0f}, "
+            "the largest for which its integer membrane is exact; train with an upper bound B"
+        )
+
+
+@torch.no_grad()
+def reference_counts(net: SpikingNet, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The quantized ANN evaluated exactly: integer counts of every block and the logits.
+
+    ``pixels`` are raw 0..255 values (uint8 or float for noisy inputs), shape (B, C, H, W).
+    Returns ([counts per hidden layer, int64], integer logits as float64).
+    """
+    device = pixels.device
+    x = pixels.to(torch.float64)
+    counts = []
+    for index, layer in enumerate(net.layers):
+        check_input_limit(layer, x, index)
+        membrane = apply_layer(layer, x, layer_weight(layer, device))
+        n = target_count(membrane, net.thresholds(index).to(device))
+        counts.append(n)
+        x = n.to(torch.float64)
+    check_input_limit(net.output, x, len(net.layers))
+    logits = F.linear(x.flatten(1), layer_weight(net.output, device))
+    return counts, logits

@@ -1,0 +1,202 @@
+"""Spiking neurons as pure functions of (state, input), ALGORITHMS.md §3.
+
+All membranes here are in *integer membrane units*: the converted network's weights are
+integers on a per-layer grid (see :mod:`qsnn.conversion`), so a membrane is an exact
+integer, held in a float64 tensor (exact below 2^53) so that convolutions can compute it.
+A layer's thresholds form the table ``T(i)``, i = 0, 1, ..., one per count level:
+
+* exact (the default): ``T(i) = ceil(theta0 + i * step)`` computed in float64. For an
+  integer membrane V, ``V >= theta  <=>  V >= ceil(theta)``, so these integer thresholds
+  lose nothing (ALGORITHMS.md §3c).
+* scaled (the INT paper's original code, ``scale = 10000``): the thresholds are rounded to
+  ``1/scale``: ``T(i) = ceil((round(theta0 * scale) + i * round(step * scale)) / scale)``.
+
+A channel whose batch-norm gamma is 0 has a constant count (it ignores its input);
+``constant`` holds it, or -1 for ordinary channels.
+
+The neuron that counts ``m(V)`` = number of levels i < N with ``V >= T(i)`` is the
+quantized ReLU itself; every scheme makes its spike count converge to ``m``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+BIG = float(2**60)  # beyond any reachable membrane (|V| < 2^53 by construction)
+
+
+class Thresholds(NamedTuple):
+    """Per-channel threshold table of one layer, in integer membrane units."""
+
+    theta0: torch.Tensor  # float64 [C]
+    step: torch.Tensor  # float64 [C], > 0
+    constant: torch.Tensor  # int64 [C]: fixed count, or -1 for input-driven channels
+    levels: int | None  # N = 2^k * B, None when unbounded
+    scale: int | None = None  # None: exact ceil thresholds; S: rounded to 1/S (original INT)
+
+    def to(self, device: torch.device | str) -> Thresholds:
+        return self._replace(
+            theta0=self.theta0.to(device),
+            step=self.step.to(device),
+            constant=self.constant.to(device),
+        )
+
+
+def _channel_view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast per-channel values [C] against a batch (B, C, ...) or a single neuron map."""
+    shape = [1] * like.dim()
+    shape[1 if like.dim() > 1 else 0] = -1
+    return values.view(shape)
+
+
+def threshold(th: Thresholds, level: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+    """T(level) for every neuron of ``like`` (float64 exact integers).
+
+    ``level`` is an integer tensor broadcastable to ``like`` (or an int). Levels below 0
+    give -BIG and levels at or above N give +BIG, so the comparisons at the ends of the
+    table need no special cases. Constant channels: -BIG below their count, +BIG above.
+    """
+    level_f = torch.as_tensor(level, device=like.device).to(torch.float64)
+    theta0 = _channel_view(th.theta0, like)
+    step = _channel_view(th.step, like)
+    if th.scale is None:
+        value = torch.ceil(theta0 + level_f * step)
+    else:
+        scale = float(th.scale)
+        raw = torch.round(theta0 * scale) + level_f * torch.round(step * scale)
+        value = torch.ceil(raw / scale)
+    value = value.clamp(-BIG, BIG)
+    constant = _channel_view(th.constant, like)
+    fixed = constant >= 0
+    if bool(fixed.any()):
+        value = torch.where(fixed, torch.where(level_f < constant, -BIG, BIG), value)
+    value = torch.where(level_f < 0, -BIG, value)
+    if th.levels is not None:
+        value = torch.where(level_f >= th.levels, BIG, value)
+    return value
+
+
+def target_count(v: torch.Tensor, th: Thresholds) -> torch.Tensor:
+    """m(V) = number of levels i (i < N) with V >= T(i), exactly (int64).
+
+    An estimate from the threshold formula is corrected against the exact table until
+    T(m - 1) <= V < T(m); the table is non-decreasing in i, so m is unique.
+    """
+    theta0 = _channel_view(th.theta0, v)
+    step = _channel_view(th.step, v)
+    estimate = torch.floor((v - theta0) / step) + 1
+    upper = BIG if th.levels is None else float(th.levels)
+    estimate = torch.nan_to_num(estimate, nan=0.0).clamp(0.0, min(upper, BIG))
+    count = estimate.to(torch.int64)
+    while True:
+        up = threshold(th, count, v) <= v
+        down = threshold(th, count - 1, v) > v
+        if not bool(up.any()) and not bool(down.any()):
+            return count
+        count = count + up.to(torch.int64) - down.to(torch.int64)
+
+
+# --- NSD: integrate-and-fire with negative spikes (ALGORITHMS.md §3a) -------------------
+
+
+class NSDState(NamedTuple):
+    """Membrane V (sum of all input so far) and count c (positive minus negative spikes)."""
+
+    membrane: torch.Tensor  # float64
+    count: torch.Tensor  # int64
+
+
+def nsd_init(like: torch.Tensor) -> NSDState:
+    return NSDState(
+        torch.zeros_like(like, dtype=torch.float64), torch.zeros_like(like, dtype=torch.int64)
+    )
+
+
+def nsd_step(state: NSDState, current: torch.Tensor, th: Thresholds) -> tuple[NSDState, torch.Tensor]:
+    """One time step: integrate, then emit at most one spike.
+
+    +1 if V >= T(c) (and c < N when bounded); -1 if c > 0 and V < T(c - 1); else 0.
+    Returns the new state and the signed spikes (int64).
+    """
+    membrane = state.membrane + current
+    count = state.count
+    positive = membrane >= threshold(th, count, membrane)
+    negative = membrane < threshold(th, count - 1, membrane)
+    spikes = positive.to(torch.int64) - negative.to(torch.int64)
+    return NSDState(membrane, count + spikes), spikes
+
+
+# --- INT: integer neurons with adapting thresholds (ALGORITHMS.md §3c) ------------------
+
+
+class AdaptiveState(NamedTuple):
+    """Integer membrane, count, and the two adapting thresholds T(c) and T(c - 1)."""
+
+    membrane: torch.Tensor  # float64 exact integers
+    count: torch.Tensor  # int64
+    upper: torch.Tensor  # T(count), +BIG at the top of a bounded table
+    lower: torch.Tensor  # T(count - 1), -BIG at count 0
+
+
+def adaptive_init(like: torch.Tensor, th: Thresholds) -> AdaptiveState:
+    count = torch.zeros_like(like, dtype=torch.int64)
+    return AdaptiveState(
+        torch.zeros_like(like, dtype=torch.float64),
+        count,
+        threshold(th, count, like),
+        threshold(th, count - 1, like),
+    )
+
+
+def adaptive_step(
+    state: AdaptiveState, current: torch.Tensor, th: Thresholds
+) -> tuple[AdaptiveState, torch.Tensor]:
+    """One step of the INT hidden neuron: fire +1 if V >= upper, -1 if V < lower.
+
+    After a +1 spike both thresholds move up one level (lower takes upper's value, upper
+    the next table entry); after a -1 spike both move down. All state stays integer.
+    """
+    membrane = state.membrane + current
+    positive = membrane >= state.upper
+    negative = membrane < state.lower
+    spikes = positive.to(torch.int64) - negative.to(torch.int64)
+    count = state.count + spikes
+    moved = spikes != 0
+    upper = torch.where(moved, threshold(th, count, membrane), state.upper)
+    lower = torch.where(moved, threshold(th, count - 1, membrane), state.lower)
+    return AdaptiveState(membrane, count, upper, lower), spikes
+
+
+def rising_threshold_step(
+    step_index: int, membrane: torch.Tensor, th: Thresholds
+) -> torch.Tensor:
+    """INT encoding neuron: at step t it fires iff t < N and V >= T(t) (threshold rises by d).
+
+    ``membrane`` is the constant input received at t = 0. Returns spikes in {0, 1}.
+    """
+    return (membrane >= threshold(th, step_index, membrane)).to(torch.int64)
+
+
+# --- SG: scatter-and-gather, one time step (ALGORITHMS.md §3b) ---------------------------
+
+
+def scatter_gather(
+    v: torch.Tensor,
+    th: Thresholds,
+    drop_ratio: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Gathered count of the N binary neurons sharing membrane V (binary neuron i fires iff
+    V >= T(i)); with ``drop_ratio`` r each fired binary neuron's spike is lost with
+    probability r. The N copies are never materialized: the fired ones are exactly the
+    first m(V), so the gathered count is m(V), or a Binomial(m, 1 - r) draw under noise.
+    """
+    if th.levels is None:
+        raise ValueError("scatter-and-gather needs a bounded count (B)")
+    count = target_count(v, th)
+    if drop_ratio <= 0.0:
+        return count
+    keep = torch.full(count.shape, 1.0 - drop_ratio, dtype=torch.float64, device=count.device)
+    return torch.binomial(count.to(torch.float64), keep, generator=generator).to(torch.int64)

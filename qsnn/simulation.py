@@ -1,0 +1,308 @@
+"""Simulating a converted spiking network, ALGORITHMS.md §3 and §4.
+
+Inputs are presented once: the encoding layer receives the pixels at t = 0 and nothing
+afterwards. Spikes travel through all layers within the same step. The output is a
+non-spiking accumulator: logits_t = W_out * (cumulative counts of the last hidden layer),
+prediction_t = argmax.
+
+:func:`simulate_batch` is the straightforward step-by-step simulator, kept as the
+executable definition (tests compare every faster path with it, count for count).
+:func:`simulate` streams a whole dataset through it in batches and aggregates the
+statistics into a :class:`SimulationResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from qsnn.conversion import (
+    SpikingNet,
+    apply_layer,
+    check_input_limit,
+    layer_weight,
+    reference_counts,
+)
+from qsnn.errors import QsnnError
+from qsnn.metrics import fanout_maps, replication
+from qsnn.neurons import (
+    adaptive_init,
+    adaptive_step,
+    nsd_init,
+    nsd_step,
+    rising_threshold_step,
+    scatter_gather,
+)
+
+AUTO_MAX_STEPS = 100_000
+
+
+class BatchRecord(NamedTuple):
+    """What one batch did, per step t = 1..T (statistics summed over the batch's images)."""
+
+    predictions: torch.Tensor  # (T, B) int64
+    positive: torch.Tensor  # (L, T) int64, +1 spikes per layer and step
+    negative: torch.Tensor  # (L, T) int64, -1 spikes
+    sops: torch.Tensor  # (L, T) int64, synaptic operations caused by layer l's spikes
+    spiking_neurons: torch.Tensor  # (L,) int64, neurons (x images) that spiked at least once
+    counts: list[torch.Tensor]  # final count of every hidden layer, (B, ...) int64
+
+
+def noisy_pixels(pixels: torch.Tensor, ratio: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Multiplicative input noise x * (1 + (u - 1/2) * r), u ~ U[0, 1) per pixel (§4)."""
+    if ratio <= 0:
+        return pixels.to(torch.float64)
+    u = torch.rand(pixels.shape, generator=generator, dtype=torch.float64, device="cpu").to(pixels.device)
+    return pixels.to(torch.float64) * (1.0 + (u - 0.5) * ratio)
+
+
+class _Statistics:
+    """Per-step spike and SOP bookkeeping shared by the simulators."""
+
+    def __init__(self, net: SpikingNet, device) -> None:
+        self.maps = [m.to(device) for m in fanout_maps(net)]
+        self.sop_factor = [replication(net, index + 1) for index in range(len(net.layers))]
+        self.positive: list[list[int]] = [[] for _ in net.layers]
+        self.negative: list[list[int]] = [[] for _ in net.layers]
+        self.sops: list[list[int]] = [[] for _ in net.layers]
+        self.spiked: list[torch.Tensor | None] = [None for _ in net.layers]
+
+    def record(self, index: int, spikes: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> None:
+        """Record one step of layer ``index``: spikes (signed counts per neuron this step)
+        and their positive and negative parts (SG: binary spikes are counts >= 0)."""
+        self.positive[index].append(int(positive.sum()))
+        self.negative[index].append(int(negative.sum()))
+        moved = (positive + negative).to(torch.int64)
+        self.sops[index].append(int((moved * self.maps[index]).sum()) * self.sop_factor[index])
+        fired = moved != 0
+        self.spiked[index] = fired if self.spiked[index] is None else self.spiked[index] | fired
+
+    def drop_last_step(self) -> None:
+        for per_layer in (self.positive, self.negative, self.sops):
+            for values in per_layer:
+                values.pop()
+
+    def tensors(self):
+        positive = torch.tensor(self.positive, dtype=torch.int64)
+        negative = torch.tensor(self.negative, dtype=torch.int64)
+        sops = torch.tensor(self.sops, dtype=torch.int64)
+        spiking = torch.tensor([int(s.sum()) for s in self.spiked], dtype=torch.int64)
+        return positive, negative, sops, spiking
+
+
+@torch.no_grad()
+def simulate_batch(
+    net: SpikingNet,
+    pixels: torch.Tensor,
+    steps: int | None,
+    *,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> BatchRecord:
+    """Run the spiking network step by step on one batch (the reference simulator).
+
+    ``pixels``: (B, C, H, W) raw 0..255 values (already noisy for NSD/INT noise runs).
+    ``steps``: number of time steps, or None to stop at the first step in which no neuron
+    spikes (from then on nothing is in flight and the output can no longer change).
+    ``noise``: SG only, the probability that a binary neuron's spike is dropped.
+    """
+    device = pixels.device
+    if net.scheme == "sg":
+        steps = 1
+    weights = [layer_weight(layer, device) for layer in net.layers]
+    out_weight = layer_weight(net.output, device)
+    thresholds = [net.thresholds(i).to(device) for i in range(len(net.layers))]
+    stats = _Statistics(net, device)
+    x = pixels.to(torch.float64)
+    check_input_limit(net.layers[0], x, 0)
+    batch = x.shape[0]
+
+    if net.scheme == "sg":
+        counts = []
+        for index, layer in enumerate(net.layers):
+            if index:
+                check_input_limit(layer, x, index)
+            membrane = apply_layer(layer, x, weights[index])
+            n = scatter_gather(membrane, thresholds[index], noise if noise > 0 else 0.0, generator)
+            stats.record(index, n, n, torch.zeros_like(n))
+            counts.append(n)
+            x = n.to(torch.float64)
+        logits = F.linear(x.flatten(1), out_weight)
+        predictions = logits.argmax(dim=1)[None]
+        positive, negative, sops, spiking = stats.tensors()
+        return BatchRecord(predictions, positive, negative, sops, spiking, counts)
+
+    encoding_current = apply_layer(net.layers[0], x, weights[0])
+    states = []
+    for index, layer in enumerate(net.layers):
+        like = torch.zeros((batch, *layer.out_shape), dtype=torch.float64, device=device)
+        if net.scheme == "int" and index > 0:
+            states.append(adaptive_init(like, thresholds[index]))
+        else:
+            states.append(nsd_init(like))
+    accumulator = torch.zeros((batch, net.classes), dtype=torch.float64, device=device)
+    totals = [torch.zeros((batch, *layer.out_shape), dtype=torch.float64, device=device) for layer in net.layers]
+    predictions = []
+    limit = steps if steps is not None else AUTO_MAX_STEPS
+    for t in range(limit):
+        any_spike = False
+        spikes = None
+        for index, layer in enumerate(net.layers):
+            if index == 0:
+                current = encoding_current if t == 0 else torch.zeros_like(encoding_current)
+            else:
+                check_input_limit(layer, totals[index - 1], index)
+                current = apply_layer(layer, spikes.to(torch.float64), weights[index])
+            if net.scheme == "int" and index == 0:
+                state = states[0]
+                membrane = state.membrane + current
+                spikes = rising_threshold_step(t, membrane, thresholds[0])
+                states[0] = state._replace(membrane=membrane, count=state.count + spikes)
+            elif net.scheme == "int":
+                states[index], spikes = adaptive_step(states[index], current, thresholds[index])
+            else:
+                states[index], spikes = nsd_step(states[index], current, thresholds[index])
+            totals[index] += spikes
+            stats.record(index, spikes, spikes.clamp(min=0), (-spikes).clamp(min=0))
+            any_spike = any_spike or bool(spikes.any())
+        check_input_limit(net.output, totals[-1], len(net.layers))
+        accumulator += F.linear(spikes.to(torch.float64).flatten(1), out_weight)
+        predictions.append(accumulator.argmax(dim=1))
+        if steps is None and not any_spike:
+            if t > 0:  # the silent step only confirms that the output is final
+                predictions.pop()
+                stats.drop_last_step()
+            break
+    else:
+        if steps is None:
+            raise QsnnError(f"the network was still spiking after {AUTO_MAX_STEPS} steps; give --steps")
+    positive, negative, sops, spiking = stats.tensors()
+    counts = [state.count for state in states]
+    return BatchRecord(torch.stack(predictions), positive, negative, sops, spiking, counts)
+
+
+@dataclass
+class SimulationResult:
+    """Aggregated statistics of a simulation over a dataset (all sums over images)."""
+
+    scheme: str
+    steps: int
+    images: int
+    noise: float
+    correct: list[int]  # per step
+    agree: list[int]  # per step: images whose prediction equals the quantized ANN's
+    ann_correct: int  # the quantized ANN (exact reference) on the same inputs
+    ann_correct_clean: int  # ... on the clean inputs
+    positive: list[list[int]]  # [layer][step]
+    negative: list[list[int]]
+    sops: list[list[int]]
+    spiking_neurons: list[int]  # per layer, summed over images
+    count_mismatches: list[int]  # per layer: neurons whose final count differs from the ANN's
+    layer_names: list[str] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> list[float]:
+        return [100.0 * c / self.images for c in self.correct]
+
+    @property
+    def t_lossless(self) -> int | None:
+        """First step from which every image agrees with the ANN, or None."""
+        first = None
+        for t in range(self.steps, 0, -1):
+            if self.agree[t - 1] != self.images:
+                break
+            first = t
+        return first
+
+
+@torch.no_grad()
+def simulate(
+    net: SpikingNet,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int | None,
+    noise: float = 0.0,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+    simulator=None,
+) -> SimulationResult:
+    """Simulate ``net`` on all images, batch by batch, and aggregate the statistics.
+
+    ``pixels``: uint8 (N, C, H, W) already cropped to the network's input size.
+    ``noise``: NSD/INT multiplicative pixel noise ratio r; SG spike-drop probability r.
+    ``steps``: time steps, or None for "auto" (until nothing is in flight).
+    """
+    from tqdm.auto import tqdm
+
+    if noise < 0 or noise > 1:
+        raise QsnnError(f"--noise must be between 0 and 1, got {noise}")
+    if tuple(pixels.shape[1:]) != tuple(net.input_shape):
+        raise QsnnError(
+            f"the network expects images of shape {tuple(net.input_shape)}, got {tuple(pixels.shape[1:])}; "
+            "use the dataset it was trained on"
+        )
+    simulator = simulator or simulate_batch
+    generator = torch.Generator().manual_seed(seed)
+    records = []
+    ann_correct = ann_correct_clean = 0
+    mismatches = [0] * len(net.layers)
+    bar = tqdm(total=len(pixels), desc=f"simulate {net.scheme}", unit="img", disable=not progress, leave=False)
+    for start in range(0, len(pixels), batch_size):
+        clean = pixels[start : start + batch_size].to(device)
+        target = labels[start : start + batch_size].to(device)
+        inputs = noisy_pixels(clean, noise, generator) if net.scheme != "sg" else clean.to(torch.float64)
+        counts, logits = reference_counts(net, inputs)
+        reference = logits.argmax(dim=1)
+        if net.scheme != "sg" and noise > 0:
+            _, clean_logits = reference_counts(net, clean)
+            ann_correct_clean += int((clean_logits.argmax(dim=1) == target).sum())
+        else:
+            ann_correct_clean += int((reference == target).sum())
+        ann_correct += int((reference == target).sum())
+        record = simulator(net, inputs, steps, noise=noise if net.scheme == "sg" else 0.0, generator=generator)
+        for index, (snn, ann) in enumerate(zip(record.counts, counts, strict=True)):
+            mismatches[index] += int((snn != ann).sum())
+        correct = (record.predictions == target[None]).sum(dim=1)
+        agree = (record.predictions == reference[None]).sum(dim=1)
+        records.append((record, correct, agree))
+        bar.update(len(clean))
+    bar.close()
+    total_steps = max(r.predictions.shape[0] for r, _, _ in records)
+    correct_sum = torch.zeros(total_steps, dtype=torch.int64)
+    agree_sum = torch.zeros(total_steps, dtype=torch.int64)
+    layers = len(net.layers)
+    positive = torch.zeros(layers, total_steps, dtype=torch.int64)
+    negative = torch.zeros_like(positive)
+    sops = torch.zeros_like(positive)
+    spiking = torch.zeros(layers, dtype=torch.int64)
+    for record, correct, agree in records:
+        have = record.predictions.shape[0]
+        pad = total_steps - have
+        correct_sum += torch.cat([correct.cpu(), correct[-1:].cpu().expand(pad)])
+        agree_sum += torch.cat([agree.cpu(), agree[-1:].cpu().expand(pad)])
+        positive[:, :have] += record.positive
+        negative[:, :have] += record.negative
+        sops[:, :have] += record.sops
+        spiking += record.spiking_neurons
+    return SimulationResult(
+        scheme=net.scheme,
+        steps=total_steps,
+        images=len(pixels),
+        noise=noise,
+        correct=correct_sum.tolist(),
+        agree=agree_sum.tolist(),
+        ann_correct=ann_correct,
+        ann_correct_clean=ann_correct_clean,
+        positive=positive.tolist(),
+        negative=negative.tolist(),
+        sops=sops.tolist(),
+        spiking_neurons=spiking.tolist(),
+        count_mismatches=mismatches,
+        layer_names=[f"{i + 1}:{layer.kind}" for i, layer in enumerate(net.layers)],
+    )
