@@ -81,21 +81,33 @@ def threshold(th: Thresholds, level: torch.Tensor | int, like: torch.Tensor) -> 
 def target_count(v: torch.Tensor, th: Thresholds) -> torch.Tensor:
     """m(V) = number of levels i (i < N) with V >= T(i), exactly (int64).
 
-    An estimate from the threshold formula is corrected against the exact table until
-    T(m - 1) <= V < T(m); the table is non-decreasing in i, so m is unique.
+    Since T(i) is an integer, T(i) <= V  <=>  theta0 + i * step <= floor(V), which gives
+    the count in closed form; a correction against the exact table absorbs the float
+    rounding of that formula (T is non-decreasing in i, so the count is unique).
     """
+    floor_v = torch.floor(v)
     theta0 = _channel_view(th.theta0, v)
     step = _channel_view(th.step, v)
-    estimate = torch.floor((v - theta0) / step) + 1
+    if th.scale is None:
+        estimate = torch.floor((floor_v - theta0) / step) + 1
+    else:
+        scale = float(th.scale)
+        raw_step = torch.round(step * scale)
+        raw = floor_v * scale - torch.round(theta0 * scale)
+        flat = torch.where(raw >= 0, BIG, 0.0)  # a zero step: every level at once, or none
+        estimate = torch.where(raw_step > 0, torch.floor(raw / raw_step) + 1, flat)
     upper = BIG if th.levels is None else float(th.levels)
-    estimate = torch.nan_to_num(estimate, nan=0.0).clamp(0.0, min(upper, BIG))
+    estimate = torch.nan_to_num(estimate, nan=0.0).clamp(0.0, upper)
+    constant = _channel_view(th.constant, v)
+    estimate = torch.where(constant >= 0, constant.to(torch.float64), estimate)
     count = estimate.to(torch.int64)
-    while True:
+    for _ in range(64):
         up = threshold(th, count, v) <= v
         down = threshold(th, count - 1, v) > v
         if not bool(up.any()) and not bool(down.any()):
             return count
         count = count + up.to(torch.int64) - down.to(torch.int64)
+    raise RuntimeError("target_count did not converge: the threshold table is not monotone")
 
 
 # --- NSD: integrate-and-fire with negative spikes (ALGORITHMS.md §3a) -------------------

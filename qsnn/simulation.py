@@ -201,7 +201,7 @@ class SimulationResult:
     sops: list[list[int]]
     spiking_neurons: list[int]  # per layer, summed over images
     count_mismatches: list[int]  # per layer: neurons whose final count differs from the ANN's
-    layer_names: list[str] = field(default_factory=list)
+    batches: dict[str, list[list[int]]] = field(default_factory=dict)  # per batch, per step
 
     @property
     def accuracy(self) -> list[float]:
@@ -281,15 +281,22 @@ def simulate(
     negative = torch.zeros_like(positive)
     sops = torch.zeros_like(positive)
     spiking = torch.zeros(layers, dtype=torch.int64)
+    per_batch: dict[str, list[list[int]]] = {"correct": [], "spike_num": [], "spike_collect": [], "sops": []}
     for record, correct, agree in records:
         have = record.predictions.shape[0]
         pad = total_steps - have
-        correct_sum += torch.cat([correct.cpu(), correct[-1:].cpu().expand(pad)])
+        correct = torch.cat([correct.cpu(), correct[-1:].cpu().expand(pad)])
+        correct_sum += correct
         agree_sum += torch.cat([agree.cpu(), agree[-1:].cpu().expand(pad)])
         positive[:, :have] += record.positive
         negative[:, :have] += record.negative
         sops[:, :have] += record.sops
         spiking += record.spiking_neurons
+        zeros = [0] * pad
+        per_batch["correct"].append(correct.tolist())
+        per_batch["spike_num"].append((record.positive + record.negative).sum(0).tolist() + zeros)
+        per_batch["spike_collect"].append((record.positive - record.negative).sum(0).tolist() + zeros)
+        per_batch["sops"].append(record.sops.sum(0).tolist() + zeros)
     return SimulationResult(
         scheme=net.scheme,
         steps=total_steps,
@@ -304,5 +311,5 @@ def simulate(
         sops=sops.tolist(),
         spiking_neurons=spiking.tolist(),
         count_mismatches=mismatches,
-        layer_names=[f"{i + 1}:{layer.kind}" for i, layer in enumerate(net.layers)],
+        batches=per_batch,
     )

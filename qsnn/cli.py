@@ -1,0 +1,271 @@
+"""The ``qsnn`` command-line tool.
+
+Every subcommand is a thin layer over the Python API; bad input ends in one line
+``qsnn: error: ...`` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from qsnn import __version__
+from qsnn.errors import QsnnError
+
+
+def _steps(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--steps must be a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--steps must be a positive integer or 'auto', got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", default=None,
+        help="dataset folder (default: $QSNN_DATA, else the per-user cache)",
+    )
+
+
+# --- qsnn nets --------------------------------------------------------------------------
+
+
+def cmd_nets(args: argparse.Namespace) -> int:
+    from qsnn.data import dataset_info
+    from qsnn.notation import PRESETS, build_plan, resolve_net
+
+    if args.net:
+        notation, preset = resolve_net(args.net)
+        dataset = args.dataset or (preset.dataset if preset else "mnist")
+        names = [(args.net, notation, dataset, preset)]
+    else:
+        names = [(p.name, p.notation, args.dataset or p.dataset, p) for p in PRESETS.values()]
+    for name, notation, dataset, preset in names:
+        info = dataset_info(dataset)
+        plan = build_plan(notation, info.input_shape, info.num_classes, info.default_padding)
+        title = f"{name}: {notation} on {dataset} {'x'.join(map(str, info.input_shape))}"
+        if preset is not None:
+            title += f"  [{preset.paper} paper: {preset.paper_notation}]"
+        print(title)
+        if preset is not None and preset.note:
+            print(f"  note: {preset.note}")
+        print(plan.describe())
+        print()
+    return 0
+
+
+# --- qsnn data --------------------------------------------------------------------------
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from qsnn import data
+
+    if args.action == "list":
+        root = data.data_root(args.data_dir)
+        print(f"data root: {root}")
+        for name, info in data.DATASETS.items():
+            shape = "x".join(map(str, info.input_shape))
+            print(f"  {name:14s} {info.num_classes:3d} classes, network input {shape}")
+        return 0
+    if args.name is None:
+        raise QsnnError(f"`qsnn data {args.action}` needs a dataset name: {', '.join(data.DATASETS)}")
+    if args.action == "download":
+        folder = data.download(args.name, args.data_dir, progress=not args.quiet)
+        print(f"{args.name}: ready in {folder}")
+        return 0
+    checks = data.verify(args.name, args.data_dir)
+    print(data.format_checks(checks))
+    return 0 if all(check.ok for check in checks) else 1
+
+
+# --- qsnn eval --------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from qsnn import data
+    from qsnn.training import evaluate, load_checkpoint
+
+    model, payload = load_checkpoint(args.checkpoint, device=args.device)
+    dataset = args.dataset or payload.get("config", {}).get("dataset")
+    if dataset is None:
+        raise QsnnError("the checkpoint does not name its dataset; give --dataset")
+    test = data.load(dataset, "test", args.data_dir)
+    if args.limit:
+        test = test.subset(args.limit)
+    accuracy = evaluate(model, test, device=args.device)
+    print(f"{model.spec.describe()} on {dataset} test ({len(test):,} images): {accuracy:.2f}%")
+    return 0
+
+
+# --- qsnn convert -----------------------------------------------------------------------
+
+
+def convert_checkpoint(checkpoint: str | Path, scheme: str, threshold_scale: int | None = None):
+    """Load a checkpoint and convert it; the result records where it came from."""
+    from qsnn.conversion import convert, file_sha256
+    from qsnn.training import load_checkpoint
+
+    model, payload = load_checkpoint(checkpoint)
+    config = payload.get("config", {})
+    source = {
+        "checkpoint": str(checkpoint),
+        "sha256": file_sha256(checkpoint),
+        "dataset": config.get("dataset"),
+        "epochs": payload.get("epoch", config.get("epochs")),
+        "test_accuracy": payload.get("test_acc", payload.get("best_test_acc")),
+    }
+    return convert(model, scheme, threshold_scale=threshold_scale, source=source)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    net = convert_checkpoint(args.checkpoint, args.scheme, args.threshold_scale)
+    out = Path(args.output or Path(args.checkpoint).with_suffix(f".{args.scheme}.npz"))
+    net.save(out)
+    layers = ", ".join(
+        f"{layer.kind}{'x'.join(map(str, layer.out_shape))}" + ("" if layer.levels is None else f"/{layer.levels}")
+        for layer in net.layers
+    )
+    print(f"{net.describe()}\n  layers: {layers}\n  written to {out}")
+    return 0
+
+
+# --- qsnn simulate ----------------------------------------------------------------------
+
+
+def load_test_pixels(dataset: str, data_dir: str | None, limit: int | None):
+    """Test images as the network sees them (uint8, centre-cropped for CIFAR) and labels."""
+    from qsnn import data
+
+    test = data.load(dataset, "test", data_dir)
+    if limit:
+        test = test.subset(limit)
+    return data.prepare(test.images, dataset, train=False), test.labels
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from qsnn.conversion import SpikingNet
+    from qsnn.reporting import summarize, summary_table, write_simulation
+    from qsnn.simulation import simulate
+
+    net = SpikingNet.load(args.file)
+    dataset = args.dataset or net.source.get("dataset")
+    if dataset is None:
+        raise QsnnError("the converted network does not name its dataset; give --dataset")
+    pixels, labels = load_test_pixels(dataset, args.data_dir, args.limit)
+    result = simulate(
+        net, pixels, labels, steps=args.steps, noise=args.noise, batch_size=args.batch_size,
+        device=args.device, seed=args.seed, progress=not args.quiet,
+    )
+    summary = summarize(
+        result, net, dataset=dataset, seed=args.seed, e_add=args.energy_add, e_mac=args.energy_mac
+    )
+    out = Path(args.out or Path(args.file).with_suffix("").with_suffix("").as_posix() + f"-{net.scheme}-sim")
+    write_simulation(out, summary, result)
+    print(summary_table([summary]))
+    verdict = "LOSSLESS" if summary["lossless"] else "NOT lossless"
+    print(
+        f"{verdict}: SNN agrees with the quantized ANN on {summary['agreement']:,} of "
+        f"{summary['images']:,} images ({100 * summary['agreement_fraction']:.2f}%), "
+        f"{summary['count_mismatches']:,} neuron counts differ; results in {out}"
+    )
+    return 0
+
+
+# --- the parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qsnn.metrics import ENERGY_PER_ADD_PJ, ENERGY_PER_MAC_PJ
+
+    parser = argparse.ArgumentParser(
+        prog="qsnn",
+        description="Train quantized networks and convert them losslessly into spiking networks.",
+    )
+    parser.add_argument("--version", action="version", version=f"qsnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("nets", help="list the papers' nets (layers, output shapes, parameters)")
+    p.add_argument("net", nargs="?", help="a preset name or notation (default: all presets)")
+    p.add_argument("--dataset", help="resolve against this dataset's input shape")
+    p.set_defaults(func=cmd_nets)
+
+    p = sub.add_parser("data", help="download, verify or list datasets")
+    p.add_argument("action", choices=["download", "verify", "list"])
+    p.add_argument("name", nargs="?", help="mnist, fashion-mnist, cifar10 or cifar100")
+    _add_data_dir(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("eval", help="test accuracy of a trained checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--dataset", help="default: the dataset it was trained on")
+    _add_data_dir(p)
+    p.add_argument("--limit", type=_positive_int, help="only the first N test images")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("convert", help="convert a checkpoint into a spiking network file")
+    p.add_argument("checkpoint")
+    p.add_argument("--scheme", required=True, choices=["nsd", "sg", "int"])
+    p.add_argument("-o", "--output", help="output file (default: CHECKPOINT.SCHEME.npz)")
+    p.add_argument(
+        "--threshold-scale", type=_positive_int, default=None,
+        help="INT only: round thresholds to 1/SCALE like the original code (e.g. 10000) instead of exact",
+    )
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("simulate", help="simulate a converted network on a test set")
+    p.add_argument("file", help="a converted network (qsnn convert)")
+    p.add_argument("--dataset", help="default: the dataset the network was trained on")
+    _add_data_dir(p)
+    p.add_argument("--steps", type=_steps, default=None, help="time steps, or auto (default): until nothing is in flight")
+    p.add_argument("--noise", type=float, default=0.0, help="noise ratio r (NSD/INT: pixel noise; SG: spike drop)")
+    p.add_argument("--batch-size", type=_positive_int, default=500)
+    p.add_argument("--limit", type=_positive_int, help="only the first N test images")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument("--energy-add", type=float, default=ENERGY_PER_ADD_PJ, help="pJ per addition (SNN)")
+    p.add_argument("--energy-mac", type=float, default=ENERGY_PER_MAC_PJ, help="pJ per MAC (ANN)")
+    p.add_argument("--out", help="results folder (default: next to FILE)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    if getattr(args, "quiet", False):
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        return args.func(args)
+    except QsnnError as error:
+        print(f"qsnn: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qsnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

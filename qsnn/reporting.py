@@ -1,0 +1,184 @@
+"""Simulation results as the papers report them: summary, files, and printed tables.
+
+:func:`summarize` turns a :class:`~qsnn.simulation.SimulationResult` into one JSON-ready
+dict (``result.json``): accuracy per step, agreement with the quantized ANN, T_lossless,
+spikes (positive and negative), SOPs against ANN ops, firing sparsity, energy, and the
+per-layer breakdown. :func:`write_simulation` saves it with a per-step CSV and the
+original code's four text files (one line per batch, one value per step):
+
+* ``accuracy.txt``      correct predictions of the batch at each step
+* ``spike_num.txt``     spikes of the batch at each step, sum of |s| over all layers
+* ``spike_collect.txt`` signed spikes (positive minus negative) at each step
+* ``sop_num.txt``       synaptic operations of the batch at each step
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qsnn.conversion import SpikingNet
+from qsnn.io import provenance, write_csv, write_json, write_text
+from qsnn.metrics import ENERGY_PER_ADD_PJ, ENERGY_PER_MAC_PJ, energy, layer_costs
+from qsnn.quantization import bound_text
+from qsnn.simulation import SimulationResult
+
+
+def summarize(
+    result: SimulationResult,
+    net: SpikingNet,
+    *,
+    dataset: str | None = None,
+    seed: int = 0,
+    e_add: float = ENERGY_PER_ADD_PJ,
+    e_mac: float = ENERGY_PER_MAC_PJ,
+) -> dict:
+    """Everything one simulation measured, per image where the papers report per image."""
+    images = result.images
+    costs = layer_costs(net)
+    macs = sum(cost.ann_macs for cost in costs)
+    positive = [sum(layer) for layer in result.positive]
+    negative = [sum(layer) for layer in result.negative]
+    sops = [sum(layer) for layer in result.sops]
+    neurons = sum(cost.neurons for cost in costs)
+    total_spikes = sum(positive) + sum(negative)
+    agreement = result.agree[-1]
+    layers = []
+    for index, cost in enumerate(costs):
+        spikes = positive[index] + negative[index]
+        layers.append(
+            {
+                "layer": cost.name,
+                "neurons": cost.neurons,
+                "ann_neurons": cost.ann_neurons,
+                "synapses_out": cost.synapses_out,
+                "positive_spikes_per_image": positive[index] / images,
+                "negative_spikes_per_image": negative[index] / images,
+                "spikes_per_neuron": spikes / images / cost.neurons,
+                "spiking_neurons_per_image": result.spiking_neurons[index] / images,
+                "sops_per_image": sops[index] / images,
+                "ann_macs": cost.ann_macs,
+                "count_mismatches": result.count_mismatches[index],
+            }
+        )
+    per_step = []
+    cumulative_sops = 0
+    for t in range(result.steps):
+        step_sops = sum(layer[t] for layer in result.sops)
+        cumulative_sops += step_sops
+        per_step.append(
+            {
+                "step": t + 1,
+                "accuracy": 100.0 * result.correct[t] / images,
+                "correct": result.correct[t],
+                "agree": result.agree[t],
+                "agree_fraction": result.agree[t] / images,
+                "positive_spikes": sum(layer[t] for layer in result.positive),
+                "negative_spikes": sum(layer[t] for layer in result.negative),
+                "sops": step_sops,
+                "cumulative_sops_per_image": cumulative_sops / images,
+            }
+        )
+    precision = net.spec.precision
+    sops_per_image = sum(sops) / images
+    return {
+        "scheme": net.scheme,
+        "threshold_scale": net.threshold_scale,
+        "net": net.spec.notation,
+        "precision": precision.describe(),
+        "k": precision.k,
+        "B": bound_text(precision.B),
+        "ternary": precision.ternary,
+        "dataset": dataset,
+        "images": images,
+        "steps": result.steps,
+        "noise": result.noise,
+        "ann_accuracy": 100.0 * result.ann_correct / images,
+        "ann_accuracy_clean": 100.0 * result.ann_correct_clean / images,
+        "snn_accuracy": result.accuracy[-1],
+        "agreement": agreement,
+        "agreement_fraction": agreement / images,
+        "count_mismatches": sum(result.count_mismatches),
+        "lossless": agreement == images and sum(result.count_mismatches) == 0,
+        "t_lossless": result.t_lossless,
+        "per_image": {
+            "sops": sops_per_image,
+            "ann_macs": macs,
+            "ann_ops": 3 * macs,
+            "sops_over_ann_ops": sops_per_image / (3 * macs) if macs else None,
+            "positive_spikes": sum(positive) / images,
+            "negative_spikes": sum(negative) / images,
+            "spikes": total_spikes / images,
+            "spike_collect": (sum(positive) - sum(negative)) / images,
+            "neurons": neurons,
+            "spikes_per_neuron": total_spikes / images / neurons,
+            "spiking_neurons": sum(result.spiking_neurons) / images,
+        },
+        "energy": energy(sops_per_image, macs, e_add, e_mac),
+        "layers": layers,
+        "per_step": per_step,
+        "source": net.source,
+        "provenance": provenance(seed),
+    }
+
+
+def write_simulation(out_dir: str | Path, summary: dict, result: SimulationResult) -> Path:
+    """Write result.json, per_step.csv, layers.csv and the original code's text files."""
+    out = Path(out_dir)
+    write_json(out / "result.json", summary)
+    write_csv(out / "per_step.csv", summary["per_step"])
+    write_csv(out / "layers.csv", summary["layers"])
+    for name, key in (
+        ("accuracy.txt", "correct"),
+        ("spike_num.txt", "spike_num"),
+        ("spike_collect.txt", "spike_collect"),
+        ("sop_num.txt", "sops"),
+    ):
+        lines = [" ".join(str(value) for value in row) for row in result.batches[key]]
+        write_text(out / name, "\n".join(lines) + "\n")
+    return out
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    """A plain-text table with right-aligned numbers."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def summary_table(summaries: list[dict]) -> str:
+    """The short table `qsnn simulate` and `qsnn run` print, one row per simulation."""
+    header = [
+        "scheme", "net", "precision", "T", "ANN %", "SNN %", "agree", "T_lossless",
+        "SOPs/img", "ANN ops/img", "spikes/img (+/-)", "energy SNN/ANN",
+    ]
+    rows = []
+    for s in summaries:
+        per_image = s["per_image"]
+        rows.append(
+            [
+                s["scheme"] + ("" if s.get("threshold_scale") is None else f"/{s['threshold_scale']}"),
+                s["net"],
+                s["precision"],
+                _fmt(s["steps"]),
+                _fmt(s["ann_accuracy"]),
+                _fmt(s["snn_accuracy"]),
+                f"{s['agreement']:,}/{s['images']:,}",
+                _fmt(s["t_lossless"]),
+                _fmt(per_image["sops"], 0),
+                _fmt(per_image["ann_ops"]),
+                f"{per_image['positive_spikes']:,.0f}/{per_image['negative_spikes']:,.0f}",
+                _fmt(s["energy"]["ratio"], 3),
+            ]
+        )
+    return format_table(rows, header)

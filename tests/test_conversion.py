@@ -1,0 +1,216 @@
+"""Losslessness, proven by exact equality: every scheme, every layer, every image."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from qsnn.conversion import SpikingNet, convert, reference_counts
+from qsnn.errors import QsnnError
+from qsnn.models import NetSpec, QuantizedNet
+from qsnn.quantization import Precision
+from qsnn.simulation import simulate_batch
+from tests.helpers import random_net, random_pixels
+
+CASES = [
+    # (k, B, ternary, seed)
+    (0, 1, False, 0),
+    (0, 4, True, 1),
+    (1, 1, False, 2),
+    (1, 2, True, 3),
+    (1, None, False, 4),
+    (2, 4, False, 5),
+    (2, None, True, 6),
+    (3, 2, False, 7),
+    (3, None, False, 8),
+]
+
+
+def schemes_for(model):
+    schemes = ["nsd"]
+    if all(block.bound is not None for block in model.blocks):
+        schemes.append("sg")
+    if model.spec.precision.ternary and model.blocks[0].bound is not None:
+        schemes.append("int")
+    return schemes
+
+
+def assert_lossless(model, pixels, scheme, steps=None):
+    """SNN final counts == exact reference counts == the float64 model's counts."""
+    net = convert(model, scheme)
+    ann = model.double().counts(pixels.double() / 255)
+    model.float()
+    reference, logits = reference_counts(net, pixels)
+    record = simulate_batch(net, pixels, steps)
+    for layer, (a, r, s) in enumerate(zip(ann, reference, record.counts, strict=True)):
+        assert torch.equal(a, r), f"{scheme}: reference differs from the model in layer {layer + 1}"
+        assert torch.equal(s, r), f"{scheme}: SNN differs from the ANN in layer {layer + 1}"
+    assert torch.equal(record.predictions[-1], logits.argmax(dim=1))
+    return net, record
+
+
+@pytest.mark.parametrize(("k", "B", "ternary", "seed"), CASES)
+def test_random_conv_nets_are_lossless_under_every_scheme(k, B, ternary, seed):
+    model = random_net("6C5-P2-8C3-12", k=k, B=B, ternary=ternary, seed=seed)
+    pixels = random_pixels(24, seed=seed)
+    for scheme in schemes_for(model):
+        assert_lossless(model, pixels, scheme)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mlp_and_same_padding_nets_are_lossless(seed):
+    mlp = random_net("20-16", k=1, B=4, ternary=True, seed=seed)
+    assert_lossless(mlp, random_pixels(32, seed=seed), "int")
+    same = random_net("4C3s-P2-6C3s-P2-10", k=2, B=1, seed=seed, input_shape=(3, 12, 12), padding="same")
+    pixels = random_pixels(16, shape=(3, 12, 12), seed=seed)
+    for scheme in ("nsd", "sg"):
+        assert_lossless(same, pixels, scheme)
+
+
+def test_int_net_with_its_own_encoding_precision_is_lossless():
+    model = random_net("6C5-P2-8C3-12", k=0, B=None, ternary=True, seed=11, encoding_k=0, encoding_B=4)
+    assert model.blocks[0].bound == 4 and model.blocks[1].bound is None
+    net, record = assert_lossless(model, random_pixels(32, seed=3), "int")
+    assert net.layers[0].levels == 4 and net.layers[1].levels is None
+    assert [layer.exponent for layer in net.layers[1:]] == [0, 0, 0]  # ternary: plain integers
+
+
+def exact_tie_net(k: int, gamma_sign: float) -> QuantizedNet:
+    """Ternary net whose hidden thresholds are exactly the integers: sigma = |gamma| = 1
+    (eps 0), beta = 1/2^(k+1), mu = 0, so count level i is reached at V >= i and integer
+    membranes sit exactly on thresholds all the time. (The encoding layer keeps random
+    float weights: on pixels p / 255 a float model could not decide a tie exactly.)"""
+    precision = Precision(k=k, B=2, ternary=True)
+    model = QuantizedNet(NetSpec("4C3-P2-6", (1, 10, 10), 3, "valid", precision))
+    with torch.no_grad():
+        for index, block in enumerate(model.blocks):
+            block.norm.eps = 0.0
+            block.norm.running_var.fill_(1.0)
+            block.norm.running_mean.zero_()
+            block.norm.weight.fill_(gamma_sign if index else 1.0)
+            block.norm.bias.fill_(1.0 / 2 ** (k + 1))
+    return model.eval()
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_ties_at_a_threshold_fire_in_ann_and_snn(k):
+    torch.manual_seed(k)
+    model = exact_tie_net(k, 1.0)
+    pixels = random_pixels(40, shape=(1, 10, 10), seed=k)
+    net = convert(model, "int")
+    assert np.all(net.layers[1].theta0 == 0.0) and np.all(net.layers[1].step == 1.0)
+    reference, _ = reference_counts(net, pixels)
+    # the hidden membrane is an integer V and the count is min(V + 1, N) for V >= 0: every
+    # neuron with V = T(i) exactly must have fired level i
+    membrane = torch.nn.functional.conv2d(reference[0].double(), torch.from_numpy(net.layers[1].weight).double(), stride=2)
+    expected = (membrane + 1).clamp(0, net.layers[1].levels)
+    assert torch.equal(reference[1], expected.to(torch.int64))
+    for scheme in ("nsd", "sg", "int"):
+        assert_lossless(model, pixels, scheme)
+
+
+def test_negative_gamma_negates_the_channel():
+    torch.manual_seed(0)
+    model = exact_tie_net(1, -1.0)
+    net = convert(model, "int")
+    trained = model.blocks[1].effective_weight().detach().numpy()
+    assert np.array_equal(net.layers[1].weight, -trained.astype(np.int64))
+    assert_lossless(model, random_pixels(40, shape=(1, 10, 10)), "nsd")
+
+
+def test_zero_gamma_gives_a_constant_count_and_no_input():
+    model = random_net("6C5-P2-8C3-12", k=1, B=2, seed=2)
+    with torch.no_grad():
+        model.blocks[1].norm.bias[0] = 0.8  # constant count floor(0.8 * 2 + 1/2) = 2
+        model.blocks[2].norm.bias[0] = -0.3  # relu -> 0
+    net = convert(model, "nsd")
+    assert net.layers[1].constant[0] == 2 and net.layers[2].constant[0] == 0
+    assert not net.layers[1].weight[0].any()
+    assert all(c == -1 for c in net.layers[1].constant[1:])
+    _, record = assert_lossless(model, random_pixels(16), "nsd")
+    assert bool((record.counts[1][:, 0] == 2).all())
+
+
+def test_unbounded_layers_get_an_exactness_limit_and_refuse_beyond_it():
+    model = random_net("6C5-P2-8C3-12", k=2, B=None, seed=3)
+    net = convert(model, "nsd")
+    for layer in net.layers:
+        assert layer.input_limit > 0
+        assert layer.count_bound >= 1
+    net.layers[2].input_limit = 1.0
+    with pytest.raises(QsnnError, match="reached .* beyond 1, the largest for which its integer membrane is exact"):
+        reference_counts(net, random_pixels(8))
+
+
+def test_float_weights_are_held_exactly_on_the_grid():
+    model = random_net("6C5-P2-8C3-12", k=1, B=2, seed=4)
+    net = convert(model, "nsd")
+    for layer, block in zip(net.layers, model.blocks, strict=True):
+        real = layer.weight.astype(np.float64) * 2.0**-layer.exponent
+        trained = block.weight.detach().double().numpy()
+        folded = np.where(
+            (block.norm.weight.detach().numpy() < 0).reshape(-1, *[1] * (trained.ndim - 1)), -trained, trained
+        )
+        folded[0] = 0.0  # gamma = 0 channel
+        assert not layer.snapped
+        assert np.array_equal(real, folded)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = random_net("6C5-P2-8C3-12", k=1, B=2, ternary=True, seed=5)
+    net = convert(model, "int", source={"checkpoint": "x.pt", "sha256": "ab" * 32})
+    path = tmp_path / "net.snn.npz"
+    net.save(path)
+    loaded = SpikingNet.load(path)
+    assert loaded.scheme == "int" and loaded.source["sha256"] == "ab" * 32
+    assert loaded.spec == net.spec
+    for a, b in zip(net.layers, loaded.layers, strict=True):
+        for name in ("weight", "theta0", "step", "constant"):
+            assert np.array_equal(getattr(a, name), getattr(b, name))
+        assert (a.exponent, a.levels, a.input_limit) == (b.exponent, b.levels, b.input_limit)
+    pixels = random_pixels(8)
+    one, two = simulate_batch(net, pixels, 6), simulate_batch(loaded, pixels, 6)
+    assert torch.equal(one.predictions, two.predictions)
+    assert all(torch.equal(x, y) for x, y in zip(one.counts, two.counts, strict=True))
+
+
+def test_loading_something_else_is_a_clear_error(tmp_path):
+    missing = tmp_path / "none.npz"
+    with pytest.raises(QsnnError, match="no converted network at .*none.npz: create one with `qsnn convert"):
+        SpikingNet.load(missing)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(QsnnError, match="junk.npz is not a converted qsnn network"):
+        SpikingNet.load(junk)
+
+
+def test_scheme_requirements_are_explained():
+    unbounded = random_net("6C5-P2-8C3-12", k=1, B=None)
+    with pytest.raises(QsnnError, match=r"SG needs an upper bound B on every block .* block\(s\) \[1, 2, 3, 4\] have B none"):
+        convert(unbounded, "sg")
+    with pytest.raises(QsnnError, match="INT needs ternary hidden weights .* train with --ternary"):
+        convert(random_net(k=1, B=2), "int")
+    with pytest.raises(QsnnError, match="unknown scheme 'snn': use one of nsd, sg, int"):
+        convert(unbounded, "snn")
+    with pytest.raises(QsnnError, match="--threshold-scale reproduces the INT paper's rounded thresholds"):
+        convert(unbounded, "nsd", threshold_scale=10000)
+    full = QuantizedNet(NetSpec("6C5-12", (1, 28, 28), 10, "valid", Precision(full_precision=True)))
+    with pytest.raises(QsnnError, match="cannot convert a full-precision network"):
+        convert(full, "nsd")
+
+
+def test_threshold_scale_reproduces_the_original_small_loss():
+    torch.manual_seed(0)
+    model = exact_tie_net(0, 1.0)
+    with torch.no_grad():  # thresholds at i + 3e-5: exact ceil says V >= i + 1
+        model.blocks[1].norm.bias.fill_(0.5 - 3e-5)
+    pixels = random_pixels(40, shape=(1, 10, 10))
+    exact = convert(model, "int")
+    rounded = convert(model, "int", threshold_scale=10000)
+    exact_counts, _ = reference_counts(exact, pixels)
+    rounded_counts, _ = reference_counts(rounded, pixels)
+    assert torch.equal(exact_counts[0], rounded_counts[0])  # the float encoding layer is exact in both
+    differs = int((exact_counts[1] != rounded_counts[1]).sum())
+    assert differs > 0
+    assert math.isclose(float(exact.layers[1].theta0[1]), 3e-5, rel_tol=1e-3)

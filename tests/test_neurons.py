@@ -1,0 +1,165 @@
+"""Neuron dynamics on hand-computed cases (ALGORITHMS.md §3)."""
+
+import pytest
+import torch
+
+from qsnn.neurons import (
+    BIG,
+    Thresholds,
+    adaptive_init,
+    adaptive_step,
+    nsd_init,
+    nsd_step,
+    rising_threshold_step,
+    scatter_gather,
+    target_count,
+    threshold,
+)
+
+
+def table(theta0, step, levels, constant=None, scale=None):
+    """One-channel threshold table; membranes are shaped (batch, 1)."""
+    constant = [-1] * len(theta0) if constant is None else constant
+    return Thresholds(
+        torch.tensor(theta0, dtype=torch.float64),
+        torch.tensor(step, dtype=torch.float64),
+        torch.tensor(constant, dtype=torch.int64),
+        levels,
+        scale,
+    )
+
+
+def column(values):
+    return torch.tensor(values, dtype=torch.float64)[:, None]
+
+
+def run_nsd(th, currents):
+    state = nsd_init(column([0.0]))
+    spikes = []
+    for current in currents:
+        state, s = nsd_step(state, column([current]), th)
+        spikes.append(int(s))
+    return spikes, int(state.count)
+
+
+def test_threshold_table_is_ceil_of_the_formula():
+    th = table([2.5], [1.25], levels=4)
+    like = column([0.0])
+    got = [float(threshold(th, i, like)) for i in range(-1, 6)]
+    # T(i) = ceil(2.5 + 1.25 i): 3, 4, 5, 7; below 0 -> -BIG, at or above N -> +BIG
+    assert got == [-BIG, 3.0, 4.0, 5.0, 7.0, BIG, BIG]
+
+
+def test_target_count_ties_fire_and_bound_clips():
+    th = table([3.0], [2.0], levels=3)  # thresholds 3, 5, 7
+    v = column([2.0, 3.0, 4.0, 5.0, 6.9, 7.0, 100.0, -50.0])
+    assert target_count(v, th).flatten().tolist() == [0, 1, 1, 2, 2, 3, 3, 0]
+
+
+def test_target_count_unbounded_and_constant_channel():
+    th = table([0.5, 0.5], [1.0, 1.0], levels=None, constant=[-1, 2])
+    v = torch.tensor([[0.0, 0.0], [1.0, -1e9], [41.0, 1e9]], dtype=torch.float64)
+    # channel 0: T(i) = ceil(0.5 + i) = i + 1, so m = V for V >= 0; channel 1 is fixed at 2
+    assert target_count(v, th).tolist() == [[0, 2], [1, 2], [41, 2]]
+
+
+def test_scaled_thresholds_reproduce_the_original_rounding():
+    exact = table([3.00003], [1.0], levels=4)
+    scaled = table([3.00003], [1.0], levels=4, scale=10000)
+    v = column([3.0])
+    assert int(target_count(v, exact)) == 0  # 3 < 3.00003
+    assert int(target_count(v, scaled)) == 1  # round(30000.3) / 10^4 = 3.0 <= 3
+
+
+def test_nsd_tie_at_threshold_fires():
+    th = table([4.0], [2.0], levels=None)  # thresholds 4, 6, 8, ...
+    spikes, count = run_nsd(th, [4.0, 0.0, 0.0])
+    assert spikes == [1, 0, 0] and count == 1
+
+
+def test_nsd_one_spike_per_step_until_the_count_is_reached():
+    th = table([1.0], [1.0], levels=None)  # thresholds 1, 2, 3, ...
+    spikes, count = run_nsd(th, [3.0, 0.0, 0.0, 0.0, 0.0])
+    assert spikes == [1, 1, 1, 0, 0] and count == 3
+
+
+def test_nsd_negative_spike_undoes_an_early_positive_one():
+    th = table([2.0], [2.0], levels=None)  # thresholds 2, 4, ...
+    # excitatory input arrives first, inhibition one step later: V = 3 then -1
+    spikes, count = run_nsd(th, [3.0, -4.0, 0.0])
+    assert spikes == [1, -1, 0] and count == 0
+
+
+def test_nsd_respects_the_upper_bound():
+    th = table([1.0], [1.0], levels=2)
+    spikes, count = run_nsd(th, [100.0, 0.0, 0.0, 0.0])
+    assert spikes == [1, 1, 0, 0] and count == 2
+
+
+def test_nsd_silent_neuron_never_spikes_negative():
+    th = table([5.0], [1.0], levels=4)
+    spikes, count = run_nsd(th, [4.0, -10.0, 3.0, 2.0])
+    assert spikes == [0, 0, 0, 0] and count == 0
+
+
+def test_adaptive_neuron_equals_nsd_on_random_input():
+    generator = torch.Generator().manual_seed(0)
+    th = Thresholds(
+        torch.tensor([1.5, -2.0, 7.25]),
+        torch.tensor([2.0, 0.5, 3.0]),
+        torch.tensor([-1, -1, 1]),
+        5,
+    )
+    like = torch.zeros(50, 3, dtype=torch.float64)
+    nsd, adaptive = nsd_init(like), adaptive_init(like, th)
+    for _ in range(30):
+        current = torch.randint(-4, 5, like.shape, generator=generator).to(torch.float64)
+        nsd, s1 = nsd_step(nsd, current, th)
+        adaptive, s2 = adaptive_step(adaptive, current, th)
+        assert torch.equal(s1, s2)
+    assert torch.equal(nsd.count, adaptive.count)
+    assert torch.equal(adaptive.upper, threshold(th, adaptive.count, like))
+    assert torch.equal(adaptive.lower, threshold(th, adaptive.count - 1, like))
+
+
+def test_adaptive_thresholds_step_through_the_table():
+    th = table([2.0], [3.0], levels=None)  # 2, 5, 8, ...
+    state = adaptive_init(column([0.0]), th)
+    assert (float(state.lower), float(state.upper)) == (-BIG, 2.0)
+    state, s = adaptive_step(state, column([6.0]), th)
+    assert int(s) == 1 and (float(state.lower), float(state.upper)) == (2.0, 5.0)
+    state, s = adaptive_step(state, column([0.0]), th)
+    assert int(s) == 1 and (float(state.lower), float(state.upper)) == (5.0, 8.0)
+    state, s = adaptive_step(state, column([-3.0]), th)  # V = 3 < 5: step back down
+    assert int(s) == -1 and (float(state.lower), float(state.upper)) == (2.0, 5.0)
+
+
+def test_rising_threshold_is_a_thermometer_code():
+    th = table([10.0], [5.0], levels=4)  # 10, 15, 20, 25
+    v = column([9.0, 10.0, 19.0, 25.0, 1000.0])
+    trains = torch.stack([rising_threshold_step(t, v, th).flatten() for t in range(6)], dim=1)
+    assert trains.tolist() == [
+        [0, 0, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+    ]
+
+
+def test_scatter_gather_counts_and_spike_drop():
+    th = table([1.0], [1.0], levels=4)
+    v = column([0.0, 1.0, 2.5, 9.0] * 250)
+    assert scatter_gather(v, th)[:4].flatten().tolist() == [0, 1, 2, 4]
+    generator = torch.Generator().manual_seed(0)
+    dropped_all = scatter_gather(v, th, drop_ratio=1.0, generator=generator)
+    assert int(dropped_all.sum()) == 0
+    half = scatter_gather(v, th, drop_ratio=0.5, generator=generator)
+    assert bool((half <= scatter_gather(v, th)).all())
+    # 250 * (1 + 2 + 4) = 1750 spikes, half of them dropped on average
+    assert 800 < int(half.sum()) < 950
+
+
+def test_scatter_gather_needs_a_bound():
+    with pytest.raises(ValueError, match="bounded"):
+        scatter_gather(column([1.0]), table([1.0], [1.0], levels=None))

@@ -1,0 +1,157 @@
+"""The simulator's bookkeeping: SOPs with exact fan-out, spikes, T_lossless, auto steps, files."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qsnn.conversion import convert, reference_counts
+from qsnn.errors import QsnnError
+from qsnn.metrics import ann_macs, fanout_map, layer_costs, total_macs
+from qsnn.reporting import summarize, summary_table, write_simulation
+from qsnn.simulation import SimulationResult, simulate, simulate_batch
+from tests.helpers import random_net, random_pixels
+
+
+def brute_force_fanout(layer, sender_shape):
+    """Fan-out of every input position: ones through the transposed convolution."""
+    out_channels, out_h, out_w = layer.out_shape
+    ones_out = torch.ones(1, out_channels, out_h, out_w, dtype=torch.float64)
+    kernel = torch.ones(out_channels, sender_shape[0], layer.kernel, layer.kernel, dtype=torch.float64)
+    cover = F.conv_transpose2d(ones_out, kernel, stride=layer.stride, padding=layer.padding)[0]
+    full = torch.zeros(sender_shape, dtype=torch.float64)  # inputs no window reaches: 0
+    full[:, : cover.shape[1], : cover.shape[2]] = cover[:, : sender_shape[1], : sender_shape[2]]
+    return full
+
+
+@pytest.mark.parametrize("notation", ["6C5-P2-8C3-12", "4C3s-P2-6C3s-P2-10", "5C4-P3-9"])
+def test_fanout_is_exact_at_the_borders(notation):
+    padding = "same" if "s" in notation else "valid"
+    model = random_net(notation, k=1, B=2, input_shape=(1, 13, 13), padding=padding)
+    net = convert(model, "nsd")
+    for index, layer in enumerate(net.layers[:-1]):
+        receiver = net.layers[index + 1]
+        got = fanout_map(receiver, layer.out_shape, net.classes)
+        if receiver.kind == "conv":
+            expected = brute_force_fanout(receiver, layer.out_shape)
+            assert torch.equal(got.double(), expected)
+        else:
+            assert bool((got == receiver.neurons).all())
+    plan = model.plan
+    assert ann_macs(net) == plan.macs - plan.layers[0].macs
+    assert total_macs(net) == plan.macs
+
+
+def test_sops_count_each_spike_times_its_fanout():
+    model = random_net("5-4", k=1, B=2, input_shape=(1, 4, 4), seed=3)
+    net = convert(model, "nsd")
+    pixels = random_pixels(6, shape=(1, 4, 4), seed=1)
+    record = simulate_batch(net, pixels, 8)
+    # layer 1 (5 neurons) feeds a dense layer of 4; layer 2 feeds 10 classes
+    assert record.sops[0].tolist() == [4 * int(v) for v in (record.positive[0] + record.negative[0])]
+    assert record.sops[1].tolist() == [10 * int(v) for v in (record.positive[1] + record.negative[1])]
+
+
+def test_spikes_add_up_to_the_final_counts():
+    model = random_net("6C5-P2-8C3-12", k=2, B=None, seed=4)
+    net = convert(model, "nsd")
+    record = simulate_batch(net, random_pixels(16, seed=4), None)
+    for layer, counts in enumerate(record.counts):
+        assert int((record.positive[layer] - record.negative[layer]).sum()) == int(counts.sum())
+    assert int(record.negative.sum()) > 0  # the random net does need negative spikes
+
+
+def test_auto_steps_stop_when_nothing_is_in_flight():
+    model = random_net("6C5-P2-8C3-12", k=1, B=4, seed=5)
+    net = convert(model, "nsd")
+    pixels = random_pixels(12, seed=5)
+    auto = simulate_batch(net, pixels, None)
+    steps = auto.predictions.shape[0]
+    assert int(auto.positive[:, -1].sum() + auto.negative[:, -1].sum()) > 0  # last step still active
+    longer = simulate_batch(net, pixels, steps + 6)
+    assert torch.equal(longer.predictions[:steps], auto.predictions)
+    assert bool((longer.predictions[steps:] == auto.predictions[-1]).all())
+    assert int(longer.positive[:, steps:].sum() + longer.negative[:, steps:].sum()) == 0
+    assert all(torch.equal(a, b) for a, b in zip(auto.counts, longer.counts, strict=True))
+
+
+def test_int_encoding_is_a_thermometer_and_matches_nsd_spike_for_spike():
+    model = random_net("6C5-P2-8C3-12", k=0, B=None, ternary=True, seed=6, encoding_k=0, encoding_B=4)
+    pixels = random_pixels(10, seed=6)
+    nsd = simulate_batch(convert(model, "nsd"), pixels, 12)
+    integer = simulate_batch(convert(model, "int"), pixels, 12)
+    assert torch.equal(nsd.positive, integer.positive)
+    assert torch.equal(nsd.negative, integer.negative)
+    assert torch.equal(nsd.predictions, integer.predictions)
+    assert int(integer.positive[0, 4:].sum()) == 0 and int(integer.negative[0].sum()) == 0
+
+
+def test_t_lossless_is_the_first_step_of_the_final_agreement():
+    def result(agree):
+        return SimulationResult("nsd", len(agree), 10, 0.0, agree, agree, 10, 10, [[0]], [[0]], [[0]], [0], [0])
+
+    assert result([3, 10, 9, 10, 10]).t_lossless == 4
+    assert result([10, 10]).t_lossless == 1
+    assert result([10, 9]).t_lossless is None
+
+
+def test_dataset_simulation_is_independent_of_the_batch_size(tmp_path):
+    model = random_net("6C5-P2-8C3-12", k=1, B=2, ternary=True, seed=7)
+    net = convert(model, "nsd")
+    pixels, labels = random_pixels(30, seed=7), torch.randint(0, 10, (30,))
+    one = simulate(net, pixels, labels, steps=None, batch_size=30)
+    three = simulate(net, pixels, labels, steps=None, batch_size=7)
+    assert one.steps == three.steps
+    for name in ("correct", "agree", "positive", "negative", "sops", "spiking_neurons", "count_mismatches"):
+        assert getattr(one, name) == getattr(three, name), name
+    assert one.agree[-1] == 30 and one.count_mismatches == [0, 0, 0, 0]
+    assert len(three.batches["correct"]) == 5 and all(len(row) == three.steps for row in three.batches["sops"])
+    summary = summarize(three, net, dataset="random")
+    assert summary["lossless"] and summary["t_lossless"] == three.t_lossless
+    assert summary["per_image"]["ann_ops"] == 3 * ann_macs(net)
+    assert summary["per_image"]["sops"] == sum(map(sum, three.sops)) / 30
+    out = write_simulation(tmp_path / "sim", summary, three)
+    lines = (out / "accuracy.txt").read_text().splitlines()
+    assert len(lines) == 5 and [len(line.split()) for line in lines] == [three.steps] * 5
+    assert sum(int(line.split()[-1]) for line in lines) == three.correct[-1]
+    spike_num = sum(int(v) for line in (out / "spike_num.txt").read_text().splitlines() for v in line.split())
+    assert spike_num == sum(map(sum, three.positive)) + sum(map(sum, three.negative))
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["agreement"] == 30 and saved["provenance"]["seed"] == 0
+    assert (out / "per_step.csv").read_text().splitlines()[0].startswith("step,accuracy,correct,agree")
+    assert "LOSSLESS" not in summary_table([summary]) and "30/30" in summary_table([summary])
+
+
+def test_noise_keeps_nsd_lossless_against_the_noisy_ann_and_sg_drops_spikes():
+    model = random_net("6C5-P2-8C3-12", k=1, B=2, seed=8)
+    pixels, labels = random_pixels(20, seed=8), torch.randint(0, 10, (20,))
+    noisy = simulate(convert(model, "nsd"), pixels, labels, steps=None, noise=0.3, seed=1)
+    assert noisy.agree[-1] == 20 and noisy.count_mismatches == [0, 0, 0, 0]
+    sg = convert(model, "sg")
+    clean = simulate(sg, pixels, labels, steps=1)
+    none_dropped = simulate(sg, pixels, labels, steps=1, noise=0.0)
+    dropped = simulate(sg, pixels, labels, steps=1, noise=0.5, seed=2)
+    assert clean.positive == none_dropped.positive
+    assert sum(map(sum, dropped.positive)) < sum(map(sum, clean.positive))
+
+
+def test_sg_neurons_and_synapses_are_multiplied():
+    model = random_net("6C5-P2-8C3-12", k=1, B=2, seed=9)
+    sg, nsd = convert(model, "sg"), convert(model, "nsd")
+    for a, b in zip(layer_costs(sg), layer_costs(nsd), strict=True):
+        assert a.neurons == 4 * b.neurons
+    costs = layer_costs(sg)
+    assert costs[-1].synapses_out == 4 * costs[-1].ann_macs  # output accumulator is not copied
+    assert costs[0].synapses_out == 16 * costs[0].ann_macs
+    record = simulate_batch(sg, random_pixels(5, seed=9), None)
+    counts, _ = reference_counts(sg, random_pixels(5, seed=9))
+    assert int(record.sops[0, 0]) == 4 * int((counts[0] * fanout_map(sg.layers[1], sg.layers[0].out_shape, 10)).sum())
+
+
+def test_bad_simulation_input_is_explained():
+    net = convert(random_net(k=1, B=2), "nsd")
+    with pytest.raises(QsnnError, match=r"expects images of shape \(1, 28, 28\), got \(1, 24, 24\)"):
+        simulate(net, random_pixels(2, shape=(1, 24, 24)), torch.zeros(2, dtype=torch.int64), steps=3)
+    with pytest.raises(QsnnError, match="--noise must be between 0 and 1, got 1.5"):
+        simulate(net, random_pixels(2), torch.zeros(2, dtype=torch.int64), steps=3, noise=1.5)
