@@ -71,7 +71,7 @@ def test_mlp_and_same_padding_nets_are_lossless(seed):
 def test_int_net_with_its_own_encoding_precision_is_lossless():
     model = random_net("6C5-P2-8C3-12", k=0, B=None, ternary=True, seed=11, encoding_k=0, encoding_B=4)
     assert model.blocks[0].bound == 4 and model.blocks[1].bound is None
-    net, record = assert_lossless(model, random_pixels(32, seed=3), "int")
+    net, _ = assert_lossless(model, random_pixels(32, seed=3), "int")
     assert net.layers[0].levels == 4 and net.layers[1].levels is None
     assert [layer.exponent for layer in net.layers[1:]] == [0, 0, 0]  # ternary: plain integers
 
