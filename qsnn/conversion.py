@@ -16,9 +16,11 @@ exact there). For float32 weights that grid almost always holds them exactly; ot
 only bits below 2^-s are dropped (recorded as ``snapped``). A hidden block's membrane
 is then the exact integer V = W_int * n (n: the previous block's integer counts), the
 encoding block's is V = W_int * p with p the raw 0..255 pixels (x = p / 255), and the
-thresholds are integers: V >= zeta_i / unit  <=>  V >= ceil(zeta_i / unit). The spiking
-network and the reference quantized ANN (:func:`reference_counts`) both compare exact
-integers with this one table, which is what makes "lossless" a theorem, not a statistic.
+thresholds become integer tables T(i) = ceil((A + i D) / S) (see :mod:`qsnn.neurons`):
+for integer V, V >= theta <=> V >= ceil(theta). The spiking network and the reference
+quantized ANN (:func:`reference_counts`) both compare exact integers with these tables,
+which makes "lossless" a theorem, not a statistic. Unbounded layers carry a count limit
+(2^24 at most) that the simulator enforces, so exactness can never fail silently.
 """
 
 from __future__ import annotations
@@ -63,11 +65,13 @@ class SpikingLayer:
     bound: int | None
     weight: np.ndarray  # int64 W_int; the real weights are W_int * 2^-exponent
     exponent: int  # s
-    theta0: np.ndarray  # float64 [C], integer membrane units
-    step: np.ndarray  # float64 [C]
+    offset: np.ndarray  # int64 [C]: A of T(i) = ceil((A + i D) / S)
+    step: np.ndarray  # int64 [C]: D
+    divisor: int  # S
+    size: np.ndarray  # int64 [C]: levels at or above are out of reach
     constant: np.ndarray  # int64 [C], -1 = input-driven
     input_limit: float  # largest input (count or pixel) for which the membrane is exact
-    count_bound: float  # largest count this layer can reach (inf if unknown)
+    count_limit: int  # largest count this layer may reach (next layer's inputs are checked)
     snapped: bool = False  # True if some weight bits below 2^-s were dropped
 
     @property
@@ -82,13 +86,13 @@ class SpikingLayer:
     def channels(self) -> int:
         return self.out_shape[0]
 
-    def thresholds(self, scale: int | None = None) -> Thresholds:
+    def thresholds(self) -> Thresholds:
         return Thresholds(
-            torch.from_numpy(self.theta0),
+            torch.from_numpy(self.offset),
             torch.from_numpy(self.step),
+            self.divisor,
+            torch.from_numpy(self.size),
             torch.from_numpy(self.constant),
-            self.levels,
-            scale if self.role == "hidden" else None,
         )
 
 
@@ -126,7 +130,7 @@ class SpikingNet:
         return self.output.classes
 
     def thresholds(self, index: int) -> Thresholds:
-        return self.layers[index].thresholds(self.threshold_scale)
+        return self.layers[index].thresholds()
 
     def describe(self) -> str:
         scale = "" if self.threshold_scale is None else f", thresholds rounded to 1/{self.threshold_scale}"
@@ -142,12 +146,12 @@ class SpikingNet:
                 key: getattr(layer, key)
                 for key in (
                     "kind", "role", "in_shape", "out_shape", "kernel", "stride", "padding",
-                    "k", "bound", "exponent", "input_limit", "count_bound", "snapped",
+                    "k", "bound", "exponent", "divisor", "input_limit", "count_limit", "snapped",
                 )
             }
             meta["levels"] = layer.levels
             layers.append(meta)
-            for name in ("weight", "theta0", "step", "constant"):
+            for name in ("weight", "offset", "step", "size", "constant"):
                 arrays[f"layer{index}.{name}"] = getattr(layer, name)
         arrays["output.weight"] = self.output.weight
         manifest = {
@@ -206,11 +210,13 @@ class SpikingNet:
                     bound=meta["bound"],
                     weight=arrays[f"layer{index}.weight"],
                     exponent=meta["exponent"],
-                    theta0=arrays[f"layer{index}.theta0"],
+                    offset=arrays[f"layer{index}.offset"],
                     step=arrays[f"layer{index}.step"],
+                    divisor=int(meta["divisor"]),
+                    size=arrays[f"layer{index}.size"],
                     constant=arrays[f"layer{index}.constant"],
                     input_limit=float(meta["input_limit"]),
-                    count_bound=float(meta["count_bound"]),
+                    count_limit=int(meta["count_limit"]),
                     snapped=meta["snapped"],
                 )
             )
@@ -288,6 +294,35 @@ def _count_bound(weight: torch.Tensor, zeta0, delta, constant, levels, input_bou
     return bound if math.isfinite(bound) else math.inf
 
 
+COUNT_LIMIT = 2**24  # unbounded layers: counts beyond this are refused at run time
+TABLE_BITS = 61  # |A| + size * D stays below 2^61, well inside int64
+
+
+def _fixed_point(theta0: torch.Tensor, step: torch.Tensor, size_cap: int, scale: int | None, where: str):
+    """Integer threshold tables T(i) = ceil((A + i D) / S) for real thresholds theta0 + i step.
+
+    ``size_cap``: the bound 2^k*B, or the count limit of an unbounded layer. Levels whose
+    threshold lies beyond any reachable membrane (2^53) are cut off too, which keeps the
+    accumulator small. Exact mode (``scale`` None) uses S = 2^F with the most fractional
+    bits F that fit; ``scale`` rounds to 1/scale like the INT paper's code.
+    """
+    if float(theta0.abs().max()) > 2.0**55:
+        raise QsnnError(f"{where} has a threshold beyond 2^55; the batch norm is degenerate, retrain")
+    reach = torch.floor((2.0**54 + theta0.abs()) / step) + 2
+    size = torch.clamp(reach, max=float(size_cap)).to(torch.int64)
+    if scale is None:
+        magnitude = float((theta0.abs() + size.to(torch.float64) * step).max())
+        bits = max(0, min(62, math.floor(TABLE_BITS - math.log2(max(magnitude, 1.0)))))
+        divisor = 1 << bits
+    else:
+        divisor = scale
+    offset = torch.round(theta0 * divisor)
+    raw_step = torch.round(step * divisor)
+    if float((offset.abs() + size.to(torch.float64) * raw_step).max()) >= 2.0**62:
+        raise QsnnError(f"{where}: thresholds do not fit 64-bit integers at scale {divisor}; use exact thresholds")
+    return offset.to(torch.int64), raw_step.to(torch.int64), divisor, size
+
+
 # --- conversion --------------------------------------------------------------------------
 
 
@@ -363,8 +398,10 @@ def convert(
     model.eval()
     layers: list[SpikingLayer] = []
     input_bound = PIXEL_LEVELS * PIXEL_HEADROOM  # the encoding block reads raw pixels
-    k_in: int | None = None
+    input_count_limit = math.inf
+    k_in = 0
     for index, block in enumerate(model.blocks):
+        where = f"block {index + 1} ({block.layer.token})"
         weight, zeta0, delta, constant, levels = _fold_block(block)
         w_int, exponent, input_limit, snapped = _grid(weight, input_bound)
         if index == 0:  # z = W_int p 2^-s / 255
@@ -373,19 +410,19 @@ def convert(
         else:  # z = W_int n 2^-s / 2^k_in
             per_unit = 2.0 ** (exponent + k_in)
             count_bound = _count_bound(weight, zeta0, delta, constant, levels, input_bound / (1 << k_in))
-        theta0 = (zeta0 * per_unit).numpy()
-        step = (delta * per_unit).numpy()
-        if not (np.all(np.isfinite(step)) and np.all(step > 0) and np.all(np.isfinite(theta0))):
+        theta0, step = zeta0 * per_unit, delta * per_unit
+        if not (bool(torch.isfinite(step).all()) and bool((step > 0).all()) and bool(torch.isfinite(theta0).all())):
+            raise QsnnError(f"{where} has thresholds out of range (batch norm gamma or variance extreme); retrain")
+        count_limit = int(min(count_bound, COUNT_LIMIT))
+        scale = threshold_scale if index > 0 else None
+        if scale is not None and levels is None and bool((torch.round(step * scale) == 0).any()):
             raise QsnnError(
-                f"block {index + 1} ({block.layer.token}) has thresholds out of range "
-                "(batch norm gamma or variance extreme); retrain or check the checkpoint"
+                f"--threshold-scale {scale} rounds a threshold step of {where} to 0 with no "
+                "bound B; use exact thresholds (omit --threshold-scale)"
             )
-        scaled_step_vanishes = threshold_scale is not None and index > 0 and levels is None
-        if scaled_step_vanishes and np.any(np.round(step * threshold_scale) == 0):
-            raise QsnnError(
-                f"--threshold-scale {threshold_scale} rounds a threshold step of block "
-                f"{index + 1} to 0 with no bound B; use exact thresholds (omit --threshold-scale)"
-            )
+        offset, raw_step, divisor, size = _fixed_point(
+            theta0, step, levels if levels is not None else count_limit + 1, scale, where
+        )
         layer = block.layer
         layers.append(
             SpikingLayer(
@@ -400,18 +437,21 @@ def convert(
                 bound=block.bound,
                 weight=w_int,
                 exponent=exponent,
-                theta0=theta0.astype(np.float64),
-                step=step.astype(np.float64),
+                offset=offset.numpy(),
+                step=raw_step.numpy(),
+                divisor=divisor,
+                size=size.numpy(),
                 constant=constant.numpy(),
-                input_limit=input_limit,
-                count_bound=count_bound,
+                input_limit=min(input_limit, input_count_limit),
+                count_limit=count_limit,
                 snapped=snapped,
             )
         )
-        input_bound = count_bound
+        input_bound = min(count_bound, count_limit)
+        input_count_limit = count_limit
         k_in = block.k
     out_int, out_exponent, out_limit, out_snapped = _grid(model.classifier.detach(), input_bound)
-    output = OutputLayer(out_int, out_exponent, out_limit, out_snapped)
+    output = OutputLayer(out_int, out_exponent, min(out_limit, input_count_limit), out_snapped)
     model.train(was_training)
     return SpikingNet(scheme, layers, output, model.spec, threshold_scale, dict(source or {}))
 
@@ -424,11 +464,11 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def with_scheme(net: SpikingNet, scheme: str, threshold_scale: int | None = None) -> SpikingNet:
+def with_scheme(net: SpikingNet, scheme: str) -> SpikingNet:
     """The same converted weights and thresholds under another scheme (checks included)."""
     if scheme == "sg" and any(layer.levels is None for layer in net.layers):
         raise QsnnError("SG needs an upper bound B on every block; this network has B none")
-    return replace(net, scheme=scheme, threshold_scale=threshold_scale)
+    return replace(net, scheme=scheme)
 
 
 # --- exact evaluation ---------------------------------------------------------------------

@@ -3,19 +3,24 @@
 All membranes here are in *integer membrane units*: the converted network's weights are
 integers on a per-layer grid (see :mod:`qsnn.conversion`), so a membrane is an exact
 integer, held in a float64 tensor (exact below 2^53) so that convolutions can compute it.
-A layer's thresholds form the table ``T(i)``, i = 0, 1, ..., one per count level:
 
-* exact (the default): ``T(i) = ceil(theta0 + i * step)`` computed in float64. For an
-  integer membrane V, ``V >= theta  <=>  V >= ceil(theta)``, so these integer thresholds
-  lose nothing (ALGORITHMS.md §3c).
-* scaled (the INT paper's original code, ``scale = 10000``): the thresholds are rounded to
-  ``1/scale``: ``T(i) = ceil((round(theta0 * scale) + i * round(step * scale)) / scale)``.
+A layer's thresholds form, per channel, the integer table
+
+    T(i) = ceil((A + i * D) / S)        i = 0, 1, ..., size - 1
+
+with integers A (offset), D (step) and S (divisor): a fixed-point accumulator that starts
+at A and adds D per count level, exactly as hardware would adapt a threshold. Levels
+below 0 are -BIG and levels at or above ``size`` are +BIG (out of reach: the bound
+2^k*B, or beyond any reachable membrane). For an integer membrane V, ``V >= theta`` is
+the same as ``V >= ceil(theta)``, so integer thresholds lose nothing (ALGORITHMS.md §3c).
+Conversion picks S = 2^F with as many fractional bits F as fit in 64 bits (exact), or
+S = 10000 to reproduce the INT paper's original rounding.
 
 A channel whose batch-norm gamma is 0 has a constant count (it ignores its input);
 ``constant`` holds it, or -1 for ordinary channels.
 
-The neuron that counts ``m(V)`` = number of levels i < N with ``V >= T(i)`` is the
-quantized ReLU itself; every scheme makes its spike count converge to ``m``.
+The count ``m(V)``, the number of levels i with ``V >= T(i)``, is the quantized ReLU
+itself; every scheme makes its spike count converge to it.
 """
 
 from __future__ import annotations
@@ -24,22 +29,23 @@ from typing import NamedTuple
 
 import torch
 
-BIG = float(2**60)  # beyond any reachable membrane (|V| < 2^53 by construction)
+BIG = float(2**54)  # beyond any reachable membrane (|V| < 2^53 by construction)
 
 
 class Thresholds(NamedTuple):
-    """Per-channel threshold table of one layer, in integer membrane units."""
+    """Per-channel threshold tables of one layer, in integer membrane units."""
 
-    theta0: torch.Tensor  # float64 [C]
-    step: torch.Tensor  # float64 [C], > 0
+    offset: torch.Tensor  # int64 [C]: A
+    step: torch.Tensor  # int64 [C]: D >= 0
+    divisor: int  # S
+    size: torch.Tensor  # int64 [C]: levels at or above are out of reach
     constant: torch.Tensor  # int64 [C]: fixed count, or -1 for input-driven channels
-    levels: int | None  # N = 2^k * B, None when unbounded
-    scale: int | None = None  # None: exact ceil thresholds; S: rounded to 1/S (original INT)
 
     def to(self, device: torch.device | str) -> Thresholds:
         return self._replace(
-            theta0=self.theta0.to(device),
+            offset=self.offset.to(device),
             step=self.step.to(device),
+            size=self.size.to(device),
             constant=self.constant.to(device),
         )
 
@@ -52,55 +58,45 @@ def _channel_view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def threshold(th: Thresholds, level: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-    """T(level) for every neuron of ``like`` (float64 exact integers).
+    """T(level) for every neuron of ``like``, as float64 holding exact integers.
 
     ``level`` is an integer tensor broadcastable to ``like`` (or an int). Levels below 0
-    give -BIG and levels at or above N give +BIG, so the comparisons at the ends of the
-    table need no special cases. Constant channels: -BIG below their count, +BIG above.
+    give -BIG and levels at or above the channel's size +BIG, so comparisons at the ends
+    of the table need no special cases. Constant channels: -BIG below their count, +BIG
+    from it on.
     """
-    level_f = torch.as_tensor(level, device=like.device).to(torch.float64)
-    theta0 = _channel_view(th.theta0, like)
-    step = _channel_view(th.step, like)
-    if th.scale is None:
-        value = torch.ceil(theta0 + level_f * step)
-    else:
-        scale = float(th.scale)
-        raw = torch.round(theta0 * scale) + level_f * torch.round(step * scale)
-        value = torch.ceil(raw / scale)
-    value = value.clamp(-BIG, BIG)
+    level = torch.as_tensor(level, dtype=torch.int64, device=like.device)
+    size = _channel_view(th.size, like)
+    inside = level.clamp(min=0)
+    inside = torch.minimum(inside, size)
+    raw = _channel_view(th.offset, like) + inside * _channel_view(th.step, like)
+    value = -torch.div(-raw, th.divisor, rounding_mode="floor")  # ceil(raw / S), exact
+    value = value.clamp(-int(BIG), int(BIG)).to(torch.float64)
     constant = _channel_view(th.constant, like)
     fixed = constant >= 0
     if bool(fixed.any()):
-        value = torch.where(fixed, torch.where(level_f < constant, -BIG, BIG), value)
-    value = torch.where(level_f < 0, -BIG, value)
-    if th.levels is not None:
-        value = torch.where(level_f >= th.levels, BIG, value)
-    return value
+        value = torch.where(fixed, torch.where(level < constant, -BIG, BIG), value)
+    value = torch.where(level < 0, -BIG, value)
+    return torch.where(level >= size, BIG, value)
 
 
 def target_count(v: torch.Tensor, th: Thresholds) -> torch.Tensor:
-    """m(V) = number of levels i (i < N) with V >= T(i), exactly (int64).
+    """m(V) = number of levels i with V >= T(i), exactly (int64).
 
-    Since T(i) is an integer, T(i) <= V  <=>  theta0 + i * step <= floor(V), which gives
-    the count in closed form; a correction against the exact table absorbs the float
-    rounding of that formula (T is non-decreasing in i, so the count is unique).
+    T(i) <= V  <=>  (A + i D) / S <= floor(V), which gives the count in closed form; a
+    correction against the exact table absorbs the float rounding of that estimate (T is
+    non-decreasing in i, so the count is unique).
     """
-    floor_v = torch.floor(v)
-    theta0 = _channel_view(th.theta0, v)
-    step = _channel_view(th.step, v)
-    if th.scale is None:
-        estimate = torch.floor((floor_v - theta0) / step) + 1
-    else:
-        scale = float(th.scale)
-        raw_step = torch.round(step * scale)
-        raw = floor_v * scale - torch.round(theta0 * scale)
-        flat = torch.where(raw >= 0, BIG, 0.0)  # a zero step: every level at once, or none
-        estimate = torch.where(raw_step > 0, torch.floor(raw / raw_step) + 1, flat)
-    upper = BIG if th.levels is None else float(th.levels)
-    estimate = torch.nan_to_num(estimate, nan=0.0).clamp(0.0, upper)
+    offset = _channel_view(th.offset, v).to(torch.float64)
+    step = _channel_view(th.step, v).to(torch.float64)
+    size = _channel_view(th.size, v)
+    raw = torch.floor(v) * float(th.divisor) - offset
+    flat = torch.where(raw >= 0, BIG, 0.0)  # a zero step: every level at once, or none
+    estimate = torch.where(step > 0, torch.floor(raw / step) + 1, flat)
+    estimate = torch.nan_to_num(estimate, nan=0.0).clamp(0.0, BIG)
+    count = torch.minimum(estimate.to(torch.int64), size)
     constant = _channel_view(th.constant, v)
-    estimate = torch.where(constant >= 0, constant.to(torch.float64), estimate)
-    count = estimate.to(torch.int64)
+    count = torch.where(constant >= 0, constant, count)
     for _ in range(64):
         up = threshold(th, count, v) <= v
         down = threshold(th, count - 1, v) > v
@@ -205,8 +201,6 @@ def scatter_gather(
     probability r. The N copies are never materialized: the fired ones are exactly the
     first m(V), so the gathered count is m(V), or a Binomial(m, 1 - r) draw under noise.
     """
-    if th.levels is None:
-        raise ValueError("scatter-and-gather needs a bounded count (B)")
     count = target_count(v, th)
     if drop_ratio <= 0.0:
         return count

@@ -99,7 +99,8 @@ def test_ties_at_a_threshold_fire_in_ann_and_snn(k):
     model = exact_tie_net(k, 1.0)
     pixels = random_pixels(40, shape=(1, 10, 10), seed=k)
     net = convert(model, "int")
-    assert np.all(net.layers[1].theta0 == 0.0) and np.all(net.layers[1].step == 1.0)
+    hidden = net.layers[1]
+    assert np.all(hidden.offset == 0) and np.all(hidden.step == hidden.divisor)  # T(i) = i
     reference, _ = reference_counts(net, pixels)
     # the hidden membrane is an integer V and the count is min(V + 1, N) for V >= 0: every
     # neuron with V = T(i) exactly must have fired level i
@@ -137,7 +138,7 @@ def test_unbounded_layers_get_an_exactness_limit_and_refuse_beyond_it():
     net = convert(model, "nsd")
     for layer in net.layers:
         assert layer.input_limit > 0
-        assert layer.count_bound >= 1
+        assert 1 <= layer.count_limit <= 2**24
     net.layers[2].input_limit = 1.0
     with pytest.raises(QsnnError, match="reached .* beyond 1, the largest for which its integer membrane is exact"):
         reference_counts(net, random_pixels(8))
@@ -166,9 +167,9 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded.scheme == "int" and loaded.source["sha256"] == "ab" * 32
     assert loaded.spec == net.spec
     for a, b in zip(net.layers, loaded.layers, strict=True):
-        for name in ("weight", "theta0", "step", "constant"):
+        for name in ("weight", "offset", "step", "size", "constant"):
             assert np.array_equal(getattr(a, name), getattr(b, name))
-        assert (a.exponent, a.levels, a.input_limit) == (b.exponent, b.levels, b.input_limit)
+        assert (a.exponent, a.levels, a.divisor, a.input_limit) == (b.exponent, b.levels, b.divisor, b.input_limit)
     pixels = random_pixels(8)
     one, two = simulate_batch(net, pixels, 6), simulate_batch(loaded, pixels, 6)
     assert torch.equal(one.predictions, two.predictions)
@@ -213,4 +214,8 @@ def test_threshold_scale_reproduces_the_original_small_loss():
     assert torch.equal(exact_counts[0], rounded_counts[0])  # the float encoding layer is exact in both
     differs = int((exact_counts[1] != rounded_counts[1]).sum())
     assert differs > 0
-    assert math.isclose(float(exact.layers[1].theta0[1]), 3e-5, rel_tol=1e-3)
+    hidden = rounded.layers[1]
+    divisor = exact.layers[1].divisor
+    assert hidden.divisor == 10000 and divisor & (divisor - 1) == 0 and divisor >= 2**30
+    assert math.isclose(exact.layers[1].offset[1] / exact.layers[1].divisor, 3e-5, rel_tol=1e-3)
+    assert hidden.offset[1] == 0  # round(3e-5 * 10^4) = 0: the threshold rounds down to V >= i

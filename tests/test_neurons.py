@@ -1,6 +1,5 @@
 """Neuron dynamics on hand-computed cases (ALGORITHMS.md §3)."""
 
-import pytest
 import torch
 
 from qsnn.neurons import (
@@ -17,15 +16,16 @@ from qsnn.neurons import (
 )
 
 
-def table(theta0, step, levels, constant=None, scale=None):
-    """One-channel threshold table; membranes are shaped (batch, 1)."""
+def table(theta0, step, levels, constant=None, divisor=2**30):
+    """Threshold tables T(i) = ceil(theta0 + i step) in fixed point (per channel)."""
     constant = [-1] * len(theta0) if constant is None else constant
+    size = 2**20 if levels is None else levels
     return Thresholds(
-        torch.tensor(theta0, dtype=torch.float64),
-        torch.tensor(step, dtype=torch.float64),
+        torch.round(torch.tensor(theta0, dtype=torch.float64) * divisor).to(torch.int64),
+        torch.round(torch.tensor(step, dtype=torch.float64) * divisor).to(torch.int64),
+        divisor,
+        torch.full((len(theta0),), size, dtype=torch.int64),
         torch.tensor(constant, dtype=torch.int64),
-        levels,
-        scale,
     )
 
 
@@ -42,8 +42,8 @@ def run_nsd(th, currents):
     return spikes, int(state.count)
 
 
-def test_threshold_table_is_ceil_of_the_formula():
-    th = table([2.5], [1.25], levels=4)
+def test_threshold_table_is_the_ceiling_of_a_fixed_point_accumulator():
+    th = table([2.5], [1.25], levels=4, divisor=4)  # A = 10, D = 5
     like = column([0.0])
     got = [float(threshold(th, i, like)) for i in range(-1, 6)]
     # T(i) = ceil(2.5 + 1.25 i): 3, 4, 5, 7; below 0 -> -BIG, at or above N -> +BIG
@@ -65,7 +65,7 @@ def test_target_count_unbounded_and_constant_channel():
 
 def test_scaled_thresholds_reproduce_the_original_rounding():
     exact = table([3.00003], [1.0], levels=4)
-    scaled = table([3.00003], [1.0], levels=4, scale=10000)
+    scaled = table([3.00003], [1.0], levels=4, divisor=10000)
     v = column([3.0])
     assert int(target_count(v, exact)) == 0  # 3 < 3.00003
     assert int(target_count(v, scaled)) == 1  # round(30000.3) / 10^4 = 3.0 <= 3
@@ -104,12 +104,7 @@ def test_nsd_silent_neuron_never_spikes_negative():
 
 def test_adaptive_neuron_equals_nsd_on_random_input():
     generator = torch.Generator().manual_seed(0)
-    th = Thresholds(
-        torch.tensor([1.5, -2.0, 7.25]),
-        torch.tensor([2.0, 0.5, 3.0]),
-        torch.tensor([-1, -1, 1]),
-        5,
-    )
+    th = table([1.5, -2.0, 7.25], [2.0, 0.5, 3.0], levels=5, constant=[-1, -1, 1])
     like = torch.zeros(50, 3, dtype=torch.float64)
     nsd, adaptive = nsd_init(like), adaptive_init(like, th)
     for _ in range(30):
@@ -160,6 +155,9 @@ def test_scatter_gather_counts_and_spike_drop():
     assert 800 < int(half.sum()) < 950
 
 
-def test_scatter_gather_needs_a_bound():
-    with pytest.raises(ValueError, match="bounded"):
-        scatter_gather(column([1.0]), table([1.0], [1.0], levels=None))
+def test_thresholds_out_of_reach_and_zero_steps():
+    flat = table([2.0], [0.0], levels=3)  # all levels at 2: a membrane >= 2 reaches all 3
+    assert target_count(column([1.0, 2.0, 9.0]), flat).flatten().tolist() == [0, 3, 3]
+    short = table([0.0], [1.0], levels=None)._replace(size=torch.tensor([5]))
+    assert target_count(column([100.0]), short).flatten().tolist() == [5]
+    assert float(threshold(short, 5, column([0.0]))) == BIG
