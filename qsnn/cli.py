@@ -95,6 +95,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0 if all(check.ok for check in checks) else 1
 
 
+# --- qsnn train ---------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from qsnn.training import run_from_args
+
+    return run_from_args(args)
+
+
 # --- qsnn eval --------------------------------------------------------------------------
 
 
@@ -193,6 +202,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from qsnn.metrics import ENERGY_PER_ADD_PJ, ENERGY_PER_MAC_PJ
+    from qsnn.training import add_arguments as add_train_arguments
 
     parser = argparse.ArgumentParser(
         prog="qsnn",
@@ -212,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser(
+        "train", help="train a quantized (or full-precision) network",
+        description="Train with Adam and the papers' schedule; resumable, torchrun-compatible.",
+    )
+    add_train_arguments(p, out_required=False)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="test accuracy of a trained checkpoint")
     p.add_argument("checkpoint")

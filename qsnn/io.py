@@ -94,7 +94,7 @@ def provenance(seed: int | None = None) -> dict[str, Any]:
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "qsnn": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "seed": seed,

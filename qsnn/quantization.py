@@ -56,7 +56,9 @@ def max_count(k: int, bound: int | None) -> int | None:
 
 def quantize_counts(y: torch.Tensor, k: int, bound: int | None) -> torch.Tensor:
     """Integer counts n (as y's dtype) of the quantized ReLU; no gradient."""
-    counts = torch.floor(torch.relu(y) * float(1 << k) + 0.5)
+    v = torch.relu(y) * float(1 << k)  # exact: a power-of-two scaling
+    counts = torch.floor(v)
+    counts += (v - counts >= 0.5).to(v.dtype)  # half-up; v - floor(v) is exact, v + 0.5 is not
     if bound is not None:
         counts = counts.clamp_(max=float((1 << k) * bound))
     return counts
