@@ -197,6 +197,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- qsnn plot ----------------------------------------------------------------------------
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from qsnn.plots import plot_runs
+
+    for path in plot_runs(args.runs, args.out):
+        print(path)
+    return 0
+
+
 # --- the parser ---------------------------------------------------------------------------
 
 
@@ -263,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results folder (default: next to FILE)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("plot", help="draw the papers' figures (PNG, SVG and CSV) from simulation results")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="result.json files or folders holding them (searched recursively)")
+    p.add_argument("-o", "--out", default=None, help="output folder (default: plots/ in the runs' common folder)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 
