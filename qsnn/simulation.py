@@ -6,9 +6,11 @@ non-spiking accumulator: logits_t = W_out * (cumulative counts of the last hidde
 prediction_t = argmax.
 
 :func:`simulate_batch` is the straightforward step-by-step simulator, kept as the
-executable definition (tests compare every faster path with it, count for count).
-:func:`simulate` streams a whole dataset through it in batches and aggregates the
-statistics into a :class:`SimulationResult`.
+executable definition; it runs on any device (dense float64 tensors holding exact
+integers, so a GPU gives the same numbers bit for bit). :class:`EventSimulator` is the
+fast event-driven CPU engine (:mod:`qsnn.engine`); tests compare it with the reference
+count for count. :func:`simulate` streams a whole dataset through one of them in
+batches and aggregates the statistics into a :class:`SimulationResult`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +38,7 @@ from qsnn.neurons import (
     nsd_step,
     rising_threshold_step,
     scatter_gather,
+    target_count,
 )
 
 AUTO_MAX_STEPS = 100_000
@@ -184,6 +188,57 @@ def simulate_batch(
     return BatchRecord(torch.stack(predictions), positive, negative, sops, spiking, counts)
 
 
+class EventSimulator:
+    """The fast CPU simulator (:mod:`qsnn.engine`) behind the :func:`simulate_batch` interface.
+
+    SG runs as one dense pass (it has a single step); NSD and INT run event-driven.
+    Results equal the reference simulator's count for count.
+    """
+
+    def __init__(self, net: SpikingNet) -> None:
+        from qsnn import engine
+
+        self.engine = engine
+        self.program = engine.compile_program(net) if net.scheme != "sg" else None
+
+    @torch.no_grad()
+    def __call__(self, net, pixels, steps, *, noise=0.0, generator=None) -> BatchRecord:
+        if net.scheme == "sg":
+            return simulate_batch(net, pixels, steps, noise=noise, generator=generator)
+        x = pixels.to(torch.float64)
+        check_input_limit(net.layers[0], x, 0)
+        encoding = apply_layer(net.layers[0], x, layer_weight(net.layers[0], x.device))
+        first = target_count(encoding, net.thresholds(0).to(x.device))
+        first = first.reshape(first.shape[0], -1).cpu().numpy()
+        cap = steps if steps is not None else 32
+        while True:
+            positive, negative, sops, spiking, predictions, counts, used = self.engine.run(
+                self.program, first, cap, steps is None
+            )
+            if steps is not None or int(used.max()) < cap:
+                break
+            if cap >= AUTO_MAX_STEPS:
+                raise QsnnError(f"the network was still spiking after {AUTO_MAX_STEPS} steps; give --steps")
+            cap = min(cap * 4, AUTO_MAX_STEPS)
+        total = int(used.max()) if steps is None else steps
+        for b, last in enumerate(used):  # pad quiescent images: nothing more happens
+            predictions[b, last:total] = predictions[b, last - 1]
+        batch = len(first)
+        per_layer = []
+        at = 0
+        for layer in net.layers:
+            per_layer.append(torch.from_numpy(counts[:, at : at + layer.neurons].astype(np.int64)).reshape(batch, *layer.out_shape))
+            at += layer.neurons
+        return BatchRecord(
+            predictions=torch.from_numpy(predictions[:, :total].T.copy()),
+            positive=torch.from_numpy(positive[:, :, :total].sum(0)),
+            negative=torch.from_numpy(negative[:, :, :total].sum(0)),
+            sops=torch.from_numpy(sops[:, :, :total].sum(0)),
+            spiking_neurons=torch.from_numpy(spiking.sum(0)),
+            counts=per_layer,
+        )
+
+
 @dataclass
 class SimulationResult:
     """Aggregated statistics of a simulation over a dataset (all sums over images)."""
@@ -247,7 +302,9 @@ def simulate(
             f"the network expects images of shape {tuple(net.input_shape)}, got {tuple(pixels.shape[1:])}; "
             "use the dataset it was trained on"
         )
-    simulator = simulator or simulate_batch
+    if simulator is None:
+        on_cpu = torch.device(device).type == "cpu"
+        simulator = EventSimulator(net) if on_cpu else simulate_batch
     generator = torch.Generator().manual_seed(seed)
     records = []
     ann_correct = ann_correct_clean = 0

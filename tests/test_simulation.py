@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -155,3 +156,51 @@ def test_bad_simulation_input_is_explained():
         simulate(net, random_pixels(2, shape=(1, 24, 24)), torch.zeros(2, dtype=torch.int64), steps=3)
     with pytest.raises(QsnnError, match="--noise must be between 0 and 1, got 1.5"):
         simulate(net, random_pixels(2), torch.zeros(2, dtype=torch.int64), steps=3, noise=1.5)
+
+
+FAST_CASES = [
+    # notation, k, B, ternary, encoding_B, scheme, steps
+    ("6C5-P2-8C3-12", 1, 2, False, "same", "nsd", None),
+    ("6C5-P2-8C3-12", 2, None, False, "same", "nsd", None),
+    ("6C5-P2-8C3-12", 0, None, True, 4, "int", None),
+    ("6C5-P2-8C3-12", 1, 4, True, "same", "int", 5),
+    ("4C3s-P2-6C3s-P2-10", 3, 1, True, "same", "nsd", 3),
+    ("20-16", 1, None, True, 2, "int", None),
+]
+
+
+@pytest.mark.parametrize(("notation", "k", "B", "ternary", "encoding_B", "scheme", "steps"), FAST_CASES)
+def test_event_engine_equals_the_reference_count_for_count(notation, k, B, ternary, encoding_B, scheme, steps):
+    from qsnn.simulation import EventSimulator
+
+    shape = (3, 12, 12) if "s" in notation else (1, 28, 28)
+    model = random_net(
+        notation, k=k, B=B, ternary=ternary, seed=k + 10, input_shape=shape,
+        encoding_B=encoding_B, padding="same" if "s" in notation else "valid",
+    )
+    net = convert(model, scheme)
+    pixels = random_pixels(9, shape=shape, seed=k)
+    fast = EventSimulator(net)(net, pixels, steps)
+    slow = simulate_batch(net, pixels, steps)
+    for name in ("predictions", "positive", "negative", "sops", "spiking_neurons"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+    assert all(torch.equal(a, b) for a, b in zip(fast.counts, slow.counts, strict=True))
+
+
+def test_event_engine_picks_int32_only_when_every_membrane_fits():
+    from qsnn.engine import compile_program
+
+    ternary = convert(random_net(k=1, B=2, ternary=True), "nsd")
+    floats = convert(random_net(k=1, B=2, ternary=False), "nsd")
+    assert compile_program(ternary).dtype == np.int32
+    assert compile_program(floats).dtype == np.int64
+
+
+def test_event_engine_under_noise_and_through_simulate():
+    model = random_net("6C5-P2-8C3-12", k=1, B=None, seed=12)
+    net = convert(model, "nsd")
+    pixels, labels = random_pixels(20, seed=12), torch.randint(0, 10, (20,))
+    fast = simulate(net, pixels, labels, steps=None, noise=0.2, seed=3, batch_size=8)
+    slow = simulate(net, pixels, labels, steps=None, noise=0.2, seed=3, batch_size=8, simulator=simulate_batch)
+    for name in ("steps", "correct", "agree", "positive", "negative", "sops", "spiking_neurons", "count_mismatches"):
+        assert getattr(fast, name) == getattr(slow, name), name

@@ -1,0 +1,359 @@
+"""The fast simulator: event-driven integer kernels, compiled with numba (CPU).
+
+A spiking network only does work when spikes happen. This engine simulates one image at
+a time, step by step, layer by layer, the way a neuromorphic core would: each spike adds
+its weights to the membranes of exactly the neurons it reaches (its fan-out, borders
+included), each neuron compares its integer membrane with its two adapting integer
+thresholds, and a layer that received no spike and emitted none last step is skipped.
+Images run in parallel (numba ``prange``). The work is proportional to the synaptic
+operations, not to T x the dense MACs.
+
+Every number is an integer (int32 when the layer bounds allow it, else int64), with the
+same tables T(i) = ceil((A + iD) / S) as :mod:`qsnn.neurons`, so the results equal the
+reference step-by-step simulator (:func:`qsnn.simulation.simulate_batch`) count for
+count; the tests check it. The encoding layer's membrane (pixels times weights) is
+computed once by a dense convolution, as in the papers; its spike train is the
+thermometer code of its count under both NSD and INT.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from qsnn.conversion import SpikingNet
+
+try:  # numba is a dependency; keep the import error readable if it is broken
+    import numba
+    from numba import njit, prange
+except ImportError as error:  # pragma: no cover - exercised only on broken installs
+    raise ImportError(f"qsnn's fast simulator needs numba ({error}); pip install numba") from error
+
+INT32_LIMIT = 2**30  # int32 kernels keep every membrane and threshold below this
+
+
+@dataclass(frozen=True)
+class Program:
+    """A converted network laid out for the kernels (channel-last, flat arrays)."""
+
+    geometry: np.ndarray  # int64 [L, 12]: kind, in c/h/w, out c/h/w, K, stride, pad, w offset, t offset
+    weights: np.ndarray  # int32 or int64, every hidden layer's weights, kernel layout
+    offset: np.ndarray  # int64 [sum C]: A per channel, layer after layer
+    step: np.ndarray  # int64 [sum C]: D
+    divisor: np.ndarray  # int64 [L]: S per layer
+    size: np.ndarray  # int64 [sum C]
+    constant: np.ndarray  # int64 [sum C]
+    output: np.ndarray  # int64 [features, classes] (the accumulator is always int64)
+    big: int  # +/- sentinel for out-of-reach thresholds, fits the dtype
+    neurons: np.ndarray  # int64 [L + 1]: neuron offsets of the layers
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.weights.dtype
+
+
+def _fits_int32(net: SpikingNet) -> bool:
+    """True when every hidden membrane, weight and threshold stays below 2^30 in magnitude
+    (the output accumulator is int64 anyway)."""
+    for index, layer in enumerate(net.layers[1:], start=1):
+        limit = min(layer.input_limit, net.layers[index - 1].count_limit)
+        rowabs = np.abs(layer.weight.reshape(layer.weight.shape[0], -1)).sum(axis=1).max(initial=0)
+        if rowabs * limit >= INT32_LIMIT:
+            return False
+    return True
+
+
+def compile_program(net: SpikingNet) -> Program:
+    """Lay out a converted network for the kernels."""
+    layers = net.layers
+    count = len(layers)
+    dtype = np.int32 if _fits_int32(net) else np.int64
+    big = INT32_LIMIT if dtype == np.int32 else 2**54
+    geometry = np.zeros((count, 12), np.int64)
+    parts, offsets, steps, sizes, constants = [], [], [], [], []
+    divisor = np.zeros(count, np.int64)
+    neurons = np.zeros(count + 1, np.int64)
+    weight_at = threshold_at = 0
+    for index, layer in enumerate(layers):
+        out_c = layer.out_shape[0]
+        if layer.kind == "conv":
+            _, out_h, out_w = layer.out_shape
+            in_c, in_h, in_w = layer.in_shape
+            kernel = layer.weight.transpose(1, 2, 3, 0)  # (in c, K, K, out c)
+            kind = 0
+        else:
+            out_h = out_w = 1
+            in_c, in_h, in_w = math.prod(layer.in_shape), 1, 1
+            kernel = layer.weight.T  # (in features, out features)
+            kind = 1
+        geometry[index] = [
+            kind, in_c, in_h, in_w, out_c, out_h, out_w,
+            layer.kernel, layer.stride, layer.padding, weight_at, threshold_at,
+        ]
+        flat = np.ascontiguousarray(kernel).reshape(-1).astype(dtype) if index else np.zeros(0, dtype)
+        parts.append(flat)
+        weight_at += flat.size
+        offsets.append(layer.offset)
+        steps.append(layer.step)
+        sizes.append(layer.size)
+        constants.append(layer.constant)
+        divisor[index] = layer.divisor
+        threshold_at += out_c
+        neurons[index + 1] = neurons[index] + layer.neurons
+    return Program(
+        geometry=geometry,
+        weights=np.concatenate(parts),
+        offset=np.concatenate(offsets).astype(np.int64),
+        step=np.concatenate(steps).astype(np.int64),
+        divisor=divisor,
+        size=np.concatenate(sizes).astype(np.int64),
+        constant=np.concatenate(constants).astype(np.int64),
+        output=np.ascontiguousarray(net.output.weight.T).astype(np.int64),
+        big=big,
+        neurons=neurons,
+    )
+
+
+@njit(inline="always", cache=True)
+def _threshold(level, channel, offset, step, divisor, size, constant, big):
+    """T(level) of one neuron: ceil((A + level D) / S), -big below 0, +big out of reach."""
+    if level < 0:
+        return -big
+    fixed = constant[channel]
+    if fixed >= 0:
+        return -big if level < fixed else big
+    if level >= size[channel]:
+        return big
+    raw = offset[channel] + level * step[channel]
+    value = -((-raw) // divisor)
+    if value > big:
+        return big
+    if value < -big:
+        return -big
+    return value
+
+
+@njit(inline="always", cache=True)
+def _add_row(membrane, start, weights, row, width, sign):
+    if sign > 0:
+        for o in range(width):
+            membrane[start + o] += weights[row + o]
+    else:
+        for o in range(width):
+            membrane[start + o] -= weights[row + o]
+
+
+@njit(cache=True)
+def _deliver(geometry, layer, weights, membrane, base, events, signs, count):
+    """Add the weights of ``count`` input spikes to layer ``layer``'s membranes.
+
+    ``events`` hold the spiking inputs' flat (channel, row, column) indices. Returns the
+    number of synaptic operations (additions) performed.
+    """
+    kind = geometry[layer, 0]
+    in_h, in_w = geometry[layer, 2], geometry[layer, 3]
+    out_c, out_h, out_w = geometry[layer, 4], geometry[layer, 5], geometry[layer, 6]
+    kernel, stride, pad = geometry[layer, 7], geometry[layer, 8], geometry[layer, 9]
+    start = geometry[layer, 10]
+    adds = 0
+    if kind == 1:
+        for e in range(count):
+            _add_row(membrane, base, weights, start + events[e] * out_c, out_c, signs[e])
+        return count * out_c
+    plane = in_h * in_w
+    for e in range(count):
+        j = events[e]
+        c = j // plane
+        rest = j - c * plane
+        y = rest // in_w
+        x = rest - y * in_w
+        for ky in range(kernel):
+            ny = y + pad - ky
+            if ny < 0:
+                break
+            if ny % stride != 0:
+                continue
+            oy = ny // stride
+            if oy >= out_h:
+                continue
+            for kx in range(kernel):
+                nx = x + pad - kx
+                if nx < 0:
+                    break
+                if nx % stride != 0:
+                    continue
+                ox = nx // stride
+                if ox >= out_w:
+                    continue
+                row = start + ((c * kernel + ky) * kernel + kx) * out_c
+                _add_row(membrane, base + (oy * out_w + ox) * out_c, weights, row, out_c, signs[e])
+                adds += out_c
+    return adds
+
+
+@njit(parallel=True, cache=True)
+def _simulate(
+    encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
+    neuron_at, steps, auto, positive, negative, sops, spiking, predictions, counts, used,
+):
+    """Simulate every image (in parallel) for ``steps`` steps, or until quiescent if ``auto``.
+
+    Outputs (per image): positive/negative spikes and SOPs per layer and step, neurons that
+    spiked, the prediction per step, final counts (channel-first order) and steps used.
+    """
+    images = encoding_counts.shape[0]
+    layers = geometry.shape[0]
+    classes = output.shape[1]
+    total = neuron_at[layers]
+    first = neuron_at[1]
+    for b in prange(images):
+        membrane = np.zeros(total, weights.dtype)
+        upper = np.zeros(total, weights.dtype)
+        lower = np.full(total, -big, weights.dtype)
+        count = np.zeros(total, np.int32)
+        fired = np.zeros(total, np.uint8)
+        events = np.zeros(total, np.int64)
+        signs = np.zeros(total, np.int8)
+        emitted = np.zeros(layers, np.int64)
+        quiet = np.zeros(layers, np.uint8)
+        logits = np.zeros(classes, np.int64)
+        pending = np.zeros(first, np.int64)  # encoding neurons still to fire
+        waiting = 0
+        for j in range(first):
+            if encoding_counts[b, j] > 0:
+                pending[waiting] = j
+                waiting += 1
+                fired[j] = 1
+        for layer in range(1, layers):
+            out_c = geometry[layer, 4]
+            plane = geometry[layer, 5] * geometry[layer, 6]
+            at = geometry[layer, 11]
+            base = neuron_at[layer]
+            for p in range(plane):
+                for ch in range(out_c):
+                    upper[base + p * out_c + ch] = _threshold(
+                        0, at + ch, offset, step, divisor[layer], size, constant, big
+                    )
+        last = 0
+        for t in range(steps):
+            active = False
+            # the encoding layer fires at steps 0 .. count - 1 (a thermometer code)
+            kept = 0
+            for e in range(waiting):
+                j = pending[e]
+                events[e] = j
+                signs[e] = 1
+                if encoding_counts[b, j] > t + 1:
+                    pending[kept] = j
+                    kept += 1
+            emitted[0] = waiting
+            positive[b, 0, t] = waiting
+            active = active or waiting > 0
+            waiting = kept
+            for layer in range(1, layers):
+                sender = neuron_at[layer - 1]
+                base = neuron_at[layer]
+                arriving = emitted[layer - 1]
+                if arriving > 0:
+                    sops[b, layer - 1, t] = _deliver(
+                        geometry, layer, weights, membrane, base,
+                        events[sender:], signs[sender:], arriving,
+                    )
+                elif quiet[layer] == 1:
+                    emitted[layer] = 0
+                    continue
+                out_c = geometry[layer, 4]
+                plane = geometry[layer, 5] * geometry[layer, 6]
+                at = geometry[layer, 11]
+                scale = divisor[layer]
+                made = 0
+                up_spikes = 0
+                for p in range(plane):
+                    for ch in range(out_c):
+                        n = base + p * out_c + ch
+                        v = membrane[n]
+                        if v >= upper[n]:
+                            count[n] += 1
+                            lower[n] = upper[n]
+                            upper[n] = _threshold(count[n], at + ch, offset, step, scale, size, constant, big)
+                            events[base + made] = ch * plane + p
+                            signs[base + made] = 1
+                            made += 1
+                            up_spikes += 1
+                            fired[n] = 1
+                        elif v < lower[n]:
+                            count[n] -= 1
+                            upper[n] = lower[n]
+                            lower[n] = _threshold(count[n] - 1, at + ch, offset, step, scale, size, constant, big)
+                            events[base + made] = ch * plane + p
+                            signs[base + made] = -1
+                            made += 1
+                            fired[n] = 1
+                emitted[layer] = made
+                positive[b, layer, t] = up_spikes
+                negative[b, layer, t] = made - up_spikes
+                quiet[layer] = 1 if made == 0 else 0
+                active = active or made > 0
+            # the output accumulator
+            sender = neuron_at[layers - 1]
+            arriving = emitted[layers - 1]
+            for e in range(arriving):
+                row = events[sender + e]
+                if signs[sender + e] > 0:
+                    for o in range(classes):
+                        logits[o] += output[row, o]
+                else:
+                    for o in range(classes):
+                        logits[o] -= output[row, o]
+            sops[b, layers - 1, t] = arriving * classes
+            best = 0
+            for o in range(1, classes):
+                if logits[o] > logits[best]:
+                    best = o
+            predictions[b, t] = best
+            if auto and not active and t > 0:
+                break
+            last = t
+        used[b] = last + 1
+        spiked = 0
+        for n in range(first):  # the thermometer has emitted min(count, steps) spikes
+            counts[b, n] = min(encoding_counts[b, n], last + 1)
+            spiked += fired[n]
+        spiking[b, 0] = spiked
+        for layer in range(1, layers):
+            out_c = geometry[layer, 4]
+            plane = geometry[layer, 5] * geometry[layer, 6]
+            base = neuron_at[layer]
+            spiked = 0
+            for p in range(plane):
+                for ch in range(out_c):
+                    n = base + p * out_c + ch
+                    counts[b, base + ch * plane + p] = count[n]
+                    spiked += fired[n]
+            spiking[b, layer] = spiked
+
+
+def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool):
+    """Run the kernel; returns per-image arrays (see :func:`_simulate`)."""
+    images = encoding_counts.shape[0]
+    layers = program.geometry.shape[0]
+    positive = np.zeros((images, layers, steps), np.int64)
+    negative = np.zeros_like(positive)
+    sops = np.zeros_like(positive)
+    spiking = np.zeros((images, layers), np.int64)
+    predictions = np.zeros((images, steps), np.int64)
+    counts = np.zeros((images, int(program.neurons[-1])), np.int32)
+    used = np.zeros(images, np.int64)
+    _simulate(
+        np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
+        program.offset, program.step, program.divisor, program.size, program.constant,
+        program.output, program.big, program.neurons, steps, auto,
+        positive, negative, sops, spiking, predictions, counts, used,
+    )
+    return positive, negative, sops, spiking, predictions, counts, used
+
+
+def threads() -> int:
+    return numba.get_num_threads()
