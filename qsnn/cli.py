@@ -197,6 +197,109 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- qsnn run, sweep, report --------------------------------------------------------------
+
+
+def _run_spec(args: argparse.Namespace):
+    from qsnn.pipeline import RunSpec
+    from qsnn.quantization import parse_bound
+
+    dataset = args.dataset
+    if args.checkpoint and (args.net is None or dataset is None):
+        from qsnn.training import load_checkpoint
+
+        model, payload = load_checkpoint(args.checkpoint)
+        config = payload.get("config") or {}
+        dataset = dataset or config.get("dataset")
+        args.net = args.net or model.spec.notation
+    if args.net is None or dataset is None:
+        raise QsnnError("give --net and --dataset (or --checkpoint), or no options at all for the embedded default")
+    schemes = [s.strip().lower() for s in args.scheme.split(",")] if args.scheme else None
+    try:
+        noise = [float(v) for v in args.noise.split(",")]
+    except ValueError:
+        raise QsnnError(f"--noise takes ratios separated by commas, e.g. 0,0.1,0.2; got {args.noise!r}") from None
+    return RunSpec(
+        net=args.net, dataset=dataset, k=args.k, B=parse_bound(args.B), ternary=args.ternary,
+        full_precision=args.full_precision, encoding_k=args.encoding_k, encoding_B=args.encoding_B,
+        epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+        train_limit=args.train_limit, checkpoint=args.checkpoint, schemes=schemes,
+        steps=args.steps, noise=noise, threshold_scale=args.threshold_scale, test_limit=args.limit,
+    )
+
+
+def _print_report(folder: Path) -> None:
+    from qsnn.pipeline import markdown_table, report_rows
+
+    print(markdown_table(report_rows([folder])))
+    print(f"\nreport, figures and results in {folder}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qsnn import pipeline
+
+    progress = not args.quiet
+    if args.net is None and args.checkpoint is None and args.dataset is None:
+        out = Path(args.out or "runs/default")
+        pipeline.run_default(out, device=args.device, progress=progress, test_limit=args.limit)
+    else:
+        spec = _run_spec(args)
+        out = Path(args.out or Path("runs") / spec.tag())
+        pipeline.execute(spec, out, data_dir=args.data_dir, device=args.device, progress=progress)
+    _print_report(out)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from qsnn import pipeline
+
+    spec = _run_spec(args)
+    grid = pipeline.parse_grid(args.grid)
+    out = Path(args.out or Path("runs") / f"sweep-{spec.dataset}-{spec.net}")
+    pipeline.sweep(spec, grid, out, data_dir=args.data_dir, device=args.device, progress=not args.quiet)
+    _print_report(out)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from qsnn.pipeline import markdown_table, report_rows, write_report
+
+    if args.out:
+        path = write_report(args.out, args.runs)
+        print(f"written {path} and {path.with_suffix('.csv')}")
+    else:
+        print(markdown_table(report_rows(args.runs)))
+    return 0
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    from qsnn.quantization import SAME
+
+    p.add_argument("--net", help="notation or preset (see qsnn nets)")
+    p.add_argument("--dataset", help="mnist, fashion-mnist, cifar10 or cifar100")
+    p.add_argument("--k", type=int, default=1, help="quantization level 0..4 (default 1)")
+    p.add_argument("--B", default="none", help="upper bound: a positive integer or none (default)")
+    p.add_argument("--ternary", action="store_true", help="ternary hidden weights")
+    p.add_argument("--fp32", "--full-precision", dest="full_precision", action="store_true", help="full-precision baseline")
+    p.add_argument("--encoding-k", default=SAME, help="k of the first block (default: same)")
+    p.add_argument("--encoding-B", default=SAME, help="B of the first block (default: same)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--train-limit", type=_positive_int, default=None, help="only the first N training images")
+    p.add_argument("--checkpoint", help="reuse a trained checkpoint instead of training")
+    p.add_argument("--scheme", help="comma-separated schemes (default: every scheme the net allows)")
+    p.add_argument("--steps", type=_steps, default=None, help="time steps, or auto (default)")
+    p.add_argument("--noise", default="0", help="noise ratios, comma-separated (default 0)")
+    p.add_argument("--threshold-scale", type=_positive_int, default=None, help="INT: also simulate thresholds rounded to 1/SCALE")
+    p.add_argument("--limit", type=_positive_int, help="only the first N test images")
+    _add_data_dir(p)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="run folder (default: runs/<dataset>-<net>-<precision>)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 # --- qsnn plot ----------------------------------------------------------------------------
 
 
@@ -274,6 +377,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results folder (default: next to FILE)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "run", help="train, convert, simulate, plot and report in one folder (no options: the embedded MNIST demo)",
+        description="With no options, converts qsnn's embedded MNIST nets and simulates the 10,000 "
+        "embedded MNIST test images offline. With --net and --dataset, trains first.",
+    )
+    _add_run_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="a resumable grid of runs, e.g. --grid k=0,1,2 --grid B=1,2,4")
+    _add_run_arguments(p)
+    p.add_argument("--grid", action="append", required=True, help="NAME=V1,V2 over k, B, ternary, scheme, noise, epochs, seed")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="the papers' table (Markdown and CSV) from run folders")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run or sweep folders (searched for run.json)")
+    p.add_argument("-o", "--out", help="write report.md and report.csv into this folder")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("plot", help="draw the papers' figures (PNG, SVG and CSV) from simulation results")
     p.add_argument("runs", nargs="+", metavar="RUN", help="result.json files or folders holding them (searched recursively)")

@@ -1,0 +1,440 @@
+"""One command from data to paper tables: train, convert, simulate, plot, report.
+
+A *run* is one network at one precision: it trains (or reuses a checkpoint), converts
+under each scheme asked for, simulates the test set (at every noise ratio asked for),
+draws the figures and writes a report. Everything lands in one folder::
+
+    RUN/run.json            configuration, provenance, training summary, simulations
+    RUN/train/              training output (config, metrics, last.pt, best.pt)
+    RUN/<scheme>/net.npz    the converted network
+    RUN/<scheme>/sim[-noise<r>]/result.json, per_step.csv, layers.csv, accuracy.txt, ...
+    RUN/plots/              accuracy, SOPs, sparsity (and noise) figures: PNG, SVG, CSV
+    RUN/report.md, RUN/report.csv
+
+A *sweep* is a grid of runs in one folder, resumable: finished runs are skipped.
+:func:`report_rows` builds the papers' table (Quantization, Network, Epochs, ANN, SNN,
+Time Steps) plus agreement, SOPs and spikes from any number of runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from qsnn.errors import QsnnError
+from qsnn.io import provenance, read_json, write_csv, write_json, write_text
+from qsnn.quantization import SAME, bound_text, parse_bound
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+MODELS = ASSETS / "models"
+
+
+@dataclass
+class RunSpec:
+    """What one run trains (or reuses) and how its spiking networks are simulated."""
+
+    net: str
+    dataset: str
+    k: int = 1
+    B: int | None = None
+    ternary: bool = False
+    full_precision: bool = False
+    encoding_k: int | str = SAME
+    encoding_B: int | str | None = SAME
+    epochs: int = 3
+    seed: int = 0
+    batch_size: int | None = None
+    lr: float = 1e-3
+    train_limit: int | None = None
+    checkpoint: str | None = None  # reuse this checkpoint instead of training
+    schemes: list[str] | None = None  # None: every scheme the network allows
+    steps: int | None = None  # None: until nothing is in flight
+    noise: list[float] = field(default_factory=lambda: [0.0])
+    threshold_scale: int | None = None  # INT: also simulate the original rounded thresholds
+    test_limit: int | None = None
+    name: str | None = None
+
+    def tag(self) -> str:
+        if self.name:
+            return self.name
+        if self.full_precision:
+            precision = "fp32"
+        else:
+            precision = f"k{self.k}-B{bound_text(self.B)}" + ("-ternary" if self.ternary else "")
+        return f"{self.dataset}-{self.net}-{precision}"
+
+    def train_config(self, data_dir: str | None, device: str):
+        from qsnn.training import TrainConfig
+
+        return TrainConfig(
+            net=self.net, dataset=self.dataset, k=self.k, B=self.B, ternary=self.ternary,
+            full_precision=self.full_precision, encoding_k=self.encoding_k,
+            encoding_B=self.encoding_B, epochs=self.epochs, batch_size=self.batch_size,
+            lr=self.lr, seed=self.seed, data_dir=data_dir, train_limit=self.train_limit,
+            device=device,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunSpec:
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+
+def applicable_schemes(model) -> list[str]:
+    """The schemes a trained network converts under: NSD always, SG with every block
+    bounded, INT with ternary hidden weights and a bounded encoding block."""
+    schemes = ["nsd"]
+    if all(block.bound is not None for block in model.blocks):
+        schemes.append("sg")
+    if model.spec.precision.ternary and model.blocks[0].bound is not None:
+        schemes.append("int")
+    return schemes
+
+
+def _noise_tag(noise: float) -> str:
+    return "sim" if noise == 0 else f"sim-noise{noise:g}"
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(message, flush=True)
+
+
+def execute(
+    spec: RunSpec,
+    out_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    test_set=None,
+) -> dict:
+    """Train (or reuse), convert, simulate, plot and report one run; returns run.json.
+
+    Parts already done (a finished training, an existing simulation result) are reused,
+    so an interrupted run continues where it stopped.
+    """
+    from qsnn import data as qdata
+    from qsnn.conversion import convert, file_sha256
+    from qsnn.reporting import summarize, write_simulation
+    from qsnn.simulation import simulate
+    from qsnn.training import load_checkpoint, train
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    record: dict = {"spec": spec.to_dict(), "provenance": provenance(spec.seed), "simulations": []}
+
+    # 1. the quantized ANN
+    if spec.checkpoint:
+        checkpoint = Path(spec.checkpoint)
+        record["training"] = {"checkpoint": str(checkpoint), "reused": True}
+    else:
+        config = spec.train_config(data_dir, device)
+        train_dir = out / "train"
+        resume = (train_dir / "last.pt").exists()
+        _log(progress, f"[{spec.tag()}] training {config.net} on {config.dataset} ({config.epochs} epochs)")
+        summary = train(config, train_dir, resume=resume, progress=progress)
+        checkpoint = train_dir / "last.pt"
+        record["training"] = {"checkpoint": str(checkpoint), "reused": False, **summary}
+    model, payload = load_checkpoint(checkpoint)
+    history = payload.get("metrics") or []
+    record["training"].update(
+        epochs=payload.get("epoch", len(history)),
+        test_accuracy=history[-1]["test_acc"] if history else payload.get("test_acc"),
+        net=model.spec.notation,
+        precision=model.spec.precision.describe(),
+    )
+    if not model.quantized:
+        _log(progress, f"[{spec.tag()}] full-precision baseline: no spiking network to convert")
+        return _finish(out, record, started, progress)
+
+    # 2. convert, 3. simulate
+    dataset = spec.dataset
+    if test_set is None:
+        test_set = qdata.load(dataset, "test", data_dir)
+    if spec.test_limit:
+        test_set = test_set.subset(spec.test_limit)
+    pixels = qdata.prepare(test_set.images, dataset, train=False)
+    schemes = spec.schemes or applicable_schemes(model)
+    source = {
+        "checkpoint": str(checkpoint),
+        "sha256": file_sha256(checkpoint),
+        "dataset": dataset,
+        "epochs": record["training"]["epochs"],
+        "test_accuracy": record["training"]["test_accuracy"],
+    }
+    variants = [(scheme, None) for scheme in schemes]
+    if spec.threshold_scale and "int" in schemes:
+        variants.append(("int", spec.threshold_scale))
+    for scheme, scale in variants:
+        folder = out / (scheme if scale is None else f"{scheme}-scale{scale}")
+        net = convert(model, scheme, threshold_scale=scale, source=source)
+        net.save(folder / "net.npz")
+        for noise in spec.noise:
+            sim_dir = folder / _noise_tag(noise)
+            if (sim_dir / "result.json").exists():
+                summary = read_json(sim_dir / "result.json")
+                _log(progress, f"[{spec.tag()}] {scheme} noise {noise:g}: done before, reused")
+            else:
+                tick = time.monotonic()
+                result = simulate(
+                    net, pixels, test_set.labels, steps=spec.steps, noise=noise,
+                    device=device, seed=spec.seed, progress=progress,
+                )
+                summary = summarize(result, net, dataset=dataset, seed=spec.seed)
+                summary["seconds"] = time.monotonic() - tick
+                write_simulation(sim_dir, summary, result)
+                _log(
+                    progress,
+                    f"[{spec.tag()}] {net.describe()}, noise {noise:g}: SNN {summary['snn_accuracy']:.2f}% "
+                    f"= ANN {summary['ann_accuracy']:.2f}% on {summary['agreement']:,}/{summary['images']:,} "
+                    f"images, T_lossless {summary['t_lossless']}, {summary['seconds']:.1f} s",
+                )
+            record["simulations"].append(
+                {"scheme": scheme, "threshold_scale": scale, "noise": noise, "result": str(sim_dir / "result.json")}
+            )
+    return _finish(out, record, started, progress)
+
+
+def _finish(out: Path, record: dict, started: float, progress: bool) -> dict:
+    from qsnn.plots import plot_runs
+
+    record["seconds"] = time.monotonic() - started
+    write_json(out / "run.json", record)
+    if record["simulations"]:
+        plot_runs([out], out / "plots")
+    write_report(out, [out])
+    return record
+
+
+# --- reports --------------------------------------------------------------------------------
+
+
+def _runs_under(paths: list[str | Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise QsnnError(f"{path} does not exist: give run folders written by `qsnn run` or `qsnn sweep`")
+        if path.is_file() and path.name == "run.json":
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(path.rglob("run.json")))
+    if not found:
+        raise QsnnError(f"no run.json under {', '.join(map(str, paths))}: give folders written by `qsnn run`")
+    return sorted(set(found))
+
+
+def report_rows(paths: list[str | Path]) -> list[dict]:
+    """One row per (run, scheme, noise) in the papers' layout, plus our measurements."""
+    rows = []
+    for run_file in _runs_under(paths):
+        run = read_json(run_file)
+        training = run.get("training", {})
+        base = {
+            "Quantization": "Full-precision" if training.get("precision") == "full precision" else training.get("precision"),
+            "Network": training.get("net"),
+            "Dataset": run["spec"]["dataset"],
+            "Epochs": training.get("epochs"),
+        }
+        if not run["simulations"]:
+            rows.append({**base, "Scheme": "-", "ANN": training.get("test_accuracy"), "SNN": None, "Time Steps": None})
+            continue
+        for sim in run["simulations"]:
+            result_path = Path(sim["result"])
+            if not result_path.is_absolute() and not result_path.exists():
+                result_path = run_file.parent / result_path
+            s = read_json(result_path)
+            per_image = s["per_image"]
+            scheme = s["scheme"].upper() + ("" if not s.get("threshold_scale") else f" (scale {s['threshold_scale']})")
+            rows.append(
+                {
+                    **base,
+                    "Scheme": scheme,
+                    "Noise": s["noise"],
+                    "ANN": s["ann_accuracy_clean"],
+                    "SNN": s["snn_accuracy"],
+                    "Time Steps": s["t_lossless"] if s["t_lossless"] is not None else s["steps"],
+                    "Agreement": f"{s['agreement']}/{s['images']}",
+                    "Lossless": s["lossless"],
+                    "SOPs/img": round(per_image["sops"]),
+                    "ANN ops/img": per_image["ann_ops"],
+                    "Spikes/img (+)": round(per_image["positive_spikes"]),
+                    "Spikes/img (-)": round(per_image["negative_spikes"]),
+                    "Energy SNN/ANN": round(s["energy"]["ratio"], 3),
+                }
+            )
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "N/A"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(key for key in row if key not in columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | Path, paths: list[str | Path]) -> Path:
+    """report.md and report.csv in ``out_dir`` for the runs under ``paths``."""
+    out = Path(out_dir)
+    rows = report_rows(paths)
+    figures = sorted(p.name for p in (out / "plots").glob("*.png")) if (out / "plots").exists() else []
+    text = [
+        "# qsnn report",
+        "",
+        "ANN: the quantized ANN's test accuracy (evaluated exactly, on clean images). SNN: the",
+        "spiking network's accuracy after its last step. Time Steps: T_lossless, the first step",
+        "from which the SNN predicts like the ANN on every test image (else the steps simulated).",
+        "Agreement: images on which SNN and ANN predict the same. SOPs and spikes are per image.",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    if figures:
+        text += ["## Figures", ""] + [f"![{name}](plots/{name})" for name in figures] + [""]
+    write_text(out / "report.md", "\n".join(text))
+    write_csv(out / "report.csv", rows)
+    return out / "report.md"
+
+
+# --- sweeps ---------------------------------------------------------------------------------
+
+
+def sweep(
+    base: RunSpec,
+    grid: dict[str, list],
+    out_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[dict]:
+    """Run every combination of ``grid`` (e.g. {"k": [0, 1], "B": [1, 2, 4]}) on top of
+    ``base``; a cell whose run.json exists is skipped, so an interrupted sweep resumes."""
+    unknown = [key for key in grid if key not in RunSpec.__dataclass_fields__]
+    if unknown:
+        raise QsnnError(f"cannot sweep over {', '.join(unknown)}: use fields like k, B, schemes, noise, seed")
+    out = Path(out_dir)
+    records = []
+    keys = list(grid)
+    for values in itertools.product(*(grid[key] for key in keys)):
+        cell = dataclasses.replace(base, **dict(zip(keys, values, strict=True)), name=None)
+        folder = out / cell.tag()
+        if (folder / "run.json").exists():
+            _log(progress, f"[{cell.tag()}] done before, skipped")
+            records.append(read_json(folder / "run.json"))
+            continue
+        records.append(execute(cell, folder, data_dir=data_dir, device=device, progress=progress))
+    write_json(out / "sweep.json", {"base": base.to_dict(), "grid": grid, "runs": [r["spec"] for r in records]})
+    from qsnn.plots import plot_runs
+
+    plot_runs([out], out / "plots")
+    write_report(out, [out])
+    return records
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """``["k=0,1,2", "B=1,2,4"]`` -> {"k": [0, 1, 2], "B": [1, 2, 4]}."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, _, values = item.partition("=")
+        key = key.strip()
+        if not values:
+            raise QsnnError(f"bad grid item {item!r}: write NAME=V1,V2 (e.g. k=0,1,2 or B=1,2,none)")
+        parts = [v.strip() for v in values.split(",") if v.strip()]
+        if key == "B":
+            grid[key] = [parse_bound(v) for v in parts]
+        elif key in ("k", "epochs", "seed"):
+            try:
+                grid[key] = [int(v) for v in parts]
+            except ValueError:
+                raise QsnnError(f"bad grid item {item!r}: {key} takes integers") from None
+        elif key == "noise":
+            grid[key] = [[float(v)] for v in parts]
+        elif key in ("scheme", "schemes"):
+            key = "schemes"
+            grid[key] = [[v] for v in parts]
+        elif key == "ternary":
+            grid[key] = [v.lower() in ("1", "true", "yes") for v in parts]
+        else:
+            raise QsnnError(f"cannot sweep over {key!r}: use k, B, ternary, schemes, noise, epochs or seed")
+    return grid
+
+
+# --- the embedded default -------------------------------------------------------------------
+
+
+def embedded_runs() -> list[RunSpec]:
+    """The three papers' MNIST nets, trained by qsnn and shipped inside the package."""
+    manifest = read_json(MODELS / "manifest.json")
+    runs = []
+    for entry in manifest["models"]:
+        runs.append(
+            RunSpec(
+                net=entry["net"], dataset="mnist", checkpoint=str(MODELS / entry["file"]),
+                schemes=[entry["scheme"]], name=entry["name"],
+            )
+        )
+    return runs
+
+
+def run_default(out_dir: str | Path, *, device: str = "cpu", progress: bool = True, test_limit: int | None = None) -> list[dict]:
+    """`qsnn run` with no arguments: the embedded nets on the embedded MNIST test set."""
+    from qsnn.data import embedded_mnist_test
+
+    if not (MODELS / "manifest.json").exists():
+        raise QsnnError(f"the embedded models are missing from {MODELS}; reinstall qsnn")
+    out = Path(out_dir)
+    test_set = embedded_mnist_test()
+    records = []
+    for spec in embedded_runs():
+        spec.test_limit = test_limit
+        records.append(execute(spec, out / spec.tag(), device=device, progress=progress, test_set=test_set))
+    from qsnn.plots import plot_runs
+
+    plot_runs([out], out / "plots")
+    write_report(out, [out])
+    return records
+
+
+def slim_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """A small copy of a checkpoint for shipping: weights, network, config, metrics.
+
+    Ternary hidden weights are stored as their int8 values (the ternarizer maps them to
+    themselves, so the converted network is identical) and the optimizer state is dropped.
+    """
+    from qsnn.io import torch_save
+    from qsnn.training import load_checkpoint
+
+    model, payload = load_checkpoint(source)
+    state = model.state_dict()
+    for index, block in enumerate(model.blocks):
+        if block.ternary:
+            state[f"blocks.{index}.weight"] = block.effective_weight().detach().to(torch.int8)
+    keep = ("format", "version", "spec", "config", "provenance", "epoch", "test_acc", "metrics")
+    slim = {key: payload[key] for key in keep if key in payload}
+    slim["model"] = state
+    torch_save(target, slim)
+    return Path(target)

@@ -1,0 +1,134 @@
+"""`qsnn run`, sweeps and reports: one folder with everything, resumable, papers' table."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from qsnn.cli import main
+from qsnn.errors import QsnnError
+from qsnn.pipeline import RunSpec, execute, markdown_table, parse_grid, report_rows, sweep
+
+NET = "4C5-P2-8C5-P2-16"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_spec(**changes) -> RunSpec:
+    base = dict(
+        net=NET, dataset="mnist", k=1, B=2, ternary=True, epochs=1, train_limit=600,
+        test_limit=60, batch_size=100,
+    )
+    base.update(changes)
+    return RunSpec(**base)
+
+
+def test_a_run_holds_everything_and_is_lossless(tmp_path, shared_datasets):
+    spec = small_spec(noise=[0.0, 0.1], threshold_scale=10000)
+    record = execute(spec, tmp_path / "run", data_dir=str(shared_datasets), progress=False)
+    run = tmp_path / "run"
+    for path in [
+        "run.json", "train/last.pt", "train/metrics.csv", "nsd/net.npz", "sg/net.npz", "int/net.npz",
+        "int-scale10000/net.npz", "nsd/sim/result.json", "nsd/sim-noise0.1/accuracy.txt",
+        "sg/sim/per_step.csv", "int/sim/sop_num.txt", "plots/accuracy.png", "plots/noise.png",
+        "report.md", "report.csv",
+    ]:
+        assert (run / path).exists(), path
+    assert [(s["scheme"], s["threshold_scale"], s["noise"]) for s in record["simulations"]] == [
+        ("nsd", None, 0.0), ("nsd", None, 0.1), ("sg", None, 0.0), ("sg", None, 0.1),
+        ("int", None, 0.0), ("int", None, 0.1), ("int", 10000, 0.0), ("int", 10000, 0.1),
+    ]
+    rows = report_rows([run])
+    assert len(rows) == 8
+    exact = [r for r in rows if r["Noise"] == 0 and "scale" not in r["Scheme"]]
+    assert [r["Scheme"] for r in exact] == ["NSD", "SG", "INT"]
+    assert all(r["Agreement"] == "60/60" and r["Lossless"] and r["SNN"] == r["ANN"] for r in exact)
+    assert all(r["Epochs"] == 1 and r["Quantization"] == "k=1 B=2 ternary" for r in rows)
+    assert rows[0]["Network"] == NET
+    assert json.loads((run / "run.json").read_text())["training"]["epochs"] == 1
+
+
+def test_a_finished_run_is_reused_not_redone(tmp_path, shared_datasets):
+    spec = small_spec(schemes=["sg"])
+    execute(spec, tmp_path, data_dir=str(shared_datasets), progress=False)
+    result = tmp_path / "sg" / "sim" / "result.json"
+    stamp = result.stat().st_mtime_ns
+    again = execute(spec, tmp_path, data_dir=str(shared_datasets), progress=False)
+    assert result.stat().st_mtime_ns == stamp
+    assert again["training"]["already_done"] is True
+
+
+def test_full_precision_runs_report_no_snn(tmp_path, shared_datasets):
+    spec = small_spec(full_precision=True, ternary=False)
+    record = execute(spec, tmp_path, data_dir=str(shared_datasets), progress=False)
+    assert record["simulations"] == []
+    (row,) = report_rows([tmp_path])
+    assert row["Quantization"] == "Full-precision" and row["SNN"] is None and row["Scheme"] == "-"
+    assert "| Full-precision | 4C5-P2-8C5-P2-16 | mnist | 1 | - |" in markdown_table([row])
+
+
+def test_sweep_runs_the_grid_once(tmp_path, shared_datasets):
+    spec = small_spec(schemes=["sg"], ternary=False)
+    grid = parse_grid(["k=0,1", "B=1"])
+    assert grid == {"k": [0, 1], "B": [1]}
+    sweep(spec, grid, tmp_path, data_dir=str(shared_datasets), progress=False)
+    cells = sorted(p.parent.name for p in tmp_path.glob("*/run.json"))
+    assert cells == [f"mnist-{NET}-k0-B1", f"mnist-{NET}-k1-B1"]
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/run.json")}
+    sweep(spec, grid, tmp_path, data_dir=str(shared_datasets), progress=False)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    rows = report_rows([tmp_path])
+    assert [r["Quantization"] for r in rows] == ["k=0 B=1", "k=1 B=1"]
+    assert (tmp_path / "report.md").read_text().count("| SG |") == 2
+
+
+def test_bad_grids_and_reports_are_explained(tmp_path):
+    with pytest.raises(QsnnError, match="bad grid item 'k': write NAME=V1,V2"):
+        parse_grid(["k"])
+    with pytest.raises(QsnnError, match="cannot sweep over 'lr'"):
+        parse_grid(["lr=1,2"])
+    with pytest.raises(QsnnError, match="B must be a positive integer or 'none', got 'x'"):
+        parse_grid(["B=x"])
+    with pytest.raises(QsnnError, match="no run.json under"):
+        report_rows([tmp_path])
+
+
+def test_command_line_run_and_report(tmp_path, shared_datasets, capsys):
+    out = tmp_path / "cli"
+    argv = [
+        "run", "--net", NET, "--dataset", "mnist", "--k", "1", "--B", "1", "--epochs", "1",
+        "--train-limit", "400", "--batch-size", "100", "--limit", "40", "--scheme", "sg,nsd",
+        "--data-dir", str(shared_datasets), "--out", str(out), "--quiet",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("| k=1 B=1 |") == 2 and f"report, figures and results in {out}" in printed
+    assert main(["report", str(out), "-o", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.csv").read_text().splitlines()[0].startswith(
+        "Quantization,Network,Dataset,Epochs,Scheme,Noise,ANN,SNN,Time Steps,Agreement"
+    )
+    assert main(["run", "--net", NET]) == 2
+    assert "give --net and --dataset (or --checkpoint)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.environ.get("QSNN_SKIP_EMBEDDED") == "1", reason="embedded models not wanted")
+def test_default_run_uses_the_embedded_models_offline(tmp_path, monkeypatch):
+    from qsnn.pipeline import MODELS, run_default
+
+    monkeypatch.setenv("QSNN_DATA", str(tmp_path / "nothing-here"))
+    records = run_default(tmp_path, progress=False, test_limit=100)
+    names = [r["spec"]["name"] for r in records]
+    manifest = json.loads((MODELS / "manifest.json").read_text())
+    assert names == [m["name"] for m in manifest["models"]]
+    rows = report_rows([tmp_path])
+    assert [r["Scheme"] for r in rows] == ["NSD", "SG", "INT"]
+    assert all(r["Agreement"] == "100/100" and r["Lossless"] for r in rows)
+    assert Path(tmp_path / "plots" / "accuracy.png").exists()
