@@ -300,6 +300,31 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+# --- qsnn export, map -----------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from qsnn.conversion import SpikingNet
+    from qsnn.export import export
+
+    path = export(SpikingNet.load(args.file), args.format, args.output, steps=args.steps)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    from qsnn.conversion import SpikingNet
+    from qsnn.io import write_json
+    from qsnn.mapping import format_mapping, map_cores, parse_core
+
+    report = map_cores(SpikingNet.load(args.file), *parse_core(args.core))
+    print(format_mapping(report))
+    if args.json:
+        write_json(args.json, report.to_dict())
+        print(f"wrote {args.json}")
+    return 0
+
+
 # --- qsnn plot ----------------------------------------------------------------------------
 
 
@@ -395,6 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run or sweep folders (searched for run.json)")
     p.add_argument("-o", "--out", help="write report.md and report.csv into this folder")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="export a converted network: integer deployment package or NIR")
+    p.add_argument("file", help="a converted network (qsnn convert)")
+    p.add_argument("--format", required=True, choices=["qsnn-int", "nir"])
+    p.add_argument("-o", "--output", required=True, help="qsnn-int: a folder; nir: a .nir file")
+    p.add_argument("--steps", type=_steps, default=None, help="time steps to record in the package (default: until quiescent)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("map", help="how many crossbar cores each layer of a converted network needs")
+    p.add_argument("file", help="a converted network (qsnn convert)")
+    p.add_argument("--core", default="256x256", help="core size AXONSxNEURONS (default 256x256)")
+    p.add_argument("--json", help="also write the mapping as JSON to this file")
+    p.set_defaults(func=cmd_map)
 
     p = sub.add_parser("plot", help="draw the papers' figures (PNG, SVG and CSV) from simulation results")
     p.add_argument("runs", nargs="+", metavar="RUN", help="result.json files or folders holding them (searched recursively)")

@@ -169,27 +169,51 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count):
         rest = j - c * plane
         y = rest // in_w
         x = rest - y * in_w
-        for ky in range(kernel):
-            ny = y + pad - ky
-            if ny < 0:
-                break
-            if ny % stride != 0:
-                continue
-            oy = ny // stride
-            if oy >= out_h:
-                continue
-            for kx in range(kernel):
-                nx = x + pad - kx
-                if nx < 0:
-                    break
-                if nx % stride != 0:
-                    continue
-                ox = nx // stride
-                if ox >= out_w:
-                    continue
+        sign = signs[e]
+        if stride == kernel and pad == 0:  # non-overlapping windows (the P blocks)
+            oy = y // stride
+            ox = x // stride
+            if oy < out_h and ox < out_w:
+                ky = y - oy * stride
+                kx = x - ox * stride
                 row = start + ((c * kernel + ky) * kernel + kx) * out_c
-                _add_row(membrane, base + (oy * out_w + ox) * out_c, weights, row, out_c, signs[e])
+                _add_row(membrane, base + (oy * out_w + ox) * out_c, weights, row, out_c, sign)
                 adds += out_c
+        elif stride == 1:  # output rows y + pad - ky that exist, no divisions
+            ky_lo = max(0, y + pad - out_h + 1)
+            ky_hi = min(kernel - 1, y + pad)
+            kx_lo = max(0, x + pad - out_w + 1)
+            kx_hi = min(kernel - 1, x + pad)
+            for ky in range(ky_lo, ky_hi + 1):
+                oy = y + pad - ky
+                for kx in range(kx_lo, kx_hi + 1):
+                    ox = x + pad - kx
+                    row = start + ((c * kernel + ky) * kernel + kx) * out_c
+                    _add_row(membrane, base + (oy * out_w + ox) * out_c, weights, row, out_c, sign)
+            if ky_hi >= ky_lo and kx_hi >= kx_lo:
+                adds += (ky_hi - ky_lo + 1) * (kx_hi - kx_lo + 1) * out_c
+        else:
+            for ky in range(kernel):
+                ny = y + pad - ky
+                if ny < 0:
+                    break
+                if ny % stride != 0:
+                    continue
+                oy = ny // stride
+                if oy >= out_h:
+                    continue
+                for kx in range(kernel):
+                    nx = x + pad - kx
+                    if nx < 0:
+                        break
+                    if nx % stride != 0:
+                        continue
+                    ox = nx // stride
+                    if ox >= out_w:
+                        continue
+                    row = start + ((c * kernel + ky) * kernel + kx) * out_c
+                    _add_row(membrane, base + (oy * out_w + ox) * out_c, weights, row, out_c, sign)
+                    adds += out_c
     return adds
 
 

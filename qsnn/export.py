@@ -1,0 +1,389 @@
+"""Exporting a converted spiking network for deployment (docs/EXPORT.md).
+
+Two formats:
+
+* ``qsnn-int`` (:func:`export_package`): a folder with ``manifest.json`` (everything
+  described in words and numbers) and ``weights.npz`` (integer arrays), readable with
+  NumPy alone and runnable by :mod:`qsnn.deploy`, the reference runner. It holds
+  integer-only networks: INT and SG nets, and NSD nets whose hidden weights are integers.
+* ``nir`` (:func:`export_nir`): the Neuromorphic Intermediate Representation. SG nets map
+  exactly onto standard nodes (Conv2d / Linear / IF, one time step); NSD and INT nets
+  need negative spikes and adapting thresholds, which standard NIR lacks, so their IF
+  nodes carry the scheme in ``metadata`` and the graph is marked not portable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from qsnn.conversion import OutputLayer, SpikingLayer, SpikingNet
+from qsnn.deploy import (
+    FORMAT,
+    MANIFEST,
+    MINUS_INFINITY,
+    PLUS_INFINITY,
+    SCHEMA_VERSION,
+    WEIGHTS,
+    threshold_table,
+)
+from qsnn.errors import QsnnError
+from qsnn.io import write_bytes, write_json
+
+NIR_FORMAT = "qsnn-nir"
+NIR_HUGE = 2.0**62  # NIR threshold of a level that never fires (or, negated, always fires)
+EXACT = 2**53  # every membrane stays below this (conversion guarantees it)
+
+NEURON_MODELS = {
+    "sg": {
+        "encoding": "scatter-and-gather, one step: the channel's `levels` binary neurons share "
+        "the membrane V = W (*) pixels; binary neuron i fires once iff V >= T(i); the layer "
+        "passes on the gathered count n = #{i : V >= T(i)}",
+        "hidden": "scatter-and-gather, one step: V = W (*) n_prev (the previous layer's "
+        "gathered counts); binary neuron i fires once iff V >= T(i); count n = #{i : V >= T(i)}",
+    },
+    "nsd": {
+        "encoding": "integrate-and-fire with negative spikes; V = W (*) pixels arrives at t = 0 "
+        "only. Each step: V += current; +1 (c += 1) if V >= T(c); -1 (c -= 1) if V < T(c - 1); "
+        "else nothing",
+        "hidden": "integrate-and-fire with negative spikes. Each step: V += W (*) s_prev(t) "
+        "(signed spikes of the previous layer in the same step); +1 (c += 1) if V >= T(c); "
+        "-1 (c -= 1) if V < T(c - 1); else nothing",
+    },
+    "int": {
+        "encoding": "thermometer code: V = W (*) pixels at t = 0, constant afterwards; at step t "
+        "(t = 0, 1, ...) fire +1 iff V >= T(t): the threshold rises one table level per step",
+        "hidden": "integer neuron with two adapting thresholds, upper = T(c) and lower = "
+        "T(c - 1) (start: T(0) and -inf). Each step: V += W (*) s_prev(t); +1 if V >= upper, "
+        "-1 if V < lower; after a spike c moves by it and both thresholds move one table level",
+    },
+}
+OUTPUT_RULE = (
+    "non-spiking accumulator: acc (classes) starts at 0; every step acc += W @ flatten(spikes "
+    "of the last hidden layer in that step) (SG: its gathered counts); prediction = argmax(acc), "
+    "the first index among ties"
+)
+THRESHOLD_FORMULA = (
+    "T(i) = ceil((offset[c] + i * step[c]) / divisor) for 0 <= i < size[c]; T(i) = -inf for "
+    "i < 0 and +inf for i >= size[c]; a constant channel (constant[c] >= 0) has T(i) = -inf "
+    "for i < constant[c] and +inf otherwise. count(V) = #{i : V >= T(i)}"
+)
+
+
+def smallest_int_dtype(values: np.ndarray) -> np.dtype:
+    """The smallest signed integer dtype holding every value (int8 for ternary weights)."""
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    for dtype in (np.int8, np.int16, np.int32, np.int64):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return np.dtype(dtype)
+    raise QsnnError("weights beyond 64-bit integers; re-convert the network")
+
+
+def check_integral(net: SpikingNet) -> None:
+    """Raise if ``net`` cannot be expressed as a qsnn-int package (see module docstring)."""
+    if net.scheme in ("int", "sg"):
+        return
+    scaled = [i + 1 for i, layer in enumerate(net.layers) if layer.role == "hidden" and layer.exponent > 0]
+    if scaled:
+        raise QsnnError(
+            f"this NSD network has real-valued hidden weights (layer(s) {scaled} on a 2^-s grid), "
+            "and the qsnn-int package holds integer-weight networks; train with --ternary, "
+            "or export with --format nir"
+        )
+
+
+def _finite(value: float) -> float | None:
+    return None if not math.isfinite(value) else float(value)
+
+
+def _weight_entry(key: str, weight: np.ndarray, exponent: int, arrays: dict) -> dict:
+    dtype = smallest_int_dtype(weight)
+    arrays[key] = weight.astype(dtype)
+    return {"key": key, "dtype": dtype.name, "shape": list(weight.shape), "exponent": exponent}
+
+
+def _layer_entry(net: SpikingNet, index: int, layer: SpikingLayer, arrays: dict) -> dict:
+    name = f"layer{index + 1}"
+    thresholds = {
+        "formula": THRESHOLD_FORMULA,
+        "offset": f"{name}.offset",
+        "step": f"{name}.step",
+        "size": f"{name}.size",
+        "constant": f"{name}.constant",
+        "divisor": int(layer.divisor),
+        "divisor_key": f"{name}.divisor",
+        "table": None,
+        "threshold_scale": net.threshold_scale if index > 0 else None,
+    }
+    for key in ("offset", "step", "size", "constant"):
+        arrays[f"{name}.{key}"] = np.asarray(getattr(layer, key), dtype=np.int64)
+    arrays[f"{name}.divisor"] = np.array(layer.divisor, dtype=np.int64)
+    if layer.levels is not None:
+        thresholds["table"] = f"{name}.thresholds"
+        arrays[f"{name}.thresholds"] = layer_table(layer)
+    return {
+        "name": name,
+        "kind": layer.kind,
+        "role": layer.role,
+        "in_shape": list(layer.in_shape),
+        "out_shape": list(layer.out_shape),
+        "kernel": layer.kernel,
+        "stride": layer.stride,
+        "padding": layer.padding,
+        "k": layer.k,
+        "B": layer.bound,
+        "levels": layer.levels,
+        "weight": _weight_entry(f"{name}.weight", layer.weight, layer.exponent, arrays),
+        "thresholds": thresholds,
+        "count_limit": layer.count_limit,
+        "input_limit": _finite(layer.input_limit),
+        "neuron": NEURON_MODELS[net.scheme][layer.role],
+    }
+
+
+def layer_table(layer: SpikingLayer) -> np.ndarray:
+    """The explicit threshold table int64 [C, 2^k*B] of a bounded layer (with sentinels)."""
+    if layer.levels is None:
+        raise QsnnError("an unbounded layer (B none) has no finite threshold table; use the formula")
+    return threshold_table(layer.offset, layer.step, layer.divisor, layer.size, layer.constant, layer.levels)
+
+
+def _output_entry(output: OutputLayer, features: int, arrays: dict) -> dict:
+    return {
+        "kind": "dense",
+        "in_features": features,
+        "classes": output.classes,
+        "weight": _weight_entry("output.weight", output.weight, output.exponent, arrays),
+        "input_limit": _finite(output.input_limit),
+        "rule": OUTPUT_RULE,
+    }
+
+
+def _input_entry(net: SpikingNet) -> dict:
+    return {
+        "shape": list(net.input_shape),
+        "layout": "CHW",
+        "dtype": "uint8",
+        "range": [0, 255],
+        "dataset": net.source.get("dataset"),
+        "preprocessing": "raw 8-bit pixels, no scaling or mean subtraction (the 1/255 scale is "
+        "folded into the encoding layer's thresholds); images larger than `shape` (CIFAR "
+        "32x32 for 24x24 nets) are centre-cropped to it",
+    }
+
+
+def package_contents(net: SpikingNet, steps: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """The manifest (JSON-ready dict) and arrays of the qsnn-int package of ``net``."""
+    from qsnn import __version__
+
+    check_integral(net)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise QsnnError(f"steps must be a positive integer or None (run until silent), got {steps!r}")
+    arrays: dict[str, np.ndarray] = {}
+    layers = [_layer_entry(net, i, layer, arrays) for i, layer in enumerate(net.layers)]
+    features = math.prod(net.layers[-1].out_shape)
+    manifest = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "scheme": net.scheme,
+        "time_steps": 1 if net.scheme == "sg" else steps,
+        "time_steps_note": "null: run until a step in which no neuron spikes (that step is not "
+        "counted unless it is the first); SG always takes one step",
+        "input": _input_entry(net),
+        "sentinels": {"plus_infinity": PLUS_INFINITY, "minus_infinity": MINUS_INFINITY},
+        "neuron_model": NEURON_MODELS[net.scheme],
+        "layers": layers,
+        "output": _output_entry(net.output, features, arrays),
+        "threshold_scale": net.threshold_scale,
+        "net": net.spec.to_dict(),
+        "source": net.source,
+        "qsnn_version": __version__,
+        "spec": "docs/EXPORT.md",
+    }
+    return manifest, arrays
+
+
+def export_package(net: SpikingNet, out_dir: str | os.PathLike, *, steps: int | None = None) -> Path:
+    """Write the qsnn-int package of ``net`` into ``out_dir``; returns the folder.
+
+    ``steps``: time steps for NSD/INT (None: run until no neuron spikes). The weights
+    file is written first, the manifest last, so a manifest means a complete package.
+    """
+    manifest, arrays = package_contents(net, steps)
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise QsnnError(f"{folder} is a file; give a folder for the package (-o DIR)")
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(folder / WEIGHTS, buffer.getvalue())
+    write_json(folder / MANIFEST, manifest)
+    return folder
+
+
+# --- NIR ------------------------------------------------------------------------------
+
+
+def nir_thresholds(table: np.ndarray) -> np.ndarray:
+    """Integer thresholds T (qsnn fires on V >= T) as NIR thresholds (NIR fires on v > theta).
+
+    For integer v, v > T - 1/2 <=> v >= T; where T - 1/2 is not a float64 (|T| >= 2^52)
+    T - 1 is used, which is exact too. Unreachable levels (+inf, or T >= 2^53) get
+    +NIR_HUGE, always-reached ones (-inf, or T <= -2^53) -NIR_HUGE.
+    """
+    values = table.astype(np.float64)
+    out = np.where(np.abs(values) < 2.0**52, values - 0.5, values - 1.0)
+    out = np.where(table >= EXACT, NIR_HUGE, out)
+    return np.where(table <= -EXACT, -NIR_HUGE, out)
+
+
+def _expand_inputs(weight: np.ndarray, in_shape: tuple[int, ...], copies: int) -> np.ndarray:
+    """Dense weights (O, features) over an input whose every channel became ``copies``
+    binary channels: each copy gets the channel's weight (the gather, folded in)."""
+    channels = in_shape[0]
+    per_channel = weight.reshape(weight.shape[0], channels, -1)
+    return np.repeat(per_channel, copies, axis=1).reshape(weight.shape[0], -1)
+
+
+def _if_metadata(net: SpikingNet, index: int, layer: SpikingLayer, copies: int) -> dict:
+    meta = {
+        "qsnn_layer": f"layer{index + 1}",
+        "qsnn_scheme": net.scheme,
+        "qsnn_role": layer.role,
+        "qsnn_channels": layer.channels,
+        "qsnn_copies": copies,
+        "qsnn_neuron": NEURON_MODELS[net.scheme][layer.role],
+    }
+    if net.scheme != "sg":
+        meta.update(
+            {
+                "qsnn_portable": False,
+                "qsnn_threshold_formula": THRESHOLD_FORMULA,
+                "qsnn_offset": np.asarray(layer.offset, np.int64),
+                "qsnn_step": np.asarray(layer.step, np.int64),
+                "qsnn_divisor": int(layer.divisor),
+                "qsnn_size": np.asarray(layer.size, np.int64),
+                "qsnn_constant": np.asarray(layer.constant, np.int64),
+                "qsnn_levels": -1 if layer.levels is None else layer.levels,
+            }
+        )
+        if layer.levels is not None:
+            meta["qsnn_thresholds"] = layer_table(layer)
+    return meta
+
+
+def nir_graph(net: SpikingNet):
+    """The NIR graph of ``net`` (see the module docstring and docs/EXPORT.md)."""
+    import nir
+
+    sg = net.scheme == "sg"
+    nodes: dict = {"input": nir.Input(input_type=np.array(net.input_shape))}
+    edges: list[tuple[str, str]] = []
+    last, shape, copies_in = "input", tuple(net.input_shape), 1  # shape: with copies
+    sender = tuple(net.input_shape)  # the previous layer's shape without copies
+
+    def add(name: str, node) -> None:
+        nonlocal last
+        nodes[name] = node
+        edges.append((last, name))
+        last = name
+
+    def flatten(name: str) -> None:
+        if len(shape) > 1:
+            add(name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1))
+
+    for index, layer in enumerate(net.layers):
+        copies = layer.levels if sg else 1
+        weight = layer.weight.astype(np.float64)
+        tag = index + 1
+        if layer.kind == "conv":
+            weight = np.repeat(np.repeat(weight, copies, axis=0), copies_in, axis=1)
+            add(f"conv{tag}", nir.Conv2d(
+                input_shape=tuple(shape[1:]), weight=weight, stride=layer.stride,
+                padding=layer.padding, dilation=1, groups=1, bias=np.zeros(weight.shape[0]),
+            ))
+        else:
+            flatten(f"flatten{tag}")
+            weight = np.repeat(_expand_inputs(weight, sender, copies_in), copies, axis=0)
+            add(f"linear{tag}", nir.Linear(weight=weight))
+        shape = (layer.channels * copies, *layer.out_shape[1:])
+        if sg:
+            levels = layer_table(layer).reshape(-1)  # copy i of channel c: T_c(i)
+        else:
+            levels = threshold_table(layer.offset, layer.step, layer.divisor, layer.size, layer.constant, 1)[:, 0]
+        theta = np.broadcast_to(nir_thresholds(levels).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+        add(f"if{tag}", nir.IF(
+            r=np.ones(shape), v_threshold=np.array(theta), v_reset=np.zeros(shape),
+            metadata=_if_metadata(net, index, layer, copies),
+        ))
+        copies_in, sender = copies, tuple(layer.out_shape)
+    flatten("flatten_out")
+    out_weight = _expand_inputs(net.output.weight.astype(np.float64), sender, copies_in)
+    add("linear_out", nir.Linear(weight=out_weight))
+    add("output", nir.Output(output_type=np.array([net.classes])))
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=_graph_metadata(net))
+
+
+def _graph_metadata(net: SpikingNet) -> dict:
+    if net.scheme == "sg":
+        note = (
+            "exact in float64: present the raw pixels (0..255) for ONE time step; every IF "
+            "node is a bank of binary neurons (channel c's copies c*L .. c*L+L-1); the output "
+            "Linear node gives integer logits, the class is their argmax"
+        )
+    else:
+        note = (
+            f"NOT portable: {net.scheme.upper()} needs negative spikes and adapting thresholds, "
+            "which standard NIR cannot express; the IF nodes' standard parameters only hold the "
+            "first threshold T(0) - 1/2, the scheme is in their qsnn_* metadata (docs/EXPORT.md)"
+        )
+    return {
+        "format": NIR_FORMAT,
+        "scheme": net.scheme,
+        "portable": net.scheme == "sg",
+        "time_steps": 1 if net.scheme == "sg" else -1,
+        "note": note,
+        "input": "raw uint8 pixel values 0..255 as float, shape (C, H, W), at t = 0 only",
+        "net": net.spec.notation,
+        "source": json.dumps(net.source, default=str),
+    }
+
+
+def export_nir(net: SpikingNet, path: str | os.PathLike) -> Path:
+    """Write ``net`` as a NIR graph (HDF5) to ``path``; needs the optional ``nir`` package."""
+    try:
+        import nir
+    except ImportError:
+        raise QsnnError("NIR export needs the nir package: pip install 'qsnn[nir]'") from None
+    graph = nir_graph(net)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        nir.write(tmp, graph)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+FORMATS = ("qsnn-int", "nir")
+
+
+def export(net: SpikingNet, fmt: str, out: str | os.PathLike, *, steps: int | None = None) -> Path:
+    """``qsnn export``: write ``net`` in format ``fmt`` ("qsnn-int": a folder; "nir": a file)."""
+    if fmt == "qsnn-int":
+        return export_package(net, out, steps=steps)
+    if fmt == "nir":
+        if steps is not None:
+            raise QsnnError("--steps belongs to --format qsnn-int (a NIR graph of SG takes one step); drop it")
+        return export_nir(net, out)
+    raise QsnnError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
