@@ -494,6 +494,35 @@ def check_input_limit(layer: SpikingLayer | OutputLayer, inputs: torch.Tensor, i
         )
 
 
+FLOAT32_EXACT = 2.0**24  # float32 holds every integer below this exactly
+
+
+def exact_membrane(layer: SpikingLayer, inputs: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The layer's membrane for integer inputs, exactly, as float64.
+
+    Computed in float32 (fast) when every partial sum is an integer below 2^24, which
+    makes any summation order exact; in float64 (exact below 2^53) otherwise, and for
+    non-integer inputs (noisy pixels) in float64 as the one float stage.
+    """
+    largest = float(inputs.abs().max()) if inputs.numel() else 0.0
+    rowabs = float(np.abs(layer.weight.reshape(layer.weight.shape[0], -1)).sum(axis=1).max(initial=0))
+    integral = inputs.dtype != torch.float64 or bool((inputs == torch.round(inputs)).all())
+    if integral and rowabs * largest < FLOAT32_EXACT:
+        membrane = apply_layer(layer, inputs.to(torch.float32), layer_weight(layer, inputs.device, torch.float32))
+        return membrane.to(torch.float64)
+    weight = layer_weight(layer, inputs.device) if weight is None else weight
+    return apply_layer(layer, inputs.to(torch.float64), weight)
+
+
+def layer_counts(layer: SpikingLayer, membrane: torch.Tensor) -> torch.Tensor:
+    """m(V) for every neuron: the numba kernel on the CPU, the torch definition elsewhere."""
+    if membrane.device.type == "cpu":
+        from qsnn import engine
+
+        return torch.from_numpy(engine.counts(layer, membrane.numpy()))
+    return target_count(membrane, layer.thresholds().to(membrane.device))
+
+
 @torch.no_grad()
 def reference_counts(net: SpikingNet, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The quantized ANN evaluated exactly: integer counts of every block and the logits.
@@ -501,15 +530,13 @@ def reference_counts(net: SpikingNet, pixels: torch.Tensor) -> tuple[list[torch.
     ``pixels`` are raw 0..255 values (uint8 or float for noisy inputs), shape (B, C, H, W).
     Returns ([counts per hidden layer, int64], integer logits as float64).
     """
-    device = pixels.device
-    x = pixels.to(torch.float64)
+    x = pixels
     counts = []
     for index, layer in enumerate(net.layers):
         check_input_limit(layer, x, index)
-        membrane = apply_layer(layer, x, layer_weight(layer, device))
-        n = target_count(membrane, net.thresholds(index).to(device))
+        n = layer_counts(layer, exact_membrane(layer, x))
         counts.append(n)
-        x = n.to(torch.float64)
+        x = n
     check_input_limit(net.output, x, len(net.layers))
-    logits = F.linear(x.flatten(1), layer_weight(net.output, device))
+    logits = F.linear(x.flatten(1).to(torch.float64), layer_weight(net.output, x.device))
     return counts, logits

@@ -81,7 +81,9 @@ def compile_program(net: SpikingNet) -> Program:
         if layer.kind == "conv":
             _, out_h, out_w = layer.out_shape
             in_c, in_h, in_w = layer.in_shape
-            kernel = layer.weight.transpose(1, 2, 3, 0)  # (in c, K, K, out c)
+            # (in c, K, K, out c), rotated by 180 degrees: the outputs one input spike reaches
+            # along a row are then contiguous in both the membrane and the weights
+            kernel = layer.weight[:, :, ::-1, ::-1].transpose(1, 2, 3, 0)
             kind = 0
         else:
             out_h = out_w = 1
@@ -137,12 +139,15 @@ def _threshold(level, channel, offset, step, divisor, size, constant, big):
 
 @njit(inline="always", cache=True)
 def _add_row(membrane, start, weights, row, width, sign):
+    """membrane[start:start+width] +/-= weights[row:row+width] (views let LLVM vectorize)."""
+    target = membrane[start : start + width]
+    source = weights[row : row + width]
     if sign > 0:
         for o in range(width):
-            membrane[start + o] += weights[row + o]
+            target[o] += source[o]
     else:
         for o in range(width):
-            membrane[start + o] -= weights[row + o]
+            target[o] -= source[o]
 
 
 @njit(cache=True)
@@ -170,28 +175,28 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count):
         y = rest // in_w
         x = rest - y * in_w
         sign = signs[e]
-        if stride == kernel and pad == 0:  # non-overlapping windows (the P blocks)
+        if stride == 1:  # the reached outputs form a rectangle; each of its rows is one add
+            first_y = y + pad - kernel + 1  # output row reached by the rotated kernel row 0
+            first_x = x + pad - kernel + 1
+            ky_lo, ky_hi = max(0, -first_y), min(kernel - 1, out_h - 1 - first_y)
+            kx_lo, kx_hi = max(0, -first_x), min(kernel - 1, out_w - 1 - first_x)
+            if ky_hi < ky_lo or kx_hi < kx_lo:
+                continue
+            width = (kx_hi - kx_lo + 1) * out_c
+            for ky in range(ky_lo, ky_hi + 1):
+                row = start + ((c * kernel + ky) * kernel + kx_lo) * out_c
+                at = base + ((first_y + ky) * out_w + first_x + kx_lo) * out_c
+                _add_row(membrane, at, weights, row, width, sign)
+            adds += (ky_hi - ky_lo + 1) * width
+        elif stride == kernel and pad == 0:  # non-overlapping windows (the P blocks)
             oy = y // stride
             ox = x // stride
             if oy < out_h and ox < out_w:
-                ky = y - oy * stride
-                kx = x - ox * stride
+                ky = kernel - 1 - (y - oy * stride)
+                kx = kernel - 1 - (x - ox * stride)
                 row = start + ((c * kernel + ky) * kernel + kx) * out_c
                 _add_row(membrane, base + (oy * out_w + ox) * out_c, weights, row, out_c, sign)
                 adds += out_c
-        elif stride == 1:  # output rows y + pad - ky that exist, no divisions
-            ky_lo = max(0, y + pad - out_h + 1)
-            ky_hi = min(kernel - 1, y + pad)
-            kx_lo = max(0, x + pad - out_w + 1)
-            kx_hi = min(kernel - 1, x + pad)
-            for ky in range(ky_lo, ky_hi + 1):
-                oy = y + pad - ky
-                for kx in range(kx_lo, kx_hi + 1):
-                    ox = x + pad - kx
-                    row = start + ((c * kernel + ky) * kernel + kx) * out_c
-                    _add_row(membrane, base + (oy * out_w + ox) * out_c, weights, row, out_c, sign)
-            if ky_hi >= ky_lo and kx_hi >= kx_lo:
-                adds += (ky_hi - ky_lo + 1) * (kx_hi - kx_lo + 1) * out_c
         else:
             for ky in range(kernel):
                 ny = y + pad - ky
@@ -211,7 +216,7 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count):
                     ox = nx // stride
                     if ox >= out_w:
                         continue
-                    row = start + ((c * kernel + ky) * kernel + kx) * out_c
+                    row = start + ((c * kernel + kernel - 1 - ky) * kernel + kernel - 1 - kx) * out_c
                     _add_row(membrane, base + (oy * out_w + ox) * out_c, weights, row, out_c, sign)
                     adds += out_c
     return adds
@@ -324,13 +329,13 @@ def _simulate(
             sender = neuron_at[layers - 1]
             arriving = emitted[layers - 1]
             for e in range(arriving):
-                row = events[sender + e]
+                source = output[events[sender + e]]
                 if signs[sender + e] > 0:
                     for o in range(classes):
-                        logits[o] += output[row, o]
+                        logits[o] += source[o]
                 else:
                     for o in range(classes):
-                        logits[o] -= output[row, o]
+                        logits[o] -= source[o]
             sops[b, layers - 1, t] = arriving * classes
             best = 0
             for o in range(1, classes):
@@ -357,6 +362,48 @@ def _simulate(
                     counts[b, base + ch * plane + p] = count[n]
                     spiked += fired[n]
             spiking[b, layer] = spiked
+
+
+@njit(parallel=True, cache=True)
+def _counts(membrane, channels, plane, offset, step, divisor, size, constant, big, out):
+    """m(V) = #{i : V >= T(i)} for every neuron; ``membrane`` is (images, neurons) float64
+    in channel-first order (integers, or any reals for the encoding layer under noise)."""
+    images, neurons = membrane.shape
+    for b in prange(images):
+        for n in range(neurons):
+            channel = (n // plane) % channels
+            v = membrane[b, n]
+            floor_v = math.floor(v)  # T(i) is an integer: T(i) <= V  <=>  T(i) <= floor(V)
+            fixed = constant[channel]
+            if fixed >= 0:
+                out[b, n] = fixed
+                continue
+            limit = size[channel]
+            d = step[channel]
+            if d > 0:
+                guess = math.floor((floor_v * divisor - offset[channel]) / d) + 1.0
+                guess = min(max(guess, 0.0), float(limit))
+                level = int(guess)
+            else:
+                level = limit if offset[channel] <= floor_v * divisor else 0
+            while level < limit and _threshold(level, channel, offset, step, divisor, size, constant, big) <= floor_v:
+                level += 1
+            while level > 0 and _threshold(level - 1, channel, offset, step, divisor, size, constant, big) > floor_v:
+                level -= 1
+            out[b, n] = level
+
+
+def counts(layer, membrane: np.ndarray) -> np.ndarray:
+    """Exact counts of a converted layer for membranes (images, C, ...) float64, in parallel."""
+    flat = np.ascontiguousarray(membrane.reshape(membrane.shape[0], -1), dtype=np.float64)
+    out = np.empty(flat.shape, np.int64)
+    channels = layer.out_shape[0]
+    plane = layer.neurons // channels
+    _counts(
+        flat, channels, plane, layer.offset.astype(np.int64), layer.step.astype(np.int64),
+        int(layer.divisor), layer.size.astype(np.int64), layer.constant.astype(np.int64), 2**54, out,
+    )
+    return out.reshape(membrane.shape)
 
 
 def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool):

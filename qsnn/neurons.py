@@ -201,8 +201,12 @@ def scatter_gather(
     probability r. The N copies are never materialized: the fired ones are exactly the
     first m(V), so the gathered count is m(V), or a Binomial(m, 1 - r) draw under noise.
     """
-    count = target_count(v, th)
-    if drop_ratio <= 0.0:
+    return drop_spikes(target_count(v, th), drop_ratio, generator)
+
+
+def drop_spikes(count: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each of ``count`` binary spikes survives with probability 1 - ratio (SG noise)."""
+    if ratio <= 0.0:
         return count
-    keep = torch.full(count.shape, 1.0 - drop_ratio, dtype=torch.float64, device=count.device)
+    keep = torch.full(count.shape, 1.0 - ratio, dtype=torch.float64, device=count.device)
     return torch.binomial(count.to(torch.float64), keep, generator=generator).to(torch.int64)

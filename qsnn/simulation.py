@@ -26,6 +26,8 @@ from qsnn.conversion import (
     SpikingNet,
     apply_layer,
     check_input_limit,
+    exact_membrane,
+    layer_counts,
     layer_weight,
     reference_counts,
 )
@@ -34,10 +36,10 @@ from qsnn.metrics import fanout_maps, replication
 from qsnn.neurons import (
     adaptive_init,
     adaptive_step,
+    drop_spikes,
     nsd_init,
     nsd_step,
     rising_threshold_step,
-    scatter_gather,
     target_count,
 )
 
@@ -97,6 +99,32 @@ class _Statistics:
         return positive, negative, sops, spiking
 
 
+def _dense_membrane(layer, inputs: torch.Tensor) -> torch.Tensor:
+    return apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, inputs.device))
+
+
+def _count_levels(layer, membrane: torch.Tensor) -> torch.Tensor:
+    return target_count(membrane, layer.thresholds().to(membrane.device))
+
+
+def scatter_gather_batch(net: SpikingNet, pixels, noise, generator, membrane, count) -> BatchRecord:
+    """SG's single step: every layer once, counts gathered from the binary neurons
+    (:func:`qsnn.neurons.scatter_gather`), spikes dropped with probability ``noise``.
+    ``membrane(layer, inputs)`` and ``count(layer, membrane)`` say how to compute."""
+    stats = _Statistics(net, pixels.device)
+    x = pixels
+    counts = []
+    for index, layer in enumerate(net.layers):
+        check_input_limit(layer, x, index)
+        n = drop_spikes(count(layer, membrane(layer, x)), noise, generator)
+        stats.record(index, n, n, torch.zeros_like(n))
+        counts.append(n)
+        x = n
+    logits = F.linear(x.flatten(1).to(torch.float64), layer_weight(net.output, x.device))
+    positive, negative, sops, spiking = stats.tensors()
+    return BatchRecord(logits.argmax(dim=1)[None], positive, negative, sops, spiking, counts)
+
+
 @torch.no_grad()
 def simulate_batch(
     net: SpikingNet,
@@ -115,7 +143,7 @@ def simulate_batch(
     """
     device = pixels.device
     if net.scheme == "sg":
-        steps = 1
+        return scatter_gather_batch(net, pixels, noise, generator, _dense_membrane, _count_levels)
     weights = [layer_weight(layer, device) for layer in net.layers]
     out_weight = layer_weight(net.output, device)
     thresholds = [net.thresholds(i).to(device) for i in range(len(net.layers))]
@@ -123,21 +151,6 @@ def simulate_batch(
     x = pixels.to(torch.float64)
     check_input_limit(net.layers[0], x, 0)
     batch = x.shape[0]
-
-    if net.scheme == "sg":
-        counts = []
-        for index, layer in enumerate(net.layers):
-            if index:
-                check_input_limit(layer, x, index)
-            membrane = apply_layer(layer, x, weights[index])
-            n = scatter_gather(membrane, thresholds[index], noise if noise > 0 else 0.0, generator)
-            stats.record(index, n, n, torch.zeros_like(n))
-            counts.append(n)
-            x = n.to(torch.float64)
-        logits = F.linear(x.flatten(1), out_weight)
-        predictions = logits.argmax(dim=1)[None]
-        positive, negative, sops, spiking = stats.tensors()
-        return BatchRecord(predictions, positive, negative, sops, spiking, counts)
 
     encoding_current = apply_layer(net.layers[0], x, weights[0])
     states = []
@@ -204,11 +217,9 @@ class EventSimulator:
     @torch.no_grad()
     def __call__(self, net, pixels, steps, *, noise=0.0, generator=None) -> BatchRecord:
         if net.scheme == "sg":
-            return simulate_batch(net, pixels, steps, noise=noise, generator=generator)
-        x = pixels.to(torch.float64)
-        check_input_limit(net.layers[0], x, 0)
-        encoding = apply_layer(net.layers[0], x, layer_weight(net.layers[0], x.device))
-        first = target_count(encoding, net.thresholds(0).to(x.device))
+            return scatter_gather_batch(net, pixels, noise, generator, exact_membrane, layer_counts)
+        check_input_limit(net.layers[0], pixels, 0)
+        first = layer_counts(net.layers[0], exact_membrane(net.layers[0], pixels))
         first = first.reshape(first.shape[0], -1).cpu().numpy()
         cap = steps if steps is not None else 32
         while True:
@@ -313,7 +324,7 @@ def simulate(
     for start in range(0, len(pixels), batch_size):
         clean = pixels[start : start + batch_size].to(device)
         target = labels[start : start + batch_size].to(device)
-        inputs = noisy_pixels(clean, noise, generator) if net.scheme != "sg" else clean.to(torch.float64)
+        inputs = noisy_pixels(clean, noise, generator) if net.scheme != "sg" and noise > 0 else clean
         counts, logits = reference_counts(net, inputs)
         reference = logits.argmax(dim=1)
         if net.scheme != "sg" and noise > 0:

@@ -166,6 +166,8 @@ FAST_CASES = [
     ("6C5-P2-8C3-12", 1, 4, True, "same", "int", 5),
     ("4C3s-P2-6C3s-P2-10", 3, 1, True, "same", "nsd", 3),
     ("20-16", 1, None, True, 2, "int", None),
+    ("6C5-P2-8C3-12", 1, 2, False, "same", "sg", None),
+    ("4C3s-P2-6C3s-P2-10", 2, 4, True, "same", "sg", 1),
 ]
 
 
@@ -182,6 +184,11 @@ def test_event_engine_equals_the_reference_count_for_count(notation, k, B, terna
     pixels = random_pixels(9, shape=shape, seed=k)
     fast = EventSimulator(net)(net, pixels, steps)
     slow = simulate_batch(net, pixels, steps)
+    if scheme == "sg":  # spike drop draws the same numbers from the same generator
+        noisy_fast = EventSimulator(net)(net, pixels, 1, noise=0.3, generator=torch.Generator().manual_seed(5))
+        noisy_slow = simulate_batch(net, pixels, 1, noise=0.3, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(noisy_fast.positive, noisy_slow.positive)
+        assert torch.equal(noisy_fast.predictions, noisy_slow.predictions)
     for name in ("predictions", "positive", "negative", "sops", "spiking_neurons"):
         assert torch.equal(getattr(fast, name), getattr(slow, name)), name
     assert all(torch.equal(a, b) for a, b in zip(fast.counts, slow.counts, strict=True))
