@@ -367,30 +367,44 @@ def _simulate(
 @njit(parallel=True, cache=True)
 def _counts(membrane, channels, plane, offset, step, divisor, size, constant, big, out):
     """m(V) = #{i : V >= T(i)} for every neuron; ``membrane`` is (images, neurons) float64
-    in channel-first order (integers, or any reals for the encoding layer under noise)."""
-    images, neurons = membrane.shape
+    in channel-first order (integers, or any reals for the encoding layer under noise).
+
+    T(i) is an integer, so T(i) <= V  <=>  (A + iD) / S <= floor(V), and the count is
+    floor((S floor(V) - A) / D) + 1. That is evaluated in float64; when its fractional
+    part is too close to an integer for float64 to be sure, the exact integer table
+    decides instead.
+    """
+    images = membrane.shape[0]
     for b in prange(images):
-        for n in range(neurons):
-            channel = (n // plane) % channels
-            v = membrane[b, n]
-            floor_v = math.floor(v)  # T(i) is an integer: T(i) <= V  <=>  T(i) <= floor(V)
+        for channel in range(channels):
             fixed = constant[channel]
-            if fixed >= 0:
-                out[b, n] = fixed
-                continue
             limit = size[channel]
-            d = step[channel]
-            if d > 0:
-                guess = math.floor((floor_v * divisor - offset[channel]) / d) + 1.0
-                guess = min(max(guess, 0.0), float(limit))
-                level = int(guess)
-            else:
-                level = limit if offset[channel] <= floor_v * divisor else 0
-            while level < limit and _threshold(level, channel, offset, step, divisor, size, constant, big) <= floor_v:
-                level += 1
-            while level > 0 and _threshold(level - 1, channel, offset, step, divisor, size, constant, big) > floor_v:
-                level -= 1
-            out[b, n] = level
+            a = float(offset[channel])
+            d = float(step[channel])
+            inverse = 1.0 / d if d > 0 else 0.0
+            for p in range(plane):
+                n = channel * plane + p
+                if fixed >= 0:
+                    out[b, n] = fixed
+                    continue
+                floor_v = math.floor(membrane[b, n])
+                if d > 0:
+                    scaled = floor_v * divisor
+                    q = (scaled - a) * inverse
+                    whole = math.floor(q)
+                    tolerance = 1e-13 * (abs(scaled) + abs(a)) * inverse + 1e-9
+                    if tolerance < q - whole < 1.0 - tolerance:
+                        level = min(max(whole + 1.0, 0.0), float(limit))
+                        out[b, n] = int(level)
+                        continue
+                    level = int(min(max(whole + 1.0, 0.0), float(limit)))
+                else:
+                    level = limit if a <= floor_v * divisor else 0
+                while level < limit and _threshold(level, channel, offset, step, divisor, size, constant, big) <= floor_v:
+                    level += 1
+                while level > 0 and _threshold(level - 1, channel, offset, step, divisor, size, constant, big) > floor_v:
+                    level -= 1
+                out[b, n] = level
 
 
 def counts(layer, membrane: np.ndarray) -> np.ndarray:

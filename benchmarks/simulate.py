@@ -1,0 +1,118 @@
+"""Spiking simulation speed against the quantized ANN's forward pass, in one process.
+
+For the MNIST nets of the three papers (qsnn's embedded checkpoints by default), on the
+10,000 MNIST test images with 2 threads, this times
+
+* the quantized ANN's forward pass (float32, inference mode, batches of 1000), and
+* the full SNN simulation with every statistic (``qsnn.simulate``: the reference ANN
+  for the agreement, spikes, SOPs, per-step accuracy), and, on a subset, the
+  straightforward step-by-step reference simulator,
+
+and prints images/s, the ratio SNN time / ANN time, SOPs per image against the dense
+equivalent T x MACs, and the process's peak memory. Ratios, not absolute times, are the
+point: both sides run on the same machine in the same run.
+
+    python benchmarks/simulate.py [--data-dir ../shared/datasets] [--threads 2] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="MNIST folder (default: the embedded test set)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="timings per measurement (the best is kept)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    parser.add_argument("--reference-images", type=int, default=200, help="images for the step-by-step reference")
+    parser.add_argument("--models", nargs="*", default=None, help="checkpoints (default: the embedded three)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from qsnn import data
+    from qsnn.conversion import convert
+    from qsnn.metrics import total_macs
+    from qsnn.pipeline import embedded_runs
+    from qsnn.reporting import format_table
+    from qsnn.simulation import simulate, simulate_batch
+    from qsnn.training import load_checkpoint
+
+    test = data.load("mnist", "test", args.data_dir) if args.data_dir else data.embedded_mnist_test()
+    if args.limit:
+        test = test.subset(args.limit)
+    pixels = data.prepare(test.images, "mnist", train=False)
+    x = data.to_float(pixels)
+    images = len(test)
+    cases = []
+    if args.models:
+        for path in args.models:
+            cases.append((Path(path).stem, path, None))
+    else:
+        for spec in embedded_runs():
+            cases.append((spec.name, spec.checkpoint, spec.schemes[0]))
+
+    def best_of(function, *arguments, **options) -> float:
+        times = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            function(*arguments, **options)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    def ann(model) -> None:
+        with torch.inference_mode():
+            for start in range(0, images, 1000):
+                model(x[start : start + 1000].to(args.device))
+
+    rows = []
+    for name, checkpoint, scheme in cases:
+        model, _ = load_checkpoint(checkpoint, device=args.device)
+        scheme = scheme or ("sg" if all(b.bound for b in model.blocks) else "nsd")
+        net = convert(model, scheme)
+        ann(model)  # warm up
+        ann_seconds = best_of(ann, model)
+        simulate(net, pixels[:16], test.labels[:16], steps=None)  # compile the kernels
+        auto = simulate(net, pixels, test.labels, steps=None, device=args.device)
+        step_counts = [("auto", None)] if scheme == "sg" else [(f"T_lossless={auto.t_lossless}", auto.t_lossless)]
+        if scheme == "nsd":
+            step_counts.append(("T=20", 20))
+        subset = pixels[: args.reference_images]
+        for label, steps in step_counts:
+            result = simulate(net, pixels, test.labels, steps=steps, device=args.device)
+            seconds = best_of(simulate, net, pixels, test.labels, steps=steps, device=args.device)
+            reference = best_of(simulate_batch, net, subset, steps)
+            reference_rate = len(subset) / reference
+            sops = sum(map(sum, result.sops)) / images
+            dense = result.steps * total_macs(net)
+            rows.append(
+                [
+                    name, scheme.upper(), label, f"{result.steps}",
+                    f"{images / ann_seconds:,.0f}", f"{images / seconds:,.0f}", f"{reference_rate:,.0f}",
+                    f"{seconds / ann_seconds:.2f}", f"{sops:,.0f}", f"{dense:,.0f}",
+                    f"{100 * result.agree[-1] / images:.2f}%",
+                ]
+            )
+            print(f"  {name} {label}: ANN {ann_seconds:.2f} s, SNN {seconds:.2f} s", file=sys.stderr, flush=True)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    header = [
+        "net", "scheme", "steps", "T", "ANN img/s", "SNN img/s", "reference img/s",
+        "SNN/ANN time", "SOPs/img", "T x MACs/img", "agreement",
+    ]
+    print(f"{images:,} MNIST test images, {args.threads} threads, best of {args.repeat}; peak memory {peak_mb:,.0f} MB")
+    print(format_table(rows, header))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
