@@ -73,6 +73,9 @@ class SpikingLayer:
     input_limit: float  # largest input (count or pixel) for which the membrane is exact
     count_limit: int  # largest count this layer may reach (next layer's inputs are checked)
     snapped: bool = False  # True if some weight bits below 2^-s were dropped
+    # the exact tables of the quantized ANN, kept only when the SNN uses other ones
+    # (--threshold-scale): (offset, step, divisor)
+    ann_thresholds: tuple[np.ndarray, np.ndarray, int] | None = None
 
     @property
     def levels(self) -> int | None:
@@ -86,11 +89,15 @@ class SpikingLayer:
     def channels(self) -> int:
         return self.out_shape[0]
 
-    def thresholds(self) -> Thresholds:
+    def thresholds(self, ann: bool = False) -> Thresholds:
+        """The SNN's threshold tables, or with ``ann`` the quantized ANN's exact ones."""
+        offset, step, divisor = self.offset, self.step, self.divisor
+        if ann and self.ann_thresholds is not None:
+            offset, step, divisor = self.ann_thresholds
         return Thresholds(
-            torch.from_numpy(self.offset),
-            torch.from_numpy(self.step),
-            self.divisor,
+            torch.from_numpy(offset),
+            torch.from_numpy(step),
+            divisor,
             torch.from_numpy(self.size),
             torch.from_numpy(self.constant),
         )
@@ -153,6 +160,9 @@ class SpikingNet:
             layers.append(meta)
             for name in ("weight", "offset", "step", "size", "constant"):
                 arrays[f"layer{index}.{name}"] = getattr(layer, name)
+            if layer.ann_thresholds is not None:
+                arrays[f"layer{index}.ann_offset"], arrays[f"layer{index}.ann_step"], divisor = layer.ann_thresholds
+                meta["ann_divisor"] = divisor
         arrays["output.weight"] = self.output.weight
         manifest = {
             "format": FORMAT,
@@ -218,6 +228,11 @@ class SpikingNet:
                     input_limit=float(meta["input_limit"]),
                     count_limit=int(meta["count_limit"]),
                     snapped=meta["snapped"],
+                    ann_thresholds=(
+                        (arrays[f"layer{index}.ann_offset"], arrays[f"layer{index}.ann_step"], int(meta["ann_divisor"]))
+                        if "ann_divisor" in meta
+                        else None
+                    ),
                 )
             )
         out = manifest["output"]
@@ -420,9 +435,12 @@ def convert(
                 f"--threshold-scale {scale} rounds a threshold step of {where} to 0 with no "
                 "bound B; use exact thresholds (omit --threshold-scale)"
             )
-        offset, raw_step, divisor, size = _fixed_point(
-            theta0, step, levels if levels is not None else count_limit + 1, scale, where
-        )
+        size_cap = levels if levels is not None else count_limit + 1
+        offset, raw_step, divisor, size = _fixed_point(theta0, step, size_cap, scale, where)
+        ann_thresholds = None
+        if scale is not None:  # the quantized ANN keeps the exact tables
+            exact_offset, exact_step, exact_divisor, _ = _fixed_point(theta0, step, size_cap, None, where)
+            ann_thresholds = (exact_offset.numpy(), exact_step.numpy(), exact_divisor)
         layer = block.layer
         layers.append(
             SpikingLayer(
@@ -445,6 +463,7 @@ def convert(
                 input_limit=min(input_limit, input_count_limit),
                 count_limit=count_limit,
                 snapped=snapped,
+                ann_thresholds=ann_thresholds,
             )
         )
         input_bound = min(count_bound, count_limit)
@@ -514,13 +533,15 @@ def exact_membrane(layer: SpikingLayer, inputs: torch.Tensor, weight: torch.Tens
     return apply_layer(layer, inputs.to(torch.float64), weight)
 
 
-def layer_counts(layer: SpikingLayer, membrane: torch.Tensor) -> torch.Tensor:
-    """m(V) for every neuron: the numba kernel on the CPU, the torch definition elsewhere."""
+def layer_counts(layer: SpikingLayer, membrane: torch.Tensor, ann: bool = False) -> torch.Tensor:
+    """m(V) for every neuron (with ``ann``: by the quantized ANN's exact tables): the numba
+    kernel on the CPU, the torch definition elsewhere."""
+    thresholds = layer.thresholds(ann)
     if membrane.device.type == "cpu":
         from qsnn import engine
 
-        return torch.from_numpy(engine.counts(layer, membrane.numpy()))
-    return target_count(membrane, layer.thresholds().to(membrane.device))
+        return torch.from_numpy(engine.counts(thresholds, membrane.numpy()))
+    return target_count(membrane, thresholds.to(membrane.device))
 
 
 @torch.no_grad()
@@ -534,7 +555,7 @@ def reference_counts(net: SpikingNet, pixels: torch.Tensor) -> tuple[list[torch.
     counts = []
     for index, layer in enumerate(net.layers):
         check_input_limit(layer, x, index)
-        n = layer_counts(layer, exact_membrane(layer, x))
+        n = layer_counts(layer, exact_membrane(layer, x), ann=True)
         counts.append(n)
         x = n
     check_input_limit(net.output, x, len(net.layers))

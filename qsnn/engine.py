@@ -407,15 +407,20 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
                 out[b, n] = level
 
 
-def counts(layer, membrane: np.ndarray) -> np.ndarray:
-    """Exact counts of a converted layer for membranes (images, C, ...) float64, in parallel."""
+def counts(thresholds, membrane: np.ndarray) -> np.ndarray:
+    """Exact counts m(V) for membranes (images, C, ...) float64, in parallel, by the tables
+    of ``thresholds`` (a :class:`qsnn.neurons.Thresholds`)."""
     flat = np.ascontiguousarray(membrane.reshape(membrane.shape[0], -1), dtype=np.float64)
     out = np.empty(flat.shape, np.int64)
-    channels = layer.out_shape[0]
-    plane = layer.neurons // channels
+    channels = membrane.shape[1]
+    plane = flat.shape[1] // channels
+
+    def as_int64(values) -> np.ndarray:
+        return np.ascontiguousarray(values.numpy(), dtype=np.int64)
+
     _counts(
-        flat, channels, plane, layer.offset.astype(np.int64), layer.step.astype(np.int64),
-        int(layer.divisor), layer.size.astype(np.int64), layer.constant.astype(np.int64), 2**54, out,
+        flat, channels, plane, as_int64(thresholds.offset), as_int64(thresholds.step),
+        int(thresholds.divisor), as_int64(thresholds.size), as_int64(thresholds.constant), 2**54, out,
     )
     return out.reshape(membrane.shape)
 

@@ -201,7 +201,7 @@ def test_scheme_requirements_are_explained():
         convert(full, "nsd")
 
 
-def test_threshold_scale_reproduces_the_original_small_loss():
+def test_threshold_scale_reproduces_the_original_small_loss(tmp_path):
     torch.manual_seed(0)
     model = exact_tie_net(0, 1.0)
     with torch.no_grad():  # thresholds at i + 3e-5: exact ceil says V >= i + 1
@@ -209,13 +209,20 @@ def test_threshold_scale_reproduces_the_original_small_loss():
     pixels = random_pixels(40, shape=(1, 10, 10))
     exact = convert(model, "int")
     rounded = convert(model, "int", threshold_scale=10000)
-    exact_counts, _ = reference_counts(exact, pixels)
-    rounded_counts, _ = reference_counts(rounded, pixels)
-    assert torch.equal(exact_counts[0], rounded_counts[0])  # the float encoding layer is exact in both
-    differs = int((exact_counts[1] != rounded_counts[1]).sum())
-    assert differs > 0
+    rounded.save(tmp_path / "rounded.npz")
+    rounded = SpikingNet.load(tmp_path / "rounded.npz")
+    # the quantized ANN is the same exact one for both; only the rounded SNN departs from it
+    ann, _ = reference_counts(exact, pixels)
+    ann_of_rounded, _ = reference_counts(rounded, pixels)
+    assert all(torch.equal(a, b) for a, b in zip(ann, ann_of_rounded, strict=True))
+    exact_snn = simulate_batch(exact, pixels, None).counts
+    rounded_snn = simulate_batch(rounded, pixels, None).counts
+    assert all(torch.equal(a, s) for a, s in zip(ann, exact_snn, strict=True))
+    assert torch.equal(rounded_snn[0], ann[0])  # the encoding layer keeps exact thresholds
+    assert int((rounded_snn[1] != ann[1]).sum()) > 0
     hidden = rounded.layers[1]
     divisor = exact.layers[1].divisor
     assert hidden.divisor == 10000 and divisor & (divisor - 1) == 0 and divisor >= 2**30
     assert math.isclose(exact.layers[1].offset[1] / exact.layers[1].divisor, 3e-5, rel_tol=1e-3)
     assert hidden.offset[1] == 0  # round(3e-5 * 10^4) = 0: the threshold rounds down to V >= i
+    assert hidden.ann_thresholds[2] == divisor and np.array_equal(hidden.ann_thresholds[0], exact.layers[1].offset)
