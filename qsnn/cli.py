@@ -126,25 +126,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --- qsnn convert -----------------------------------------------------------------------
 
 
-def convert_checkpoint(checkpoint: str | Path, scheme: str, threshold_scale: int | None = None):
-    """Load a checkpoint and convert it; the result records where it came from."""
-    from qsnn.conversion import convert, file_sha256
-    from qsnn.training import load_checkpoint
-
-    model, payload = load_checkpoint(checkpoint)
-    config = payload.get("config", {})
-    source = {
-        "checkpoint": str(checkpoint),
-        "sha256": file_sha256(checkpoint),
-        "dataset": config.get("dataset"),
-        "epochs": payload.get("epoch", config.get("epochs")),
-        "test_accuracy": payload.get("test_acc", payload.get("best_test_acc")),
-    }
-    return convert(model, scheme, threshold_scale=threshold_scale, source=source)
-
-
 def cmd_convert(args: argparse.Namespace) -> int:
-    net = convert_checkpoint(args.checkpoint, args.scheme, args.threshold_scale)
+    from qsnn.conversion import convert
+
+    net = convert(args.checkpoint, args.scheme, threshold_scale=args.threshold_scale)
     out = Path(args.output or Path(args.checkpoint).with_suffix(f".{args.scheme}.npz"))
     net.save(out)
     layers = ", ".join(

@@ -374,17 +374,19 @@ def _fold_block(block):
 
 
 def convert(
-    model: QuantizedNet,
+    model: QuantizedNet | str | Path,
     scheme: str,
     *,
     threshold_scale: int | None = None,
     source: dict | None = None,
 ) -> SpikingNet:
-    """Convert a trained quantized network into a spiking network under ``scheme``.
+    """Convert a trained quantized network (or a checkpoint file) into a spiking network.
 
     ``threshold_scale`` (INT only) reproduces the original code's thresholds rounded to
-    1/scale instead of the exact integer thresholds.
+    1/scale instead of the exact integer thresholds; the quantized ANN keeps the exact ones.
     """
+    if isinstance(model, str | Path):
+        return _convert_checkpoint(Path(model), scheme, threshold_scale)
     scheme = scheme.lower()
     if scheme not in SCHEMES:
         raise QsnnError(f"unknown scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
@@ -473,6 +475,22 @@ def convert(
     output = OutputLayer(out_int, out_exponent, min(out_limit, input_count_limit), out_snapped)
     model.train(was_training)
     return SpikingNet(scheme, layers, output, model.spec, threshold_scale, dict(source or {}))
+
+
+def _convert_checkpoint(path: Path, scheme: str, threshold_scale: int | None) -> SpikingNet:
+    from qsnn.training import load_checkpoint
+
+    model, payload = load_checkpoint(path)
+    config = payload.get("config") or {}
+    history = payload.get("metrics") or []
+    source = {
+        "checkpoint": str(path),
+        "sha256": file_sha256(path),
+        "dataset": config.get("dataset"),
+        "epochs": payload.get("epoch", config.get("epochs")),
+        "test_accuracy": history[-1]["test_acc"] if history else payload.get("test_acc"),
+    }
+    return convert(model, scheme, threshold_scale=threshold_scale, source=source)
 
 
 def file_sha256(path: str | Path) -> str:

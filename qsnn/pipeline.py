@@ -170,7 +170,7 @@ def execute(
         "dataset": dataset,
         "epochs": record["training"]["epochs"],
         "test_accuracy": record["training"]["test_accuracy"],
-    }
+    }  # as convert(checkpoint_path, ...) records it; the model is loaded once here
     variants = [(scheme, None) for scheme in schemes]
     if spec.threshold_scale and "int" in schemes:
         variants.append(("int", spec.threshold_scale))
