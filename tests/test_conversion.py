@@ -226,3 +226,19 @@ def test_threshold_scale_reproduces_the_original_small_loss(tmp_path):
     assert math.isclose(exact.layers[1].offset[1] / exact.layers[1].divisor, 3e-5, rel_tol=1e-3)
     assert hidden.offset[1] == 0  # round(3e-5 * 10^4) = 0: the threshold rounds down to V >= i
     assert hidden.ann_thresholds[2] == divisor and np.array_equal(hidden.ann_thresholds[0], exact.layers[1].offset)
+
+
+@pytest.mark.parametrize("name", ["nsd-lenet-k1", "sg-lenet-k1B2", "int-lenet"])
+def test_trained_mnist_nets_are_lossless_on_real_images(name):
+    """The shipped MNIST nets (trained by qsnn) under every scheme they allow: per layer and
+    per image, SNN counts == exact ANN counts == the float64 model's counts."""
+    from qsnn.data import embedded_mnist_test
+    from qsnn.pipeline import MODELS, applicable_schemes
+    from qsnn.training import load_checkpoint
+
+    model, _ = load_checkpoint(MODELS / f"{name}.pt")
+    pixels = embedded_mnist_test().subset(200).images
+    schemes = applicable_schemes(model)
+    assert schemes == {"nsd-lenet-k1": ["nsd"], "sg-lenet-k1B2": ["nsd", "sg", "int"], "int-lenet": ["nsd", "int"]}[name]
+    for scheme in schemes:
+        assert_lossless(model, pixels, scheme)
