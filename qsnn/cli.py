@@ -15,6 +15,13 @@ from qsnn import __version__
 from qsnn.errors import QsnnError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``qsnn train: error: ... (see qsnn train --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _steps(text: str) -> int | None:
     if text.strip().lower() == "auto":
         return None
@@ -109,12 +116,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from qsnn import data
+    from qsnn.notation import resolve_net
     from qsnn.training import evaluate, load_checkpoint
 
     model, payload = load_checkpoint(args.checkpoint, device=args.device)
-    dataset = args.dataset or payload.get("config", {}).get("dataset")
+    if args.net is not None and resolve_net(args.net)[0] != model.spec.notation:
+        raise QsnnError(
+            f"checkpoint {args.checkpoint} holds the net {model.spec.notation}, not {resolve_net(args.net)[0]}; "
+            "give the checkpoint of that net or drop --net"
+        )
+    dataset = args.dataset or (payload.get("config") or {}).get("dataset")
     if dataset is None:
         raise QsnnError("the checkpoint does not name its dataset; give --dataset")
+    info = data.dataset_info(dataset)
+    if tuple(info.input_shape) != tuple(model.spec.input_shape):
+        shape = "x".join(map(str, model.spec.input_shape))
+        raise QsnnError(
+            f"checkpoint {args.checkpoint} was trained on {shape} inputs, but {dataset} gives "
+            f"{'x'.join(map(str, info.input_shape))}; evaluate it on the dataset it was trained on"
+        )
     test = data.load(dataset, "test", args.data_dir)
     if args.limit:
         test = test.subset(args.limit)
@@ -328,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qsnn.metrics import ENERGY_PER_ADD_PJ, ENERGY_PER_MAC_PJ
     from qsnn.training import add_arguments as add_train_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qsnn",
         description="Train quantized networks and convert them losslessly into spiking networks.",
     )
@@ -357,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="test accuracy of a trained checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--dataset", help="default: the dataset it was trained on")
+    p.add_argument("--net", help="the net you expect the checkpoint to hold (checked)")
     _add_data_dir(p)
     p.add_argument("--limit", type=_positive_int, help="only the first N test images")
     p.add_argument("--device", default="cpu")
