@@ -522,8 +522,21 @@ def apply_layer(layer: SpikingLayer, inputs: torch.Tensor, weight: torch.Tensor)
     return F.linear(inputs.flatten(1), weight)
 
 
-def check_input_limit(layer: SpikingLayer | OutputLayer, inputs: torch.Tensor, index: int) -> None:
-    largest = float(inputs.abs().max()) if inputs.numel() else 0.0
+def input_bound(net: SpikingNet, index: int, inputs: torch.Tensor) -> float:
+    """A bound on the inputs of layer ``index`` (len(layers) = the output accumulator):
+    known in advance for raw uint8 pixels and for counts of a bounded layer (a count never
+    exceeds 2^k*B), measured otherwise."""
+    if index == 0 and inputs.dtype == torch.uint8:
+        return float(PIXEL_LEVELS)
+    if index > 0 and net.layers[index - 1].levels is not None:
+        return float(net.layers[index - 1].levels)
+    if inputs.numel() == 0:
+        return 0.0
+    return float(inputs.max() if index > 0 else inputs.abs().max())
+
+
+def check_input_limit(layer: SpikingLayer | OutputLayer, largest: float, index: int) -> None:
+    """Refuse inputs beyond the range in which the layer's integer membrane is exact."""
     if largest > layer.input_limit:
         raise QsnnError(
             f"an input to layer {index + 1} reached {largest:.0f}, beyond {layer.input_limit:.0f}, "
@@ -534,21 +547,18 @@ def check_input_limit(layer: SpikingLayer | OutputLayer, inputs: torch.Tensor, i
 FLOAT32_EXACT = 2.0**24  # float32 holds every integer below this exactly
 
 
-def exact_membrane(layer: SpikingLayer, inputs: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """The layer's membrane for integer inputs, exactly, as float64.
+def exact_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float) -> torch.Tensor:
+    """The layer's membrane for inputs bounded by ``largest``, exactly, as float64.
 
-    Computed in float32 (fast) when every partial sum is an integer below 2^24, which
-    makes any summation order exact; in float64 (exact below 2^53) otherwise, and for
-    non-integer inputs (noisy pixels) in float64 as the one float stage.
+    Computed in float32 (fast) when the inputs are integers and every partial sum stays an
+    integer below 2^24, which makes any summation order exact; in float64 (exact below
+    2^53) otherwise, and for non-integer inputs (noisy pixels) as the one float stage.
     """
-    largest = float(inputs.abs().max()) if inputs.numel() else 0.0
     rowabs = float(np.abs(layer.weight.reshape(layer.weight.shape[0], -1)).sum(axis=1).max(initial=0))
-    integral = inputs.dtype != torch.float64 or bool((inputs == torch.round(inputs)).all())
-    if integral and rowabs * largest < FLOAT32_EXACT:
+    if not inputs.is_floating_point() and rowabs * largest < FLOAT32_EXACT:
         membrane = apply_layer(layer, inputs.to(torch.float32), layer_weight(layer, inputs.device, torch.float32))
         return membrane.to(torch.float64)
-    weight = layer_weight(layer, inputs.device) if weight is None else weight
-    return apply_layer(layer, inputs.to(torch.float64), weight)
+    return apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, inputs.device))
 
 
 def layer_counts(layer: SpikingLayer, membrane: torch.Tensor, ann: bool = False) -> torch.Tensor:
@@ -572,10 +582,11 @@ def reference_counts(net: SpikingNet, pixels: torch.Tensor) -> tuple[list[torch.
     x = pixels
     counts = []
     for index, layer in enumerate(net.layers):
-        check_input_limit(layer, x, index)
-        n = layer_counts(layer, exact_membrane(layer, x), ann=True)
+        largest = input_bound(net, index, x)
+        check_input_limit(layer, largest, index)
+        n = layer_counts(layer, exact_membrane(layer, x, largest), ann=True)
         counts.append(n)
         x = n
-    check_input_limit(net.output, x, len(net.layers))
+    check_input_limit(net.output, input_bound(net, len(net.layers), x), len(net.layers))
     logits = F.linear(x.flatten(1).to(torch.float64), layer_weight(net.output, x.device))
     return counts, logits

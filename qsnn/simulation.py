@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +26,7 @@ from qsnn.conversion import (
     apply_layer,
     check_input_limit,
     exact_membrane,
+    input_bound,
     layer_counts,
     layer_weight,
     reference_counts,
@@ -76,13 +76,14 @@ class _Statistics:
         self.sops: list[list[int]] = [[] for _ in net.layers]
         self.spiked: list[torch.Tensor | None] = [None for _ in net.layers]
 
-    def record(self, index: int, spikes: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> None:
-        """Record one step of layer ``index``: spikes (signed counts per neuron this step)
-        and their positive and negative parts (SG: binary spikes are counts >= 0)."""
+    def record(self, index: int, positive: torch.Tensor, negative: torch.Tensor | None = None) -> None:
+        """Record one step of layer ``index``: its positive and negative spikes per neuron
+        (SG: the gathered binary spikes, no negative ones)."""
+        moved = positive if negative is None else positive + negative
+        per_neuron = moved.sum(dim=0)  # over the batch; then each neuron's fan-out
         self.positive[index].append(int(positive.sum()))
-        self.negative[index].append(int(negative.sum()))
-        moved = (positive + negative).to(torch.int64)
-        self.sops[index].append(int((moved * self.maps[index]).sum()) * self.sop_factor[index])
+        self.negative[index].append(0 if negative is None else int(negative.sum()))
+        self.sops[index].append(int((per_neuron * self.maps[index]).sum()) * self.sop_factor[index])
         fired = moved != 0
         self.spiked[index] = fired if self.spiked[index] is None else self.spiked[index] | fired
 
@@ -99,7 +100,7 @@ class _Statistics:
         return positive, negative, sops, spiking
 
 
-def _dense_membrane(layer, inputs: torch.Tensor) -> torch.Tensor:
+def _dense_membrane(layer, inputs: torch.Tensor, largest: float) -> torch.Tensor:
     return apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, inputs.device))
 
 
@@ -119,12 +120,13 @@ def scatter_gather_batch(net: SpikingNet, pixels, noise, generator, membrane, co
     x = pixels
     counts = []
     for index, layer in enumerate(net.layers):
-        check_input_limit(layer, x, index)
+        largest = input_bound(net, index, x)
+        check_input_limit(layer, largest, index)
         if membrane is None:
             n = count(index, None)
         else:
-            n = drop_spikes(count(layer, membrane(layer, x)), noise, generator)
-        stats.record(index, n, n, torch.zeros_like(n))
+            n = drop_spikes(count(layer, membrane(layer, x, largest)), noise, generator)
+        stats.record(index, n)
         counts.append(n)
         x = n
     logits = F.linear(x.flatten(1).to(torch.float64), layer_weight(net.output, x.device))
@@ -155,8 +157,8 @@ def simulate_batch(
     out_weight = layer_weight(net.output, device)
     thresholds = [net.thresholds(i).to(device) for i in range(len(net.layers))]
     stats = _Statistics(net, device)
+    check_input_limit(net.layers[0], input_bound(net, 0, pixels), 0)
     x = pixels.to(torch.float64)
-    check_input_limit(net.layers[0], x, 0)
     batch = x.shape[0]
 
     encoding_current = apply_layer(net.layers[0], x, weights[0])
@@ -178,7 +180,7 @@ def simulate_batch(
             if index == 0:
                 current = encoding_current if t == 0 else torch.zeros_like(encoding_current)
             else:
-                check_input_limit(layer, totals[index - 1], index)
+                check_input_limit(layer, input_bound(net, index, totals[index - 1]), index)
                 current = apply_layer(layer, spikes.to(torch.float64), weights[index])
             if net.scheme == "int" and index == 0:
                 state = states[0]
@@ -190,9 +192,9 @@ def simulate_batch(
             else:
                 states[index], spikes = nsd_step(states[index], current, thresholds[index])
             totals[index] += spikes
-            stats.record(index, spikes, spikes.clamp(min=0), (-spikes).clamp(min=0))
+            stats.record(index, spikes.clamp(min=0), (-spikes).clamp(min=0))
             any_spike = any_spike or bool(spikes.any())
-        check_input_limit(net.output, totals[-1], len(net.layers))
+        check_input_limit(net.output, input_bound(net, len(net.layers), totals[-1]), len(net.layers))
         accumulator += F.linear(spikes.to(torch.float64).flatten(1), out_weight)
         predictions.append(accumulator.argmax(dim=1))
         if steps is None and not any_spike:
@@ -233,8 +235,9 @@ class EventSimulator:
         if reference is not None:
             first = reference[0]
         else:
-            check_input_limit(net.layers[0], pixels, 0)
-            first = layer_counts(net.layers[0], exact_membrane(net.layers[0], pixels))
+            largest = input_bound(net, 0, pixels)
+            check_input_limit(net.layers[0], largest, 0)
+            first = layer_counts(net.layers[0], exact_membrane(net.layers[0], pixels, largest))
         first = first.reshape(first.shape[0], -1).cpu().numpy()
         cap = steps if steps is not None else 32
         while True:
@@ -253,7 +256,7 @@ class EventSimulator:
         per_layer = []
         at = 0
         for layer in net.layers:
-            per_layer.append(torch.from_numpy(counts[:, at : at + layer.neurons].astype(np.int64)).reshape(batch, *layer.out_shape))
+            per_layer.append(torch.from_numpy(counts[:, at : at + layer.neurons]).reshape(batch, *layer.out_shape))
             at += layer.neurons
         return BatchRecord(
             predictions=torch.from_numpy(predictions[:, :total].T.copy()),
