@@ -48,6 +48,7 @@ class Program:
     output: np.ndarray  # int64 [features, classes] (the accumulator is always int64)
     big: int  # +/- sentinel for out-of-reach thresholds, fits the dtype
     neurons: np.ndarray  # int64 [L + 1]: neuron offsets of the layers
+    initial_upper: np.ndarray  # T(0) of every neuron (channel-last), the first upper threshold
 
     @property
     def dtype(self) -> np.dtype:
@@ -104,17 +105,32 @@ def compile_program(net: SpikingNet) -> Program:
         divisor[index] = layer.divisor
         threshold_at += out_c
         neurons[index + 1] = neurons[index] + layer.neurons
+    offset_all = np.concatenate(offsets).astype(np.int64)
+    step_all = np.concatenate(steps).astype(np.int64)
+    size_all = np.concatenate(sizes).astype(np.int64)
+    constant_all = np.concatenate(constants).astype(np.int64)
+    initial_upper = np.zeros(int(neurons[-1]), dtype)
+    for index in range(1, count):
+        out_c = int(geometry[index, 4])
+        channel_at = int(geometry[index, 11])
+        first_levels = np.array([
+            _threshold(0, channel_at + ch, offset_all, step_all, int(divisor[index]), size_all, constant_all, big)
+            for ch in range(out_c)
+        ])
+        planes = layers[index].neurons // out_c
+        initial_upper[neurons[index] : neurons[index + 1]] = np.tile(first_levels, planes)
     return Program(
         geometry=geometry,
         weights=np.concatenate(parts),
-        offset=np.concatenate(offsets).astype(np.int64),
-        step=np.concatenate(steps).astype(np.int64),
+        offset=offset_all,
+        step=step_all,
         divisor=divisor,
-        size=np.concatenate(sizes).astype(np.int64),
-        constant=np.concatenate(constants).astype(np.int64),
+        size=size_all,
+        constant=constant_all,
         output=np.ascontiguousarray(net.output.weight.T).astype(np.int64),
         big=big,
         neurons=neurons,
+        initial_upper=initial_upper,
     )
 
 
@@ -222,146 +238,165 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count):
     return adds
 
 
+@njit(cache=True)
+def _simulate_image(
+    b, encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
+    neuron_at, initial_upper, steps, auto, positive, negative, sops, spiking, predictions, counts,
+    used, buffers,
+):
+    """Simulate image ``b`` step by step (see :func:`_simulate`); ``buffers`` are reused."""
+    layers = geometry.shape[0]
+    classes = output.shape[1]
+    first = neuron_at[1]
+    membrane, upper, lower, count, fired, events, signs, emitted, quiet, logits, pending = buffers
+    membrane[:] = 0
+    upper[:] = initial_upper  # T(0) of every neuron
+    lower[:] = -big
+    count[:] = 0
+    fired[:] = 0
+    emitted[:] = 0
+    quiet[:] = 0
+    logits[:] = 0
+    waiting = 0  # encoding neurons still to fire are pending[:waiting]
+    for j in range(first):
+        if encoding_counts[b, j] > 0:
+            pending[waiting] = j
+            waiting += 1
+            fired[j] = 1
+    last = 0
+    for t in range(steps):
+        active = False
+        # the encoding layer fires at steps 0 .. count - 1 (a thermometer code)
+        kept = 0
+        for e in range(waiting):
+            j = pending[e]
+            events[e] = j
+            signs[e] = 1
+            if encoding_counts[b, j] > t + 1:
+                pending[kept] = j
+                kept += 1
+        emitted[0] = waiting
+        positive[b, 0, t] = waiting
+        active = active or waiting > 0
+        waiting = kept
+        for layer in range(1, layers):
+            sender = neuron_at[layer - 1]
+            base = neuron_at[layer]
+            arriving = emitted[layer - 1]
+            if arriving > 0:
+                sops[b, layer - 1, t] = _deliver(
+                    geometry, layer, weights, membrane, base,
+                    events[sender:], signs[sender:], arriving,
+                )
+            elif quiet[layer] == 1:
+                emitted[layer] = 0
+                continue
+            out_c = geometry[layer, 4]
+            plane = geometry[layer, 5] * geometry[layer, 6]
+            at = geometry[layer, 11]
+            scale = divisor[layer]
+            made = 0
+            up_spikes = 0
+            for p in range(plane):
+                for ch in range(out_c):
+                    n = base + p * out_c + ch
+                    v = membrane[n]
+                    if v >= upper[n]:
+                        count[n] += 1
+                        lower[n] = upper[n]
+                        upper[n] = _threshold(count[n], at + ch, offset, step, scale, size, constant, big)
+                        events[base + made] = ch * plane + p
+                        signs[base + made] = 1
+                        made += 1
+                        up_spikes += 1
+                        fired[n] = 1
+                    elif v < lower[n]:
+                        count[n] -= 1
+                        upper[n] = lower[n]
+                        lower[n] = _threshold(count[n] - 1, at + ch, offset, step, scale, size, constant, big)
+                        events[base + made] = ch * plane + p
+                        signs[base + made] = -1
+                        made += 1
+                        fired[n] = 1
+            emitted[layer] = made
+            positive[b, layer, t] = up_spikes
+            negative[b, layer, t] = made - up_spikes
+            quiet[layer] = 1 if made == 0 else 0
+            active = active or made > 0
+        # the output accumulator
+        sender = neuron_at[layers - 1]
+        arriving = emitted[layers - 1]
+        for e in range(arriving):
+            source = output[events[sender + e]]
+            if signs[sender + e] > 0:
+                for o in range(classes):
+                    logits[o] += source[o]
+            else:
+                for o in range(classes):
+                    logits[o] -= source[o]
+        sops[b, layers - 1, t] = arriving * classes
+        best = 0
+        for o in range(1, classes):
+            if logits[o] > logits[best]:
+                best = o
+        predictions[b, t] = best
+        if auto and not active and t > 0:
+            break
+        last = t
+    used[b] = last + 1
+    spiked = 0
+    for n in range(first):  # the thermometer has emitted min(count, steps) spikes
+        counts[b, n] = min(encoding_counts[b, n], last + 1)
+        spiked += fired[n]
+    spiking[b, 0] = spiked
+    for layer in range(1, layers):
+        out_c = geometry[layer, 4]
+        plane = geometry[layer, 5] * geometry[layer, 6]
+        base = neuron_at[layer]
+        spiked = 0
+        for p in range(plane):
+            for ch in range(out_c):
+                n = base + p * out_c + ch
+                counts[b, base + ch * plane + p] = count[n]
+                spiked += fired[n]
+        spiking[b, layer] = spiked
+
+
 @njit(parallel=True, cache=True)
 def _simulate(
     encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, steps, auto, positive, negative, sops, spiking, predictions, counts, used,
+    neuron_at, initial_upper, steps, auto, positive, negative, sops, spiking, predictions, counts, used,
+    chunks,
 ):
-    """Simulate every image (in parallel) for ``steps`` steps, or until quiescent if ``auto``.
+    """Simulate every image for ``steps`` steps, or until quiescent if ``auto``; chunks of
+    images run in parallel, each chunk reusing one set of state buffers.
 
     Outputs (per image): positive/negative spikes and SOPs per layer and step, neurons that
     spiked, the prediction per step, final counts (channel-first order) and steps used.
     """
     images = encoding_counts.shape[0]
     layers = geometry.shape[0]
-    classes = output.shape[1]
     total = neuron_at[layers]
-    first = neuron_at[1]
-    for b in prange(images):
-        membrane = np.zeros(total, weights.dtype)
-        upper = np.zeros(total, weights.dtype)
-        lower = np.full(total, -big, weights.dtype)
-        count = np.zeros(total, np.int32)
-        fired = np.zeros(total, np.uint8)
-        events = np.zeros(total, np.int64)
-        signs = np.zeros(total, np.int8)
-        emitted = np.zeros(layers, np.int64)
-        quiet = np.zeros(layers, np.uint8)
-        logits = np.zeros(classes, np.int64)
-        pending = np.zeros(first, np.int64)  # encoding neurons still to fire
-        waiting = 0
-        for j in range(first):
-            if encoding_counts[b, j] > 0:
-                pending[waiting] = j
-                waiting += 1
-                fired[j] = 1
-        for layer in range(1, layers):
-            out_c = geometry[layer, 4]
-            plane = geometry[layer, 5] * geometry[layer, 6]
-            at = geometry[layer, 11]
-            base = neuron_at[layer]
-            for p in range(plane):
-                for ch in range(out_c):
-                    upper[base + p * out_c + ch] = _threshold(
-                        0, at + ch, offset, step, divisor[layer], size, constant, big
-                    )
-        last = 0
-        for t in range(steps):
-            active = False
-            # the encoding layer fires at steps 0 .. count - 1 (a thermometer code)
-            kept = 0
-            for e in range(waiting):
-                j = pending[e]
-                events[e] = j
-                signs[e] = 1
-                if encoding_counts[b, j] > t + 1:
-                    pending[kept] = j
-                    kept += 1
-            emitted[0] = waiting
-            positive[b, 0, t] = waiting
-            active = active or waiting > 0
-            waiting = kept
-            for layer in range(1, layers):
-                sender = neuron_at[layer - 1]
-                base = neuron_at[layer]
-                arriving = emitted[layer - 1]
-                if arriving > 0:
-                    sops[b, layer - 1, t] = _deliver(
-                        geometry, layer, weights, membrane, base,
-                        events[sender:], signs[sender:], arriving,
-                    )
-                elif quiet[layer] == 1:
-                    emitted[layer] = 0
-                    continue
-                out_c = geometry[layer, 4]
-                plane = geometry[layer, 5] * geometry[layer, 6]
-                at = geometry[layer, 11]
-                scale = divisor[layer]
-                made = 0
-                up_spikes = 0
-                for p in range(plane):
-                    for ch in range(out_c):
-                        n = base + p * out_c + ch
-                        v = membrane[n]
-                        if v >= upper[n]:
-                            count[n] += 1
-                            lower[n] = upper[n]
-                            upper[n] = _threshold(count[n], at + ch, offset, step, scale, size, constant, big)
-                            events[base + made] = ch * plane + p
-                            signs[base + made] = 1
-                            made += 1
-                            up_spikes += 1
-                            fired[n] = 1
-                        elif v < lower[n]:
-                            count[n] -= 1
-                            upper[n] = lower[n]
-                            lower[n] = _threshold(count[n] - 1, at + ch, offset, step, scale, size, constant, big)
-                            events[base + made] = ch * plane + p
-                            signs[base + made] = -1
-                            made += 1
-                            fired[n] = 1
-                emitted[layer] = made
-                positive[b, layer, t] = up_spikes
-                negative[b, layer, t] = made - up_spikes
-                quiet[layer] = 1 if made == 0 else 0
-                active = active or made > 0
-            # the output accumulator
-            sender = neuron_at[layers - 1]
-            arriving = emitted[layers - 1]
-            for e in range(arriving):
-                source = output[events[sender + e]]
-                if signs[sender + e] > 0:
-                    for o in range(classes):
-                        logits[o] += source[o]
-                else:
-                    for o in range(classes):
-                        logits[o] -= source[o]
-            sops[b, layers - 1, t] = arriving * classes
-            best = 0
-            for o in range(1, classes):
-                if logits[o] > logits[best]:
-                    best = o
-            predictions[b, t] = best
-            if auto and not active and t > 0:
-                break
-            last = t
-        used[b] = last + 1
-        spiked = 0
-        for n in range(first):  # the thermometer has emitted min(count, steps) spikes
-            counts[b, n] = min(encoding_counts[b, n], last + 1)
-            spiked += fired[n]
-        spiking[b, 0] = spiked
-        for layer in range(1, layers):
-            out_c = geometry[layer, 4]
-            plane = geometry[layer, 5] * geometry[layer, 6]
-            base = neuron_at[layer]
-            spiked = 0
-            for p in range(plane):
-                for ch in range(out_c):
-                    n = base + p * out_c + ch
-                    counts[b, base + ch * plane + p] = count[n]
-                    spiked += fired[n]
-            spiking[b, layer] = spiked
+    for chunk in prange(chunks):
+        buffers = (
+            np.empty(total, weights.dtype),  # membrane
+            np.empty(total, weights.dtype),  # upper threshold T(c)
+            np.empty(total, weights.dtype),  # lower threshold T(c - 1)
+            np.empty(total, np.int32),  # count
+            np.empty(total, np.uint8),  # fired at least once
+            np.empty(total, np.int64),  # spike events of each layer (flat indices)
+            np.empty(total, np.int8),  # their signs
+            np.empty(layers, np.int64),  # events emitted per layer this step
+            np.empty(layers, np.uint8),  # layer silent last step
+            np.empty(output.shape[1], np.int64),  # the output accumulator
+            np.empty(neuron_at[1], np.int64),  # encoding neurons still to fire
+        )
+        for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
+            _simulate_image(
+                b, encoding_counts, geometry, weights, offset, step, divisor, size, constant,
+                output, big, neuron_at, initial_upper, steps, auto, positive, negative, sops,
+                spiking, predictions, counts, used, buffers,
+            )
 
 
 @njit(parallel=True, cache=True)
@@ -439,8 +474,9 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool):
     _simulate(
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.size, program.constant,
-        program.output, program.big, program.neurons, steps, auto,
+        program.output, program.big, program.neurons, program.initial_upper, steps, auto,
         positive, negative, sops, spiking, predictions, counts, used,
+        max(1, min(images, 4 * numba.get_num_threads())),
     )
     return positive, negative, sops, spiking, predictions, counts, used
 
