@@ -29,7 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="MNIST folder (default: the embedded test set)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3, help="timings per measurement (the best is kept)")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds of ANN-then-SNN timings (the median ratio is kept)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
     parser.add_argument("--reference-images", type=int, default=200, help="images for the step-by-step reference")
     parser.add_argument("--models", nargs="*", default=None, help="checkpoints (default: the embedded three)")
@@ -62,13 +62,10 @@ def main() -> int:
         for spec in embedded_runs():
             cases.append((spec.name, spec.checkpoint, spec.schemes[0]))
 
-    def best_of(function, *arguments, **options) -> float:
-        times = []
-        for _ in range(args.repeat):
-            start = time.perf_counter()
-            function(*arguments, **options)
-            times.append(time.perf_counter() - start)
-        return min(times)
+    def timed(function, *arguments, **options) -> float:
+        start = time.perf_counter()
+        function(*arguments, **options)
+        return time.perf_counter() - start
 
     def ann(model) -> None:
         with torch.inference_mode():
@@ -81,7 +78,6 @@ def main() -> int:
         scheme = scheme or ("sg" if all(b.bound for b in model.blocks) else "nsd")
         net = convert(model, scheme)
         ann(model)  # warm up
-        ann_seconds = best_of(ann, model)
         simulate(net, pixels[:16], test.labels[:16], steps=None)  # compile the kernels
         auto = simulate(net, pixels, test.labels, steps=None, device=args.device)
         step_counts = [("auto", None)] if scheme == "sg" else [(f"T_lossless={auto.t_lossless}", auto.t_lossless)]
@@ -89,27 +85,33 @@ def main() -> int:
             step_counts.append(("T=20", 20))
         subset = pixels[: args.reference_images]
         for label, steps in step_counts:
+            # ANN and SNN timed in turn, so that a machine whose speed drifts slows both alike;
+            # the ratio reported is the median of the per-round ratios
+            rounds = []
+            for _ in range(args.repeat):
+                ann_seconds = timed(ann, model)
+                seconds = timed(simulate, net, pixels, test.labels, steps=steps, device=args.device)
+                rounds.append((seconds / ann_seconds, ann_seconds, seconds))
+            ratio, ann_seconds, seconds = sorted(rounds)[len(rounds) // 2]
             result = simulate(net, pixels, test.labels, steps=steps, device=args.device)
-            seconds = best_of(simulate, net, pixels, test.labels, steps=steps, device=args.device)
-            reference = best_of(simulate_batch, net, subset, steps)
-            reference_rate = len(subset) / reference
+            reference = timed(simulate_batch, net, subset, steps)
             sops = sum(map(sum, result.sops)) / images
             dense = result.steps * total_macs(net)
             rows.append(
                 [
                     name, scheme.upper(), label, f"{result.steps}",
-                    f"{images / ann_seconds:,.0f}", f"{images / seconds:,.0f}", f"{reference_rate:,.0f}",
-                    f"{seconds / ann_seconds:.2f}", f"{sops:,.0f}", f"{dense:,.0f}",
+                    f"{images / ann_seconds:,.0f}", f"{images / seconds:,.0f}", f"{len(subset) / reference:,.0f}",
+                    f"{ratio:.2f}", f"{sops:,.0f}", f"{dense:,.0f}",
                     f"{100 * result.agree[-1] / images:.2f}%",
                 ]
             )
-            print(f"  {name} {label}: ANN {ann_seconds:.2f} s, SNN {seconds:.2f} s", file=sys.stderr, flush=True)
+            print(f"  {name} {label}: ratios {[round(r[0], 2) for r in rounds]}", file=sys.stderr, flush=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     header = [
         "net", "scheme", "steps", "T", "ANN img/s", "SNN img/s", "reference img/s",
         "SNN/ANN time", "SOPs/img", "T x MACs/img", "agreement",
     ]
-    print(f"{images:,} MNIST test images, {args.threads} threads, best of {args.repeat}; peak memory {peak_mb:,.0f} MB")
+    print(f"{images:,} MNIST test images, {args.threads} threads, median of {args.repeat} rounds; peak memory {peak_mb:,.0f} MB")
     print(format_table(rows, header))
     return 0
 

@@ -262,7 +262,7 @@ def report_rows(paths: list[str | Path]) -> list[dict]:
                     "ANN": s["ann_accuracy_clean"],
                     "SNN": s["snn_accuracy"],
                     "Time Steps": s["t_lossless"] if s["t_lossless"] is not None else s["steps"],
-                    "Agreement": f"{s['agreement']}/{s['images']}",
+                    "Agreement": f"{s['agreement']:,}/{s['images']:,}",
                     "Lossless": s["lossless"],
                     "SOPs/img": round(per_image["sops"]),
                     "ANN ops/img": per_image["ann_ops"],
