@@ -516,10 +516,24 @@ def layer_weight(layer: SpikingLayer | OutputLayer, device, dtype=torch.float64)
 
 
 def apply_layer(layer: SpikingLayer, inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The layer's linear map (convolution or dense) on a batch; exact for integer tensors."""
-    if layer.kind == "conv":
+    """The layer's linear map (convolution or dense) on a batch; exact for integer tensors.
+
+    On the CPU, convolutions run directly (plain multiply-adds, exact on integers). On a
+    GPU they run as unfold + matrix product: cuDNN may pick FFT or Winograd algorithms
+    (and TF32), which round even integer data, while a float64 GEMM only adds products.
+    """
+    if layer.kind == "dense":
+        return F.linear(inputs.flatten(1), weight)
+    if inputs.device.type == "cpu":
         return F.conv2d(inputs, weight, stride=layer.stride, padding=layer.padding)
-    return F.linear(inputs.flatten(1), weight)
+    return conv_as_matmul(layer, inputs, weight)
+
+
+def conv_as_matmul(layer: SpikingLayer, inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A convolution as unfold + one matrix product (exact on integers in float64)."""
+    columns = F.unfold(inputs, layer.kernel, padding=layer.padding, stride=layer.stride)
+    out = weight.reshape(weight.shape[0], -1) @ columns  # (B, C_out, positions)
+    return out.reshape(inputs.shape[0], *layer.out_shape)
 
 
 def input_bound(net: SpikingNet, index: int, inputs: torch.Tensor) -> float:
@@ -550,12 +564,13 @@ FLOAT32_EXACT = 2.0**24  # float32 holds every integer below this exactly
 def exact_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float) -> torch.Tensor:
     """The layer's membrane for inputs bounded by ``largest``, exactly, as float64.
 
-    Computed in float32 (fast) when the inputs are integers and every partial sum stays an
-    integer below 2^24, which makes any summation order exact; in float64 (exact below
-    2^53) otherwise, and for non-integer inputs (noisy pixels) as the one float stage.
+    Computed in float32 (fast, CPU) when the inputs are integers and every partial sum
+    stays an integer below 2^24, which makes any summation order exact; in float64 (exact
+    below 2^53) otherwise, and for non-integer inputs (noisy pixels) as the one float stage.
     """
     rowabs = float(np.abs(layer.weight.reshape(layer.weight.shape[0], -1)).sum(axis=1).max(initial=0))
-    if not inputs.is_floating_point() and rowabs * largest < FLOAT32_EXACT:
+    on_cpu = inputs.device.type == "cpu"  # GPUs may use TF32 for float32: float64 there
+    if on_cpu and not inputs.is_floating_point() and rowabs * largest < FLOAT32_EXACT:
         membrane = apply_layer(layer, inputs.to(torch.float32), layer_weight(layer, inputs.device, torch.float32))
         return membrane.to(torch.float64)
     return apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, inputs.device))

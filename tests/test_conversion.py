@@ -242,3 +242,17 @@ def test_trained_mnist_nets_are_lossless_on_real_images(name):
     assert schemes == {"nsd-lenet-k1": ["nsd"], "sg-lenet-k1B2": ["nsd", "sg", "int"], "int-lenet": ["nsd", "int"]}[name]
     for scheme in schemes:
         assert_lossless(model, pixels, scheme)
+
+
+def test_the_gpu_convolution_path_equals_the_direct_one():
+    """On GPUs qsnn convolves by unfold + float64 GEMM (cuDNN may round integers); checked here
+    on the CPU against the direct convolution, bit for bit."""
+    from qsnn.conversion import apply_layer, conv_as_matmul, layer_weight
+
+    net = convert(random_net("4C3s-P2-6C5-10", k=2, B=None, input_shape=(3, 13, 13), padding="same"), "nsd")
+    x = random_pixels(6, shape=(3, 13, 13)).to(torch.float64)
+    for layer in net.layers[:3]:
+        weight = layer_weight(layer, "cpu")
+        direct = apply_layer(layer, x, weight)
+        assert torch.equal(conv_as_matmul(layer, x, weight), direct)
+        x = direct.clamp(0, 7).round()
