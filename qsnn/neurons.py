@@ -205,8 +205,11 @@ def scatter_gather(
 
 
 def drop_spikes(count: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each of ``count`` binary spikes survives with probability 1 - ratio (SG noise)."""
+    """Each of ``count`` binary spikes survives with probability 1 - ratio (SG noise).
+
+    Drawn on the CPU (from a CPU generator), so a GPU run drops the very same spikes."""
     if ratio <= 0.0:
         return count
-    keep = torch.full(count.shape, 1.0 - ratio, dtype=torch.float64, device=count.device)
-    return torch.binomial(count.to(torch.float64), keep, generator=generator).to(torch.int64)
+    counts = count.to("cpu", torch.float64)
+    keep = torch.full(counts.shape, 1.0 - ratio, dtype=torch.float64)
+    return torch.binomial(counts, keep, generator=generator).to(device=count.device, dtype=torch.int64)
