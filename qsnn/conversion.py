@@ -373,6 +373,17 @@ def _fold_block(block):
     return weight, zeta0, delta, constant, levels
 
 
+def applicable_schemes(model) -> list[str]:
+    """The schemes a trained network converts under: NSD always, SG with every block
+    bounded, INT with ternary hidden weights and a bounded encoding block."""
+    schemes = ["nsd"]
+    if all(block.bound is not None for block in model.blocks):
+        schemes.append("sg")
+    if model.spec.precision.ternary and model.blocks[0].bound is not None:
+        schemes.append("int")
+    return schemes
+
+
 def convert(
     model: QuantizedNet | str | Path,
     scheme: str,

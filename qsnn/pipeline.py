@@ -87,17 +87,6 @@ class RunSpec:
         return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
 
 
-def applicable_schemes(model) -> list[str]:
-    """The schemes a trained network converts under: NSD always, SG with every block
-    bounded, INT with ternary hidden weights and a bounded encoding block."""
-    schemes = ["nsd"]
-    if all(block.bound is not None for block in model.blocks):
-        schemes.append("sg")
-    if model.spec.precision.ternary and model.blocks[0].bound is not None:
-        schemes.append("int")
-    return schemes
-
-
 def _noise_tag(noise: float) -> str:
     return "sim" if noise == 0 else f"sim-noise{noise:g}"
 
@@ -122,7 +111,7 @@ def execute(
     so an interrupted run continues where it stopped.
     """
     from qsnn import data as qdata
-    from qsnn.conversion import convert, file_sha256
+    from qsnn.conversion import applicable_schemes, convert, file_sha256
     from qsnn.reporting import summarize, write_simulation
     from qsnn.simulation import simulate
     from qsnn.training import load_checkpoint, train

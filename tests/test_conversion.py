@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qsnn.conversion import SpikingNet, convert, reference_counts
+from qsnn.conversion import SpikingNet, applicable_schemes, convert, reference_counts
 from qsnn.errors import QsnnError
 from qsnn.models import NetSpec, QuantizedNet
 from qsnn.quantization import Precision
@@ -27,15 +27,6 @@ CASES = [
 ]
 
 
-def schemes_for(model):
-    schemes = ["nsd"]
-    if all(block.bound is not None for block in model.blocks):
-        schemes.append("sg")
-    if model.spec.precision.ternary and model.blocks[0].bound is not None:
-        schemes.append("int")
-    return schemes
-
-
 def assert_lossless(model, pixels, scheme, steps=None):
     """SNN final counts == exact reference counts == the float64 model's counts."""
     net = convert(model, scheme)
@@ -54,7 +45,7 @@ def assert_lossless(model, pixels, scheme, steps=None):
 def test_random_conv_nets_are_lossless_under_every_scheme(k, B, ternary, seed):
     model = random_net("6C5-P2-8C3-12", k=k, B=B, ternary=ternary, seed=seed)
     pixels = random_pixels(24, seed=seed)
-    for scheme in schemes_for(model):
+    for scheme in applicable_schemes(model):
         assert_lossless(model, pixels, scheme)
 
 
@@ -233,7 +224,7 @@ def test_trained_mnist_nets_are_lossless_on_real_images(name):
     """The shipped MNIST nets (trained by qsnn) under every scheme they allow: per layer and
     per image, SNN counts == exact ANN counts == the float64 model's counts."""
     from qsnn.data import embedded_mnist_test
-    from qsnn.pipeline import MODELS, applicable_schemes
+    from qsnn.pipeline import MODELS
     from qsnn.training import load_checkpoint
 
     model, _ = load_checkpoint(MODELS / f"{name}.pt")
