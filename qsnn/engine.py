@@ -422,9 +422,9 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
                 if fixed >= 0:
                     out[b, n] = fixed
                     continue
-                floor_v = math.floor(membrane[b, n])
+                floor_v = np.floor(membrane[b, n])  # float64: an int64 floor times S could overflow
                 if d > 0:
-                    scaled = floor_v * divisor
+                    scaled = floor_v * float(divisor)
                     q = (scaled - a) * inverse
                     whole = math.floor(q)
                     tolerance = 1e-13 * (abs(scaled) + abs(a)) * inverse + 1e-9
@@ -434,7 +434,7 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
                         continue
                     level = int(min(max(whole + 1.0, 0.0), float(limit)))
                 else:
-                    level = limit if a <= floor_v * divisor else 0
+                    level = limit if a <= floor_v * float(divisor) else 0
                 while level < limit and _threshold(level, channel, offset, step, divisor, size, constant, big) <= floor_v:
                     level += 1
                 while level > 0 and _threshold(level - 1, channel, offset, step, divisor, size, constant, big) > floor_v:

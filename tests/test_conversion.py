@@ -247,3 +247,33 @@ def test_the_gpu_convolution_path_equals_the_direct_one():
         direct = apply_layer(layer, x, weight)
         assert torch.equal(conv_as_matmul(layer, x, weight), direct)
         x = direct.clamp(0, 7).round()
+
+
+def test_membranes_far_beyond_the_thresholds_count_exactly():
+    """Strongly inhibited neurons (V far below every threshold) and saturated ones (far
+    above) must count 0 and N in every implementation: a product S * floor(V) must never
+    overflow."""
+    from qsnn.simulation import EventSimulator
+
+    model = random_net("3", k=0, B=1, input_shape=(1, 4, 4), zero_gamma=False)
+    with torch.no_grad():
+        block = model.blocks[0]
+        block.weight.fill_(-1.0)  # z = -sum(x) <= 0: relu gives 0 everywhere
+        block.norm.weight.fill_(1.0)
+        block.norm.bias.fill_(0.0)
+        block.norm.running_mean.fill_(0.0)
+        block.norm.running_var.fill_(1.0)
+    pixels = torch.arange(256, dtype=torch.uint8).reshape(256, 1, 1, 1).expand(256, 1, 4, 4).contiguous()
+    truth = model.counts(pixels.float() / 255)[0]
+    assert int(truth.sum()) == 0
+    for scheme in ("nsd", "sg"):
+        net = convert(model, scheme)
+        ann, _ = reference_counts(net, pixels)
+        assert torch.equal(ann[0], truth)
+        assert torch.equal(simulate_batch(net, pixels, None).counts[0], truth)
+        assert torch.equal(EventSimulator(net)(net, pixels, None).counts[0].to(torch.int64), truth)
+    with torch.no_grad():
+        model.blocks[0].weight.fill_(1.0)  # now far above: saturates at the bound
+    net = convert(model, "sg")
+    ann, _ = reference_counts(net, pixels[200:])
+    assert bool((ann[0] == 1).all())
