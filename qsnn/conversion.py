@@ -599,18 +599,22 @@ def layer_counts(layer: SpikingLayer, membrane: torch.Tensor, ann: bool = False)
 
 
 @torch.no_grad()
-def reference_counts(net: SpikingNet, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def reference_counts(net: SpikingNet, pixels: torch.Tensor, membranes: list | None = None):
     """The quantized ANN evaluated exactly: integer counts of every block and the logits.
 
     ``pixels`` are raw 0..255 values (uint8 or float for noisy inputs), shape (B, C, H, W).
-    Returns ([counts per hidden layer, int64], integer logits as float64).
+    Returns ([counts per hidden layer, int64], integer logits as float64). If a list is
+    given as ``membranes``, every layer's membrane (float64) is appended to it.
     """
     x = pixels
     counts = []
     for index, layer in enumerate(net.layers):
         largest = input_bound(net, index, x)
         check_input_limit(layer, largest, index)
-        n = layer_counts(layer, exact_membrane(layer, x, largest), ann=True)
+        membrane = exact_membrane(layer, x, largest)
+        if membranes is not None:
+            membranes.append(membrane)
+        n = layer_counts(layer, membrane, ann=True)
         counts.append(n)
         x = n
     check_input_limit(net.output, input_bound(net, len(net.layers), x), len(net.layers))

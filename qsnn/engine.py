@@ -442,9 +442,36 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
                 out[b, n] = level
 
 
+@njit(parallel=True, cache=True)
+def _gathered(membrane, channels, plane, offset, step, divisor, size, constant, big, out):
+    """The binary neurons' own count: for every neuron, scan the levels upwards while
+    V >= T(i) (binary neuron i fires), i.e. a different algorithm from :func:`_counts`,
+    so that the spiking side and the reference ANN never share their counting code."""
+    images = membrane.shape[0]
+    for b in prange(images):
+        for channel in range(channels):
+            limit = size[channel]
+            for p in range(plane):
+                n = channel * plane + p
+                v = membrane[b, n]
+                level = 0
+                while level < limit and _threshold(level, channel, offset, step, divisor, size, constant, big) <= v:
+                    level += 1
+                out[b, n] = level
+
+
+def gathered_counts(thresholds, membrane: np.ndarray) -> np.ndarray:
+    """Counts of the binary neurons that fire (V >= T(i)), by scanning up the table."""
+    return _run_counts(_gathered, thresholds, membrane)
+
+
 def counts(thresholds, membrane: np.ndarray) -> np.ndarray:
     """Exact counts m(V) for membranes (images, C, ...) float64, in parallel, by the tables
     of ``thresholds`` (a :class:`qsnn.neurons.Thresholds`)."""
+    return _run_counts(_counts, thresholds, membrane)
+
+
+def _run_counts(kernel, thresholds, membrane: np.ndarray) -> np.ndarray:
     flat = np.ascontiguousarray(membrane.reshape(membrane.shape[0], -1), dtype=np.float64)
     out = np.empty(flat.shape, np.int64)
     channels = membrane.shape[1]
@@ -453,7 +480,7 @@ def counts(thresholds, membrane: np.ndarray) -> np.ndarray:
     def as_int64(values) -> np.ndarray:
         return np.ascontiguousarray(values.numpy(), dtype=np.int64)
 
-    _counts(
+    kernel(
         flat, channels, plane, as_int64(thresholds.offset), as_int64(thresholds.step),
         int(thresholds.divisor), as_int64(thresholds.size), as_int64(thresholds.constant), 2**54, out,
     )

@@ -98,8 +98,8 @@ def target_count(v: torch.Tensor, th: Thresholds) -> torch.Tensor:
     constant = _channel_view(th.constant, v)
     count = torch.where(constant >= 0, constant, count)
     for _ in range(64):
-        up = threshold(th, count, v) <= v
-        down = threshold(th, count - 1, v) > v
+        up = (count < size) & (threshold(th, count, v) <= v)
+        down = (count > 0) & (threshold(th, count - 1, v) > v)
         if not bool(up.any()) and not bool(down.any()):
             return count
         count = count + up.to(torch.int64) - down.to(torch.int64)

@@ -27,7 +27,6 @@ from qsnn.conversion import (
     check_input_limit,
     exact_membrane,
     input_bound,
-    layer_counts,
     layer_weight,
     reference_counts,
 )
@@ -100,7 +99,7 @@ class _Statistics:
         return positive, negative, sops, spiking
 
 
-def _dense_membrane(layer, inputs: torch.Tensor, largest: float) -> torch.Tensor:
+def _dense_membrane(index: int, layer, inputs: torch.Tensor, largest: float) -> torch.Tensor:
     return apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, inputs.device))
 
 
@@ -108,30 +107,31 @@ def _count_levels(layer, membrane: torch.Tensor) -> torch.Tensor:
     return target_count(membrane, layer.thresholds().to(membrane.device))
 
 
-
-
-
 def scatter_gather_batch(net: SpikingNet, pixels, noise, generator, membrane, count) -> BatchRecord:
     """SG's single step: every layer once, counts gathered from the binary neurons
     (:func:`qsnn.neurons.scatter_gather`), spikes dropped with probability ``noise``.
-    ``membrane(layer, inputs)`` and ``count(layer, membrane)`` say how to compute; with
-    ``membrane`` None, ``count(index, None)`` gives the counts directly."""
+    ``membrane(index, layer, inputs, largest)`` and ``count(layer, membrane)`` say how."""
     stats = _Statistics(net, pixels.device)
     x = pixels
     counts = []
     for index, layer in enumerate(net.layers):
         largest = input_bound(net, index, x)
         check_input_limit(layer, largest, index)
-        if membrane is None:
-            n = count(index, None)
-        else:
-            n = drop_spikes(count(layer, membrane(layer, x, largest)), noise, generator)
+        n = drop_spikes(count(layer, membrane(index, layer, x, largest)), noise, generator)
         stats.record(index, n)
         counts.append(n)
         x = n
     logits = F.linear(x.flatten(1).to(torch.float64), layer_weight(net.output, x.device))
     positive, negative, sops, spiking = stats.tensors()
     return BatchRecord(logits.argmax(dim=1)[None], positive, negative, sops, spiking, counts)
+
+
+def _gathered(layer, membrane: torch.Tensor) -> torch.Tensor:
+    from qsnn import engine
+
+    if membrane.device.type != "cpu":
+        return target_count(membrane, layer.thresholds().to(membrane.device))
+    return torch.from_numpy(engine.gathered_counts(layer.thresholds(), membrane.numpy()))
 
 
 @torch.no_grad()
@@ -225,19 +225,22 @@ class EventSimulator:
 
     @torch.no_grad()
     def __call__(self, net, pixels, steps, *, noise=0.0, generator=None, reference=None) -> BatchRecord:
-        """``reference``: the exact ANN counts of these same inputs, when the caller has
-        them; the encoding layer's counts are then not computed twice, and SG's single
-        noise-free step, which is that very computation, is read off them."""
+        """``reference``: (counts, membranes) of the exact ANN on these same inputs, when the
+        caller has them. The spiking side then reuses the ANN's membranes wherever its own
+        inputs are the same (a membrane is a linear function of them), but always counts
+        its own spikes, with a different algorithm from the ANN's (:func:`_gathered`
+        scans the binary neurons' thresholds), so the agreement it reports is a check."""
+        ann_counts, ann_membranes = reference if reference is not None else (None, None)
+
+        def membrane(index, layer, inputs, largest):
+            same = ann_membranes is not None and (index == 0 or torch.equal(inputs, ann_counts[index - 1]))
+            return ann_membranes[index] if same else exact_membrane(layer, inputs, largest)
+
         if net.scheme == "sg":
-            if reference is not None and noise <= 0:
-                return scatter_gather_batch(net, pixels, 0.0, None, None, lambda index, _: reference[index])
-            return scatter_gather_batch(net, pixels, noise, generator, exact_membrane, layer_counts)
-        if reference is not None:
-            first = reference[0]
-        else:
-            largest = input_bound(net, 0, pixels)
-            check_input_limit(net.layers[0], largest, 0)
-            first = layer_counts(net.layers[0], exact_membrane(net.layers[0], pixels, largest))
+            return scatter_gather_batch(net, pixels, noise, generator, membrane, _gathered)
+        largest = input_bound(net, 0, pixels)
+        check_input_limit(net.layers[0], largest, 0)
+        first = _gathered(net.layers[0], membrane(0, net.layers[0], pixels, largest))
         first = first.reshape(first.shape[0], -1).cpu().numpy()
         cap = steps if steps is not None else 32
         while True:
@@ -343,7 +346,8 @@ def simulate(
         clean = pixels[start : start + batch_size].to(device)
         target = labels[start : start + batch_size].to(device)
         inputs = noisy_pixels(clean, noise, generator) if net.scheme != "sg" and noise > 0 else clean
-        counts, logits = reference_counts(net, inputs)
+        membranes = [] if isinstance(simulator, EventSimulator) else None
+        counts, logits = reference_counts(net, inputs, membranes)
         reference = logits.argmax(dim=1)
         if net.scheme != "sg" and noise > 0:
             _, clean_logits = reference_counts(net, clean)
@@ -351,7 +355,7 @@ def simulate(
         else:
             ann_correct_clean += int((reference == target).sum())
         ann_correct += int((reference == target).sum())
-        options = {"reference": counts} if isinstance(simulator, EventSimulator) else {}
+        options = {"reference": (counts, membranes)} if isinstance(simulator, EventSimulator) else {}
         record = simulator(
             net, inputs, steps, noise=noise if net.scheme == "sg" else 0.0, generator=generator, **options
         )

@@ -211,3 +211,29 @@ def test_event_engine_under_noise_and_through_simulate():
     slow = simulate(net, pixels, labels, steps=None, noise=0.2, seed=3, batch_size=8, simulator=simulate_batch)
     for name in ("steps", "correct", "agree", "positive", "negative", "sops", "spiking_neurons", "count_mismatches"):
         assert getattr(fast, name) == getattr(slow, name), name
+
+
+@pytest.mark.parametrize(("k", "B", "ternary", "scale"), [(1, 2, False, None), (2, None, False, None), (0, None, True, 10000), (3, 1, False, None)])
+def test_the_three_count_implementations_agree(k, B, ternary, scale):
+    """target_count (torch, the definition), the reference ANN's kernel (estimate + exact
+    correction) and the spiking side's kernel (scan of the binary neurons) give the same
+    count for every neuron, including membranes far outside the thresholds and noisy ones."""
+    from qsnn import engine
+    from qsnn.conversion import apply_layer, layer_weight
+    from qsnn.neurons import target_count
+
+    model = random_net("6C5-P2-8C3-12", k=k, B=B, ternary=ternary, seed=3, encoding_B=4 if ternary else "same")
+    net = convert(model, "int" if ternary else "nsd", threshold_scale=scale)
+    x = random_pixels(30).to(torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    for index, layer in enumerate(net.layers):
+        membrane = apply_layer(layer, x, layer_weight(layer, "cpu"))
+        probe = membrane.clone()
+        if index == 0:
+            probe += torch.rand(probe.shape, generator=generator, dtype=torch.float64) * 3
+        probe[:2] *= -1e6
+        probe[2:4] *= 1e6
+        expected = target_count(probe, net.thresholds(index)).numpy()
+        assert np.array_equal(engine.counts(net.thresholds(index), probe.numpy()), expected)
+        assert np.array_equal(engine.gathered_counts(net.thresholds(index), probe.numpy()), expected)
+        x = target_count(membrane, net.thresholds(index)).to(torch.float64)
