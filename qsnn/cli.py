@@ -7,12 +7,15 @@ Every subcommand is a thin layer over the Python API; bad input ends in one line
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 from qsnn import __version__
 from qsnn.errors import QsnnError
+
+AUTO_MAX_STEPS = 100_000  # as qsnn.simulation.AUTO_MAX_STEPS, without importing torch here
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,8 +32,45 @@ def _steps(text: str) -> int | None:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--steps must be a positive integer or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--steps must be a positive integer or 'auto', got {text!r}")
+    if not 1 <= value <= AUTO_MAX_STEPS:
+        raise argparse.ArgumentTypeError(
+            f"--steps must be a positive integer up to {AUTO_MAX_STEPS:,} or 'auto', got {text!r}"
+        )
+    return value
+
+
+def _device(text: str) -> str:
+    """cpu, cuda or cuda:N, and only a GPU that torch can see."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r}: use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"device {text!r} was asked but torch sees no CUDA GPU; use cpu")
+    return text
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a ratio between 0 and 1, got {text!r}")
+    return value
+
+
+def _energy(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive energy in pJ, got {text!r}")
     return value
 
 
@@ -206,30 +246,55 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _run_spec(args: argparse.Namespace):
+    from qsnn.notation import resolve_net
     from qsnn.pipeline import RunSpec
     from qsnn.quantization import parse_bound
 
-    dataset = args.dataset
-    if args.checkpoint and (args.net is None or dataset is None):
-        from qsnn.training import load_checkpoint
-
-        model, payload = load_checkpoint(args.checkpoint)
-        config = payload.get("config") or {}
-        dataset = dataset or config.get("dataset")
-        args.net = args.net or model.spec.notation
-    if args.net is None or dataset is None:
-        raise QsnnError("give --net and --dataset (or --checkpoint), or no options at all for the embedded default")
     schemes = [s.strip().lower() for s in args.scheme.split(",")] if args.scheme else None
     try:
         noise = [float(v) for v in args.noise.split(",")]
     except ValueError:
-        raise QsnnError(f"--noise takes ratios separated by commas, e.g. 0,0.1,0.2; got {args.noise!r}") from None
-    return RunSpec(
-        net=args.net, dataset=dataset, k=args.k, B=parse_bound(args.B), ternary=args.ternary,
-        full_precision=args.full_precision, encoding_k=args.encoding_k, encoding_B=args.encoding_B,
+        noise = [math.nan]
+    if not all(0 <= r <= 1 for r in noise):
+        raise QsnnError(f"--noise takes ratios between 0 and 1 separated by commas, e.g. 0,0.1,0.2; got {args.noise!r}")
+    common = dict(
         epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-        train_limit=args.train_limit, checkpoint=args.checkpoint, schemes=schemes,
-        steps=args.steps, noise=noise, threshold_scale=args.threshold_scale, test_limit=args.limit,
+        train_limit=args.train_limit, schemes=schemes, steps=args.steps, noise=noise,
+        threshold_scale=args.threshold_scale, test_limit=args.limit,
+    )
+    if args.checkpoint:
+        from qsnn.training import load_checkpoint
+
+        model, payload = load_checkpoint(args.checkpoint)
+        spec = model.spec
+        precision = spec.precision
+        given = [  # (option, what the user asked, what the checkpoint holds), options given only
+            ("--net", resolve_net(args.net)[0], spec.notation) if args.net else None,
+            ("--k", args.k, precision.k) if args.k is not None else None,
+            ("--B", parse_bound(args.B), precision.B) if args.B is not None else None,
+        ]
+        for option, value, held in filter(None, given):
+            if value != held:
+                raise QsnnError(
+                    f"{args.checkpoint} holds {spec.describe()}, which does not match {option} "
+                    f"{'none' if value is None else value}; drop the option (the checkpoint decides) "
+                    "or give another checkpoint"
+                )
+        dataset = args.dataset or (payload.get("config") or {}).get("dataset")
+        if dataset is None:
+            raise QsnnError(f"{args.checkpoint} does not name its dataset; give --dataset")
+        return RunSpec(
+            net=spec.notation, dataset=dataset, k=precision.k, B=precision.B, ternary=precision.ternary,
+            full_precision=precision.full_precision, encoding_k=precision.encoding_k,
+            encoding_B=precision.encoding_B, checkpoint=args.checkpoint, **common,
+        )
+    if args.net is None or args.dataset is None:
+        raise QsnnError("give --net and --dataset (or --checkpoint), or no options at all for the embedded default")
+    return RunSpec(
+        net=args.net, dataset=args.dataset, k=1 if args.k is None else args.k,
+        B=parse_bound("none" if args.B is None else args.B), ternary=args.ternary,
+        full_precision=args.full_precision, encoding_k=args.encoding_k, encoding_B=args.encoding_B,
+        **common,
     )
 
 
@@ -282,8 +347,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--net", help="notation or preset (see qsnn nets)")
     p.add_argument("--dataset", help="mnist, fashion-mnist, cifar10 or cifar100")
-    p.add_argument("--k", type=int, default=1, help="quantization level 0..4 (default 1)")
-    p.add_argument("--B", default="none", help="upper bound: a positive integer or none (default)")
+    p.add_argument("--k", type=int, default=None, help="quantization level 0..4 (default 1)")
+    p.add_argument("--B", default=None, help="upper bound: a positive integer or none (default)")
     p.add_argument("--ternary", action="store_true", help="ternary hidden weights")
     p.add_argument("--fp32", "--full-precision", dest="full_precision", action="store_true", help="full-precision baseline")
     p.add_argument("--encoding-k", default=SAME, help="k of the first block (default: same)")
@@ -300,7 +365,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold-scale", type=_positive_int, default=None, help="INT: also simulate thresholds rounded to 1/SCALE")
     p.add_argument("--limit", type=_positive_int, help="only the first N test images")
     _add_data_dir(p)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu")
     p.add_argument("--out", help="run folder (default: runs/<dataset>-<net>-<precision>)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -380,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--net", help="the net you expect the checkpoint to hold (checked)")
     _add_data_dir(p)
     p.add_argument("--limit", type=_positive_int, help="only the first N test images")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("convert", help="convert a checkpoint into a spiking network file")
@@ -398,13 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="default: the dataset the network was trained on")
     _add_data_dir(p)
     p.add_argument("--steps", type=_steps, default=None, help="time steps, or auto (default): until nothing is in flight")
-    p.add_argument("--noise", type=float, default=0.0, help="noise ratio r (NSD/INT: pixel noise; SG: spike drop)")
+    p.add_argument("--noise", type=_ratio, default=0.0, help="noise ratio r (NSD/INT: pixel noise; SG: spike drop)")
     p.add_argument("--batch-size", type=_positive_int, default=500)
     p.add_argument("--limit", type=_positive_int, help="only the first N test images")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    p.add_argument("--energy-add", type=float, default=ENERGY_PER_ADD_PJ, help="pJ per addition (SNN)")
-    p.add_argument("--energy-mac", type=float, default=ENERGY_PER_MAC_PJ, help="pJ per MAC (ANN)")
+    p.add_argument("--energy-add", type=_energy, default=ENERGY_PER_ADD_PJ, help="pJ per addition (SNN)")
+    p.add_argument("--energy-mac", type=_energy, default=ENERGY_PER_MAC_PJ, help="pJ per MAC (ANN)")
     p.add_argument("--out", help="results folder (default: next to FILE)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_simulate)
@@ -459,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except QsnnError as error:
         print(f"qsnn: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file qsnn was told to read or write
+        where = f" {error.filename}" if error.filename else ""
+        print(f"qsnn: error: cannot use{where}: {error.strerror or error}; check the path", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("qsnn: interrupted", file=sys.stderr)

@@ -205,6 +205,16 @@ class SpikingNet:
                 f"{path} has format version {manifest.get('version')}, this qsnn reads "
                 f"version {FORMAT_VERSION}; re-create it with `qsnn convert`"
             )
+        try:
+            return cls._from_manifest(manifest, arrays)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise QsnnError(
+                f"{path} is damaged: its manifest or arrays are incomplete ({type(error).__name__}: {error}); "
+                "re-create it with `qsnn convert`"
+            ) from None
+
+    @classmethod
+    def _from_manifest(cls, manifest: dict, arrays: dict) -> SpikingNet:
         layers = []
         for index, meta in enumerate(manifest["layers"]):
             layers.append(

@@ -161,7 +161,12 @@ def execute(
         "test_accuracy": record["training"]["test_accuracy"],
     }  # as convert(checkpoint_path, ...) records it; the model is loaded once here
     variants = [(scheme, None) for scheme in schemes]
-    if spec.threshold_scale and "int" in schemes:
+    if spec.threshold_scale:
+        if "int" not in schemes:
+            raise QsnnError(
+                "--threshold-scale compares the INT paper's rounded thresholds, but this run has no "
+                f"INT scheme ({', '.join(schemes)}); train with --ternary and a bounded encoding block"
+            )
         variants.append(("int", spec.threshold_scale))
     for scheme, scale in variants:
         folder = out / (scheme if scale is None else f"{scheme}-scale{scale}")
@@ -169,8 +174,14 @@ def execute(
         net.save(folder / "net.npz")
         for noise in spec.noise:
             sim_dir = folder / _noise_tag(noise)
-            if (sim_dir / "result.json").exists():
-                summary = read_json(sim_dir / "result.json")
+            fingerprint = {
+                "checkpoint_sha256": source["sha256"], "scheme": scheme, "threshold_scale": scale,
+                "noise": noise, "steps": spec.steps, "images": len(pixels), "seed": spec.seed,
+                "dataset": dataset,
+            }
+            previous = read_json(sim_dir / "result.json") if (sim_dir / "result.json").exists() else None
+            if previous is not None and previous.get("fingerprint") == fingerprint:
+                summary = previous
                 _log(progress, f"[{spec.tag()}] {scheme} noise {noise:g}: done before, reused")
             else:
                 tick = time.monotonic()
@@ -180,6 +191,7 @@ def execute(
                 )
                 summary = summarize(result, net, dataset=dataset, seed=spec.seed)
                 summary["seconds"] = time.monotonic() - tick
+                summary["fingerprint"] = fingerprint
                 write_simulation(sim_dir, summary, result)
                 _log(
                     progress,
@@ -188,7 +200,10 @@ def execute(
                     f"images, T_lossless {summary['t_lossless']}, {summary['seconds']:.1f} s",
                 )
             record["simulations"].append(
-                {"scheme": scheme, "threshold_scale": scale, "noise": noise, "result": str(sim_dir / "result.json")}
+                {
+                    "scheme": scheme, "threshold_scale": scale, "noise": noise,
+                    "result": (sim_dir / "result.json").relative_to(out).as_posix(),
+                }
             )
     return _finish(out, record, started, progress)
 
@@ -226,6 +241,8 @@ def report_rows(paths: list[str | Path]) -> list[dict]:
     rows = []
     for run_file in _runs_under(paths):
         run = read_json(run_file)
+        if not isinstance(run, dict) or "spec" not in run or "simulations" not in run:
+            raise QsnnError(f"{run_file} is not a qsnn run record; give folders written by `qsnn run`")
         training = run.get("training", {})
         base = {
             "Quantization": "Full-precision" if training.get("precision") == "full precision" else training.get("precision"),
@@ -237,9 +254,9 @@ def report_rows(paths: list[str | Path]) -> list[dict]:
             rows.append({**base, "Scheme": "-", "ANN": training.get("test_accuracy"), "SNN": None, "Time Steps": None})
             continue
         for sim in run["simulations"]:
-            result_path = Path(sim["result"])
-            if not result_path.is_absolute() and not result_path.exists():
-                result_path = run_file.parent / result_path
+            result_path = run_file.parent / sim["result"]  # stored relative to the run folder
+            if not result_path.exists():
+                raise QsnnError(f"{result_path} is missing: re-run `qsnn run` in {run_file.parent}")
             s = read_json(result_path)
             per_image = s["per_image"]
             scheme = s["scheme"].upper() + ("" if not s.get("threshold_scale") else f" (scale {s['threshold_scale']})")
@@ -329,8 +346,9 @@ def sweep(
     records = []
     keys = list(grid)
     for values in itertools.product(*(grid[key] for key in keys)):
-        cell = dataclasses.replace(base, **dict(zip(keys, values, strict=True)), name=None)
-        folder = out / cell.tag()
+        name = "-".join(f"{key}={_grid_text(value)}" for key, value in zip(keys, values, strict=True))
+        cell = dataclasses.replace(base, **dict(zip(keys, values, strict=True)), name=name)
+        folder = out / name
         if (folder / "run.json").exists():
             _log(progress, f"[{cell.tag()}] done before, skipped")
             records.append(read_json(folder / "run.json"))
@@ -342,6 +360,15 @@ def sweep(
     plot_runs([out], out / "plots")
     write_report(out, [out])
     return records
+
+
+def _grid_text(value) -> str:
+    """A grid value as it appears in a cell's folder name: k=0, B=none, noise=0.1, schemes=nsd."""
+    if isinstance(value, list):
+        return "+".join(_grid_text(v) for v in value)
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:

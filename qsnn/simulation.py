@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -210,6 +211,9 @@ def simulate_batch(
     return BatchRecord(torch.stack(predictions), positive, negative, sops, spiking, counts)
 
 
+ENGINE_MEMORY = 256 * 2**20  # bytes of per-step records the engine may hold at once
+
+
 class EventSimulator:
     """The fast CPU simulator (:mod:`qsnn.engine`) behind the :func:`simulate_batch` interface.
 
@@ -222,6 +226,15 @@ class EventSimulator:
 
         self.engine = engine
         self.program = engine.compile_program(net) if net.scheme != "sg" else None
+
+    def _run(self, first: np.ndarray, cap: int, auto: bool):
+        """The engine on images in slices small enough that the per-step records of ``cap``
+        steps stay within ENGINE_MEMORY, whatever the batch size and step count."""
+        layers = self.program.geometry.shape[0]
+        per_image = 8 * (3 * layers + 1) * cap + 4 * int(self.program.neurons[-1])
+        size = max(1, ENGINE_MEMORY // per_image)
+        parts = [self.engine.run(self.program, first[at : at + size], cap, auto) for at in range(0, len(first), size)]
+        return tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
 
     @torch.no_grad()
     def __call__(self, net, pixels, steps, *, noise=0.0, generator=None, reference=None) -> BatchRecord:
@@ -244,9 +257,7 @@ class EventSimulator:
         first = first.reshape(first.shape[0], -1).cpu().numpy()
         cap = steps if steps is not None else 32
         while True:
-            positive, negative, sops, spiking, predictions, counts, used = self.engine.run(
-                self.program, first, cap, steps is None
-            )
+            positive, negative, sops, spiking, predictions, counts, used = self._run(first, cap, steps is None)
             if steps is not None or int(used.max()) < cap:
                 break
             if cap >= AUTO_MAX_STEPS:
@@ -327,7 +338,7 @@ def simulate(
     """
     from tqdm.auto import tqdm
 
-    if noise < 0 or noise > 1:
+    if not 0 <= noise <= 1:  # also refuses NaN
         raise QsnnError(f"--noise must be between 0 and 1, got {noise}")
     if tuple(pixels.shape[1:]) != tuple(net.input_shape):
         raise QsnnError(

@@ -54,6 +54,31 @@ def test_convert_simulate_export_and_map_from_the_command_line(capsys, tmp_path)
         main(["simulate", str(net), "--steps", "0"])
     assert done.value.code == 2
     assert capsys.readouterr().err == (
-        "qsnn simulate: error: argument --steps: --steps must be a positive integer or 'auto', "
-        "got '0' (see qsnn simulate --help)\n"
+        "qsnn simulate: error: argument --steps: --steps must be a positive integer up to 100,000 "
+        "or 'auto', got '0' (see qsnn simulate --help)\n"
     )
+
+
+def test_bad_values_and_unwritable_paths_are_one_line_errors(capsys, tmp_path):
+    checkpoint = str(MODELS / "sg-lenet-k1B2.pt")
+    net = tmp_path / "sg.npz"
+    assert main(["convert", checkpoint, "--scheme", "sg", "-o", str(net)]) == 0
+    capsys.readouterr()
+    for argv, message in [
+        (["simulate", str(net), "--noise", "nan"], "argument --noise: expected a ratio between 0 and 1, got 'nan'"),
+        (["simulate", str(net), "--device", "tpu"], "argument --device: unknown device 'tpu': use cpu, cuda or cuda:N"),
+        (["simulate", str(net), "--energy-add", "-1"], "argument --energy-add: expected a positive energy in pJ, got '-1'"),
+    ]:
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert main(["simulate", str(net), "--limit", "10", "--quiet", "--out", "/dev/null/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qsnn: error: cannot use /dev/null/x") and err.count("\n") == 1
+    assert main(["run", "--checkpoint", checkpoint, "--k", "0", "--limit", "10"]) == 2
+    assert "which does not match --k 0; drop the option (the checkpoint decides)" in capsys.readouterr().err
+    assert main(["run", "--checkpoint", str(MODELS / "nsd-lenet-k1.pt"), "--threshold-scale", "10000",
+                 "--limit", "10", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "--threshold-scale compares the INT paper's rounded thresholds, but this run has no INT scheme" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """`qsnn run`, sweeps and reports: one folder with everything, resumable, papers' table."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -81,7 +82,7 @@ def test_sweep_runs_the_grid_once(tmp_path, shared_datasets):
     assert grid == {"k": [0, 1], "B": [1]}
     sweep(spec, grid, tmp_path, data_dir=str(shared_datasets), progress=False)
     cells = sorted(p.parent.name for p in tmp_path.glob("*/run.json"))
-    assert cells == [f"mnist-{NET}-k0-B1", f"mnist-{NET}-k1-B1"]
+    assert cells == ["k=0-B=1", "k=1-B=1"]
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/run.json")}
     sweep(spec, grid, tmp_path, data_dir=str(shared_datasets), progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -132,3 +133,21 @@ def test_default_run_uses_the_embedded_models_offline(tmp_path, monkeypatch):
     assert sorted(r["Scheme"] for r in rows) == ["INT", "NSD", "SG"]
     assert all(r["Agreement"] == "100/100" and r["Lossless"] for r in rows)
     assert Path(tmp_path / "plots" / "accuracy.png").exists()
+
+
+def test_results_are_reused_only_for_the_same_question(tmp_path, monkeypatch):
+    """A result made for other images (or steps, noise, checkpoint) is recomputed, and
+    run records point at their results relative to the run folder, from any directory."""
+    from qsnn.data import embedded_mnist_test
+    from qsnn.pipeline import MODELS
+
+    first = RunSpec(net="x", dataset="mnist", checkpoint=str(MODELS / "sg-lenet-k1B2.pt"), schemes=["sg"], test_limit=20)
+    execute(first, tmp_path / "run", progress=False, test_set=embedded_mnist_test())
+    execute(dataclasses.replace(first, test_limit=30), tmp_path / "run", progress=False, test_set=embedded_mnist_test())
+    (row,) = report_rows([tmp_path / "run"])
+    assert row["Agreement"] == "30/30"
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["simulations"][0]["result"] == "sg/sim/result.json"
+    monkeypatch.chdir(tmp_path.parent)
+    (row,) = report_rows([Path(tmp_path.name) / "run"])
+    assert row["Agreement"] == "30/30"
