@@ -13,7 +13,8 @@ at A and adds D per count level, exactly as hardware would adapt a threshold. Le
 below 0 are -BIG and levels at or above ``size`` are +BIG (out of reach: the bound
 2^k*B, or beyond any reachable membrane). For an integer membrane V, ``V >= theta`` is
 the same as ``V >= ceil(theta)``, so integer thresholds lose nothing (ALGORITHMS.md §3c).
-Conversion picks S = 2^F with as many fractional bits F as fit in 64 bits (exact), or
+Conversion picks S = 2^F with as many fractional bits F as keep |A| + size * D below
+2^62 (int64, exact), or
 S = 10000 to reproduce the INT paper's original rounding.
 
 A channel whose batch-norm gamma is 0 has a constant count (it ignores its input);

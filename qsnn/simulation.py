@@ -7,7 +7,8 @@ prediction_t = argmax.
 
 :func:`simulate_batch` is the straightforward step-by-step simulator, kept as the
 executable definition; it runs on any device (dense float64 tensors holding exact
-integers, so a GPU gives the same numbers bit for bit). :class:`EventSimulator` is the
+integers, so a GPU gives the same numbers bit for bit; under pixel noise the encoding
+layer's float sums are the one stage that may round differently). :class:`EventSimulator` is the
 fast event-driven CPU engine (:mod:`qsnn.engine`); tests compare it with the reference
 count for count. :func:`simulate` streams a whole dataset through one of them in
 batches and aggregates the statistics into a :class:`SimulationResult`.
