@@ -443,26 +443,43 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
 
 
 @njit(parallel=True, cache=True)
-def _gathered(membrane, channels, plane, offset, step, divisor, size, constant, big, out):
+def _gathered(membrane, channels, plane, table, offset, step, divisor, size, constant, big, out):
     """The binary neurons' own count: for every neuron, scan the levels upwards while
     V >= T(i) (binary neuron i fires), i.e. a different algorithm from :func:`_counts`,
-    so that the spiking side and the reference ANN never share their counting code."""
+    so that the spiking side and the reference ANN never share their counting code.
+    ``table`` holds T(i) for the first levels of every channel (no division there)."""
     images = membrane.shape[0]
+    tabled = table.shape[1]
     for b in prange(images):
         for channel in range(channels):
             limit = size[channel]
+            first = table[channel]
             for p in range(plane):
                 n = channel * plane + p
                 v = membrane[b, n]
                 level = 0
-                while level < limit and _threshold(level, channel, offset, step, divisor, size, constant, big) <= v:
+                while level < limit and level < tabled and first[level] <= v:
+                    level += 1
+                while level < limit and level >= tabled and _threshold(level, channel, offset, step, divisor, size, constant, big) <= v:
                     level += 1
                 out[b, n] = level
 
 
+TABLED_LEVELS = 16  # T(i) kept in a table for the first levels of each channel
+
+
+@njit(cache=True)
+def _table(levels, offset, step, divisor, size, constant, big):
+    table = np.empty((offset.shape[0], levels), np.float64)
+    for channel in range(offset.shape[0]):
+        for level in range(levels):
+            table[channel, level] = _threshold(level, channel, offset, step, divisor, size, constant, big)
+    return table
+
+
 def gathered_counts(thresholds, membrane: np.ndarray) -> np.ndarray:
     """Counts of the binary neurons that fire (V >= T(i)), by scanning up the table."""
-    return _run_counts(_gathered, thresholds, membrane)
+    return _run_counts(_gathered, thresholds, membrane, tabled=TABLED_LEVELS)
 
 
 def counts(thresholds, membrane: np.ndarray) -> np.ndarray:
@@ -471,7 +488,7 @@ def counts(thresholds, membrane: np.ndarray) -> np.ndarray:
     return _run_counts(_counts, thresholds, membrane)
 
 
-def _run_counts(kernel, thresholds, membrane: np.ndarray) -> np.ndarray:
+def _run_counts(kernel, thresholds, membrane: np.ndarray, tabled: int = 0) -> np.ndarray:
     flat = np.ascontiguousarray(membrane.reshape(membrane.shape[0], -1), dtype=np.float64)
     out = np.empty(flat.shape, np.int64)
     channels = membrane.shape[1]
@@ -480,10 +497,10 @@ def _run_counts(kernel, thresholds, membrane: np.ndarray) -> np.ndarray:
     def as_int64(values) -> np.ndarray:
         return np.ascontiguousarray(values.numpy(), dtype=np.int64)
 
-    kernel(
-        flat, channels, plane, as_int64(thresholds.offset), as_int64(thresholds.step),
-        int(thresholds.divisor), as_int64(thresholds.size), as_int64(thresholds.constant), 2**54, out,
-    )
+    tables = (as_int64(thresholds.offset), as_int64(thresholds.step), int(thresholds.divisor),
+              as_int64(thresholds.size), as_int64(thresholds.constant), 2**54)
+    first = (_table(tabled, *tables),) if tabled else ()
+    kernel(flat, channels, plane, *first, *tables, out)
     return out.reshape(membrane.shape)
 
 
