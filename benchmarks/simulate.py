@@ -105,7 +105,10 @@ def main() -> int:
                     f"{100 * result.agree[-1] / images:.2f}%",
                 ]
             )
-            print(f"  {name} {label}: ratios {[round(r[0], 2) for r in rounds]}", file=sys.stderr, flush=True)
+            print(
+                f"  {name} {label}: rounds (ratio, ANN s, SNN s) {[tuple(round(v, 2) for v in r) for r in rounds]}",
+                file=sys.stderr, flush=True,
+            )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     header = [
         "net", "scheme", "steps", "T", "ANN img/s", "SNN img/s", "reference img/s",
