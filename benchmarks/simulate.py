@@ -3,7 +3,7 @@
 For the MNIST nets of the three papers (qsnn's embedded checkpoints by default), on the
 10,000 MNIST test images with 2 threads, this times
 
-* the quantized ANN's forward pass (float32, inference mode, batches of 1000), and
+* the quantized ANN's forward pass (float32, inference mode), and
 * the full SNN simulation with every statistic (``qsnn.simulate``: the reference ANN
   for the agreement, spikes, SOPs, per-step accuracy), and, on a subset, the
   straightforward step-by-step reference simulator,
@@ -34,6 +34,7 @@ def main() -> int:
     parser.add_argument("--reference-images", type=int, default=200, help="images for the step-by-step reference")
     parser.add_argument("--models", nargs="*", default=None, help="checkpoints (default: the embedded three)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=250, help="images per batch, the same for the ANN and the SNN")
     args = parser.parse_args()
 
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
@@ -69,8 +70,8 @@ def main() -> int:
 
     def ann(model) -> None:
         with torch.inference_mode():
-            for start in range(0, images, 1000):
-                model(x[start : start + 1000].to(args.device))
+            for start in range(0, images, args.batch_size):
+                model(x[start : start + args.batch_size].to(args.device))
 
     rows = []
     for name, checkpoint, scheme in cases:
@@ -90,7 +91,7 @@ def main() -> int:
             rounds = []
             for _ in range(args.repeat):
                 ann_seconds = timed(ann, model)
-                seconds = timed(simulate, net, pixels, test.labels, steps=steps, device=args.device)
+                seconds = timed(simulate, net, pixels, test.labels, steps=steps, device=args.device, batch_size=args.batch_size)
                 rounds.append((seconds / ann_seconds, ann_seconds, seconds))
             ratio, ann_seconds, seconds = sorted(rounds)[len(rounds) // 2]
             result = simulate(net, pixels, test.labels, steps=steps, device=args.device)
@@ -114,7 +115,10 @@ def main() -> int:
         "net", "scheme", "steps", "T", "ANN img/s", "SNN img/s", "reference img/s",
         "SNN/ANN time", "SOPs/img", "T x MACs/img", "agreement",
     ]
-    print(f"{images:,} MNIST test images, {args.threads} threads, median of {args.repeat} rounds; peak memory {peak_mb:,.0f} MB")
+    print(
+        f"{images:,} MNIST test images, {args.threads} threads, batches of {args.batch_size}, "
+        f"median of {args.repeat} rounds; peak memory {peak_mb:,.0f} MB"
+    )
     print(format_table(rows, header))
     return 0
 

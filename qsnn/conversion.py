@@ -583,17 +583,17 @@ FLOAT32_EXACT = 2.0**24  # float32 holds every integer below this exactly
 
 
 def exact_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float) -> torch.Tensor:
-    """The layer's membrane for inputs bounded by ``largest``, exactly, as float64.
+    """The layer's membrane for inputs bounded by ``largest``, exactly.
 
-    Computed in float32 (fast, CPU) when the inputs are integers and every partial sum
-    stays an integer below 2^24, which makes any summation order exact; in float64 (exact
-    below 2^53) otherwise, and for non-integer inputs (noisy pixels) as the one float stage.
+    Computed and returned in float32 (fast, CPU) when the inputs are integers and every
+    partial sum stays an integer below 2^24, which makes any summation order exact; in
+    float64 (exact below 2^53) otherwise, and for non-integer inputs (noisy pixels) as the
+    one float stage.
     """
     rowabs = float(np.abs(layer.weight.reshape(layer.weight.shape[0], -1)).sum(axis=1).max(initial=0))
     on_cpu = inputs.device.type == "cpu"  # GPUs may use TF32 for float32: float64 there
     if on_cpu and not inputs.is_floating_point() and rowabs * largest < FLOAT32_EXACT:
-        membrane = apply_layer(layer, inputs.to(torch.float32), layer_weight(layer, inputs.device, torch.float32))
-        return membrane.to(torch.float64)
+        return apply_layer(layer, inputs.to(torch.float32), layer_weight(layer, inputs.device, torch.float32))
     return apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, inputs.device))
 
 
@@ -614,7 +614,7 @@ def reference_counts(net: SpikingNet, pixels: torch.Tensor, membranes: list | No
 
     ``pixels`` are raw 0..255 values (uint8 or float for noisy inputs), shape (B, C, H, W).
     Returns ([counts per hidden layer, int64], integer logits as float64). If a list is
-    given as ``membranes``, every layer's membrane (float64) is appended to it.
+    given as ``membranes``, every layer's exact membrane (float32 or float64) is appended to it.
     """
     x = pixels
     counts = []

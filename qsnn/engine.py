@@ -32,6 +32,7 @@ except ImportError as error:  # pragma: no cover - exercised only on broken inst
     raise ImportError(f"qsnn's fast simulator needs numba ({error}); pip install numba") from error
 
 INT32_LIMIT = 2**30  # int32 kernels keep every membrane and threshold below this
+TABLED_LEVELS = 16  # T(i) kept in a table for the first levels of each channel
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Program:
     big: int  # +/- sentinel for out-of-reach thresholds, fits the dtype
     neurons: np.ndarray  # int64 [L + 1]: neuron offsets of the layers
     initial_upper: np.ndarray  # T(0) of every neuron (channel-last), the first upper threshold
+    origin: np.ndarray  # int64 [sum neurons, 3]: (channel, row, column) of every neuron
+    levels: np.ndarray  # [sum C, TABLED_LEVELS]: T(i) of the first levels of every channel
 
     @property
     def dtype(self) -> np.dtype:
@@ -109,14 +112,23 @@ def compile_program(net: SpikingNet) -> Program:
     step_all = np.concatenate(steps).astype(np.int64)
     size_all = np.concatenate(sizes).astype(np.int64)
     constant_all = np.concatenate(constants).astype(np.int64)
+    levels = np.zeros((threshold_at, TABLED_LEVELS), dtype)
+    for index in range(count):
+        channel_at = int(geometry[index, 11])
+        for ch in range(int(geometry[index, 4])):
+            levels[channel_at + ch] = [
+                _threshold(level, channel_at + ch, offset_all, step_all, int(divisor[index]), size_all, constant_all, big)
+                for level in range(TABLED_LEVELS)
+            ]
     initial_upper = np.zeros(int(neurons[-1]), dtype)
+    origin = np.zeros((int(neurons[-1]), 3), np.int64)
+    for index, layer in enumerate(layers):  # a spike's source position, looked up, not divided out
+        channels, height, width = np.indices(layer.out_shape if layer.kind == "conv" else (layer.neurons, 1, 1))
+        origin[neurons[index] : neurons[index + 1]] = np.stack([channels, height, width], -1).reshape(-1, 3)
     for index in range(1, count):
         out_c = int(geometry[index, 4])
         channel_at = int(geometry[index, 11])
-        first_levels = np.array([
-            _threshold(0, channel_at + ch, offset_all, step_all, int(divisor[index]), size_all, constant_all, big)
-            for ch in range(out_c)
-        ])
+        first_levels = levels[channel_at : channel_at + out_c, 0]
         planes = layers[index].neurons // out_c
         initial_upper[neurons[index] : neurons[index + 1]] = np.tile(first_levels, planes)
     return Program(
@@ -131,6 +143,8 @@ def compile_program(net: SpikingNet) -> Program:
         big=big,
         neurons=neurons,
         initial_upper=initial_upper,
+        origin=origin,
+        levels=levels,
     )
 
 
@@ -154,6 +168,14 @@ def _threshold(level, channel, offset, step, divisor, size, constant, big):
 
 
 @njit(inline="always", cache=True)
+def _tabled(level, channel, levels, offset, step, divisor, size, constant, big):
+    """T(level) of one neuron, from the table of the first levels where it holds it."""
+    if 0 <= level < levels.shape[1]:
+        return levels[channel, level]
+    return _threshold(level, channel, offset, step, divisor, size, constant, big)
+
+
+@njit(inline="always", cache=True)
 def _add_row(membrane, start, weights, row, width, sign):
     """membrane[start:start+width] +/-= weights[row:row+width] (views let LLVM vectorize)."""
     target = membrane[start : start + width]
@@ -167,14 +189,14 @@ def _add_row(membrane, start, weights, row, width, sign):
 
 
 @njit(cache=True)
-def _deliver(geometry, layer, weights, membrane, base, events, signs, count):
+def _deliver(geometry, layer, weights, membrane, base, events, signs, count, origin):
     """Add the weights of ``count`` input spikes to layer ``layer``'s membranes.
 
-    ``events`` hold the spiking inputs' flat (channel, row, column) indices. Returns the
-    number of synaptic operations (additions) performed.
+    ``events`` hold the spiking inputs' flat (channel, row, column) indices, ``origin``
+    those indices' (channel, row, column) in the sending layer. Returns the number of
+    synaptic operations (additions) performed.
     """
     kind = geometry[layer, 0]
-    in_h, in_w = geometry[layer, 2], geometry[layer, 3]
     out_c, out_h, out_w = geometry[layer, 4], geometry[layer, 5], geometry[layer, 6]
     kernel, stride, pad = geometry[layer, 7], geometry[layer, 8], geometry[layer, 9]
     start = geometry[layer, 10]
@@ -183,13 +205,11 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count):
         for e in range(count):
             _add_row(membrane, base, weights, start + events[e] * out_c, out_c, signs[e])
         return count * out_c
-    plane = in_h * in_w
     for e in range(count):
         j = events[e]
-        c = j // plane
-        rest = j - c * plane
-        y = rest // in_w
-        x = rest - y * in_w
+        c = origin[j, 0]
+        y = origin[j, 1]
+        x = origin[j, 2]
         sign = signs[e]
         if stride == 1:  # the reached outputs form a rectangle; each of its rows is one add
             first_y = y + pad - kernel + 1  # output row reached by the rotated kernel row 0
@@ -241,8 +261,8 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count):
 @njit(cache=True)
 def _simulate_image(
     b, encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, initial_upper, steps, auto, positive, negative, sops, spiking, predictions, counts,
-    used, buffers,
+    neuron_at, initial_upper, origin, levels, steps, auto, positive, negative, sops, spiking,
+    predictions, counts, used, buffers,
 ):
     """Simulate image ``b`` step by step (see :func:`_simulate`); ``buffers`` are reused."""
     layers = geometry.shape[0]
@@ -286,7 +306,7 @@ def _simulate_image(
             if arriving > 0:
                 sops[b, layer - 1, t] = _deliver(
                     geometry, layer, weights, membrane, base,
-                    events[sender:], signs[sender:], arriving,
+                    events[sender:], signs[sender:], arriving, origin[sender:],
                 )
             elif quiet[layer] == 1:
                 emitted[layer] = 0
@@ -304,7 +324,7 @@ def _simulate_image(
                     if v >= upper[n]:
                         count[n] += 1
                         lower[n] = upper[n]
-                        upper[n] = _threshold(count[n], at + ch, offset, step, scale, size, constant, big)
+                        upper[n] = _tabled(count[n], at + ch, levels, offset, step, scale, size, constant, big)
                         events[base + made] = ch * plane + p
                         signs[base + made] = 1
                         made += 1
@@ -313,7 +333,7 @@ def _simulate_image(
                     elif v < lower[n]:
                         count[n] -= 1
                         upper[n] = lower[n]
-                        lower[n] = _threshold(count[n] - 1, at + ch, offset, step, scale, size, constant, big)
+                        lower[n] = _tabled(count[n] - 1, at + ch, levels, offset, step, scale, size, constant, big)
                         events[base + made] = ch * plane + p
                         signs[base + made] = -1
                         made += 1
@@ -365,8 +385,8 @@ def _simulate_image(
 @njit(parallel=True, cache=True)
 def _simulate(
     encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, initial_upper, steps, auto, positive, negative, sops, spiking, predictions, counts, used,
-    chunks,
+    neuron_at, initial_upper, origin, levels, steps, auto, positive, negative, sops, spiking,
+    predictions, counts, used, chunks,
 ):
     """Simulate every image for ``steps`` steps, or until quiescent if ``auto``; chunks of
     images run in parallel, each chunk reusing one set of state buffers.
@@ -394,78 +414,125 @@ def _simulate(
         for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
             _simulate_image(
                 b, encoding_counts, geometry, weights, offset, step, divisor, size, constant,
-                output, big, neuron_at, initial_upper, steps, auto, positive, negative, sops,
-                spiking, predictions, counts, used, buffers,
+                output, big, neuron_at, initial_upper, origin, levels, steps, auto, positive,
+                negative, sops, spiking, predictions, counts, used, buffers,
             )
+
+
+@njit(inline="always", cache=True)
+def _estimate(v, divisor, a, inverse, limit, special):
+    """The closed-form count floor((S floor(V) - A) / D) + 1, clamped to 0..limit, or -1
+    where float64 cannot be sure of it (or the channel is constant or has D = 0)."""
+    scaled = np.floor(v) * divisor  # float64: an int64 floor times S could overflow
+    q = (scaled - a) * inverse
+    whole = np.floor(q)
+    fraction = q - whole
+    tolerance = 1e-13 * (abs(scaled) + abs(a)) * inverse + 1e-9
+    level = min(max(whole + 1.0, 0.0), limit)
+    sure = (fraction > tolerance) & (fraction < 1.0 - tolerance) & (special == 0)
+    return np.int64(level) if sure else np.int64(-1)
+
+
+@njit(inline="always", cache=True)
+def _settle(v, channel, offset, step, divisor, size, constant, big):
+    """The count of one neuron where :func:`_estimate` was not sure: from the estimate,
+    walk the exact integer table T(i) up and down."""
+    fixed = constant[channel]
+    if fixed >= 0:
+        return fixed
+    limit = size[channel]
+    floor_v = np.floor(v)
+    d = float(step[channel])
+    if d > 0:
+        scaled = floor_v * float(divisor)
+        whole = math.floor((scaled - float(offset[channel])) / d)
+        level = int(min(max(whole + 1.0, 0.0), float(limit)))
+    else:
+        level = limit if float(offset[channel]) <= floor_v * float(divisor) else 0
+    while level < limit and _threshold(level, channel, offset, step, divisor, size, constant, big) <= floor_v:
+        level += 1
+    while level > 0 and _threshold(level - 1, channel, offset, step, divisor, size, constant, big) > floor_v:
+        level -= 1
+    return level
 
 
 @njit(parallel=True, cache=True)
 def _counts(membrane, channels, plane, offset, step, divisor, size, constant, big, out):
-    """m(V) = #{i : V >= T(i)} for every neuron; ``membrane`` is (images, neurons) float64
-    in channel-first order (integers, or any reals for the encoding layer under noise).
+    """m(V) = #{i : V >= T(i)} for every neuron; ``membrane`` is (images, neurons) float32
+    or float64 in channel-first order (integers, or any reals for the encoding layer under
+    noise).
 
     T(i) is an integer, so T(i) <= V  <=>  (A + iD) / S <= floor(V), and the count is
-    floor((S floor(V) - A) / D) + 1. That is evaluated in float64; when its fractional
-    part is too close to an integer for float64 to be sure, the exact integer table
-    decides instead.
+    floor((S floor(V) - A) / D) + 1. A first, branch-free pass evaluates that in float64
+    for every neuron; where its fractional part is too close to an integer for float64 to
+    be sure, a second pass lets the exact integer table decide.
     """
     images = membrane.shape[0]
+    a = offset.astype(np.float64)
+    inverse = np.zeros(channels)
+    limit = size.astype(np.float64)
+    special = np.zeros(channels, np.int64)
+    for channel in range(channels):
+        if step[channel] > 0:
+            inverse[channel] = 1.0 / float(step[channel])
+        special[channel] = 1 if constant[channel] >= 0 or step[channel] <= 0 else 0
+    scale = float(divisor)
     for b in prange(images):
-        for channel in range(channels):
-            fixed = constant[channel]
-            limit = size[channel]
-            a = float(offset[channel])
-            d = float(step[channel])
-            inverse = 1.0 / d if d > 0 else 0.0
-            for p in range(plane):
-                n = channel * plane + p
-                if fixed >= 0:
-                    out[b, n] = fixed
-                    continue
-                floor_v = np.floor(membrane[b, n])  # float64: an int64 floor times S could overflow
-                if d > 0:
-                    scaled = floor_v * float(divisor)
-                    q = (scaled - a) * inverse
-                    whole = math.floor(q)
-                    tolerance = 1e-13 * (abs(scaled) + abs(a)) * inverse + 1e-9
-                    if tolerance < q - whole < 1.0 - tolerance:
-                        level = min(max(whole + 1.0, 0.0), float(limit))
-                        out[b, n] = int(level)
-                        continue
-                    level = int(min(max(whole + 1.0, 0.0), float(limit)))
-                else:
-                    level = limit if a <= floor_v * float(divisor) else 0
-                while level < limit and _threshold(level, channel, offset, step, divisor, size, constant, big) <= floor_v:
-                    level += 1
-                while level > 0 and _threshold(level - 1, channel, offset, step, divisor, size, constant, big) > floor_v:
-                    level -= 1
-                out[b, n] = level
+        values = membrane[b]
+        row = out[b]
+        if plane == 1:  # one neuron per channel: vectorize across channels
+            for n in range(channels):
+                row[n] = _estimate(values[n], scale, a[n], inverse[n], limit[n], special[n])
+        else:  # (1-D slices per channel let LLVM vectorize the loop)
+            for channel in range(channels):
+                segment = membrane[b, channel * plane : (channel + 1) * plane]
+                target = out[b, channel * plane : (channel + 1) * plane]
+                ac, ic, lc, sc = a[channel], inverse[channel], limit[channel], special[channel]
+                for p in range(plane):
+                    target[p] = _estimate(segment[p], scale, ac, ic, lc, sc)
+        for n in range(channels * plane):
+            if row[n] < 0:  # rare: the division is paid only here
+                row[n] = _settle(values[n], n // plane, offset, step, divisor, size, constant, big)
 
 
 @njit(parallel=True, cache=True)
 def _gathered(membrane, channels, plane, table, offset, step, divisor, size, constant, big, out):
-    """The binary neurons' own count: for every neuron, scan the levels upwards while
-    V >= T(i) (binary neuron i fires), i.e. a different algorithm from :func:`_counts`,
-    so that the spiking side and the reference ANN never share their counting code.
-    ``table`` holds T(i) for the first levels of every channel (no division there)."""
+    """The binary neurons' own count: binary neuron i fires when V >= T(i), and the count
+    is the number that fire, read from ``table`` (T(i) of the first levels of every
+    channel, no division) and, beyond it, by scanning upwards; a different algorithm from
+    :func:`_counts`, so that the spiking side and the reference ANN never share their
+    counting code. (T is non-decreasing in i, so the neurons that fire are levels 0..m-1.)"""
     images = membrane.shape[0]
     tabled = table.shape[1]
+    levels = min(tabled, size.max()) if channels > 0 else 0
+    across = np.ascontiguousarray(table.T)  # (level, channel), for one neuron per channel
     for b in prange(images):
+        values = membrane[b]
+        row = out[b]
+        row[:] = 0
+        if plane == 1:
+            for level in range(levels):
+                thresholds = across[level]
+                for n in range(channels):
+                    row[n] += np.int64((values[n] >= thresholds[n]) & (level < size[n]))
+        else:  # (1-D slices per channel let LLVM vectorize the loop)
+            for channel in range(channels):
+                segment = membrane[b, channel * plane : (channel + 1) * plane]
+                target = out[b, channel * plane : (channel + 1) * plane]
+                for level in range(min(size[channel], tabled)):
+                    threshold = table[channel, level]
+                    for p in range(plane):
+                        target[p] += np.int64(segment[p] >= threshold)
         for channel in range(channels):
-            limit = size[channel]
-            first = table[channel]
-            for p in range(plane):
-                n = channel * plane + p
-                v = membrane[b, n]
-                level = 0
-                while level < limit and level < tabled and first[level] <= v:
-                    level += 1
-                while level < limit and level >= tabled and _threshold(level, channel, offset, step, divisor, size, constant, big) <= v:
-                    level += 1
-                out[b, n] = level
-
-
-TABLED_LEVELS = 16  # T(i) kept in a table for the first levels of each channel
+            if size[channel] <= tabled:
+                continue
+            for n in range(channel * plane, (channel + 1) * plane):
+                level = row[n]
+                if level == tabled:
+                    v = values[n]
+                    while level < size[channel] and _threshold(level, channel, offset, step, divisor, size, constant, big) <= v:
+                        level += 1
+                    row[n] = level
 
 
 @njit(cache=True)
@@ -477,19 +544,43 @@ def _table(levels, offset, step, divisor, size, constant, big):
     return table
 
 
+@njit(parallel=True, cache=True)
+def _statistics(counts, fanout, out):
+    for b in prange(counts.shape[0]):
+        spikes = synaptic = spiking = 0
+        for j in range(counts.shape[1]):
+            value = counts[b, j]
+            spikes += value
+            synaptic += value * fanout[j]
+            spiking += value != 0
+        out[b, 0] = spikes
+        out[b, 1] = synaptic
+        out[b, 2] = spiking
+
+
+def layer_statistics(counts: np.ndarray, fanout: np.ndarray) -> tuple[int, int, int]:
+    """For counts (images, neurons) and each neuron's fan-out: the spikes, the synaptic
+    operations they cause, and the (image, neuron) pairs that spiked, in one pass."""
+    out = np.empty((counts.shape[0], 3), np.int64)
+    _statistics(np.ascontiguousarray(counts), np.ascontiguousarray(fanout, dtype=np.int64), out)
+    spikes, synaptic, spiking = out.sum(axis=0)
+    return int(spikes), int(synaptic), int(spiking)
+
+
 def gathered_counts(thresholds, membrane: np.ndarray) -> np.ndarray:
     """Counts of the binary neurons that fire (V >= T(i)), by scanning up the table."""
     return _run_counts(_gathered, thresholds, membrane, tabled=TABLED_LEVELS)
 
 
 def counts(thresholds, membrane: np.ndarray) -> np.ndarray:
-    """Exact counts m(V) for membranes (images, C, ...) float64, in parallel, by the tables
+    """Exact counts m(V) for membranes (images, C, ...) float32 or float64, in parallel, by the tables
     of ``thresholds`` (a :class:`qsnn.neurons.Thresholds`)."""
     return _run_counts(_counts, thresholds, membrane)
 
 
 def _run_counts(kernel, thresholds, membrane: np.ndarray, tabled: int = 0) -> np.ndarray:
-    flat = np.ascontiguousarray(membrane.reshape(membrane.shape[0], -1), dtype=np.float64)
+    exact = membrane.dtype if membrane.dtype in (np.float32, np.float64) else np.float64
+    flat = np.ascontiguousarray(membrane.reshape(membrane.shape[0], -1), dtype=exact)
     out = np.empty(flat.shape, np.int64)
     channels = membrane.shape[1]
     plane = flat.shape[1] // channels
@@ -518,7 +609,8 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool):
     _simulate(
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.size, program.constant,
-        program.output, program.big, program.neurons, program.initial_upper, steps, auto,
+        program.output, program.big, program.neurons, program.initial_upper, program.origin,
+        program.levels, steps, auto,
         positive, negative, sops, spiking, predictions, counts, used,
         max(1, min(images, 4 * numba.get_num_threads())),
     )
