@@ -513,16 +513,26 @@ def _gathered(membrane, channels, plane, table, offset, step, divisor, size, con
         if plane == 1:
             for level in range(levels):
                 thresholds = across[level]
+                firing = 0
                 for n in range(channels):
-                    row[n] += np.int64((values[n] >= thresholds[n]) & (level < size[n]))
+                    fires = np.int64((values[n] >= thresholds[n]) & (level < size[n]))
+                    row[n] += fires
+                    firing += fires
+                if firing == 0:  # nobody reached this level, so nobody reaches the next
+                    break
         else:  # (1-D slices per channel let LLVM vectorize the loop)
             for channel in range(channels):
                 segment = membrane[b, channel * plane : (channel + 1) * plane]
                 target = out[b, channel * plane : (channel + 1) * plane]
                 for level in range(min(size[channel], tabled)):
                     threshold = table[channel, level]
+                    firing = 0
                     for p in range(plane):
-                        target[p] += np.int64(segment[p] >= threshold)
+                        fires = np.int64(segment[p] >= threshold)
+                        target[p] += fires
+                        firing += fires
+                    if firing == 0:  # nobody reached this level, so nobody reaches the next
+                        break
         for channel in range(channels):
             if size[channel] <= tabled:
                 continue
@@ -556,6 +566,20 @@ def _statistics(counts, fanout, out):
         out[b, 0] = spikes
         out[b, 1] = synaptic
         out[b, 2] = spiking
+
+
+@njit(parallel=True, cache=True)
+def _differences(first, second):
+    found = 0
+    for b in prange(first.shape[0]):
+        for j in range(first.shape[1]):
+            found += first[b, j] != second[b, j]
+    return found
+
+
+def differences(first: np.ndarray, second: np.ndarray) -> int:
+    """How many entries of two arrays of the same shape differ (any integer dtypes)."""
+    return int(_differences(first.reshape(first.shape[0], -1), second.reshape(second.shape[0], -1)))
 
 
 def layer_statistics(counts: np.ndarray, fanout: np.ndarray) -> tuple[int, int, int]:

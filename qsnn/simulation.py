@@ -143,6 +143,15 @@ def scatter_gather_batch(net: SpikingNet, pixels, noise, generator, membrane, co
     return BatchRecord(logits.argmax(dim=1)[None], positive, negative, sops, spiking, counts)
 
 
+def _differences(first: torch.Tensor, second: torch.Tensor) -> int:
+    """Entries in which two count tensors differ (one pass on the CPU, whatever the dtypes)."""
+    if first.device.type != "cpu" or second.device.type != "cpu":
+        return int((first != second.to(first.device)).sum())
+    from qsnn import engine
+
+    return engine.differences(first.numpy(), second.numpy())
+
+
 def _gathered(layer, membrane: torch.Tensor) -> torch.Tensor:
     from qsnn import engine
 
@@ -250,6 +259,8 @@ class EventSimulator:
         per_image = 8 * (3 * layers + 1) * cap + 4 * int(self.program.neurons[-1])
         size = max(1, ENGINE_MEMORY // per_image)
         parts = [self.engine.run(self.program, first[at : at + size], cap, auto) for at in range(0, len(first), size)]
+        if len(parts) == 1:
+            return parts[0]
         return tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
 
     @torch.no_grad()
@@ -387,8 +398,7 @@ def simulate(
             net, inputs, steps, noise=noise if net.scheme == "sg" else 0.0, generator=generator, **options
         )
         for index, (snn, ann) in enumerate(zip(record.counts, counts, strict=True)):
-            if not torch.equal(snn, ann):
-                mismatches[index] += int((snn != ann).sum())
+            mismatches[index] += _differences(snn, ann)
         correct = (record.predictions == target[None]).sum(dim=1)
         agree = (record.predictions == reference[None]).sum(dim=1)
         records.append((record._replace(counts=[]), correct, agree))  # counts checked: drop them
