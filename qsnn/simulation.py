@@ -351,7 +351,7 @@ def simulate(
     *,
     steps: int | None,
     noise: float = 0.0,
-    batch_size: int = 500,
+    batch_size: int = 250,
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = False,
