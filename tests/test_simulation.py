@@ -200,7 +200,9 @@ def test_event_engine_picks_int32_only_when_every_membrane_fits():
     ternary = convert(random_net(k=1, B=2, ternary=True), "nsd")
     floats = convert(random_net(k=1, B=2, ternary=False), "nsd")
     assert compile_program(ternary).dtype == np.int32
+    assert compile_program(ternary).weights.dtype == np.int8  # ternary weights: one byte each
     assert compile_program(floats).dtype == np.int64
+    assert compile_program(floats).weights.dtype == np.int64
 
 
 def test_event_engine_under_noise_and_through_simulate():
