@@ -239,3 +239,39 @@ def test_the_three_count_implementations_agree(k, B, ternary, scale):
         assert np.array_equal(engine.counts(net.thresholds(index), probe.numpy()), expected)
         assert np.array_equal(engine.gathered_counts(net.thresholds(index), probe.numpy()), expected)
         x = target_count(membrane, net.thresholds(index)).to(torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dense", [False, True])
+def test_count_kernels_at_every_threshold_tie(dtype, dense):
+    """Membranes exactly at, just below and just above every threshold T(i), for tables
+    with 1, 4, 16, 17 and 40 levels, a zero step, a negative offset and a constant
+    channel: the estimate-and-correct kernel, the binary neurons' kernel and the torch
+    definition agree on every neuron, for float32 and float64 membranes, in the per-channel
+    (convolution) and the one-neuron-per-channel (dense) layouts."""
+    from qsnn import engine
+    from qsnn.neurons import Thresholds, target_count, threshold
+
+    th = Thresholds(
+        offset=torch.tensor([5, -9, 0, 13, 7, 3, 21], dtype=torch.int64),
+        step=torch.tensor([7, 3, 0, 11, 5, 2, 9], dtype=torch.int64),
+        divisor=7,
+        size=torch.tensor([1, 4, 16, 17, 40, 16, 3], dtype=torch.int64),
+        constant=torch.tensor([-1, -1, -1, -1, -1, 2, -1], dtype=torch.int64),
+    )
+    channels = len(th.size)
+    levels = torch.arange(-1, 42, dtype=torch.int64)
+    table = threshold(th, levels[None, None, :].expand(1, channels, -1), torch.zeros(1, channels, len(levels)))[0]
+    table = table.clamp(-1000, 1000)  # the sentinels stand for values far outside the table
+    values = torch.cat([table - 1, table, table + 1, table + 0.5, torch.full((channels, 2), 0.0)], dim=1)
+    values = torch.cat([values, -values], dim=1)  # (C, P): every tie, on both sides
+    if dense:
+        membrane = values.T.contiguous()  # (P images, C neurons): one neuron per channel
+    else:
+        membrane = torch.stack([values, values.flip(1)])  # (2 images, C, P)
+    membrane = membrane.to(dtype)
+    expected = target_count(membrane.to(torch.float64), th).numpy()
+    assert np.array_equal(engine.counts(th, membrane.numpy()), expected)
+    assert np.array_equal(engine.gathered_counts(th, membrane.numpy()), expected)
+    assert expected.max() == 40 and expected.min() == 0  # the longest table is run through
+    assert (expected[..., 5, :] == 2).all() if not dense else (expected[:, 5] == 2).all()
