@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--reference-images", type=int, default=200, help="images for the step-by-step reference")
     parser.add_argument("--models", nargs="*", default=None, help="checkpoints (default: the embedded three)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=250, help="images per batch, the same for the ANN and the SNN")
+    parser.add_argument("--batch-size", type=int, default=200, help="images per batch, the same for the ANN and the SNN")
     args = parser.parse_args()
 
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))

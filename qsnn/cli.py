@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
     p.add_argument("--steps", type=_steps, default=None, help="time steps, or auto (default): until nothing is in flight")
     p.add_argument("--noise", type=_ratio, default=0.0, help="noise ratio r (NSD/INT: pixel noise; SG: spike drop)")
-    p.add_argument("--batch-size", type=_positive_int, default=250, help="images simulated together (default 250: fits the CPU caches)")
+    p.add_argument("--batch-size", type=_positive_int, default=200, help="images simulated together (default 200)")
     p.add_argument("--limit", type=_positive_int, help="only the first N test images")
     p.add_argument("--device", type=_device, default="cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
