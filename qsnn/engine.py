@@ -639,7 +639,7 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool):
     sops = np.zeros_like(positive)
     spiking = np.zeros((images, layers), np.int64)
     predictions = np.zeros((images, steps), np.int64)
-    counts = np.zeros((images, int(program.neurons[-1])), np.int32)
+    counts = np.empty((images, int(program.neurons[-1])), np.int32)  # every entry is written
     used = np.zeros(images, np.int64)
     _simulate(
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
