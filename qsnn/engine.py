@@ -8,8 +8,9 @@ thresholds, and a layer that received no spike and emitted none last step is ski
 Images run in parallel (numba ``prange``). The work is proportional to the synaptic
 operations, not to T x the dense MACs.
 
-Every number is an integer (int32 when the layer bounds allow it, else int64), with the
-same tables T(i) = ceil((A + iD) / S) as :mod:`qsnn.neurons`, so the results equal the
+Every number is an integer (int32 when the layer bounds allow it, else int64, or float64
+holding integers below 2^53 when the weights fit float32, which is exact and lighter on
+the caches), with the same tables T(i) = ceil((A + iD) / S) as :mod:`qsnn.neurons`, so the results equal the
 reference step-by-step simulator (:func:`qsnn.simulation.simulate_batch`) count for
 count; the tests check it. The encoding layer's membrane (pixels times weights) is
 computed once by a dense convolution, as in the papers; its spike train is the
@@ -55,7 +56,8 @@ class Program:
 
     @property
     def dtype(self) -> np.dtype:
-        """The membranes' and thresholds' integer type (the weights may be narrower)."""
+        """The membranes' and thresholds' type: int32, int64, or float64 holding integers
+        (the weights may be narrower)."""
         return self.initial_upper.dtype
 
 
@@ -113,7 +115,8 @@ def compile_program(net: SpikingNet) -> Program:
     step_all = np.concatenate(steps).astype(np.int64)
     size_all = np.concatenate(sizes).astype(np.int64)
     constant_all = np.concatenate(constants).astype(np.int64)
-    levels = np.zeros((threshold_at, TABLED_LEVELS), dtype)
+    state, weights = _storage(np.concatenate(parts), dtype)
+    levels = np.zeros((threshold_at, TABLED_LEVELS), state)
     for index in range(count):
         channel_at = int(geometry[index, 11])
         for ch in range(int(geometry[index, 4])):
@@ -121,7 +124,7 @@ def compile_program(net: SpikingNet) -> Program:
                 _threshold(level, channel_at + ch, offset_all, step_all, int(divisor[index]), size_all, constant_all, big)
                 for level in range(TABLED_LEVELS)
             ]
-    initial_upper = np.zeros(int(neurons[-1]), dtype)
+    initial_upper = np.zeros(int(neurons[-1]), state)
     origin = np.zeros((int(neurons[-1]), 3), np.int64)
     for index, layer in enumerate(layers):  # a spike's source position, looked up, not divided out
         channels, height, width = np.indices(layer.out_shape if layer.kind == "conv" else (layer.neurons, 1, 1))
@@ -134,7 +137,7 @@ def compile_program(net: SpikingNet) -> Program:
         initial_upper[neurons[index] : neurons[index + 1]] = np.tile(first_levels, planes)
     return Program(
         geometry=geometry,
-        weights=_narrowest(np.concatenate(parts), dtype),
+        weights=weights,
         offset=offset_all,
         step=step_all,
         divisor=divisor,
@@ -149,14 +152,26 @@ def compile_program(net: SpikingNet) -> Program:
     )
 
 
-def _narrowest(weights: np.ndarray, dtype) -> np.ndarray:
-    """The weights in the smallest integer type that holds them (ternary weights: int8), so
-    that more of them stay in the CPU caches; the membranes keep ``dtype``."""
+def _storage(weights: np.ndarray, dtype) -> tuple[type, np.ndarray]:
+    """The membranes' type and the weights in the narrowest type that holds them exactly,
+    so that more weights stay in the CPU caches.
+
+    Small integer weights (ternary: int8, int16) keep integer membranes of ``dtype``. Wide
+    ones that came from float32 weights on a 2^-s grid have at most 24 significant bits:
+    float32 holds them exactly, and a float64 membrane adds them exactly, since every
+    membrane is an integer below 2^53 (the layer bounds make sure of that). Thresholds at
+    or beyond 2^53 may round in float64, but no membrane reaches them either way.
+    """
     largest = int(np.abs(weights).max(initial=0))
-    for narrow in (np.int8, np.int16, np.int32):
-        if largest <= np.iinfo(narrow).max and np.dtype(narrow).itemsize < np.dtype(dtype).itemsize:
-            return weights.astype(narrow)
-    return weights
+    width = np.dtype(dtype).itemsize
+    for narrow in (np.int8, np.int16):
+        if largest <= np.iinfo(narrow).max and np.dtype(narrow).itemsize < width:
+            return dtype, weights.astype(narrow)
+    if dtype == np.int64 and np.array_equal(weights.astype(np.float32).astype(np.int64), weights):
+        return np.float64, weights.astype(np.float32)
+    if dtype == np.int64 and largest <= np.iinfo(np.int32).max:
+        return dtype, weights.astype(np.int32)
+    return dtype, weights
 
 
 @njit(inline="always", cache=True)

@@ -201,8 +201,32 @@ def test_event_engine_picks_int32_only_when_every_membrane_fits():
     floats = convert(random_net(k=1, B=2, ternary=False), "nsd")
     assert compile_program(ternary).dtype == np.int32
     assert compile_program(ternary).weights.dtype == np.int8  # ternary weights: one byte each
-    assert compile_program(floats).dtype == np.int64
-    assert compile_program(floats).weights.dtype == np.int64
+    # float32 weights on a 2^-s grid: float32 holds them, float64 membranes add them exactly
+    assert compile_program(floats).dtype == np.float64
+    assert compile_program(floats).weights.dtype == np.float32
+
+
+def test_event_engine_with_weights_float32_cannot_hold():
+    """Integer weights with more than 24 significant bits keep int64 membranes, and the
+    engine still equals the reference simulator count for count."""
+    from dataclasses import replace
+
+    from qsnn.engine import compile_program
+    from qsnn.simulation import EventSimulator
+
+    net = convert(random_net("6C5-P2-8C3-12", k=1, B=None, seed=5), "nsd")
+    wide = net.layers[2].weight * 3 + np.sign(net.layers[2].weight)  # odd: more than 24 significant bits
+    assert not np.array_equal(wide.astype(np.float32).astype(np.int64), wide)
+    net = replace(net, layers=[*net.layers[:2], replace(net.layers[2], weight=wide), *net.layers[3:]])
+    program = compile_program(net)
+    assert program.dtype == np.int64 and program.weights.dtype == np.int64
+    pixels = random_pixels(9, seed=5)
+    fast = EventSimulator(net)(net, pixels, 6)
+    slow = simulate_batch(net, pixels, 6)
+    for name in ("predictions", "positive", "negative", "sops", "spiking_neurons"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+    assert all(torch.equal(a, b) for a, b in zip(fast.counts, slow.counts, strict=True))
+    assert int(fast.positive[2].sum()) > 0  # the wide layer did spike
 
 
 def test_event_engine_under_noise_and_through_simulate():
