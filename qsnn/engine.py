@@ -522,12 +522,14 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
 
 
 @njit(parallel=True, cache=True)
-def _gathered(membrane, channels, plane, table, offset, step, divisor, size, constant, big, out):
+def _gathered(membrane, channels, plane, table, offset, step, divisor, size, constant, big, out, reference, differing):
     """The binary neurons' own count: binary neuron i fires when V >= T(i), and the count
     is the number that fire, read from ``table`` (T(i) of the first levels of every
     channel, no division) and, beyond it, by scanning upwards; a different algorithm from
     :func:`_counts`, so that the spiking side and the reference ANN never share their
-    counting code. (T is non-decreasing in i, so the neurons that fire are levels 0..m-1.)"""
+    counting code. (T is non-decreasing in i, so the neurons that fire are levels 0..m-1.)
+    With a ``reference`` (the ANN's counts, same shape as ``out``; empty for none), each
+    image's number of differing counts goes to ``differing``, while its row is in cache."""
     images = membrane.shape[0]
     tabled = table.shape[1]
     levels = min(tabled, size.max()) if channels > 0 else 0
@@ -569,6 +571,12 @@ def _gathered(membrane, channels, plane, table, offset, step, divisor, size, con
                     while level < size[channel] and _threshold(level, channel, offset, step, divisor, size, constant, big) <= v:
                         level += 1
                     row[n] = level
+        if reference.shape[0] > 0:
+            expected = reference[b]
+            found = 0
+            for n in range(channels * plane):
+                found += row[n] != expected[n]
+            differing[b] = found
 
 
 @njit(cache=True)
@@ -617,9 +625,19 @@ def layer_statistics(counts: np.ndarray, fanout: np.ndarray) -> tuple[int, int, 
     return int(spikes), int(synaptic), int(spiking)
 
 
-def gathered_counts(thresholds, membrane: np.ndarray) -> np.ndarray:
-    """Counts of the binary neurons that fire (V >= T(i)), by scanning up the table."""
-    return _run_counts(_gathered, thresholds, membrane, tabled=TABLED_LEVELS)
+def gathered_counts(thresholds, membrane: np.ndarray, reference: np.ndarray | None = None):
+    """Counts of the binary neurons that fire (V >= T(i)), by scanning up the table.
+
+    With ``reference`` (counts of the same shape), returns (counts, number of entries that
+    differ from it), compared in the same pass."""
+    images = membrane.shape[0]
+    differing = np.zeros(images if reference is not None else 0, np.int64)
+    against = (
+        np.ascontiguousarray(reference.reshape(images, -1), dtype=np.int64)
+        if reference is not None else np.zeros((0, 0), np.int64)
+    )
+    out = _run_counts(_gathered, thresholds, membrane, tabled=TABLED_LEVELS, extra=(against, differing))
+    return out if reference is None else (out, int(differing.sum()))
 
 
 def counts(thresholds, membrane: np.ndarray) -> np.ndarray:
@@ -628,7 +646,7 @@ def counts(thresholds, membrane: np.ndarray) -> np.ndarray:
     return _run_counts(_counts, thresholds, membrane)
 
 
-def _run_counts(kernel, thresholds, membrane: np.ndarray, tabled: int = 0) -> np.ndarray:
+def _run_counts(kernel, thresholds, membrane: np.ndarray, tabled: int = 0, extra=()) -> np.ndarray:
     exact = membrane.dtype if membrane.dtype in (np.float32, np.float64) else np.float64
     flat = np.ascontiguousarray(membrane.reshape(membrane.shape[0], -1), dtype=exact)
     out = np.empty(flat.shape, np.int64)
@@ -641,7 +659,7 @@ def _run_counts(kernel, thresholds, membrane: np.ndarray, tabled: int = 0) -> np
     tables = (as_int64(thresholds.offset), as_int64(thresholds.step), int(thresholds.divisor),
               as_int64(thresholds.size), as_int64(thresholds.constant), 2**54)
     first = (_table(tabled, *tables),) if tabled else ()
-    kernel(flat, channels, plane, *first, *tables, out)
+    kernel(flat, channels, plane, *first, *tables, out, *extra)
     return out.reshape(membrane.shape)
 
 

@@ -56,6 +56,9 @@ class BatchRecord(NamedTuple):
     sops: torch.Tensor  # (L, T) int64, synaptic operations caused by layer l's spikes
     spiking_neurons: torch.Tensor  # (L,) int64, neurons (x images) that spiked at least once
     counts: list[torch.Tensor]  # final count of every hidden layer, (B, ...) int64
+    # per layer, final counts that differ from the reference ANN's, when the simulator
+    # compared them itself (else the caller compares ``counts``)
+    mismatches: list[int] | None = None
 
 
 def noisy_pixels(pixels: torch.Tensor, ratio: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -120,21 +123,21 @@ def _dense_membrane(index: int, layer, inputs: torch.Tensor, largest: float) -> 
     return apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, inputs.device))
 
 
-def _count_levels(layer, membrane: torch.Tensor) -> torch.Tensor:
+def _count_levels(index: int, layer, membrane: torch.Tensor) -> torch.Tensor:
     return target_count(membrane, layer.thresholds().to(membrane.device))
 
 
 def scatter_gather_batch(net: SpikingNet, pixels, noise, generator, membrane, count) -> BatchRecord:
     """SG's single step: every layer once, counts gathered from the binary neurons
     (:func:`qsnn.neurons.scatter_gather`), spikes dropped with probability ``noise``.
-    ``membrane(index, layer, inputs, largest)`` and ``count(layer, membrane)`` say how."""
+    ``membrane(index, layer, inputs, largest)`` and ``count(index, layer, membrane)`` say how."""
     stats = _Statistics(net, pixels.device)
     x = pixels
     counts = []
     for index, layer in enumerate(net.layers):
         largest = input_bound(net, index, x)
         check_input_limit(layer, largest, index)
-        n = drop_spikes(count(layer, membrane(index, layer, x, largest)), noise, generator)
+        n = drop_spikes(count(index, layer, membrane(index, layer, x, largest)), noise, generator)
         stats.record_once(index, n)
         counts.append(n)
         x = n
@@ -152,7 +155,7 @@ def _differences(first: torch.Tensor, second: torch.Tensor) -> int:
     return engine.differences(first.numpy(), second.numpy())
 
 
-def _gathered(layer, membrane: torch.Tensor) -> torch.Tensor:
+def _gathered(index: int, layer, membrane: torch.Tensor) -> torch.Tensor:
     from qsnn import engine
 
     if membrane.device.type != "cpu":
@@ -263,6 +266,27 @@ class EventSimulator:
             return parts[0]
         return tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
 
+    def _scatter_gather(self, net, pixels, ann_counts, ann_membranes) -> BatchRecord:
+        """SG without spike drop, on the CPU, against the reference ANN: each layer's count
+        kernel also counts where it differs from the ANN, in the same pass; a layer whose
+        inputs equal the ANN's (no difference upstream) reuses the ANN's membrane."""
+        mismatches: list[int] = []
+
+        def membrane(index, layer, inputs, largest):
+            if index == 0 or mismatches[index - 1] == 0:
+                return ann_membranes[index]
+            return exact_membrane(layer, inputs, largest)
+
+        def count(index, layer, membrane):
+            found, differing = self.engine.gathered_counts(
+                layer.thresholds(), membrane.numpy(), ann_counts[index].numpy()
+            )
+            mismatches.append(differing)
+            return torch.from_numpy(found)
+
+        record = scatter_gather_batch(net, pixels, 0.0, None, membrane, count)
+        return record._replace(mismatches=mismatches)
+
     @torch.no_grad()
     def __call__(self, net, pixels, steps, *, noise=0.0, generator=None, reference=None) -> BatchRecord:
         """``reference``: (counts, membranes) of the exact ANN on these same inputs, when the
@@ -277,10 +301,12 @@ class EventSimulator:
             return ann_membranes[index] if same else exact_membrane(layer, inputs, largest)
 
         if net.scheme == "sg":
-            return scatter_gather_batch(net, pixels, noise, generator, membrane, _gathered)
+            if ann_counts is None or noise > 0 or pixels.device.type != "cpu":
+                return scatter_gather_batch(net, pixels, noise, generator, membrane, _gathered)
+            return self._scatter_gather(net, pixels, ann_counts, ann_membranes)
         largest = input_bound(net, 0, pixels)
         check_input_limit(net.layers[0], largest, 0)
-        first = _gathered(net.layers[0], membrane(0, net.layers[0], pixels, largest))
+        first = _gathered(0, net.layers[0], membrane(0, net.layers[0], pixels, largest))
         first = first.reshape(first.shape[0], -1).cpu().numpy()
         cap = steps if steps is not None else 32
         while True:
@@ -397,8 +423,11 @@ def simulate(
         record = simulator(
             net, inputs, steps, noise=noise if net.scheme == "sg" else 0.0, generator=generator, **options
         )
-        for index, (snn, ann) in enumerate(zip(record.counts, counts, strict=True)):
-            mismatches[index] += _differences(snn, ann)
+        if record.mismatches is not None:  # the simulator compared them as it counted
+            mismatches = [a + b for a, b in zip(mismatches, record.mismatches, strict=True)]
+        else:
+            for index, (snn, ann) in enumerate(zip(record.counts, counts, strict=True)):
+                mismatches[index] += _differences(snn, ann)
         correct = (record.predictions == target[None]).sum(dim=1)
         agree = (record.predictions == reference[None]).sum(dim=1)
         records.append((record._replace(counts=[]), correct, agree))  # counts checked: drop them

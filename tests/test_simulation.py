@@ -299,3 +299,23 @@ def test_count_kernels_at_every_threshold_tie(dtype, dense):
     assert np.array_equal(engine.gathered_counts(th, membrane.numpy()), expected)
     assert expected.max() == 40 and expected.min() == 0  # the longest table is run through
     assert (expected[..., 5, :] == 2).all() if not dense else (expected[:, 5] == 2).all()
+
+
+def test_sg_counts_where_it_departs_from_the_ann_as_it_counts():
+    """When an SG layer's counts differ from the ANN's (here: the ANN given other tables for
+    one layer), the fast path's in-kernel comparison reports the same mismatches, and the
+    layers after it recompute their membranes from the SNN's own counts, exactly as the
+    reference simulator does."""
+    from dataclasses import replace
+
+    net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, ternary=True, seed=4), "sg")
+    hidden = net.layers[1]
+    shifted = (hidden.offset + hidden.step // 2 + 1, hidden.step.copy(), hidden.divisor)
+    net = replace(net, layers=[net.layers[0], replace(hidden, ann_thresholds=shifted), *net.layers[2:]])
+    pixels, labels = random_pixels(30, seed=4), torch.randint(0, 10, (30,))
+    fast = simulate(net, pixels, labels, steps=None, batch_size=7)
+    slow = simulate(net, pixels, labels, steps=None, batch_size=7, simulator=simulate_batch)
+    assert fast.count_mismatches == slow.count_mismatches
+    assert fast.count_mismatches[0] == 0 and fast.count_mismatches[1] > 0
+    for name in ("correct", "agree", "positive", "negative", "sops", "spiking_neurons"):
+        assert getattr(fast, name) == getattr(slow, name), name
