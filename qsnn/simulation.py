@@ -61,12 +61,54 @@ class BatchRecord(NamedTuple):
     mismatches: list[int] | None = None
 
 
-def noisy_pixels(pixels: torch.Tensor, ratio: float, generator: torch.Generator | None) -> torch.Tensor:
+_MASK64 = 2**64 - 1
+
+
+def _mix(value: int) -> int:
+    """splitmix64's finalizer: a bijection of 64-bit words that spreads every input bit."""
+    value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+    value = (value ^ (value >> 27)) * 0x94D049BB133111EB & _MASK64
+    return value ^ (value >> 31)
+
+
+class NoiseDraws:
+    """The random numbers of a noisy run: one stream per (seed, image, stage), so that an
+    image's noise depends on the seed and on its position in the dataset only, never on
+    how the images are split into batches. Stage 0 is the pixel noise (NSD, INT); stage
+    l + 1 the spikes dropped in SG layer l."""
+
+    def __init__(self, seed: int, first_image: int = 0) -> None:
+        self.seed = seed
+        self.first_image = first_image
+
+    def generator(self, image: int, stage: int) -> torch.Generator:
+        """The CPU generator of image ``image`` of this batch (0-based) at ``stage``."""
+        word = self.seed & _MASK64
+        for part in (self.first_image + image, stage):
+            word = _mix(word ^ _mix(part + 0x9E3779B97F4A7C15))
+        return torch.Generator().manual_seed(word)
+
+
+def noisy_pixels(pixels: torch.Tensor, ratio: float, draws: NoiseDraws) -> torch.Tensor:
     """Multiplicative input noise x * (1 + (u - 1/2) * r), u ~ U[0, 1) per pixel (§4)."""
     if ratio <= 0:
         return pixels.to(torch.float64)
-    u = torch.rand(pixels.shape, generator=generator, dtype=torch.float64, device="cpu").to(pixels.device)
+    u = torch.stack([
+        torch.rand(pixels.shape[1:], generator=draws.generator(image, 0), dtype=torch.float64)
+        for image in range(pixels.shape[0])
+    ]).to(pixels.device)
     return pixels.to(torch.float64) * (1.0 + (u - 0.5) * ratio)
+
+
+def _dropped(counts: torch.Tensor, ratio: float, draws: NoiseDraws | None, layer: int) -> torch.Tensor:
+    """SG's spike drop, image by image from each image's own stream."""
+    if ratio <= 0:
+        return counts
+    draws = draws if draws is not None else NoiseDraws(0)
+    return torch.cat([
+        drop_spikes(counts[image : image + 1], ratio, draws.generator(image, layer + 1))
+        for image in range(counts.shape[0])
+    ])
 
 
 class _Statistics:
@@ -127,7 +169,7 @@ def _count_levels(index: int, layer, membrane: torch.Tensor) -> torch.Tensor:
     return target_count(membrane, layer.thresholds().to(membrane.device))
 
 
-def scatter_gather_batch(net: SpikingNet, pixels, noise, generator, membrane, count) -> BatchRecord:
+def scatter_gather_batch(net: SpikingNet, pixels, noise, draws, membrane, count) -> BatchRecord:
     """SG's single step: every layer once, counts gathered from the binary neurons
     (:func:`qsnn.neurons.scatter_gather`), spikes dropped with probability ``noise``.
     ``membrane(index, layer, inputs, largest)`` and ``count(index, layer, membrane)`` say how."""
@@ -137,7 +179,7 @@ def scatter_gather_batch(net: SpikingNet, pixels, noise, generator, membrane, co
     for index, layer in enumerate(net.layers):
         largest = input_bound(net, index, x)
         check_input_limit(layer, largest, index)
-        n = drop_spikes(count(index, layer, membrane(index, layer, x, largest)), noise, generator)
+        n = _dropped(count(index, layer, membrane(index, layer, x, largest)), noise, draws, index)
         stats.record_once(index, n)
         counts.append(n)
         x = n
@@ -170,18 +212,19 @@ def simulate_batch(
     steps: int | None,
     *,
     noise: float = 0.0,
-    generator: torch.Generator | None = None,
+    draws: NoiseDraws | None = None,
 ) -> BatchRecord:
     """Run the spiking network step by step on one batch (the reference simulator).
 
     ``pixels``: (B, C, H, W) raw 0..255 values (already noisy for NSD/INT noise runs).
     ``steps``: number of time steps, or None to stop at the first step in which no neuron
     spikes (from then on nothing is in flight and the output can no longer change).
-    ``noise``: SG only, the probability that a binary neuron's spike is dropped.
+    ``noise``: SG only, the probability that a binary neuron's spike is dropped, drawn
+    from ``draws`` (default: seed 0, the batch being the dataset's first images).
     """
     device = pixels.device
     if net.scheme == "sg":
-        return scatter_gather_batch(net, pixels, noise, generator, _dense_membrane, _count_levels)
+        return scatter_gather_batch(net, pixels, noise, draws, _dense_membrane, _count_levels)
     weights = [layer_weight(layer, device) for layer in net.layers]
     out_weight = layer_weight(net.output, device)
     thresholds = [net.thresholds(i).to(device) for i in range(len(net.layers))]
@@ -288,7 +331,7 @@ class EventSimulator:
         return record._replace(mismatches=mismatches)
 
     @torch.no_grad()
-    def __call__(self, net, pixels, steps, *, noise=0.0, generator=None, reference=None) -> BatchRecord:
+    def __call__(self, net, pixels, steps, *, noise=0.0, draws=None, reference=None) -> BatchRecord:
         """``reference``: (counts, membranes) of the exact ANN on these same inputs, when the
         caller has them. The spiking side then reuses the ANN's membranes wherever its own
         inputs are the same (a membrane is a linear function of them), but always counts
@@ -302,7 +345,7 @@ class EventSimulator:
 
         if net.scheme == "sg":
             if ann_counts is None or noise > 0 or pixels.device.type != "cpu":
-                return scatter_gather_batch(net, pixels, noise, generator, membrane, _gathered)
+                return scatter_gather_batch(net, pixels, noise, draws, membrane, _gathered)
             return self._scatter_gather(net, pixels, ann_counts, ann_membranes)
         largest = input_bound(net, 0, pixels)
         check_input_limit(net.layers[0], largest, 0)
@@ -401,7 +444,6 @@ def simulate(
     if simulator is None:
         on_cpu = torch.device(device).type == "cpu"
         simulator = EventSimulator(net) if on_cpu else simulate_batch
-    generator = torch.Generator().manual_seed(seed)
     records = []
     ann_correct = ann_correct_clean = 0
     mismatches = [0] * len(net.layers)
@@ -409,7 +451,8 @@ def simulate(
     for start in range(0, len(pixels), batch_size):
         clean = pixels[start : start + batch_size].to(device)
         target = labels[start : start + batch_size].to(device)
-        inputs = noisy_pixels(clean, noise, generator) if net.scheme != "sg" and noise > 0 else clean
+        draws = NoiseDraws(seed, first_image=start)
+        inputs = noisy_pixels(clean, noise, draws) if net.scheme != "sg" and noise > 0 else clean
         membranes = [] if isinstance(simulator, EventSimulator) else None
         counts, logits = reference_counts(net, inputs, membranes)
         reference = logits.argmax(dim=1)
@@ -421,7 +464,7 @@ def simulate(
         ann_correct += int((reference == target).sum())
         options = {"reference": (counts, membranes)} if isinstance(simulator, EventSimulator) else {}
         record = simulator(
-            net, inputs, steps, noise=noise if net.scheme == "sg" else 0.0, generator=generator, **options
+            net, inputs, steps, noise=noise if net.scheme == "sg" else 0.0, draws=draws, **options
         )
         if record.mismatches is not None:  # the simulator compared them as it counted
             mismatches = [a + b for a, b in zip(mismatches, record.mismatches, strict=True)]

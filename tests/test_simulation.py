@@ -11,7 +11,7 @@ from qsnn.conversion import convert, reference_counts
 from qsnn.errors import QsnnError
 from qsnn.metrics import ann_macs, fanout_map, layer_costs, total_macs
 from qsnn.reporting import summarize, summary_table, write_simulation
-from qsnn.simulation import SimulationResult, simulate, simulate_batch
+from qsnn.simulation import NoiseDraws, SimulationResult, simulate, simulate_batch
 from tests.helpers import random_net, random_pixels
 
 
@@ -185,8 +185,8 @@ def test_event_engine_equals_the_reference_count_for_count(notation, k, B, terna
     fast = EventSimulator(net)(net, pixels, steps)
     slow = simulate_batch(net, pixels, steps)
     if scheme == "sg":  # spike drop draws the same numbers from the same generator
-        noisy_fast = EventSimulator(net)(net, pixels, 1, noise=0.3, generator=torch.Generator().manual_seed(5))
-        noisy_slow = simulate_batch(net, pixels, 1, noise=0.3, generator=torch.Generator().manual_seed(5))
+        noisy_fast = EventSimulator(net)(net, pixels, 1, noise=0.3, draws=NoiseDraws(5))
+        noisy_slow = simulate_batch(net, pixels, 1, noise=0.3, draws=NoiseDraws(5))
         assert torch.equal(noisy_fast.positive, noisy_slow.positive)
         assert torch.equal(noisy_fast.predictions, noisy_slow.predictions)
     for name in ("predictions", "positive", "negative", "sops", "spiking_neurons"):
@@ -319,3 +319,20 @@ def test_sg_counts_where_it_departs_from_the_ann_as_it_counts():
     assert fast.count_mismatches[0] == 0 and fast.count_mismatches[1] > 0
     for name in ("correct", "agree", "positive", "negative", "sops", "spiking_neurons"):
         assert getattr(fast, name) == getattr(slow, name), name
+
+
+@pytest.mark.parametrize("scheme", ["nsd", "sg"])
+def test_noise_does_not_depend_on_the_batch_size(scheme):
+    """Each image draws its noise (pixel noise, SG spike drop) from its own stream, named by
+    the seed and its index in the dataset: the same seed gives the same run whatever the
+    batch size, and another seed another run."""
+    model = random_net("6C5-P2-8C3-12", k=1, B=2, ternary=True, seed=6)
+    net = convert(model, scheme)
+    pixels, labels = random_pixels(23, seed=6), torch.randint(0, 10, (23,))
+    runs = [simulate(net, pixels, labels, steps=None, noise=0.3, seed=4, batch_size=size) for size in (23, 5, 8)]
+    other = simulate(net, pixels, labels, steps=None, noise=0.3, seed=5, batch_size=8)
+    fields = ("correct", "agree", "ann_correct", "positive", "negative", "sops", "spiking_neurons", "count_mismatches")
+    for run in runs[1:]:
+        for name in fields:
+            assert getattr(run, name) == getattr(runs[0], name), name
+    assert any(getattr(other, name) != getattr(runs[0], name) for name in ("positive", "sops"))
