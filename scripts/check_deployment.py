@@ -8,6 +8,7 @@ predictions, and (SG) how many predictions of the NIR file, read back with nir.r
 run by the test suite's interpreter of the standard nodes, match.
 """
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -70,4 +71,6 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/deploy")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="runs/deploy", help="folder for the exported packages")
+    main(parser.parse_args().out)
