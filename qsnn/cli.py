@@ -54,24 +54,23 @@ def _device(text: str) -> str:
     return text
 
 
-def _ratio(text: str) -> float:
+def _number(text: str, accept, expected: str) -> float:
+    """A float that ``accept`` takes (NaN and non-numbers never pass), else a one-line error."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a ratio between 0 and 1, got {text!r}")
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _ratio(text: str) -> float:
+    return _number(text, lambda value: 0 <= value <= 1, "a ratio between 0 and 1")
 
 
 def _energy(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a positive energy in pJ, got {text!r}")
-    return value
+    return _number(text, lambda value: 0 < value < math.inf, "a positive energy in pJ")
 
 
 def _positive_int(text: str) -> int:

@@ -118,12 +118,11 @@ def compile_program(net: SpikingNet) -> Program:
     state, weights = _storage(np.concatenate(parts), dtype)
     levels = np.zeros((threshold_at, TABLED_LEVELS), state)
     for index in range(count):
-        channel_at = int(geometry[index, 11])
-        for ch in range(int(geometry[index, 4])):
-            levels[channel_at + ch] = [
-                _threshold(level, channel_at + ch, offset_all, step_all, int(divisor[index]), size_all, constant_all, big)
-                for level in range(TABLED_LEVELS)
-            ]
+        channels = slice(int(geometry[index, 11]), int(geometry[index, 11] + geometry[index, 4]))
+        _fill_table(
+            levels[channels], offset_all[channels], step_all[channels], int(divisor[index]),
+            size_all[channels], constant_all[channels], big,
+        )
     initial_upper = np.zeros(int(neurons[-1]), state)
     origin = np.zeros((int(neurons[-1]), 3), np.int64)
     for index, layer in enumerate(layers):  # a spike's source position, looked up, not divided out
@@ -580,12 +579,11 @@ def _gathered(membrane, channels, plane, table, offset, step, divisor, size, con
 
 
 @njit(cache=True)
-def _table(levels, offset, step, divisor, size, constant, big):
-    table = np.empty((offset.shape[0], levels), np.float64)
-    for channel in range(offset.shape[0]):
-        for level in range(levels):
+def _fill_table(table, offset, step, divisor, size, constant, big):
+    """table[channel, i] = T(i) for the first table.shape[1] levels of every channel."""
+    for channel in range(table.shape[0]):
+        for level in range(table.shape[1]):
             table[channel, level] = _threshold(level, channel, offset, step, divisor, size, constant, big)
-    return table
 
 
 @njit(parallel=True, cache=True)
@@ -658,7 +656,10 @@ def _run_counts(kernel, thresholds, membrane: np.ndarray, tabled: int = 0, extra
 
     tables = (as_int64(thresholds.offset), as_int64(thresholds.step), int(thresholds.divisor),
               as_int64(thresholds.size), as_int64(thresholds.constant), 2**54)
-    first = (_table(tabled, *tables),) if tabled else ()
+    first = ()
+    if tabled:
+        first = (np.empty((channels, tabled), np.float64),)
+        _fill_table(first[0], *tables)
     kernel(flat, channels, plane, *first, *tables, out, *extra)
     return out.reshape(membrane.shape)
 

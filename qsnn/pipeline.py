@@ -177,7 +177,7 @@ def execute(
             fingerprint = {
                 "checkpoint_sha256": source["sha256"], "scheme": scheme, "threshold_scale": scale,
                 "noise": noise, "steps": spec.steps, "images": len(pixels), "seed": spec.seed,
-                "dataset": dataset,
+                "dataset": dataset, "noise_draws": "per image",  # how noise is drawn (changed once)
             }
             previous = read_json(sim_dir / "result.json") if (sim_dir / "result.json").exists() else None
             if previous is not None and previous.get("fingerprint") == fingerprint:
