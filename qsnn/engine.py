@@ -52,7 +52,10 @@ class Program:
     neurons: np.ndarray  # int64 [L + 1]: neuron offsets of the layers
     initial_upper: np.ndarray  # T(0) of every neuron (channel-last), the first upper threshold
     origin: np.ndarray  # int64 [sum neurons, 3]: (channel, row, column) of every neuron
-    levels: np.ndarray  # [sum C, TABLED_LEVELS]: T(i) of the first levels of every channel
+    reach: np.ndarray  # int64 [sum neurons, 2]: membrane offset and weight row a spike reaches in a pooling layer
+    channel_of: np.ndarray  # int64 [sum neurons]: the channel of every neuron, in channel-last order
+    first_index: np.ndarray  # int64 [sum neurons]: channel-last order to channel-first flat index
+    levels: np.ndarray  # [sum C, TABLED_LEVELS + 1]: T(i - 1) of the first levels of every channel
 
     @property
     def dtype(self) -> np.dtype:
@@ -116,22 +119,31 @@ def compile_program(net: SpikingNet) -> Program:
     size_all = np.concatenate(sizes).astype(np.int64)
     constant_all = np.concatenate(constants).astype(np.int64)
     state, weights = _storage(np.concatenate(parts), dtype)
-    levels = np.zeros((threshold_at, TABLED_LEVELS), state)
+    levels = np.zeros((threshold_at, TABLED_LEVELS + 1), state)
+    levels[:, 0] = -big  # T(-1): a neuron at count 0 sends no negative spike
     for index in range(count):
         channels = slice(int(geometry[index, 11]), int(geometry[index, 11] + geometry[index, 4]))
         _fill_table(
-            levels[channels], offset_all[channels], step_all[channels], int(divisor[index]),
+            levels[channels, 1:], offset_all[channels], step_all[channels], int(divisor[index]),
             size_all[channels], constant_all[channels], big,
         )
     initial_upper = np.zeros(int(neurons[-1]), state)
     origin = np.zeros((int(neurons[-1]), 3), np.int64)
+    reach = np.full((int(neurons[-1]), 2), -1, np.int64)
+    channel_of = np.zeros(int(neurons[-1]), np.int64)
+    first_index = np.zeros(int(neurons[-1]), np.int64)
     for index, layer in enumerate(layers):  # a spike's source position, looked up, not divided out
         channels, height, width = np.indices(layer.out_shape if layer.kind == "conv" else (layer.neurons, 1, 1))
         origin[neurons[index] : neurons[index + 1]] = np.stack([channels, height, width], -1).reshape(-1, 3)
+        flat = np.arange(layer.neurons).reshape(layer.out_shape[0], -1)  # channel-first index
+        channel_of[neurons[index] : neurons[index + 1]] = np.indices(flat.shape)[0].T.reshape(-1)
+        first_index[neurons[index] : neurons[index + 1]] = flat.T.reshape(-1)
+        if index + 1 < count and _pools(geometry[index + 1]):
+            reach[neurons[index] : neurons[index + 1]] = _pool_reach(geometry[index + 1], layer.out_shape)
     for index in range(1, count):
         out_c = int(geometry[index, 4])
         channel_at = int(geometry[index, 11])
-        first_levels = levels[channel_at : channel_at + out_c, 0]
+        first_levels = levels[channel_at : channel_at + out_c, 1]
         planes = layers[index].neurons // out_c
         initial_upper[neurons[index] : neurons[index + 1]] = np.tile(first_levels, planes)
     return Program(
@@ -147,8 +159,32 @@ def compile_program(net: SpikingNet) -> Program:
         neurons=neurons,
         initial_upper=initial_upper,
         origin=origin,
+        reach=reach,
+        channel_of=channel_of,
+        first_index=first_index,
         levels=levels,
     )
+
+
+def _pools(geometry: np.ndarray) -> bool:
+    """Whether a layer is a convolution over non-overlapping windows (stride = kernel, no
+    padding), where each input reaches exactly one output position."""
+    kind, kernel, stride, pad = geometry[0], geometry[7], geometry[8], geometry[9]
+    return kind == 0 and stride == kernel and pad == 0
+
+
+def _pool_reach(geometry: np.ndarray, in_shape) -> np.ndarray:
+    """For every input (channel-first order) of a pooling layer: the membrane offset of the
+    output position it reaches (channel-last, from the layer's base) and the start of its
+    weight row, or -1 for inputs beyond the last whole window."""
+    out_c, out_h, out_w, kernel, start = (int(v) for v in geometry[[4, 5, 6, 7, 10]])
+    c, y, x = (a.reshape(-1) for a in np.indices(in_shape))
+    oy, ox = y // kernel, x // kernel
+    inside = (oy < out_h) & (ox < out_w)
+    ky, kx = kernel - 1 - (y - oy * kernel), kernel - 1 - (x - ox * kernel)  # the rotated kernel
+    offset = (oy * out_w + ox) * out_c
+    row = start + ((c * kernel + ky) * kernel + kx) * out_c
+    return np.stack([np.where(inside, offset, -1), np.where(inside, row, -1)], axis=1)
 
 
 def _storage(weights: np.ndarray, dtype) -> tuple[type, np.ndarray]:
@@ -193,14 +229,6 @@ def _threshold(level, channel, offset, step, divisor, size, constant, big):
 
 
 @njit(inline="always", cache=True)
-def _tabled(level, channel, levels, offset, step, divisor, size, constant, big):
-    """T(level) of one neuron, from the table of the first levels where it holds it."""
-    if 0 <= level < levels.shape[1]:
-        return levels[channel, level]
-    return _threshold(level, channel, offset, step, divisor, size, constant, big)
-
-
-@njit(inline="always", cache=True)
 def _add_row(membrane, start, weights, row, width, sign):
     """membrane[start:start+width] +/-= weights[row:row+width] (views let LLVM vectorize)."""
     target = membrane[start : start + width]
@@ -214,11 +242,13 @@ def _add_row(membrane, start, weights, row, width, sign):
 
 
 @njit(cache=True)
-def _deliver(geometry, layer, weights, membrane, base, events, signs, count, origin):
+def _deliver(geometry, layer, weights, membrane, base, events, signs, count, origin, reach):
     """Add the weights of ``count`` input spikes to layer ``layer``'s membranes.
 
     ``events`` hold the spiking inputs' flat (channel, row, column) indices, ``origin``
-    those indices' (channel, row, column) in the sending layer. Returns the number of
+    those indices' (channel, row, column) in the sending layer, ``reach`` the membrane
+    offset and weight row each of them reaches in a non-overlapping pooling layer (or
+    -1). Returns the number of
     synaptic operations (additions) performed.
     """
     kind = geometry[layer, 0]
@@ -249,14 +279,9 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count, ori
                 at = base + ((first_y + ky) * out_w + first_x + kx_lo) * out_c
                 _add_row(membrane, at, weights, row, width, sign)
             adds += (ky_hi - ky_lo + 1) * width
-        elif stride == kernel and pad == 0:  # non-overlapping windows (the P blocks)
-            oy = y // stride
-            ox = x // stride
-            if oy < out_h and ox < out_w:
-                ky = kernel - 1 - (y - oy * stride)
-                kx = kernel - 1 - (x - ox * stride)
-                row = start + ((c * kernel + ky) * kernel + kx) * out_c
-                _add_row(membrane, base + (oy * out_w + ox) * out_c, weights, row, out_c, sign)
+        elif stride == kernel and pad == 0:  # non-overlapping windows (the P blocks): looked up
+            if reach[j, 0] >= 0:
+                _add_row(membrane, base + reach[j, 0], weights, reach[j, 1], out_c, sign)
                 adds += out_c
         else:
             for ky in range(kernel):
@@ -286,14 +311,17 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count, ori
 @njit(cache=True)
 def _simulate_image(
     b, encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, initial_upper, origin, levels, steps, auto, positive, negative, sops, spiking,
-    predictions, counts, used, buffers,
+    neuron_at, initial_upper, origin, reach, channel_of, first_index, levels, steps, auto, positive, negative,
+    sops, spiking, predictions, counts, used, membranes, final_logits, buffers,
 ):
     """Simulate image ``b`` step by step (see :func:`_simulate`); ``buffers`` are reused."""
     layers = geometry.shape[0]
     classes = output.shape[1]
     first = neuron_at[1]
-    membrane, upper, lower, count, fired, events, signs, emitted, quiet, logits, pending = buffers
+    membrane, upper, lower, count, fired, events, signs, emitted, quiet, logits, pending, flag, crossing_at, per_channel, far = (
+        buffers
+    )
+    tabled = levels.shape[1] - 1
     membrane[:] = 0
     upper[:] = initial_upper  # T(0) of every neuron
     lower[:] = -big
@@ -331,7 +359,7 @@ def _simulate_image(
             if arriving > 0:
                 sops[b, layer - 1, t] = _deliver(
                     geometry, layer, weights, membrane, base,
-                    events[sender:], signs[sender:], arriving, origin[sender:],
+                    events[sender:], signs[sender:], arriving, origin[sender:], reach[sender:],
                 )
             elif quiet[layer] == 1:
                 emitted[layer] = 0
@@ -340,29 +368,68 @@ def _simulate_image(
             plane = geometry[layer, 5] * geometry[layer, 6]
             at = geometry[layer, 11]
             scale = divisor[layer]
-            made = 0
+            # a branch-free, vectorized pass flags the neurons that cross a threshold, a
+            # second one lists them; their events are then emitted channel by channel
+            # (counting sort), so that consecutive events of a layer reuse the same
+            # weights and reach different targets
+            here = plane * out_c
+            v = membrane[base : base + here]
+            up = upper[base : base + here]
+            down = lower[base : base + here]
+            changing = 0
+            for n in range(here):
+                crossing = np.int8(v[n] >= up[n]) - np.int8(v[n] < down[n])
+                flag[n] = crossing
+                changing += crossing != 0
             up_spikes = 0
-            for p in range(plane):
-                for ch in range(out_c):
-                    n = base + p * out_c + ch
-                    v = membrane[n]
-                    if v >= upper[n]:
-                        count[n] += 1
+            if changing > 0:
+                listed = 0
+                for n in range(here):
+                    crossing_at[listed] = n
+                    listed += flag[n] != 0
+                per_channel[:out_c] = 0
+                beyond = 0  # neurons whose new threshold lies beyond the table
+                for i in range(changing):
+                    n = base + crossing_at[i]
+                    ch = channel_of[n]
+                    per_channel[ch] += 1
+                    fired[n] = 1
+                    # the new thresholds are T(c) and T(c - 1), table columns c + 1 and c
+                    if flag[crossing_at[i]] > 0:
+                        c = count[n] + 1
+                        count[n] = c
                         lower[n] = upper[n]
-                        upper[n] = _tabled(count[n], at + ch, levels, offset, step, scale, size, constant, big)
-                        events[base + made] = ch * plane + p
-                        signs[base + made] = 1
-                        made += 1
+                        if c < tabled:
+                            upper[n] = levels[at + ch, c + 1]
+                        else:
+                            far[beyond] = n
+                            beyond += 1
                         up_spikes += 1
-                        fired[n] = 1
-                    elif v < lower[n]:
-                        count[n] -= 1
+                    else:
+                        c = count[n] - 1
+                        count[n] = c
                         upper[n] = lower[n]
-                        lower[n] = _tabled(count[n] - 1, at + ch, levels, offset, step, scale, size, constant, big)
-                        events[base + made] = ch * plane + p
-                        signs[base + made] = -1
-                        made += 1
-                        fired[n] = 1
+                        if c <= tabled:
+                            lower[n] = levels[at + ch, c]
+                        else:
+                            far[beyond] = n
+                            beyond += 1
+                for i in range(beyond):  # rare, and out of the loop above: it divides
+                    n = far[i]
+                    ch = channel_of[n]
+                    upper[n] = _threshold(count[n], at + ch, offset, step, scale, size, constant, big)
+                    lower[n] = _threshold(count[n] - 1, at + ch, offset, step, scale, size, constant, big)
+                slot = 0
+                for ch in range(out_c):  # where each channel's events start
+                    slot, per_channel[ch] = slot + per_channel[ch], slot
+                for i in range(changing):
+                    n = crossing_at[i]
+                    ch = channel_of[base + n]
+                    at_slot = base + per_channel[ch]
+                    per_channel[ch] += 1
+                    events[at_slot] = first_index[base + n]
+                    signs[at_slot] = flag[n]
+            made = changing
             emitted[layer] = made
             positive[b, layer, t] = up_spikes
             negative[b, layer, t] = made - up_spikes
@@ -403,21 +470,25 @@ def _simulate_image(
             for ch in range(out_c):
                 n = base + p * out_c + ch
                 counts[b, base + ch * plane + p] = count[n]
+                membranes[b, base - first + ch * plane + p] = membrane[n]
                 spiked += fired[n]
         spiking[b, layer] = spiked
+    for o in range(classes):
+        final_logits[b, o] = logits[o]
 
 
 @njit(parallel=True, cache=True)
 def _simulate(
     encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, initial_upper, origin, levels, steps, auto, positive, negative, sops, spiking,
-    predictions, counts, used, chunks,
+    neuron_at, initial_upper, origin, reach, channel_of, first_index, levels, steps, auto, positive, negative,
+    sops, spiking, predictions, counts, used, membranes, final_logits, chunks,
 ):
     """Simulate every image for ``steps`` steps, or until quiescent if ``auto``; chunks of
     images run in parallel, each chunk reusing one set of state buffers.
 
     Outputs (per image): positive/negative spikes and SOPs per layer and step, neurons that
-    spiked, the prediction per step, final counts (channel-first order) and steps used.
+    spiked, the prediction per step, final counts (channel-first order), steps used, and
+    the final membranes of the hidden layers (channel-first) and the output accumulator.
     """
     images = encoding_counts.shape[0]
     layers = geometry.shape[0]
@@ -435,12 +506,16 @@ def _simulate(
             np.empty(layers, np.uint8),  # layer silent last step
             np.empty(output.shape[1], np.int64),  # the output accumulator
             np.empty(neuron_at[1], np.int64),  # encoding neurons still to fire
+            np.empty(total, np.int8),  # +1 / -1 / 0: the neurons of a layer that cross a threshold
+            np.empty(total, np.int64),  # the crossing neurons (channel-last index in the layer)
+            np.empty(total, np.int64),  # events per channel, then where each channel's go
+            np.empty(total, np.int64),  # neurons whose thresholds lie beyond the table
         )
         for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
             _simulate_image(
                 b, encoding_counts, geometry, weights, offset, step, divisor, size, constant,
-                output, big, neuron_at, initial_upper, origin, levels, steps, auto, positive,
-                negative, sops, spiking, predictions, counts, used, buffers,
+                output, big, neuron_at, initial_upper, origin, reach, channel_of, first_index, levels, steps, auto, positive,
+                negative, sops, spiking, predictions, counts, used, membranes, final_logits, buffers,
             )
 
 
@@ -601,17 +676,25 @@ def _statistics(counts, fanout, out):
 
 
 @njit(parallel=True, cache=True)
-def _differences(first, second):
-    found = 0
+def _differences(first, second, out):
     for b in prange(first.shape[0]):
+        found = 0
         for j in range(first.shape[1]):
             found += first[b, j] != second[b, j]
-    return found
+        out[b] = found
+
+
+def row_differences(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """For two arrays of the same shape (any integer dtypes): how many entries differ,
+    per row (first dimension)."""
+    out = np.empty(first.shape[0], np.int64)
+    _differences(first.reshape(first.shape[0], -1), second.reshape(second.shape[0], -1), out)
+    return out
 
 
 def differences(first: np.ndarray, second: np.ndarray) -> int:
     """How many entries of two arrays of the same shape differ (any integer dtypes)."""
-    return int(_differences(first.reshape(first.shape[0], -1), second.reshape(second.shape[0], -1)))
+    return int(row_differences(first, second).sum())
 
 
 def layer_statistics(counts: np.ndarray, fanout: np.ndarray) -> tuple[int, int, int]:
@@ -675,15 +758,19 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool):
     predictions = np.zeros((images, steps), np.int64)
     counts = np.empty((images, int(program.neurons[-1])), np.int32)  # every entry is written
     used = np.zeros(images, np.int64)
+    hidden = int(program.neurons[-1] - program.neurons[1])
+    membranes = np.empty((images, hidden), program.dtype)  # every entry is written
+    logits = np.empty((images, program.output.shape[1]), np.int64)
     _simulate(
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.size, program.constant,
-        program.output, program.big, program.neurons, program.initial_upper, program.origin,
+        program.output, program.big, program.neurons, program.initial_upper, program.origin, program.reach,
+        program.channel_of, program.first_index,
         program.levels, steps, auto,
-        positive, negative, sops, spiking, predictions, counts, used,
+        positive, negative, sops, spiking, predictions, counts, used, membranes, logits,
         max(1, min(images, 4 * numba.get_num_threads())),
     )
-    return positive, negative, sops, spiking, predictions, counts, used
+    return positive, negative, sops, spiking, predictions, counts, used, membranes, logits
 
 
 def threads() -> int:

@@ -29,6 +29,7 @@ from qsnn.conversion import (
     check_input_limit,
     exact_membrane,
     input_bound,
+    layer_counts,
     layer_weight,
     reference_counts,
 )
@@ -332,28 +333,61 @@ class EventSimulator:
 
     @torch.no_grad()
     def __call__(self, net, pixels, steps, *, noise=0.0, draws=None, reference=None) -> BatchRecord:
-        """``reference``: (counts, membranes) of the exact ANN on these same inputs, when the
-        caller has them. The spiking side then reuses the ANN's membranes wherever its own
-        inputs are the same (a membrane is a linear function of them), but always counts
-        its own spikes, with a different algorithm from the ANN's (:func:`_gathered`
-        scans the binary neurons' thresholds), so the agreement it reports is a check."""
-        ann_counts, ann_membranes = reference if reference is not None else (None, None)
-
-        def membrane(index, layer, inputs, largest):
-            same = ann_membranes is not None and (index == 0 or torch.equal(inputs, ann_counts[index - 1]))
-            return ann_membranes[index] if same else exact_membrane(layer, inputs, largest)
-
+        """The :func:`simulate_batch` interface. ``reference``: (counts, membranes) of the
+        exact ANN on these same inputs, when the caller has them; SG then reuses the ANN's
+        membranes wherever its own inputs are the same (a membrane is a linear function of
+        them), but always counts its own spikes, with a different algorithm from the ANN's
+        (:func:`_gathered` scans the binary neurons' thresholds), so the agreement it
+        reports is a check."""
         if net.scheme == "sg":
+            ann_counts, ann_membranes = reference if reference is not None else (None, None)
+
+            def membrane(index, layer, inputs, largest):
+                same = ann_membranes is not None and (index == 0 or torch.equal(inputs, ann_counts[index - 1]))
+                return ann_membranes[index] if same else exact_membrane(layer, inputs, largest)
+
             if ann_counts is None or noise > 0 or pixels.device.type != "cpu":
                 return scatter_gather_batch(net, pixels, noise, draws, membrane, _gathered)
             return self._scatter_gather(net, pixels, ann_counts, ann_membranes)
+        record, _, _ = self._event_driven(net, pixels, steps)
+        return record
+
+    @torch.no_grad()
+    def against_ann(self, net, pixels, steps, *, noise=0.0, draws=None):
+        """The simulation and the exact quantized ANN on the same inputs, in one go:
+        (record with per-layer count mismatches, the ANN's counts per layer, its logits).
+
+        NSD and INT read the ANN off the simulation. A hidden layer's membrane is a linear
+        function of its inputs and the engine's is exact (integer arithmetic), so wherever
+        the spiking layer l - 1 ended with the ANN's counts, the final membrane of layer l
+        *is* the ANN's membrane of layer l, and the ANN counts it with its own kernel (the
+        estimate-and-correct of :func:`qsnn.engine.counts`, not the spiking dynamics).
+        Images whose spiking counts still differ upstream get the ANN's membrane from an
+        exact convolution of the ANN's counts. The first image of every batch is also
+        evaluated by :func:`qsnn.conversion.reference_counts` from scratch, as a check.
+        """
+        if net.scheme == "sg":
+            membranes: list = []
+            counts, logits = reference_counts(net, pixels, membranes)
+            record = self(net, pixels, steps, noise=noise, draws=draws, reference=(counts, membranes))
+            return record, counts, logits
+        record, counts, logits = self._event_driven(net, pixels, steps, with_ann=True)
+        _check_against_reference(net, pixels[:1], [c[:1] for c in counts], logits[:1])
+        return record, counts, logits
+
+    def _event_driven(self, net, pixels, steps, with_ann: bool = False):
+        """NSD / INT on the engine: (record, ANN counts, ANN logits), the last two None
+        unless ``with_ann`` (see :meth:`against_ann`)."""
+        layer = net.layers[0]
         largest = input_bound(net, 0, pixels)
-        check_input_limit(net.layers[0], largest, 0)
-        first = _gathered(0, net.layers[0], membrane(0, net.layers[0], pixels, largest))
-        first = first.reshape(first.shape[0], -1).cpu().numpy()
+        check_input_limit(layer, largest, 0)
+        membrane = exact_membrane(layer, pixels, largest)
+        first = _gathered(0, layer, membrane)
         cap = steps if steps is not None else 32
         while True:
-            positive, negative, sops, spiking, predictions, counts, used = self._run(first, cap, steps is None)
+            positive, negative, sops, spiking, predictions, counts, used, final, final_logits = self._run(
+                first.reshape(first.shape[0], -1).numpy(), cap, steps is None
+            )
             if steps is not None or int(used.max()) < cap:
                 break
             if cap >= AUTO_MAX_STEPS:
@@ -365,10 +399,10 @@ class EventSimulator:
         batch = len(first)
         per_layer = []
         at = 0
-        for layer in net.layers:
-            per_layer.append(torch.from_numpy(counts[:, at : at + layer.neurons]).reshape(batch, *layer.out_shape))
-            at += layer.neurons
-        return BatchRecord(
+        for spiking_layer in net.layers:
+            per_layer.append(torch.from_numpy(counts[:, at : at + spiking_layer.neurons]).reshape(batch, *spiking_layer.out_shape))
+            at += spiking_layer.neurons
+        record = BatchRecord(
             predictions=torch.from_numpy(predictions[:, :total].T.copy()),
             positive=torch.from_numpy(positive[:, :, :total].sum(0)),
             negative=torch.from_numpy(negative[:, :, :total].sum(0)),
@@ -376,6 +410,44 @@ class EventSimulator:
             spiking_neurons=torch.from_numpy(spiking.sum(0)),
             counts=per_layer,
         )
+        if not with_ann:
+            return record, None, None
+        ann = [layer_counts(layer, membrane, ann=True)]
+        differing = [self.engine.row_differences(per_layer[0].numpy(), ann[0].numpy())]
+        at = 0
+        for index, spiking_layer in enumerate(net.layers[1:], start=1):
+            same = torch.from_numpy(differing[-1] == 0)  # the images whose layer index - 1 ended with the ANN's counts
+            largest = input_bound(net, index, ann[-1])
+            check_input_limit(spiking_layer, largest, index)
+            membrane = torch.from_numpy(final[:, at : at + spiking_layer.neurons]).reshape(batch, *spiking_layer.out_shape)
+            at += spiking_layer.neurons
+            if not same.all():
+                membrane = membrane.to(torch.float64)
+                membrane[~same] = exact_membrane(spiking_layer, ann[-1][~same], largest).to(torch.float64)
+            ann.append(layer_counts(spiking_layer, membrane, ann=True))
+            differing.append(self.engine.row_differences(per_layer[index].numpy(), ann[-1].numpy()))
+        check_input_limit(net.output, input_bound(net, len(net.layers), ann[-1]), len(net.layers))
+        logits = torch.from_numpy(final_logits).to(torch.float64)
+        same = torch.from_numpy(differing[-1] == 0)
+        if not same.all():
+            logits[~same] = F.linear(ann[-1][~same].flatten(1).to(torch.float64), layer_weight(net.output, "cpu"))
+        return record._replace(mismatches=[int(d.sum()) for d in differing]), ann, logits
+
+
+def _check_against_reference(net: SpikingNet, pixels: torch.Tensor, counts: list, logits: torch.Tensor) -> None:
+    """Evaluate the quantized ANN from scratch on ``pixels`` and insist on the same counts
+    and logits as those read off the simulation."""
+    if len(pixels) == 0:
+        return
+    expected, expected_logits = reference_counts(net, pixels)
+    for index, (found, wanted) in enumerate(zip(counts, expected, strict=True)):
+        if not torch.equal(found.to(torch.int64), wanted.to(torch.int64)):
+            raise QsnnError(
+                f"internal error: the ANN read off the simulation differs from the exact ANN in layer {index + 1}; "
+                "please report it, with the network"
+            )
+    if not torch.equal(logits, expected_logits):
+        raise QsnnError("internal error: the ANN's logits read off the simulation differ from the exact ANN's; please report it")
 
 
 @dataclass
@@ -453,8 +525,12 @@ def simulate(
         target = labels[start : start + batch_size].to(device)
         draws = NoiseDraws(seed, first_image=start)
         inputs = noisy_pixels(clean, noise, draws) if net.scheme != "sg" and noise > 0 else clean
-        membranes = [] if isinstance(simulator, EventSimulator) else None
-        counts, logits = reference_counts(net, inputs, membranes)
+        noise_here = noise if net.scheme == "sg" else 0.0  # pixel noise is in ``inputs`` already
+        if isinstance(simulator, EventSimulator):
+            record, counts, logits = simulator.against_ann(net, inputs, steps, noise=noise_here, draws=draws)
+        else:
+            counts, logits = reference_counts(net, inputs)
+            record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
         reference = logits.argmax(dim=1)
         if net.scheme != "sg" and noise > 0:
             _, clean_logits = reference_counts(net, clean)
@@ -462,10 +538,6 @@ def simulate(
         else:
             ann_correct_clean += int((reference == target).sum())
         ann_correct += int((reference == target).sum())
-        options = {"reference": (counts, membranes)} if isinstance(simulator, EventSimulator) else {}
-        record = simulator(
-            net, inputs, steps, noise=noise if net.scheme == "sg" else 0.0, draws=draws, **options
-        )
         if record.mismatches is not None:  # the simulator compared them as it counted
             mismatches = [a + b for a, b in zip(mismatches, record.mismatches, strict=True)]
         else:

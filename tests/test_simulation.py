@@ -336,3 +336,66 @@ def test_noise_does_not_depend_on_the_batch_size(scheme):
         for name in fields:
             assert getattr(run, name) == getattr(runs[0], name), name
     assert any(getattr(other, name) != getattr(runs[0], name) for name in ("positive", "sops"))
+
+
+ANN_CASES = [
+    # notation, k, B, ternary, encoding_B, scheme, threshold_scale, noise
+    ("6C5-P2-8C3-12", 1, 2, False, "same", "nsd", None, 0.0),
+    ("6C5-P2-8C3-12", 2, None, False, "same", "nsd", None, 0.2),
+    ("6C5-P2-8C3-12", 0, None, True, 4, "int", 10000, 0.0),
+    ("4C3s-P2-6C3s-P2-10", 3, 1, True, "same", "nsd", None, 0.0),
+    ("5C4-P3-9", 1, 4, True, "same", "int", None, 0.0),
+    ("20-16", 1, None, True, 2, "int", None, 0.3),
+]
+
+
+@pytest.mark.parametrize(("notation", "k", "B", "ternary", "encoding_B", "scheme", "scale", "noise"), ANN_CASES)
+def test_the_ann_read_off_the_simulation_is_the_exact_ann(notation, k, B, ternary, encoding_B, scheme, scale, noise):
+    """NSD and INT read the quantized ANN off the engine's final membranes where the
+    spiking counts upstream are the ANN's, and convolve the ANN's counts elsewhere: after
+    1, 2, 4 steps (counts still far from the ANN's) and until quiescent, every count of
+    every layer and every logit equal the ANN evaluated from scratch, and the reported
+    mismatches equal those of the reference simulator's counts; also with rounded
+    thresholds (the ANN keeps the exact ones) and noisy pixels."""
+    from qsnn.engine import differences
+    from qsnn.simulation import EventSimulator, noisy_pixels
+
+    shape = (3, 12, 12) if "s" in notation else (1, 28, 28)
+    model = random_net(
+        notation, k=k, B=B, ternary=ternary, seed=k + 20, input_shape=shape,
+        encoding_B=encoding_B, padding="same" if "s" in notation else "valid",
+    )
+    net = convert(model, scheme, threshold_scale=scale)
+    pixels = random_pixels(13, shape=shape, seed=k + 1)
+    if noise:
+        pixels = noisy_pixels(pixels, noise, NoiseDraws(7))
+    expected, expected_logits = reference_counts(net, pixels)
+    departed = 0
+    for steps in (1, 2, 4, None):
+        record, counts, logits = EventSimulator(net).against_ann(net, pixels, steps)
+        for found, wanted in zip(counts, expected, strict=True):
+            assert torch.equal(found, wanted)
+        assert torch.equal(logits, expected_logits)
+        slow = simulate_batch(net, pixels, steps)
+        assert record.mismatches == [differences(a.numpy(), b.numpy()) for a, b in zip(slow.counts, expected, strict=True)]
+        departed += sum(record.mismatches[:-1])
+    assert departed > 0  # some images took the convolution path
+
+
+def test_the_ann_read_off_the_simulation_is_checked(monkeypatch):
+    """A simulation whose final membranes were wrong would give a wrong ANN: the
+    from-scratch evaluation of each batch's first image catches it."""
+    from qsnn import engine
+
+    net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, seed=8), "nsd")
+    pixels, labels = random_pixels(6, seed=8), torch.randint(0, 10, (6,))
+    original = engine.run
+
+    def corrupted(*args):
+        *outputs, membranes, logits = original(*args)
+        membranes[0] = -membranes[0]  # the first image's hidden membranes
+        return (*outputs, membranes, logits)
+
+    monkeypatch.setattr(engine, "run", corrupted)
+    with pytest.raises(QsnnError, match="internal error: the ANN read off the simulation differs from the exact ANN in layer 2"):
+        simulate(net, pixels, labels, steps=None)
