@@ -34,13 +34,14 @@ except ImportError as error:  # pragma: no cover - exercised only on broken inst
 
 INT32_LIMIT = 2**30  # int32 kernels keep every membrane and threshold below this
 TABLED_LEVELS = 16  # T(i) kept in a table for the first levels of each channel
+ALIGN = 8  # channels padded to, and weight rows aligned on, multiples of this many elements
 
 
 @dataclass(frozen=True)
 class Program:
     """A converted network laid out for the kernels (channel-last, flat arrays)."""
 
-    geometry: np.ndarray  # int64 [L, 12]: kind, in c/h/w, out c/h/w, K, stride, pad, w offset, t offset
+    geometry: np.ndarray  # int64 [L, 13]: kind, in c/h/w, out c/h/w, K, stride, pad, w offset, t offset, padded out c
     weights: np.ndarray  # every hidden layer's weights, kernel layout, in the narrowest integer type
     offset: np.ndarray  # int64 [sum C]: A per channel, layer after layer
     step: np.ndarray  # int64 [sum C]: D
@@ -49,7 +50,8 @@ class Program:
     constant: np.ndarray  # int64 [sum C]
     output: np.ndarray  # int64 [features, classes] (the accumulator is always int64)
     big: int  # +/- sentinel for out-of-reach thresholds, fits the dtype
-    neurons: np.ndarray  # int64 [L + 1]: neuron offsets of the layers
+    neurons: np.ndarray  # int64 [L + 1]: offsets of the layers in the state (channels padded)
+    outputs: np.ndarray  # int64 [L + 1]: offsets of the layers in the outputs (no padding)
     initial_upper: np.ndarray  # T(0) of every neuron (channel-last), the first upper threshold
     origin: np.ndarray  # int64 [sum neurons, 3]: (channel, row, column) of every neuron
     reach: np.ndarray  # int64 [sum neurons, 2]: membrane offset and weight row a spike reaches in a pooling layer
@@ -81,10 +83,11 @@ def compile_program(net: SpikingNet) -> Program:
     count = len(layers)
     dtype = np.int32 if _fits_int32(net) else np.int64
     big = INT32_LIMIT if dtype == np.int32 else 2**54
-    geometry = np.zeros((count, 12), np.int64)
+    geometry = np.zeros((count, 13), np.int64)
     parts, offsets, steps, sizes, constants = [], [], [], [], []
     divisor = np.zeros(count, np.int64)
     neurons = np.zeros(count + 1, np.int64)
+    outputs = np.zeros(count + 1, np.int64)
     weight_at = threshold_at = 0
     for index, layer in enumerate(layers):
         out_c = layer.out_shape[0]
@@ -100,11 +103,18 @@ def compile_program(net: SpikingNet) -> Program:
             in_c, in_h, in_w = math.prod(layer.in_shape), 1, 1
             kernel = layer.weight.T  # (in features, out features)
             kind = 1
+        # hidden layers' channels padded to a multiple of ALIGN (zero weights, out-of-reach
+        # thresholds): every row a spike adds then starts on a cache-line boundary
+        padded = -(-out_c // ALIGN) * ALIGN if index else out_c
         geometry[index] = [
             kind, in_c, in_h, in_w, out_c, out_h, out_w,
-            layer.kernel, layer.stride, layer.padding, weight_at, threshold_at,
+            layer.kernel, layer.stride, layer.padding, weight_at, threshold_at, padded,
         ]
-        flat = np.ascontiguousarray(kernel).reshape(-1).astype(dtype) if index else np.zeros(0, dtype)
+        flat = np.zeros(0, dtype)
+        if index:
+            wide = np.zeros((*kernel.shape[:-1], padded), dtype)
+            wide[..., :out_c] = kernel
+            flat = np.concatenate([wide.reshape(-1), np.zeros(-wide.size % ALIGN, dtype)])
         parts.append(flat)
         weight_at += flat.size
         offsets.append(layer.offset)
@@ -113,12 +123,15 @@ def compile_program(net: SpikingNet) -> Program:
         constants.append(layer.constant)
         divisor[index] = layer.divisor
         threshold_at += out_c
-        neurons[index + 1] = neurons[index] + layer.neurons
+        state_size = layer.neurons // out_c * padded
+        neurons[index + 1] = neurons[index] + state_size + (-state_size % ALIGN)
+        outputs[index + 1] = outputs[index] + layer.neurons
     offset_all = np.concatenate(offsets).astype(np.int64)
     step_all = np.concatenate(steps).astype(np.int64)
     size_all = np.concatenate(sizes).astype(np.int64)
     constant_all = np.concatenate(constants).astype(np.int64)
     state, weights = _storage(np.concatenate(parts), dtype)
+    weights = _aligned(weights)
     levels = np.zeros((threshold_at, TABLED_LEVELS + 1), state)
     levels[:, 0] = -big  # T(-1): a neuron at count 0 sends no negative spike
     for index in range(count):
@@ -132,20 +145,24 @@ def compile_program(net: SpikingNet) -> Program:
     reach = np.full((int(neurons[-1]), 2), -1, np.int64)
     channel_of = np.zeros(int(neurons[-1]), np.int64)
     first_index = np.zeros(int(neurons[-1]), np.int64)
-    for index, layer in enumerate(layers):  # a spike's source position, looked up, not divided out
+    for index, layer in enumerate(layers):
+        at, size, out_c, padded = int(neurons[index]), layer.neurons, int(geometry[index, 4]), int(geometry[index, 12])
+        # indexed by a spike's channel-first index: its source position, looked up, not
+        # divided out, and, into a pooling layer, what it reaches
         channels, height, width = np.indices(layer.out_shape if layer.kind == "conv" else (layer.neurons, 1, 1))
-        origin[neurons[index] : neurons[index + 1]] = np.stack([channels, height, width], -1).reshape(-1, 3)
-        flat = np.arange(layer.neurons).reshape(layer.out_shape[0], -1)  # channel-first index
-        channel_of[neurons[index] : neurons[index + 1]] = np.indices(flat.shape)[0].T.reshape(-1)
-        first_index[neurons[index] : neurons[index + 1]] = flat.T.reshape(-1)
+        origin[at : at + size] = np.stack([channels, height, width], -1).reshape(-1, 3)
         if index + 1 < count and _pools(geometry[index + 1]):
-            reach[neurons[index] : neurons[index + 1]] = _pool_reach(geometry[index + 1], layer.out_shape)
-    for index in range(1, count):
-        out_c = int(geometry[index, 4])
-        channel_at = int(geometry[index, 11])
-        first_levels = levels[channel_at : channel_at + out_c, 1]
-        planes = layers[index].neurons // out_c
-        initial_upper[neurons[index] : neurons[index + 1]] = np.tile(first_levels, planes)
+            reach[at : at + size] = _pool_reach(geometry[index + 1], layer.out_shape)
+        # indexed by the state's (padded, channel-last) order
+        plane = size // out_c
+        state = np.arange(plane * padded).reshape(plane, padded)
+        real = state[:, :out_c].reshape(-1) + at
+        channel_of[real] = np.tile(np.arange(out_c), plane)
+        first_index[real] = np.arange(size).reshape(out_c, plane).T.reshape(-1)
+        if index:
+            channel_at = int(geometry[index, 11])
+            initial_upper[at : at + plane * padded] = big  # padding: never reached
+            initial_upper[real] = np.tile(levels[channel_at : channel_at + out_c, 1], plane)
     return Program(
         geometry=geometry,
         weights=weights,
@@ -157,6 +174,7 @@ def compile_program(net: SpikingNet) -> Program:
         output=np.ascontiguousarray(net.output.weight.T).astype(np.int64),
         big=big,
         neurons=neurons,
+        outputs=outputs,
         initial_upper=initial_upper,
         origin=origin,
         reach=reach,
@@ -164,6 +182,15 @@ def compile_program(net: SpikingNet) -> Program:
         first_index=first_index,
         levels=levels,
     )
+
+
+def _aligned(values: np.ndarray) -> np.ndarray:
+    """A copy of ``values`` that starts on a 64-byte boundary (a cache line)."""
+    raw = np.empty(values.size * values.itemsize + 64, np.uint8)
+    skip = -raw.ctypes.data % 64
+    out = raw[skip : skip + values.size * values.itemsize].view(values.dtype)
+    out[:] = values
+    return out
 
 
 def _pools(geometry: np.ndarray) -> bool:
@@ -177,7 +204,7 @@ def _pool_reach(geometry: np.ndarray, in_shape) -> np.ndarray:
     """For every input (channel-first order) of a pooling layer: the membrane offset of the
     output position it reaches (channel-last, from the layer's base) and the start of its
     weight row, or -1 for inputs beyond the last whole window."""
-    out_c, out_h, out_w, kernel, start = (int(v) for v in geometry[[4, 5, 6, 7, 10]])
+    out_h, out_w, kernel, start, out_c = (int(v) for v in geometry[[5, 6, 7, 10, 12]])  # padded channels
     c, y, x = (a.reshape(-1) for a in np.indices(in_shape))
     oy, ox = y // kernel, x // kernel
     inside = (oy < out_h) & (ox < out_w)
@@ -255,10 +282,11 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count, ori
     out_c, out_h, out_w = geometry[layer, 4], geometry[layer, 5], geometry[layer, 6]
     kernel, stride, pad = geometry[layer, 7], geometry[layer, 8], geometry[layer, 9]
     start = geometry[layer, 10]
-    adds = 0
+    padded = geometry[layer, 12]  # the membrane's and the weights' channel stride
+    adds = 0  # synapses reached (padding excluded)
     if kind == 1:
         for e in range(count):
-            _add_row(membrane, base, weights, start + events[e] * out_c, out_c, signs[e])
+            _add_row(membrane, base, weights, start + events[e] * padded, padded, signs[e])
         return count * out_c
     for e in range(count):
         j = events[e]
@@ -273,15 +301,15 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count, ori
             kx_lo, kx_hi = max(0, -first_x), min(kernel - 1, out_w - 1 - first_x)
             if ky_hi < ky_lo or kx_hi < kx_lo:
                 continue
-            width = (kx_hi - kx_lo + 1) * out_c
+            width = (kx_hi - kx_lo + 1) * padded
             for ky in range(ky_lo, ky_hi + 1):
-                row = start + ((c * kernel + ky) * kernel + kx_lo) * out_c
-                at = base + ((first_y + ky) * out_w + first_x + kx_lo) * out_c
+                row = start + ((c * kernel + ky) * kernel + kx_lo) * padded
+                at = base + ((first_y + ky) * out_w + first_x + kx_lo) * padded
                 _add_row(membrane, at, weights, row, width, sign)
-            adds += (ky_hi - ky_lo + 1) * width
+            adds += (ky_hi - ky_lo + 1) * (kx_hi - kx_lo + 1) * out_c
         elif stride == kernel and pad == 0:  # non-overlapping windows (the P blocks): looked up
             if reach[j, 0] >= 0:
-                _add_row(membrane, base + reach[j, 0], weights, reach[j, 1], out_c, sign)
+                _add_row(membrane, base + reach[j, 0], weights, reach[j, 1], padded, sign)
                 adds += out_c
         else:
             for ky in range(kernel):
@@ -302,8 +330,8 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count, ori
                     ox = nx // stride
                     if ox >= out_w:
                         continue
-                    row = start + ((c * kernel + kernel - 1 - ky) * kernel + kernel - 1 - kx) * out_c
-                    _add_row(membrane, base + (oy * out_w + ox) * out_c, weights, row, out_c, sign)
+                    row = start + ((c * kernel + kernel - 1 - ky) * kernel + kernel - 1 - kx) * padded
+                    _add_row(membrane, base + (oy * out_w + ox) * padded, weights, row, padded, sign)
                     adds += out_c
     return adds
 
@@ -311,13 +339,13 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count, ori
 @njit(cache=True)
 def _simulate_image(
     b, encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, initial_upper, origin, reach, channel_of, first_index, levels, steps, auto, positive, negative,
+    neuron_at, output_at, initial_upper, origin, reach, channel_of, first_index, levels, steps, auto, positive, negative,
     sops, spiking, predictions, counts, used, membranes, final_logits, buffers,
 ):
     """Simulate image ``b`` step by step (see :func:`_simulate`); ``buffers`` are reused."""
     layers = geometry.shape[0]
     classes = output.shape[1]
-    first = neuron_at[1]
+    encoding = encoding_counts.shape[1]  # the encoding layer's neurons (state slots 0 ..)
     membrane, upper, lower, count, fired, events, signs, emitted, quiet, logits, pending, flag, crossing_at, per_channel, far = (
         buffers
     )
@@ -331,7 +359,7 @@ def _simulate_image(
     quiet[:] = 0
     logits[:] = 0
     waiting = 0  # encoding neurons still to fire are pending[:waiting]
-    for j in range(first):
+    for j in range(encoding):
         if encoding_counts[b, j] > 0:
             pending[waiting] = j
             waiting += 1
@@ -372,7 +400,7 @@ def _simulate_image(
             # second one lists them; their events are then emitted channel by channel
             # (counting sort), so that consecutive events of a layer reuse the same
             # weights and reach different targets
-            here = plane * out_c
+            here = plane * geometry[layer, 12]  # padded channels: never crossing
             v = membrane[base : base + here]
             up = upper[base : base + here]
             down = lower[base : base + here]
@@ -457,20 +485,22 @@ def _simulate_image(
         last = t
     used[b] = last + 1
     spiked = 0
-    for n in range(first):  # the thermometer has emitted min(count, steps) spikes
+    for n in range(encoding):  # the thermometer has emitted min(count, steps) spikes
         counts[b, n] = min(encoding_counts[b, n], last + 1)
         spiked += fired[n]
     spiking[b, 0] = spiked
     for layer in range(1, layers):
         out_c = geometry[layer, 4]
+        padded = geometry[layer, 12]
         plane = geometry[layer, 5] * geometry[layer, 6]
         base = neuron_at[layer]
+        at = output_at[layer]  # outputs: channel-first, no padding
         spiked = 0
         for p in range(plane):
             for ch in range(out_c):
-                n = base + p * out_c + ch
-                counts[b, base + ch * plane + p] = count[n]
-                membranes[b, base - first + ch * plane + p] = membrane[n]
+                n = base + p * padded + ch
+                counts[b, at + ch * plane + p] = count[n]
+                membranes[b, at - encoding + ch * plane + p] = membrane[n]
                 spiked += fired[n]
         spiking[b, layer] = spiked
     for o in range(classes):
@@ -480,7 +510,7 @@ def _simulate_image(
 @njit(parallel=True, cache=True)
 def _simulate(
     encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, initial_upper, origin, reach, channel_of, first_index, levels, steps, auto, positive, negative,
+    neuron_at, output_at, initial_upper, origin, reach, channel_of, first_index, levels, steps, auto, positive, negative,
     sops, spiking, predictions, counts, used, membranes, final_logits, chunks,
 ):
     """Simulate every image for ``steps`` steps, or until quiescent if ``auto``; chunks of
@@ -514,7 +544,7 @@ def _simulate(
         for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
             _simulate_image(
                 b, encoding_counts, geometry, weights, offset, step, divisor, size, constant,
-                output, big, neuron_at, initial_upper, origin, reach, channel_of, first_index, levels, steps, auto, positive,
+                output, big, neuron_at, output_at, initial_upper, origin, reach, channel_of, first_index, levels, steps, auto, positive,
                 negative, sops, spiking, predictions, counts, used, membranes, final_logits, buffers,
             )
 
@@ -756,15 +786,15 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool):
     sops = np.zeros_like(positive)
     spiking = np.zeros((images, layers), np.int64)
     predictions = np.zeros((images, steps), np.int64)
-    counts = np.empty((images, int(program.neurons[-1])), np.int32)  # every entry is written
+    counts = np.empty((images, int(program.outputs[-1])), np.int32)  # every entry is written
     used = np.zeros(images, np.int64)
-    hidden = int(program.neurons[-1] - program.neurons[1])
+    hidden = int(program.outputs[-1] - program.outputs[1])
     membranes = np.empty((images, hidden), program.dtype)  # every entry is written
     logits = np.empty((images, program.output.shape[1]), np.int64)
     _simulate(
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.size, program.constant,
-        program.output, program.big, program.neurons, program.initial_upper, program.origin, program.reach,
+        program.output, program.big, program.neurons, program.outputs, program.initial_upper, program.origin, program.reach,
         program.channel_of, program.first_index,
         program.levels, steps, auto,
         positive, negative, sops, spiking, predictions, counts, used, membranes, logits,

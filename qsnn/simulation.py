@@ -303,7 +303,8 @@ class EventSimulator:
         """The engine on images in slices small enough that the per-step records of ``cap``
         steps stay within ENGINE_MEMORY, whatever the batch size and step count."""
         layers = self.program.geometry.shape[0]
-        per_image = 8 * (3 * layers + 1) * cap + 4 * int(self.program.neurons[-1])
+        outputs = self.program.outputs
+        per_image = 8 * (3 * layers + 1) * cap + 4 * int(outputs[-1]) + 8 * int(outputs[-1] - outputs[1])
         size = max(1, ENGINE_MEMORY // per_image)
         parts = [self.engine.run(self.program, first[at : at + size], cap, auto) for at in range(0, len(first), size)]
         if len(parts) == 1:
