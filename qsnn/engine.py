@@ -6,7 +6,9 @@ its weights to the membranes of exactly the neurons it reaches (its fan-out, bor
 included), each neuron compares its integer membrane with its two adapting integer
 thresholds, and a layer that received no spike and emitted none last step is skipped.
 Images run in parallel (numba ``prange``). The work is proportional to the synaptic
-operations, not to T x the dense MACs.
+operations, not to T x the dense MACs. The state is channel-last with channels padded to
+a multiple of 8, so that every weight row a spike adds starts on a cache line; crossings
+are found by a vectorized pass, and spikes are emitted channel by channel (docs/DESIGN.md).
 
 Every number is an integer (int32 when the layer bounds allow it, else int64, or float64
 holding integers below 2^53 when the weights fit float32, which is exact and lighter on
@@ -350,10 +352,11 @@ def _simulate_image(
         buffers
     )
     tabled = levels.shape[1] - 1
-    membrane[:] = 0
-    upper[:] = initial_upper  # T(0) of every neuron
-    lower[:] = -big
-    count[:] = 0
+    hidden = neuron_at[1]  # the encoding layer has no membrane, thresholds or count here
+    membrane[hidden:] = 0
+    upper[hidden:] = initial_upper[hidden:]  # T(0) of every neuron
+    lower[hidden:] = -big
+    count[hidden:] = 0
     fired[:] = 0
     emitted[:] = 0
     quiet[:] = 0
