@@ -597,6 +597,55 @@ def exact_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float) ->
     return apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, inputs.device))
 
 
+UNIT_ROUNDOFF32 = 2.0**-24
+
+
+def _float32_is_ieee() -> bool:
+    """Whether float32 convolutions and matrix products on the CPU round as IEEE float32
+    (no bfloat16 or TF32 shortcuts switched on by the user)."""
+    conv = getattr(getattr(torch.backends.mkldnn, "conv", None), "fp32_precision", "none")
+    matmul = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none")
+    return conv in ("none", "ieee") and matmul in ("none", "ieee") and torch.get_float32_matmul_precision() == "highest"
+
+
+def counting_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float, thresholds=None) -> torch.Tensor:
+    """The layer's membrane, good for counting by ``thresholds`` (default: the layer's
+    spiking and ANN tables): exact wherever a threshold is near, and elsewhere between the
+    same two thresholds as the exact membrane, so that every count taken from it is exact.
+
+    Where :func:`exact_membrane` would need float64 (integer inputs, wide weights), this
+    computes a float32 estimate, about 5x faster on the CPU, with the rounding bound of
+    any summation order, |error| <= gamma_n * sum |w x| (n terms, gamma_n = n u / (1 - n u),
+    u = 2^-24; sum |w x| <= the largest row of |W| times ``largest``), and recomputes
+    exactly (:func:`qsnn.engine.certify`) each neuron that has a threshold within the
+    bound. Non-integer inputs, GPUs and non-IEEE float32 settings take the exact path.
+    """
+    rowabs = float(np.abs(layer.weight.reshape(layer.weight.shape[0], -1)).sum(axis=1).max(initial=0))
+    exact_in_float32 = rowabs * largest < FLOAT32_EXACT
+    if inputs.device.type != "cpu" or inputs.is_floating_point() or exact_in_float32 or not _float32_is_ieee():
+        return exact_membrane(layer, inputs, largest)
+    from qsnn import engine
+
+    terms = layer.weight[0].size
+    gamma = terms * UNIT_ROUNDOFF32 / (1 - terms * UNIT_ROUNDOFF32)
+    bound = gamma * rowabs * largest * (1 + 1e-9) + 2.0  # + the rounding of v -/+ bound
+    with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round otherwise)
+        estimate = apply_layer(layer, inputs.to(torch.float32), layer_weight(layer, inputs.device, torch.float32))
+    estimate = estimate.to(torch.float64).contiguous()
+    tables = thresholds if thresholds is not None else _distinct([layer.thresholds(), layer.thresholds(ann=True)])
+    engine.certify(tables, layer, inputs.numpy(), estimate.numpy(), bound)
+    return estimate
+
+
+def _distinct(tables: list[Thresholds]) -> list[Thresholds]:
+    first = tables[0]
+    same = all(
+        torch.equal(getattr(first, name), getattr(other, name)) for other in tables[1:]
+        for name in ("offset", "step", "size", "constant")
+    ) and all(first.divisor == other.divisor for other in tables[1:])
+    return [first] if same else tables
+
+
 def layer_counts(layer: SpikingLayer, membrane: torch.Tensor, ann: bool = False) -> torch.Tensor:
     """m(V) for every neuron (with ``ann``: by the quantized ANN's exact tables): the numba
     kernel on the CPU, the torch definition elsewhere."""
@@ -614,14 +663,15 @@ def reference_counts(net: SpikingNet, pixels: torch.Tensor, membranes: list | No
 
     ``pixels`` are raw 0..255 values (uint8 or float for noisy inputs), shape (B, C, H, W).
     Returns ([counts per hidden layer, int64], integer logits as float64). If a list is
-    given as ``membranes``, every layer's exact membrane (float32 or float64) is appended to it.
+    given as ``membranes``, every layer's membrane (float32 or float64) is appended to it:
+    exact, or good for counting by the layer's tables (:func:`counting_membrane`).
     """
     x = pixels
     counts = []
     for index, layer in enumerate(net.layers):
         largest = input_bound(net, index, x)
         check_input_limit(layer, largest, index)
-        membrane = exact_membrane(layer, x, largest)
+        membrane = counting_membrane(layer, x, largest)
         if membranes is not None:
             membranes.append(membrane)
         n = layer_counts(layer, membrane, ann=True)

@@ -686,6 +686,125 @@ def _gathered(membrane, channels, plane, table, offset, step, divisor, size, con
             differing[b] = found
 
 
+@njit(parallel=True, cache=True)
+def _uncertain(membrane, bound, channels, plane, offset, step, divisor, size, constant, big, doubt, found):
+    """doubt[b, n] |= 1 where a threshold may lie within ``bound`` of v = membrane[b, n], so
+    that the count m(V) of some V in [v - bound, v + bound] may differ from m(v); m is
+    monotone, so elsewhere every such V has the count of v. Like :func:`_estimate`, in
+    one branch-free pass: v is doubtful when (S floor(v) - A) / D is within the bound
+    (in those units, + 1 for the floor, + float64's tolerance) of an integer; channels
+    with D = 0 are decided by the exact table. found[b]: doubtful neurons of image b."""
+    images = membrane.shape[0]
+    for b in prange(images):
+        total = 0
+        for channel in range(channels):
+            segment = membrane[b, channel * plane : (channel + 1) * plane]
+            target = doubt[b, channel * plane : (channel + 1) * plane]
+            if constant[channel] >= 0:  # a constant count: nothing to decide
+                continue
+            if step[channel] <= 0:  # every threshold the same: ask the table
+                for p in range(plane):
+                    low = _settle(segment[p] - bound, channel, offset, step, divisor, size, constant, big)
+                    high = _settle(segment[p] + bound, channel, offset, step, divisor, size, constant, big)
+                    total += (low != high) & (target[p] == 0)  # each neuron counted once
+                    target[p] |= low != high
+                continue
+            scale = float(divisor)
+            a = float(offset[channel])
+            inverse = 1.0 / float(step[channel])
+            margin = (bound + 1.0) * scale * inverse
+            for p in range(plane):
+                scaled = np.floor(segment[p]) * scale
+                q = (scaled - a) * inverse
+                fraction = q - np.floor(q)
+                tolerance = 1e-13 * (abs(scaled) + abs(a)) * inverse + 1e-9 + margin
+                near = (fraction <= tolerance) | (fraction >= 1.0 - tolerance)
+                total += near & (target[p] == 0)  # each neuron counted once, whatever the tables
+                target[p] |= near
+        found[b] += total
+
+
+@njit(parallel=True, cache=True)
+def _flagged(flags, starts, out):
+    """The flat indices of the non-zero entries of ``flags`` (images, n), image b's going
+    to out[starts[b]:starts[b + 1]] (its count of them known beforehand)."""
+    width = flags.shape[1]
+    for b in prange(flags.shape[0]):
+        at = starts[b]
+        if starts[b + 1] == at:
+            continue
+        for n in range(width):
+            if flags[b, n]:
+                out[at] = b * width + n
+                at += 1
+
+
+@njit(parallel=True, cache=True)
+def _exact_at(inputs, weight, stride, pad, out_h, out_w, where, out):
+    """The exact membrane of the neurons ``where`` (flat indices into (images, channels,
+    out_h, out_w)): sum of weight x input over each one's receptive field, in float64,
+    exact because every partial sum is an integer below 2^53. ``inputs`` (B, C, H, W),
+    ``weight`` (O, C, K, K); a dense layer is a 1 x 1 convolution of a 1 x 1 image."""
+    channels, kernel = weight.shape[1], weight.shape[2]
+    height, width = inputs.shape[2], inputs.shape[3]
+    outputs = weight.shape[0]
+    for i in prange(where.shape[0]):
+        flat = where[i]
+        ox = flat % out_w
+        oy = (flat // out_w) % out_h
+        o = (flat // (out_w * out_h)) % outputs
+        b = flat // (out_w * out_h * outputs)
+        total = 0.0
+        for c in range(channels):
+            for ky in range(kernel):
+                y = oy * stride + ky - pad
+                if y < 0 or y >= height:
+                    continue
+                for kx in range(kernel):
+                    x = ox * stride + kx - pad
+                    if 0 <= x < width:
+                        total += weight[o, c, ky, kx] * inputs[b, c, y, x]
+        out[i] = total
+
+
+def certify(thresholds_list, layer, inputs: np.ndarray, estimate: np.ndarray, bound: float) -> int:
+    """Make a float32 estimate of a layer's membrane good for counting: wherever a
+    threshold of any of ``thresholds_list`` may lie within ``bound`` of the estimate, put
+    the exact membrane there. ``estimate`` (images, channels, ...) float64 is changed in
+    place; ``inputs`` are the layer's integer inputs as float64 (images, C, H, W) or
+    (images, features). Returns how many neurons were recomputed."""
+    images, channels = estimate.shape[0], estimate.shape[1]
+    flat = estimate.reshape(images, -1)
+    plane = flat.shape[1] // channels
+    doubt = np.zeros(flat.shape, np.uint8)
+    found = np.zeros(images, np.int64)
+
+    def as_int64(values) -> np.ndarray:
+        return np.ascontiguousarray(values.numpy(), dtype=np.int64)
+
+    for thresholds in thresholds_list:
+        _uncertain(
+            flat, float(bound), channels, plane, as_int64(thresholds.offset), as_int64(thresholds.step),
+            int(thresholds.divisor), as_int64(thresholds.size), as_int64(thresholds.constant), 2**54, doubt, found,
+        )
+    if not found.any():
+        return 0
+    where = np.empty(int(found.sum()), np.int64)
+    _flagged(doubt, np.concatenate([[0], np.cumsum(found)]), where)
+    if where.size:
+        weight = layer.weight.astype(np.float64)
+        if layer.kind == "dense":
+            weight = weight.reshape(weight.shape[0], -1, 1, 1)
+            inputs = inputs.reshape(images, -1, 1, 1)
+            geometry = (1, 0, 1, 1)
+        else:
+            geometry = (layer.stride, layer.padding, *layer.out_shape[1:])
+        values = np.empty(where.size, np.float64)
+        _exact_at(np.ascontiguousarray(inputs, dtype=np.float64), np.ascontiguousarray(weight), *geometry, where, values)
+        flat.reshape(-1)[where] = values
+    return int(where.size)
+
+
 @njit(cache=True)
 def _fill_table(table, offset, step, divisor, size, constant, big):
     """table[channel, i] = T(i) for the first table.shape[1] levels of every channel."""

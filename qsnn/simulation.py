@@ -27,7 +27,7 @@ from qsnn.conversion import (
     SpikingNet,
     apply_layer,
     check_input_limit,
-    exact_membrane,
+    counting_membrane,
     input_bound,
     layer_counts,
     layer_weight,
@@ -320,7 +320,7 @@ class EventSimulator:
         def membrane(index, layer, inputs, largest):
             if index == 0 or mismatches[index - 1] == 0:
                 return ann_membranes[index]
-            return exact_membrane(layer, inputs, largest)
+            return counting_membrane(layer, inputs, largest)
 
         def count(index, layer, membrane):
             found, differing = self.engine.gathered_counts(
@@ -345,7 +345,7 @@ class EventSimulator:
 
             def membrane(index, layer, inputs, largest):
                 same = ann_membranes is not None and (index == 0 or torch.equal(inputs, ann_counts[index - 1]))
-                return ann_membranes[index] if same else exact_membrane(layer, inputs, largest)
+                return ann_membranes[index] if same else counting_membrane(layer, inputs, largest)
 
             if ann_counts is None or noise > 0 or pixels.device.type != "cpu":
                 return scatter_gather_batch(net, pixels, noise, draws, membrane, _gathered)
@@ -382,7 +382,7 @@ class EventSimulator:
         layer = net.layers[0]
         largest = input_bound(net, 0, pixels)
         check_input_limit(layer, largest, 0)
-        membrane = exact_membrane(layer, pixels, largest)
+        membrane = counting_membrane(layer, pixels, largest)
         first = _gathered(0, layer, membrane)
         cap = steps if steps is not None else 32
         while True:
@@ -424,7 +424,7 @@ class EventSimulator:
             at += spiking_layer.neurons
             if not same.all():
                 membrane = membrane.to(torch.float64)
-                membrane[~same] = exact_membrane(spiking_layer, ann[-1][~same], largest).to(torch.float64)
+                membrane[~same] = counting_membrane(spiking_layer, ann[-1][~same], largest).to(torch.float64)
             ann.append(layer_counts(spiking_layer, membrane, ann=True))
             differing.append(self.engine.row_differences(per_layer[index].numpy(), ann[-1].numpy()))
         check_input_limit(net.output, input_bound(net, len(net.layers), ann[-1]), len(net.layers))

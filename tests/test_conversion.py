@@ -277,3 +277,49 @@ def test_membranes_far_beyond_the_thresholds_count_exactly():
     net = convert(model, "sg")
     ann, _ = reference_counts(net, pixels[200:])
     assert bool((ann[0] == 1).all())
+
+
+@pytest.mark.parametrize(("notation", "index"), [("6C5-P2-8C3-12", 0), ("6C5-P2-8C3-12", 2), ("4C3s-P2-6C3s-P2-10", 3), ("20-16", 1)])
+def test_counting_membrane_is_exact_at_every_threshold_tie(notation, index, monkeypatch):
+    """The float32 estimate with its rounding bound gives every count exactly, also when
+    thresholds sit exactly on membranes (ties fire) and one unit either side of them: the
+    neurons near a threshold are recomputed exactly, for the spiking and the ANN tables."""
+    from dataclasses import replace
+
+    from qsnn import engine
+    from qsnn.conversion import (
+        apply_layer,
+        counting_membrane,
+        input_bound,
+        layer_counts,
+        layer_weight,
+    )
+
+    shape = (3, 12, 12) if "s" in notation else (1, 28, 28)
+    model = random_net(notation, k=2, B=None, seed=31, input_shape=shape, padding="same" if "s" in notation else "valid")
+    net = convert(model, "nsd")
+    pixels = random_pixels(6, shape=shape, seed=31)
+    ann, _ = reference_counts(net, pixels)
+    inputs = pixels if index == 0 else ann[index - 1]
+    layer = net.layers[index]
+    largest = input_bound(net, index, inputs)
+    exact = apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, "cpu"))
+    assert float(np.abs(layer.weight.reshape(layer.weight.shape[0], -1)).sum(axis=1).max()) * largest >= 2**24  # the float32 path
+    # every channel's T(0) on a membrane of that channel (a tie), T(1) one unit above another
+    values = exact.transpose(0, 1).reshape(layer.channels, -1)
+    offset = (values[:, 3].to(torch.int64) * layer.divisor).numpy()
+    step = ((values[:, 5].to(torch.int64) + 1 - values[:, 3].to(torch.int64)).abs() * layer.divisor + layer.divisor).numpy()
+    ann_offset = offset - layer.divisor  # the ANN's tables one unit lower
+    tied = replace(layer, offset=offset, step=step, ann_thresholds=(ann_offset, step, layer.divisor))
+    recomputed = []
+    original = engine.certify
+
+    def counting(*args):
+        recomputed.append(original(*args))
+        return recomputed[-1]
+
+    monkeypatch.setattr(engine, "certify", counting)
+    membrane = counting_membrane(tied, inputs, largest)
+    assert recomputed[0] >= layer.channels - int((layer.constant >= 0).sum())  # the tied neurons at least
+    for ann_tables in (False, True):
+        assert torch.equal(layer_counts(tied, membrane, ann=ann_tables), layer_counts(tied, exact, ann=ann_tables))
