@@ -401,7 +401,8 @@ class EventSimulator:
         per_layer = []
         at = 0
         for spiking_layer in net.layers:
-            per_layer.append(torch.from_numpy(counts[:, at : at + spiking_layer.neurons]).reshape(batch, *spiking_layer.out_shape))
+            flat = counts[:, at : at + spiking_layer.neurons]
+            per_layer.append(torch.from_numpy(flat).reshape(batch, *spiking_layer.out_shape))
             at += spiking_layer.neurons
         record = BatchRecord(
             predictions=torch.from_numpy(predictions[:, :total].T.copy()),
@@ -413,20 +414,27 @@ class EventSimulator:
         )
         if not with_ann:
             return record, None, None
-        ann = [layer_counts(layer, membrane, ann=True)]
-        differing = [self.engine.row_differences(per_layer[0].numpy(), ann[0].numpy())]
+        return self._ann_read_off(net, record, membrane, final, final_logits)
+
+    def _ann_read_off(self, net, record: BatchRecord, encoding_membrane, final, final_logits):
+        """The exact ANN from the engine's final membranes (see :meth:`against_ann`):
+        (record with the mismatches per layer, ANN counts per layer, ANN logits)."""
+        spiking = record.counts
+        batch = len(encoding_membrane)
+        ann = [layer_counts(net.layers[0], encoding_membrane, ann=True)]
+        differing = [self.engine.row_differences(spiking[0].numpy(), ann[0].numpy())]  # per image
         at = 0
-        for index, spiking_layer in enumerate(net.layers[1:], start=1):
-            same = torch.from_numpy(differing[-1] == 0)  # the images whose layer index - 1 ended with the ANN's counts
+        for index, layer in enumerate(net.layers[1:], start=1):
+            same = torch.from_numpy(differing[-1] == 0)  # layer index - 1 ended with the ANN's counts
             largest = input_bound(net, index, ann[-1])
-            check_input_limit(spiking_layer, largest, index)
-            membrane = torch.from_numpy(final[:, at : at + spiking_layer.neurons]).reshape(batch, *spiking_layer.out_shape)
-            at += spiking_layer.neurons
+            check_input_limit(layer, largest, index)
+            membrane = torch.from_numpy(final[:, at : at + layer.neurons]).reshape(batch, *layer.out_shape)
+            at += layer.neurons
             if not same.all():
                 membrane = membrane.to(torch.float64)
-                membrane[~same] = counting_membrane(spiking_layer, ann[-1][~same], largest).to(torch.float64)
-            ann.append(layer_counts(spiking_layer, membrane, ann=True))
-            differing.append(self.engine.row_differences(per_layer[index].numpy(), ann[-1].numpy()))
+                membrane[~same] = counting_membrane(layer, ann[-1][~same], largest).to(torch.float64)
+            ann.append(layer_counts(layer, membrane, ann=True))
+            differing.append(self.engine.row_differences(spiking[index].numpy(), ann[-1].numpy()))
         check_input_limit(net.output, input_bound(net, len(net.layers), ann[-1]), len(net.layers))
         logits = torch.from_numpy(final_logits).to(torch.float64)
         same = torch.from_numpy(differing[-1] == 0)
