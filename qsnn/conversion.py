@@ -25,6 +25,7 @@ which makes "lossless" a theorem, not a statistic. Unbounded layers carry a coun
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -88,6 +89,11 @@ class SpikingLayer:
     @property
     def channels(self) -> int:
         return self.out_shape[0]
+
+    @functools.cached_property
+    def largest_row_sum(self) -> float:
+        """max over neurons of sum |W_int|: a membrane's magnitude per unit of input."""
+        return float(np.abs(self.weight.reshape(self.weight.shape[0], -1)).sum(axis=1).max(initial=0))
 
     def thresholds(self, ann: bool = False) -> Thresholds:
         """The SNN's threshold tables, or with ``ann`` the quantized ANN's exact ones."""
@@ -590,9 +596,8 @@ def exact_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float) ->
     float64 (exact below 2^53) otherwise, and for non-integer inputs (noisy pixels) as the
     one float stage.
     """
-    rowabs = float(np.abs(layer.weight.reshape(layer.weight.shape[0], -1)).sum(axis=1).max(initial=0))
     on_cpu = inputs.device.type == "cpu"  # GPUs may use TF32 for float32: float64 there
-    if on_cpu and not inputs.is_floating_point() and rowabs * largest < FLOAT32_EXACT:
+    if on_cpu and not inputs.is_floating_point() and layer.largest_row_sum * largest < FLOAT32_EXACT:
         return apply_layer(layer, inputs.to(torch.float32), layer_weight(layer, inputs.device, torch.float32))
     return apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, inputs.device))
 
@@ -608,10 +613,10 @@ def _float32_is_ieee() -> bool:
     return conv in ("none", "ieee") and matmul in ("none", "ieee") and torch.get_float32_matmul_precision() == "highest"
 
 
-def counting_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float, thresholds=None) -> torch.Tensor:
-    """The layer's membrane, good for counting by ``thresholds`` (default: the layer's
-    spiking and ANN tables): exact wherever a threshold is near, and elsewhere between the
-    same two thresholds as the exact membrane, so that every count taken from it is exact.
+def counting_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float) -> torch.Tensor:
+    """The layer's membrane, good for counting by its spiking and its ANN tables: exact
+    wherever a threshold is near, and elsewhere between the same two thresholds as the
+    exact membrane, so that every count taken from it is exact.
 
     Where :func:`exact_membrane` would need float64 (integer inputs, wide weights), this
     computes a float32 estimate, about 5x faster on the CPU, with the rounding bound of
@@ -620,7 +625,7 @@ def counting_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float,
     exactly (:func:`qsnn.engine.certify`) each neuron that has a threshold within the
     bound. Non-integer inputs, GPUs and non-IEEE float32 settings take the exact path.
     """
-    rowabs = float(np.abs(layer.weight.reshape(layer.weight.shape[0], -1)).sum(axis=1).max(initial=0))
+    rowabs = layer.largest_row_sum
     exact_in_float32 = rowabs * largest < FLOAT32_EXACT
     if inputs.device.type != "cpu" or inputs.is_floating_point() or exact_in_float32 or not _float32_is_ieee():
         return exact_membrane(layer, inputs, largest)
@@ -632,18 +637,9 @@ def counting_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float,
     with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round otherwise)
         estimate = apply_layer(layer, inputs.to(torch.float32), layer_weight(layer, inputs.device, torch.float32))
     estimate = estimate.to(torch.float64).contiguous()
-    tables = thresholds if thresholds is not None else _distinct([layer.thresholds(), layer.thresholds(ann=True)])
+    tables = [layer.thresholds()] if layer.ann_thresholds is None else [layer.thresholds(), layer.thresholds(ann=True)]
     engine.certify(tables, layer, inputs.numpy(), estimate.numpy(), bound)
     return estimate
-
-
-def _distinct(tables: list[Thresholds]) -> list[Thresholds]:
-    first = tables[0]
-    same = all(
-        torch.equal(getattr(first, name), getattr(other, name)) for other in tables[1:]
-        for name in ("offset", "step", "size", "constant")
-    ) and all(first.divisor == other.divisor for other in tables[1:])
-    return [first] if same else tables
 
 
 def layer_counts(layer: SpikingLayer, membrane: torch.Tensor, ann: bool = False) -> torch.Tensor:

@@ -73,8 +73,7 @@ def _fits_int32(net: SpikingNet) -> bool:
     (the output accumulator is int64 anyway)."""
     for index, layer in enumerate(net.layers[1:], start=1):
         limit = min(layer.input_limit, net.layers[index - 1].count_limit)
-        rowabs = np.abs(layer.weight.reshape(layer.weight.shape[0], -1)).sum(axis=1).max(initial=0)
-        if rowabs * limit >= INT32_LIMIT:
+        if layer.largest_row_sum * limit >= INT32_LIMIT:
             return False
     return True
 
@@ -553,14 +552,15 @@ def _simulate(
 
 
 @njit(inline="always", cache=True)
-def _estimate(v, divisor, a, inverse, limit, special):
+def _estimate(v, divisor, a, inverse, limit, special, margin):
     """The closed-form count floor((S floor(V) - A) / D) + 1, clamped to 0..limit, or -1
-    where float64 cannot be sure of it (or the channel is constant or has D = 0)."""
+    where float64 cannot be sure of it (or the channel is constant or has D = 0), or
+    where a threshold lies within ``margin`` (in units of D / S) of V."""
     scaled = np.floor(v) * divisor  # float64: an int64 floor times S could overflow
     q = (scaled - a) * inverse
     whole = np.floor(q)
     fraction = q - whole
-    tolerance = 1e-13 * (abs(scaled) + abs(a)) * inverse + 1e-9
+    tolerance = 1e-13 * (abs(scaled) + abs(a)) * inverse + 1e-9 + margin
     level = min(max(whole + 1.0, 0.0), limit)
     sure = (fraction > tolerance) & (fraction < 1.0 - tolerance) & (special == 0)
     return np.int64(level) if sure else np.int64(-1)
@@ -615,14 +615,14 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
         row = out[b]
         if plane == 1:  # one neuron per channel: vectorize across channels
             for n in range(channels):
-                row[n] = _estimate(values[n], scale, a[n], inverse[n], limit[n], special[n])
+                row[n] = _estimate(values[n], scale, a[n], inverse[n], limit[n], special[n], 0.0)
         else:  # (1-D slices per channel let LLVM vectorize the loop)
             for channel in range(channels):
                 segment = membrane[b, channel * plane : (channel + 1) * plane]
                 target = out[b, channel * plane : (channel + 1) * plane]
                 ac, ic, lc, sc = a[channel], inverse[channel], limit[channel], special[channel]
                 for p in range(plane):
-                    target[p] = _estimate(segment[p], scale, ac, ic, lc, sc)
+                    target[p] = _estimate(segment[p], scale, ac, ic, lc, sc, 0.0)
         for n in range(channels * plane):
             if row[n] < 0:  # rare: the division is paid only here
                 row[n] = _settle(values[n], n // plane, offset, step, divisor, size, constant, big)
@@ -690,10 +690,9 @@ def _gathered(membrane, channels, plane, table, offset, step, divisor, size, con
 def _uncertain(membrane, bound, channels, plane, offset, step, divisor, size, constant, big, doubt, found):
     """doubt[b, n] |= 1 where a threshold may lie within ``bound`` of v = membrane[b, n], so
     that the count m(V) of some V in [v - bound, v + bound] may differ from m(v); m is
-    monotone, so elsewhere every such V has the count of v. Like :func:`_estimate`, in
-    one branch-free pass: v is doubtful when (S floor(v) - A) / D is within the bound
-    (in those units, + 1 for the floor, + float64's tolerance) of an integer; channels
-    with D = 0 are decided by the exact table. found[b]: doubtful neurons of image b."""
+    monotone, so elsewhere every such V has the count of v. One branch-free pass of
+    :func:`_estimate` with the bound as its margin (+ 1 for the floor); channels with
+    D = 0 are decided by the exact table. found[b]: doubtful neurons of image b."""
     images = membrane.shape[0]
     for b in prange(images):
         total = 0
@@ -714,11 +713,7 @@ def _uncertain(membrane, bound, channels, plane, offset, step, divisor, size, co
             inverse = 1.0 / float(step[channel])
             margin = (bound + 1.0) * scale * inverse
             for p in range(plane):
-                scaled = np.floor(segment[p]) * scale
-                q = (scaled - a) * inverse
-                fraction = q - np.floor(q)
-                tolerance = 1e-13 * (abs(scaled) + abs(a)) * inverse + 1e-9 + margin
-                near = (fraction <= tolerance) | (fraction >= 1.0 - tolerance)
+                near = _estimate(segment[p], scale, a, inverse, float(size[channel]), 0, margin) < 0
                 total += near & (target[p] == 0)  # each neuron counted once, whatever the tables
                 target[p] |= near
         found[b] += total
@@ -778,30 +773,22 @@ def certify(thresholds_list, layer, inputs: np.ndarray, estimate: np.ndarray, bo
     plane = flat.shape[1] // channels
     doubt = np.zeros(flat.shape, np.uint8)
     found = np.zeros(images, np.int64)
-
-    def as_int64(values) -> np.ndarray:
-        return np.ascontiguousarray(values.numpy(), dtype=np.int64)
-
     for thresholds in thresholds_list:
-        _uncertain(
-            flat, float(bound), channels, plane, as_int64(thresholds.offset), as_int64(thresholds.step),
-            int(thresholds.divisor), as_int64(thresholds.size), as_int64(thresholds.constant), 2**54, doubt, found,
-        )
+        _uncertain(flat, float(bound), channels, plane, *_kernel_tables(thresholds), doubt, found)
     if not found.any():
         return 0
     where = np.empty(int(found.sum()), np.int64)
     _flagged(doubt, np.concatenate([[0], np.cumsum(found)]), where)
-    if where.size:
-        weight = layer.weight.astype(np.float64)
-        if layer.kind == "dense":
-            weight = weight.reshape(weight.shape[0], -1, 1, 1)
-            inputs = inputs.reshape(images, -1, 1, 1)
-            geometry = (1, 0, 1, 1)
-        else:
-            geometry = (layer.stride, layer.padding, *layer.out_shape[1:])
-        values = np.empty(where.size, np.float64)
-        _exact_at(np.ascontiguousarray(inputs, dtype=np.float64), np.ascontiguousarray(weight), *geometry, where, values)
-        flat.reshape(-1)[where] = values
+    weight = layer.weight.astype(np.float64)
+    if layer.kind == "dense":
+        weight = weight.reshape(weight.shape[0], -1, 1, 1)
+        inputs = inputs.reshape(images, -1, 1, 1)
+        geometry = (1, 0, 1, 1)
+    else:
+        geometry = (layer.stride, layer.padding, *layer.out_shape[1:])
+    values = np.empty(where.size, np.float64)
+    _exact_at(np.ascontiguousarray(inputs, dtype=np.float64), np.ascontiguousarray(weight), *geometry, where, values)
+    flat.reshape(-1)[where] = values
     return int(where.size)
 
 
@@ -879,6 +866,17 @@ def counts(thresholds, membrane: np.ndarray) -> np.ndarray:
     return _run_counts(_counts, thresholds, membrane)
 
 
+def _kernel_tables(thresholds) -> tuple:
+    """A :class:`qsnn.neurons.Thresholds` as the kernels take it: (offset, step, divisor,
+    size, constant, big)."""
+
+    def as_int64(values) -> np.ndarray:
+        return np.ascontiguousarray(values.numpy(), dtype=np.int64)
+
+    return (as_int64(thresholds.offset), as_int64(thresholds.step), int(thresholds.divisor),
+            as_int64(thresholds.size), as_int64(thresholds.constant), 2**54)
+
+
 def _run_counts(kernel, thresholds, membrane: np.ndarray, tabled: int = 0, extra=()) -> np.ndarray:
     exact = membrane.dtype if membrane.dtype in (np.float32, np.float64) else np.float64
     flat = np.ascontiguousarray(membrane.reshape(membrane.shape[0], -1), dtype=exact)
@@ -886,11 +884,7 @@ def _run_counts(kernel, thresholds, membrane: np.ndarray, tabled: int = 0, extra
     channels = membrane.shape[1]
     plane = flat.shape[1] // channels
 
-    def as_int64(values) -> np.ndarray:
-        return np.ascontiguousarray(values.numpy(), dtype=np.int64)
-
-    tables = (as_int64(thresholds.offset), as_int64(thresholds.step), int(thresholds.divisor),
-              as_int64(thresholds.size), as_int64(thresholds.constant), 2**54)
+    tables = _kernel_tables(thresholds)
     first = ()
     if tabled:
         first = (np.empty((channels, tabled), np.float64),)
