@@ -36,6 +36,7 @@ except ImportError as error:  # pragma: no cover - exercised only on broken inst
 
 INT32_LIMIT = 2**30  # int32 kernels keep every membrane and threshold below this
 TABLED_LEVELS = 16  # T(i) kept in a table for the first levels of each channel
+WINDOW = 16  # steps each layer runs before the next layer takes over
 ALIGN = 8  # channels padded to, and weight rows aligned on, multiples of this many elements
 
 
@@ -43,7 +44,7 @@ ALIGN = 8  # channels padded to, and weight rows aligned on, multiples of this m
 class Program:
     """A converted network laid out for the kernels (channel-last, flat arrays)."""
 
-    geometry: np.ndarray  # int64 [L, 13]: kind, in c/h/w, out c/h/w, K, stride, pad, w offset, t offset, padded out c
+    geometry: np.ndarray  # int64 [L, 14]: kind, in c/h/w, out c/h/w, K, stride, pad, w offset, t offset, padded out c, groups
     weights: np.ndarray  # every hidden layer's weights, kernel layout, in the narrowest integer type
     offset: np.ndarray  # int64 [sum C]: A per channel, layer after layer
     step: np.ndarray  # int64 [sum C]: D
@@ -58,6 +59,8 @@ class Program:
     origin: np.ndarray  # int64 [sum neurons, 3]: (channel, row, column) of every neuron
     reach: np.ndarray  # int64 [sum neurons, 2]: membrane offset and weight row a spike reaches in a pooling layer
     channel_of: np.ndarray  # int64 [sum neurons]: the channel of every neuron, in channel-last order
+    group_of: np.ndarray  # int64 [sum neurons]: the group its spikes are sorted into (same target, see _groups)
+    encoding_order: np.ndarray  # int64: the encoding neurons (channel-first indices) sorted by group
     first_index: np.ndarray  # int64 [sum neurons]: channel-last order to channel-first flat index
     levels: np.ndarray  # [sum C, TABLED_LEVELS + 1]: T(i - 1) of the first levels of every channel
 
@@ -84,7 +87,7 @@ def compile_program(net: SpikingNet) -> Program:
     count = len(layers)
     dtype = np.int32 if _fits_int32(net) else np.int64
     big = INT32_LIMIT if dtype == np.int32 else 2**54
-    geometry = np.zeros((count, 13), np.int64)
+    geometry = np.zeros((count, 14), np.int64)
     parts, offsets, steps, sizes, constants = [], [], [], [], []
     divisor = np.zeros(count, np.int64)
     neurons = np.zeros(count + 1, np.int64)
@@ -109,7 +112,7 @@ def compile_program(net: SpikingNet) -> Program:
         padded = -(-out_c // ALIGN) * ALIGN if index else out_c
         geometry[index] = [
             kind, in_c, in_h, in_w, out_c, out_h, out_w,
-            layer.kernel, layer.stride, layer.padding, weight_at, threshold_at, padded,
+            layer.kernel, layer.stride, layer.padding, weight_at, threshold_at, padded, 0,
         ]
         flat = np.zeros(0, dtype)
         if index:
@@ -145,6 +148,8 @@ def compile_program(net: SpikingNet) -> Program:
     origin = np.zeros((int(neurons[-1]), 3), np.int64)
     reach = np.full((int(neurons[-1]), 2), -1, np.int64)
     channel_of = np.zeros(int(neurons[-1]), np.int64)
+    group_of = np.zeros(int(neurons[-1]), np.int64)
+    encoding_order = np.zeros(0, np.int64)
     first_index = np.zeros(int(neurons[-1]), np.int64)
     for index, layer in enumerate(layers):
         at, size, out_c, padded = int(neurons[index]), layer.neurons, int(geometry[index, 4]), int(geometry[index, 12])
@@ -159,6 +164,12 @@ def compile_program(net: SpikingNet) -> Program:
         state = np.arange(plane * padded).reshape(plane, padded)
         real = state[:, :out_c].reshape(-1) + at
         channel_of[real] = np.tile(np.arange(out_c), plane)
+        receiver = geometry[index + 1] if index + 1 < count else None
+        groups, group = _groups(receiver, layer.out_shape if layer.kind == "conv" else (layer.neurons, 1, 1))
+        geometry[index, 13] = groups
+        group_of[real] = group.reshape(out_c, plane).T.reshape(-1)  # channel-last, as the state
+        if index == 0:
+            encoding_order = np.argsort(group, kind="stable").astype(np.int64)
         first_index[real] = np.arange(size).reshape(out_c, plane).T.reshape(-1)
         if index:
             channel_at = int(geometry[index, 11])
@@ -180,6 +191,8 @@ def compile_program(net: SpikingNet) -> Program:
         origin=origin,
         reach=reach,
         channel_of=channel_of,
+        group_of=group_of,
+        encoding_order=encoding_order,
         first_index=first_index,
         levels=levels,
     )
@@ -213,6 +226,26 @@ def _pool_reach(geometry: np.ndarray, in_shape) -> np.ndarray:
     offset = (oy * out_w + ox) * out_c
     row = start + ((c * kernel + ky) * kernel + kx) * out_c
     return np.stack([np.where(inside, offset, -1), np.where(inside, row, -1)], axis=1)
+
+
+def _groups(receiver, shape) -> tuple[int, np.ndarray]:
+    """How a layer's spikes of one step are ordered for the layer that receives them: the
+    number of groups and every neuron's group (channel-first order). The spikes of one
+    group reach the same membranes, so that the receiver adds several weight rows to them
+    in one pass (each membrane is loaded and stored once per four rows): into a pooling
+    layer, the output position they reach (inputs beyond the last window last); into
+    another convolution, their position; into a dense layer or the output, their channel
+    (any two of them reach the same membranes; by channel keeps the weight rows in order)."""
+    channels, height, width = shape
+    c, y, x = (a.reshape(-1) for a in np.indices(shape))
+    if receiver is not None and receiver[0] == 0 and _pools(receiver):
+        out_h, out_w, kernel = (int(v) for v in receiver[[5, 6, 7]])
+        oy, ox = y // kernel, x // kernel
+        inside = (oy < out_h) & (ox < out_w)
+        return out_h * out_w + 1, np.where(inside, oy * out_w + ox, out_h * out_w)
+    if receiver is not None and receiver[0] == 0:
+        return height * width, y * width + x
+    return channels, c
 
 
 def _storage(weights: np.ndarray, dtype) -> tuple[type, np.ndarray]:
@@ -269,14 +302,88 @@ def _add_row(membrane, start, weights, row, width, sign):
             target[o] -= source[o]
 
 
+@njit(inline="always", cache=True)
+def _add_two(membrane, start, weights, first, second, width, sign):
+    """Two rows at once: each membrane is loaded and stored once. The sum is taken in the
+    membrane's type, one row after the other, so it stays exact."""
+    target = membrane[start : start + width]
+    a = weights[first : first + width]
+    b = weights[second : second + width]
+    if sign > 0:
+        for o in range(width):
+            value = target[o]
+            value += a[o]
+            value += b[o]
+            target[o] = value
+    else:
+        for o in range(width):
+            value = target[o]
+            value -= a[o]
+            value -= b[o]
+            target[o] = value
+
+
+@njit(inline="always", cache=True)
+def _add_four(membrane, start, weights, r0, r1, r2, r3, width, sign):
+    """Four rows at once (see :func:`_add_two`)."""
+    target = membrane[start : start + width]
+    a = weights[r0 : r0 + width]
+    b = weights[r1 : r1 + width]
+    c = weights[r2 : r2 + width]
+    d = weights[r3 : r3 + width]
+    if sign > 0:
+        for o in range(width):
+            value = target[o]
+            value += a[o]
+            value += b[o]
+            value += c[o]
+            value += d[o]
+            target[o] = value
+    else:
+        for o in range(width):
+            value = target[o]
+            value -= a[o]
+            value -= b[o]
+            value -= c[o]
+            value -= d[o]
+            target[o] = value
+
+
+@njit(inline="always", cache=True)
+def _add_rows(membrane, start, weights, rows, shift, first, last, width, sign):
+    """membrane[start:start+width] +/-= the rows weights[r + shift : r + shift + width] for
+    r in rows[first:last], four at a time. Any order gives the same exact integers, and
+    every partial sum is a membrane some order of the same spikes would pass through, so
+    within the layer's bounds."""
+    i = first
+    while i + 4 <= last:
+        _add_four(membrane, start, weights, rows[i] + shift, rows[i + 1] + shift, rows[i + 2] + shift,
+                  rows[i + 3] + shift, width, sign)
+        i += 4
+    if i + 2 <= last:
+        _add_two(membrane, start, weights, rows[i] + shift, rows[i + 1] + shift, width, sign)
+        i += 2
+    if i < last:
+        _add_row(membrane, start, weights, rows[i] + shift, width, sign)
+
+
+@njit(inline="always", cache=True)
+def _add_group(membrane, start, weights, rows, shift, ups, downs, width):
+    """A group's rows: rows[:ups] added, rows[downs:] subtracted."""
+    _add_rows(membrane, start, weights, rows, shift, 0, ups, width, 1)
+    _add_rows(membrane, start, weights, rows, shift, downs, rows.shape[0], width, -1)
+
+
 @njit(cache=True)
-def _deliver(geometry, layer, weights, membrane, base, events, signs, count, origin, reach):
+def _deliver(geometry, layer, weights, membrane, base, events, signs, count, origin, reach, rows):
     """Add the weights of ``count`` input spikes to layer ``layer``'s membranes.
 
-    ``events`` hold the spiking inputs' flat (channel, row, column) indices, ``origin``
-    those indices' (channel, row, column) in the sending layer, ``reach`` the membrane
-    offset and weight row each of them reaches in a non-overlapping pooling layer (or
-    -1). Returns the number of
+    ``events`` hold the spiking inputs' flat (channel, row, column) indices, sorted by
+    group (see :func:`_groups`), ``origin`` those indices' (channel, row, column) in the
+    sending layer, ``reach`` the membrane offset and weight row each of them reaches in a
+    non-overlapping pooling layer (or -1). The spikes of a group reach the same
+    membranes: their weight rows are collected in ``rows`` (those of positive spikes from
+    the front, of negative ones from the back) and added together. Returns the number of
     synaptic operations (additions) performed.
     """
     kind = geometry[layer, 0]
@@ -284,211 +391,285 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count, ori
     kernel, stride, pad = geometry[layer, 7], geometry[layer, 8], geometry[layer, 9]
     start = geometry[layer, 10]
     padded = geometry[layer, 12]  # the membrane's and the weights' channel stride
-    adds = 0  # synapses reached (padding excluded)
-    if kind == 1:
+    end = rows.shape[0]
+    if kind == 1:  # dense: every spike reaches every membrane, one group
+        ups, downs = 0, end
         for e in range(count):
-            _add_row(membrane, base, weights, start + events[e] * padded, padded, signs[e])
+            if signs[e] > 0:
+                rows[ups] = start + events[e] * padded
+                ups += 1
+            else:
+                downs -= 1
+                rows[downs] = start + events[e] * padded
+        _add_group(membrane, base, weights, rows, 0, ups, downs, padded)
         return count * out_c
+    adds = 0  # synapses reached (padding excluded)
+    if stride == kernel and pad == 0:  # non-overlapping windows (the P blocks): looked up
+        e = 0
+        while e < count:
+            target = reach[events[e], 0]
+            ups, downs = 0, end
+            g = e
+            while g < count and reach[events[g], 0] == target:
+                if signs[g] > 0:
+                    rows[ups] = reach[events[g], 1]
+                    ups += 1
+                else:
+                    downs -= 1
+                    rows[downs] = reach[events[g], 1]
+                g += 1
+            if target >= 0:
+                _add_group(membrane, base + target, weights, rows, 0, ups, downs, padded)
+                adds += (g - e) * out_c
+            e = g
+        return adds
+    if stride == 1:  # the reached outputs form a rectangle; each of its rows is one add
+        e = 0
+        while e < count:
+            y = origin[events[e], 1]
+            x = origin[events[e], 2]
+            g = e
+            first_y = y + pad - kernel + 1  # output row reached by the rotated kernel row 0
+            first_x = x + pad - kernel + 1
+            ky_lo, ky_hi = max(0, -first_y), min(kernel - 1, out_h - 1 - first_y)
+            kx_lo, kx_hi = max(0, -first_x), min(kernel - 1, out_w - 1 - first_x)
+            ups, downs = 0, end
+            while g < count and origin[events[g], 1] == y and origin[events[g], 2] == x:
+                row = start + (origin[events[g], 0] * kernel * kernel + kx_lo) * padded
+                if signs[g] > 0:
+                    rows[ups] = row
+                    ups += 1
+                else:
+                    downs -= 1
+                    rows[downs] = row
+                g += 1
+            if ky_hi >= ky_lo and kx_hi >= kx_lo:
+                width = (kx_hi - kx_lo + 1) * padded
+                for ky in range(ky_lo, ky_hi + 1):
+                    at = base + ((first_y + ky) * out_w + first_x + kx_lo) * padded
+                    _add_group(membrane, at, weights, rows, ky * kernel * padded, ups, downs, width)
+                adds += (g - e) * (ky_hi - ky_lo + 1) * (kx_hi - kx_lo + 1) * out_c
+            e = g
+        return adds
     for e in range(count):
         j = events[e]
         c = origin[j, 0]
         y = origin[j, 1]
         x = origin[j, 2]
         sign = signs[e]
-        if stride == 1:  # the reached outputs form a rectangle; each of its rows is one add
-            first_y = y + pad - kernel + 1  # output row reached by the rotated kernel row 0
-            first_x = x + pad - kernel + 1
-            ky_lo, ky_hi = max(0, -first_y), min(kernel - 1, out_h - 1 - first_y)
-            kx_lo, kx_hi = max(0, -first_x), min(kernel - 1, out_w - 1 - first_x)
-            if ky_hi < ky_lo or kx_hi < kx_lo:
+        for ky in range(kernel):
+            ny = y + pad - ky
+            if ny < 0:
+                break
+            if ny % stride != 0:
                 continue
-            width = (kx_hi - kx_lo + 1) * padded
-            for ky in range(ky_lo, ky_hi + 1):
-                row = start + ((c * kernel + ky) * kernel + kx_lo) * padded
-                at = base + ((first_y + ky) * out_w + first_x + kx_lo) * padded
-                _add_row(membrane, at, weights, row, width, sign)
-            adds += (ky_hi - ky_lo + 1) * (kx_hi - kx_lo + 1) * out_c
-        elif stride == kernel and pad == 0:  # non-overlapping windows (the P blocks): looked up
-            if reach[j, 0] >= 0:
-                _add_row(membrane, base + reach[j, 0], weights, reach[j, 1], padded, sign)
-                adds += out_c
-        else:
-            for ky in range(kernel):
-                ny = y + pad - ky
-                if ny < 0:
+            oy = ny // stride
+            if oy >= out_h:
+                continue
+            for kx in range(kernel):
+                nx = x + pad - kx
+                if nx < 0:
                     break
-                if ny % stride != 0:
+                if nx % stride != 0:
                     continue
-                oy = ny // stride
-                if oy >= out_h:
+                ox = nx // stride
+                if ox >= out_w:
                     continue
-                for kx in range(kernel):
-                    nx = x + pad - kx
-                    if nx < 0:
-                        break
-                    if nx % stride != 0:
-                        continue
-                    ox = nx // stride
-                    if ox >= out_w:
-                        continue
-                    row = start + ((c * kernel + kernel - 1 - ky) * kernel + kernel - 1 - kx) * padded
-                    _add_row(membrane, base + (oy * out_w + ox) * padded, weights, row, padded, sign)
-                    adds += out_c
+                row = start + ((c * kernel + kernel - 1 - ky) * kernel + kernel - 1 - kx) * padded
+                _add_row(membrane, base + (oy * out_w + ox) * padded, weights, row, padded, sign)
+                adds += out_c
     return adds
+
+
+@njit(cache=True)
+def _scan(
+    layer, geometry, membrane, upper, lower, count, fired, base, at_event, events, signs, flag, crossing_at,
+    per_group, far, channel_of, group_of, first_index, levels, offset, step, divisor, size, constant, big,
+):
+    """One step of layer ``layer``'s neurons after their input arrived: every neuron whose
+    membrane crossed a threshold moves its count by one and its thresholds to the new
+    T(c), T(c - 1); its spike goes to events[at_event:] (signs alike), group by group.
+    Returns (spikes, positive spikes)."""
+    plane = geometry[layer, 5] * geometry[layer, 6]
+    at = geometry[layer, 11]
+    scale = divisor[layer]
+    tabled = levels.shape[1] - 1
+    # a branch-free, vectorized pass flags the neurons that cross a threshold, a second
+    # one lists them; their events are then emitted group by group (counting sort), so
+    # that the receiver finds the spikes that reach the same membranes side by side
+    here = plane * geometry[layer, 12]  # padded channels: never crossing
+    v = membrane[base : base + here]
+    up = upper[base : base + here]
+    down = lower[base : base + here]
+    changing = 0
+    for n in range(here):
+        crossing = np.int8(v[n] >= up[n]) - np.int8(v[n] < down[n])
+        flag[n] = crossing
+        changing += crossing != 0
+    if changing == 0:
+        return 0, 0
+    listed = 0
+    for n in range(here):
+        crossing_at[listed] = n
+        listed += flag[n] != 0
+    groups = geometry[layer, 13]
+    per_group[:groups] = 0
+    up_spikes = 0
+    beyond = 0  # neurons whose new threshold lies beyond the table
+    for i in range(changing):
+        n = base + crossing_at[i]
+        ch = channel_of[n]
+        per_group[group_of[n]] += 1
+        fired[n] = 1
+        # the new thresholds are T(c) and T(c - 1), table columns c + 1 and c
+        if flag[crossing_at[i]] > 0:
+            c = count[n] + 1
+            count[n] = c
+            lower[n] = upper[n]
+            if c < tabled:
+                upper[n] = levels[at + ch, c + 1]
+            else:
+                far[beyond] = n
+                beyond += 1
+            up_spikes += 1
+        else:
+            c = count[n] - 1
+            count[n] = c
+            upper[n] = lower[n]
+            if c <= tabled:
+                lower[n] = levels[at + ch, c]
+            else:
+                far[beyond] = n
+                beyond += 1
+    for i in range(beyond):  # rare, and out of the loop above: it divides
+        n = far[i]
+        ch = channel_of[n]
+        upper[n] = _threshold(count[n], at + ch, offset, step, scale, size, constant, big)
+        lower[n] = _threshold(count[n] - 1, at + ch, offset, step, scale, size, constant, big)
+    slot = 0
+    for g in range(groups):  # where each group's events start
+        slot, per_group[g] = slot + per_group[g], slot
+    for i in range(changing):
+        n = crossing_at[i]
+        g = group_of[base + n]
+        at_slot = at_event + per_group[g]
+        per_group[g] += 1
+        events[at_slot] = first_index[base + n]
+        signs[at_slot] = flag[n]
+    return changing, up_spikes
 
 
 @njit(cache=True)
 def _simulate_image(
     b, encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, output_at, initial_upper, origin, reach, channel_of, first_index, levels, steps, auto, positive, negative,
-    sops, spiking, predictions, counts, used, membranes, final_logits, buffers,
+    neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_order, first_index, levels, steps,
+    auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled, buffers,
 ):
-    """Simulate image ``b`` step by step (see :func:`_simulate`); ``buffers`` are reused."""
+    """Simulate image ``b`` (see :func:`_simulate`); ``buffers`` are reused.
+
+    Layer by layer over a window of steps: layer 1 runs every step of the window, then
+    layer 2 on layer 1's spikes of all those steps, and so on, so that one layer's state
+    and weights stay in the caches while it runs; the results are those of running step
+    by step, since a layer's step t only depends on its own past and on the layer below
+    up to step t. Each layer's spikes of the window wait in its own stretch of ``events``.
+    """
     layers = geometry.shape[0]
     classes = output.shape[1]
     encoding = encoding_counts.shape[1]  # the encoding layer's neurons (state slots 0 ..)
-    membrane, upper, lower, count, fired, events, signs, emitted, quiet, logits, pending, flag, crossing_at, per_channel, far = (
-        buffers
-    )
-    tabled = levels.shape[1] - 1
+    (membrane, upper, lower, count, fired, events, signs, starts, quiet, logits, pending, flag, crossing_at,
+     per_group, far, grouped) = buffers
+    window = starts.shape[1] - 1
     hidden = neuron_at[1]  # the encoding layer has no membrane, thresholds or count here
     membrane[hidden:] = 0
     upper[hidden:] = initial_upper[hidden:]  # T(0) of every neuron
     lower[hidden:] = -big
     count[hidden:] = 0
     fired[:] = 0
-    emitted[:] = 0
     quiet[:] = 0
     logits[:] = 0
     waiting = 0  # encoding neurons still to fire are pending[:waiting]
-    for j in range(encoding):
+    for j in encoding_order:  # by group, as every layer emits its spikes
         if encoding_counts[b, j] > 0:
             pending[waiting] = j
             waiting += 1
             fired[j] = 1
-    last = 0
-    for t in range(steps):
-        active = False
+    simulated = steps  # steps until the first silent one (auto), else all
+    first = 0  # the window's first step
+    while first < simulated:
+        span = min(window, steps - first)
         # the encoding layer fires at steps 0 .. count - 1 (a thermometer code)
-        kept = 0
-        for e in range(waiting):
-            j = pending[e]
-            events[e] = j
-            signs[e] = 1
-            if encoding_counts[b, j] > t + 1:
-                pending[kept] = j
-                kept += 1
-        emitted[0] = waiting
-        positive[b, 0, t] = waiting
-        active = active or waiting > 0
-        waiting = kept
+        emitted = 0
+        for s in range(span):
+            starts[0, s] = emitted
+            kept = 0
+            for e in range(waiting):
+                j = pending[e]
+                events[emitted + e] = j
+                signs[emitted + e] = 1
+                if encoding_counts[b, j] > first + s + 1:
+                    pending[kept] = j
+                    kept += 1
+            emitted += waiting
+            positive[b, 0, first + s] = waiting
+            waiting = kept
+        starts[0, span] = emitted
         for layer in range(1, layers):
             sender = neuron_at[layer - 1]
             base = neuron_at[layer]
-            arriving = emitted[layer - 1]
-            if arriving > 0:
-                sops[b, layer - 1, t] = _deliver(
-                    geometry, layer, weights, membrane, base,
-                    events[sender:], signs[sender:], arriving, origin[sender:], reach[sender:],
+            arrived = events[window * sender :]  # the sender's spikes of this window
+            arrived_signs = signs[window * sender :]
+            own = window * base  # where this layer's spikes of the window go
+            emitted = 0
+            for s in range(span):
+                starts[layer, s] = emitted
+                t = first + s
+                e0 = starts[layer - 1, s]
+                arriving = starts[layer - 1, s + 1] - e0
+                if arriving > 0:
+                    sops[b, layer - 1, t] = _deliver(
+                        geometry, layer, weights, membrane, base, arrived[e0:], arrived_signs[e0:], arriving,
+                        origin[sender:], reach[sender:], grouped,
+                    )
+                elif quiet[layer] == 1:
+                    continue
+                made, up_spikes = _scan(
+                    layer, geometry, membrane, upper, lower, count, fired, base, own + emitted, events, signs, flag,
+                    crossing_at, per_group, far, channel_of, group_of, first_index, levels, offset, step, divisor,
+                    size, constant, big,
                 )
-            elif quiet[layer] == 1:
-                emitted[layer] = 0
-                continue
-            out_c = geometry[layer, 4]
-            plane = geometry[layer, 5] * geometry[layer, 6]
-            at = geometry[layer, 11]
-            scale = divisor[layer]
-            # a branch-free, vectorized pass flags the neurons that cross a threshold, a
-            # second one lists them; their events are then emitted channel by channel
-            # (counting sort), so that consecutive events of a layer reuse the same
-            # weights and reach different targets
-            here = plane * geometry[layer, 12]  # padded channels: never crossing
-            v = membrane[base : base + here]
-            up = upper[base : base + here]
-            down = lower[base : base + here]
-            changing = 0
-            for n in range(here):
-                crossing = np.int8(v[n] >= up[n]) - np.int8(v[n] < down[n])
-                flag[n] = crossing
-                changing += crossing != 0
-            up_spikes = 0
-            if changing > 0:
-                listed = 0
-                for n in range(here):
-                    crossing_at[listed] = n
-                    listed += flag[n] != 0
-                per_channel[:out_c] = 0
-                beyond = 0  # neurons whose new threshold lies beyond the table
-                for i in range(changing):
-                    n = base + crossing_at[i]
-                    ch = channel_of[n]
-                    per_channel[ch] += 1
-                    fired[n] = 1
-                    # the new thresholds are T(c) and T(c - 1), table columns c + 1 and c
-                    if flag[crossing_at[i]] > 0:
-                        c = count[n] + 1
-                        count[n] = c
-                        lower[n] = upper[n]
-                        if c < tabled:
-                            upper[n] = levels[at + ch, c + 1]
-                        else:
-                            far[beyond] = n
-                            beyond += 1
-                        up_spikes += 1
-                    else:
-                        c = count[n] - 1
-                        count[n] = c
-                        upper[n] = lower[n]
-                        if c <= tabled:
-                            lower[n] = levels[at + ch, c]
-                        else:
-                            far[beyond] = n
-                            beyond += 1
-                for i in range(beyond):  # rare, and out of the loop above: it divides
-                    n = far[i]
-                    ch = channel_of[n]
-                    upper[n] = _threshold(count[n], at + ch, offset, step, scale, size, constant, big)
-                    lower[n] = _threshold(count[n] - 1, at + ch, offset, step, scale, size, constant, big)
-                slot = 0
-                for ch in range(out_c):  # where each channel's events start
-                    slot, per_channel[ch] = slot + per_channel[ch], slot
-                for i in range(changing):
-                    n = crossing_at[i]
-                    ch = channel_of[base + n]
-                    at_slot = base + per_channel[ch]
-                    per_channel[ch] += 1
-                    events[at_slot] = first_index[base + n]
-                    signs[at_slot] = flag[n]
-            made = changing
-            emitted[layer] = made
-            positive[b, layer, t] = up_spikes
-            negative[b, layer, t] = made - up_spikes
-            quiet[layer] = 1 if made == 0 else 0
-            active = active or made > 0
-        # the output accumulator
-        sender = neuron_at[layers - 1]
-        arriving = emitted[layers - 1]
-        for e in range(arriving):
-            source = output[events[sender + e]]
-            if signs[sender + e] > 0:
-                for o in range(classes):
-                    logits[o] += source[o]
-            else:
-                for o in range(classes):
-                    logits[o] -= source[o]
-        sops[b, layers - 1, t] = arriving * classes
-        best = 0
-        for o in range(1, classes):
-            if logits[o] > logits[best]:
-                best = o
-        predictions[b, t] = best
-        if auto and not active and t > 0:
-            break
-        last = t
-    used[b] = last + 1
+                emitted += made
+                positive[b, layer, t] = up_spikes
+                negative[b, layer, t] = made - up_spikes
+                quiet[layer] = 1 if made == 0 else 0
+            starts[layer, span] = emitted
+        # the output accumulator, step by step
+        last = window * neuron_at[layers - 1]
+        for s in range(span):
+            t = first + s
+            for e in range(last + starts[layers - 1, s], last + starts[layers - 1, s + 1]):
+                source = output[events[e]]
+                if signs[e] > 0:
+                    for o in range(classes):
+                        logits[o] += source[o]
+                else:
+                    for o in range(classes):
+                        logits[o] -= source[o]
+            sops[b, layers - 1, t] = (starts[layers - 1, s + 1] - starts[layers - 1, s]) * classes
+            best = 0
+            for o in range(1, classes):
+                if logits[o] > logits[best]:
+                    best = o
+            predictions[b, t] = best
+            silent = True
+            for layer in range(layers):
+                silent = silent and starts[layer, s + 1] == starts[layer, s]
+            if auto and silent and t > 0 and simulated == steps:
+                simulated = t  # quiescent: nothing moves again (the window's later steps are silent too)
+        first += span
+    used[b] = simulated
     spiked = 0
     for n in range(encoding):  # the thermometer has emitted min(count, steps) spikes
-        counts[b, n] = min(encoding_counts[b, n], last + 1)
+        counts[b, n] = min(encoding_counts[b, n], simulated)
         spiked += fired[n]
     spiking[b, 0] = spiked
     for layer in range(1, layers):
@@ -498,13 +679,16 @@ def _simulate_image(
         base = neuron_at[layer]
         at = output_at[layer]  # outputs: channel-first, no padding
         spiked = 0
+        moving = 0
         for p in range(plane):
             for ch in range(out_c):
                 n = base + p * padded + ch
                 counts[b, at + ch * plane + p] = count[n]
                 membranes[b, at - encoding + ch * plane + p] = membrane[n]
                 spiked += fired[n]
+                moving += (membrane[n] >= upper[n]) | (membrane[n] < lower[n])
         spiking[b, layer] = spiked
+        unsettled[b, layer] = moving
     for o in range(classes):
         final_logits[b, o] = logits[o]
 
@@ -512,15 +696,17 @@ def _simulate_image(
 @njit(parallel=True, cache=True)
 def _simulate(
     encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, output_at, initial_upper, origin, reach, channel_of, first_index, levels, steps, auto, positive, negative,
-    sops, spiking, predictions, counts, used, membranes, final_logits, chunks,
+    neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_order, first_index, levels, steps,
+    auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled, chunks, window,
 ):
     """Simulate every image for ``steps`` steps, or until quiescent if ``auto``; chunks of
     images run in parallel, each chunk reusing one set of state buffers.
 
     Outputs (per image): positive/negative spikes and SOPs per layer and step, neurons that
-    spiked, the prediction per step, final counts (channel-first order), steps used, and
-    the final membranes of the hidden layers (channel-first) and the output accumulator.
+    spiked, the prediction per step, final counts (channel-first order), steps used, the
+    final membranes of the hidden layers (channel-first) and the output accumulator, and
+    per hidden layer the neurons left unsettled (a membrane beyond one of its thresholds,
+    so that the count would still move).
     """
     images = encoding_counts.shape[0]
     layers = geometry.shape[0]
@@ -532,22 +718,24 @@ def _simulate(
             np.empty(total, initial_upper.dtype),  # lower threshold T(c - 1)
             np.empty(total, np.int32),  # count
             np.empty(total, np.uint8),  # fired at least once
-            np.empty(total, np.int64),  # spike events of each layer (flat indices)
-            np.empty(total, np.int8),  # their signs
-            np.empty(layers, np.int64),  # events emitted per layer this step
+            np.empty(window * total, np.int64),  # each layer's spikes of the window (flat indices)
+            np.empty(window * total, np.int8),  # their signs
+            np.empty((layers, window + 1), np.int64),  # where each step's spikes start, per layer
             np.empty(layers, np.uint8),  # layer silent last step
             np.empty(output.shape[1], np.int64),  # the output accumulator
             np.empty(neuron_at[1], np.int64),  # encoding neurons still to fire
             np.empty(total, np.int8),  # +1 / -1 / 0: the neurons of a layer that cross a threshold
             np.empty(total, np.int64),  # the crossing neurons (channel-last index in the layer)
-            np.empty(total, np.int64),  # events per channel, then where each channel's go
+            np.empty(total, np.int64),  # events per group, then where each group's go
             np.empty(total, np.int64),  # neurons whose thresholds lie beyond the table
+            np.empty(total, np.int64),  # the weight rows of a group of spikes with one target
         )
         for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
             _simulate_image(
                 b, encoding_counts, geometry, weights, offset, step, divisor, size, constant,
-                output, big, neuron_at, output_at, initial_upper, origin, reach, channel_of, first_index, levels, steps, auto, positive,
-                negative, sops, spiking, predictions, counts, used, membranes, final_logits, buffers,
+                output, big, neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_order,
+                first_index, levels, steps, auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled,
+                buffers,
             )
 
 
@@ -907,16 +1095,17 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool):
     hidden = int(program.outputs[-1] - program.outputs[1])
     membranes = np.empty((images, hidden), program.dtype)  # every entry is written
     logits = np.empty((images, program.output.shape[1]), np.int64)
+    unsettled = np.zeros((images, layers), np.int64)
     _simulate(
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.size, program.constant,
         program.output, program.big, program.neurons, program.outputs, program.initial_upper, program.origin, program.reach,
-        program.channel_of, program.first_index,
+        program.channel_of, program.group_of, program.encoding_order, program.first_index,
         program.levels, steps, auto,
-        positive, negative, sops, spiking, predictions, counts, used, membranes, logits,
-        max(1, min(images, 4 * numba.get_num_threads())),
+        positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled,
+        max(1, min(images, 4 * numba.get_num_threads())), min(steps, WINDOW),
     )
-    return positive, negative, sops, spiking, predictions, counts, used, membranes, logits
+    return positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled
 
 
 def threads() -> int:

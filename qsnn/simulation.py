@@ -304,7 +304,7 @@ class EventSimulator:
         steps stay within ENGINE_MEMORY, whatever the batch size and step count."""
         layers = self.program.geometry.shape[0]
         outputs = self.program.outputs
-        per_image = 8 * (3 * layers + 1) * cap + 4 * int(outputs[-1]) + 8 * int(outputs[-1] - outputs[1])
+        per_image = 8 * (3 * layers + 1) * cap + 4 * int(outputs[-1]) + 8 * int(outputs[-1] - outputs[1]) + 8 * layers
         size = max(1, ENGINE_MEMORY // per_image)
         parts = [self.engine.run(self.program, first[at : at + size], cap, auto) for at in range(0, len(first), size)]
         if len(parts) == 1:
@@ -386,7 +386,7 @@ class EventSimulator:
         first = _gathered(0, layer, membrane)
         cap = steps if steps is not None else 32
         while True:
-            positive, negative, sops, spiking, predictions, counts, used, final, final_logits = self._run(
+            positive, negative, sops, spiking, predictions, counts, used, final, final_logits, unsettled = self._run(
                 first.reshape(first.shape[0], -1).numpy(), cap, steps is None
             )
             if steps is not None or int(used.max()) < cap:
@@ -414,27 +414,37 @@ class EventSimulator:
         )
         if not with_ann:
             return record, None, None
-        return self._ann_read_off(net, record, membrane, final, final_logits)
+        return self._ann_read_off(net, record, membrane, final, final_logits, unsettled)
 
-    def _ann_read_off(self, net, record: BatchRecord, encoding_membrane, final, final_logits):
-        """The exact ANN from the engine's final membranes (see :meth:`against_ann`):
-        (record with the mismatches per layer, ANN counts per layer, ANN logits)."""
+    def _ann_read_off(self, net, record: BatchRecord, encoding_membrane, final, final_logits, unsettled):
+        """The exact ANN from the engine's final state (see :meth:`against_ann`): (record
+        with the mismatches per layer, ANN counts per layer, ANN logits)."""
         spiking = record.counts
-        batch = len(encoding_membrane)
         ann = [layer_counts(net.layers[0], encoding_membrane, ann=True)]
         differing = [self.engine.row_differences(spiking[0].numpy(), ann[0].numpy())]  # per image
         at = 0
         for index, layer in enumerate(net.layers[1:], start=1):
-            same = torch.from_numpy(differing[-1] == 0)  # layer index - 1 ended with the ANN's counts
             largest = input_bound(net, index, ann[-1])
             check_input_limit(layer, largest, index)
-            membrane = torch.from_numpy(final[:, at : at + layer.neurons]).reshape(batch, *layer.out_shape)
+            membrane = final[:, at : at + layer.neurons]
             at += layer.neurons
-            if not same.all():
-                membrane = membrane.to(torch.float64)
-                membrane[~same] = counting_membrane(layer, ann[-1][~same], largest).to(torch.float64)
-            ann.append(layer_counts(layer, membrane, ann=True))
-            differing.append(self.engine.row_differences(spiking[index].numpy(), ann[-1].numpy()))
+            same = differing[-1] == 0  # layer index - 1 ended with the ANN's counts
+            # where, besides, every count of the layer sits between its two thresholds,
+            # T(c - 1) <= V < T(c), it is m(V), the ANN's count (when the tables are the ANN's)
+            settled = same & (unsettled[:, index] == 0) if layer.ann_thresholds is None else np.zeros_like(same)
+            rest = torch.from_numpy(np.flatnonzero(~settled))
+            counts = spiking[index].to(torch.int64)  # a copy
+            found = np.zeros(len(same), np.int64)
+            if len(rest):
+                exact = torch.from_numpy(membrane[rest.numpy()]).reshape(len(rest), *layer.out_shape)
+                upstream = torch.from_numpy(~same[rest.numpy()])  # the spiking inputs differ: the ANN's own membrane
+                if upstream.any():
+                    exact = exact.to(torch.float64)
+                    exact[upstream] = counting_membrane(layer, ann[-1][rest[upstream]], largest).to(torch.float64)
+                counts[rest] = layer_counts(layer, exact, ann=True)
+                found[rest.numpy()] = self.engine.row_differences(spiking[index][rest].numpy(), counts[rest].numpy())
+            ann.append(counts)
+            differing.append(found)
         check_input_limit(net.output, input_bound(net, len(net.layers), ann[-1]), len(net.layers))
         logits = torch.from_numpy(final_logits).to(torch.float64)
         same = torch.from_numpy(differing[-1] == 0)

@@ -346,6 +346,9 @@ ANN_CASES = [
     ("4C3s-P2-6C3s-P2-10", 3, 1, True, "same", "nsd", None, 0.0),
     ("5C4-P3-9", 1, 4, True, "same", "int", None, 0.0),
     ("20-16", 1, None, True, 2, "int", None, 0.3),
+    # encoding counts of at most 1: the encoding layer is the ANN's after one step, while
+    # the layers above (counts up to 4) are still climbing: settled upstream, not here
+    ("6C5-P2-8C3-12", 0, 4, False, 1, "nsd", None, 0.0),
 ]
 
 
@@ -382,9 +385,12 @@ def test_the_ann_read_off_the_simulation_is_the_exact_ann(notation, k, B, ternar
     assert departed > 0  # some images took the convolution path
 
 
-def test_the_ann_read_off_the_simulation_is_checked(monkeypatch):
-    """A simulation whose final membranes were wrong would give a wrong ANN: the
-    from-scratch evaluation of each batch's first image catches it."""
+@pytest.mark.parametrize("corruption", ["membranes", "counts"])
+def test_the_ann_read_off_the_simulation_is_checked(monkeypatch, corruption):
+    """A simulation whose final state was wrong would give a wrong ANN: wrong membranes
+    where the read-off counts them (neurons not settled between their thresholds), or
+    wrong counts where it takes the settled counts as they are. The from-scratch
+    evaluation of each batch's first image catches both."""
     from qsnn import engine
 
     net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, seed=8), "nsd")
@@ -392,9 +398,14 @@ def test_the_ann_read_off_the_simulation_is_checked(monkeypatch):
     original = engine.run
 
     def corrupted(*args):
-        *outputs, membranes, logits = original(*args)
-        membranes[0] = -membranes[0]  # the first image's hidden membranes
-        return (*outputs, membranes, logits)
+        *outputs, counts, used, membranes, logits, unsettled = original(*args)
+        assert not unsettled.any()  # quiescent: every count settled
+        if corruption == "membranes":
+            membranes[0] = -membranes[0]  # the first image's hidden membranes ...
+            unsettled[0] = 1  # ... read where its counts are said not to be settled
+        else:
+            counts[0, net.layers[0].neurons] += 1  # the first neuron of the first hidden layer
+        return (*outputs, counts, used, membranes, logits, unsettled)
 
     monkeypatch.setattr(engine, "run", corrupted)
     with pytest.raises(QsnnError, match="internal error: the ANN read off the simulation differs from the exact ANN in layer 2"):
