@@ -414,13 +414,16 @@ class EventSimulator:
         )
         if not with_ann:
             return record, None, None
-        return self._ann_read_off(net, record, membrane, final, final_logits, unsettled)
+        return self._ann_read_off(net, record, membrane, first, final, final_logits, unsettled)
 
-    def _ann_read_off(self, net, record: BatchRecord, encoding_membrane, final, final_logits, unsettled):
+    def _ann_read_off(self, net, record: BatchRecord, encoding_membrane, encoding_counts, final, final_logits, unsettled):
         """The exact ANN from the engine's final state (see :meth:`against_ann`): (record
-        with the mismatches per layer, ANN counts per layer, ANN logits)."""
+        with the mismatches per layer, ANN counts per layer, ANN logits). The encoding
+        layer's counts m(V), all its spikes, are the ANN's where its tables are."""
         spiking = record.counts
-        ann = [layer_counts(net.layers[0], encoding_membrane, ann=True)]
+        encoding = net.layers[0]
+        exact_tables = encoding.ann_thresholds is None
+        ann = [encoding_counts if exact_tables else layer_counts(encoding, encoding_membrane, ann=True)]
         differing = [self.engine.row_differences(spiking[0].numpy(), ann[0].numpy())]  # per image
         at = 0
         for index, layer in enumerate(net.layers[1:], start=1):
