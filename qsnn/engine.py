@@ -1,14 +1,15 @@
 """The fast simulator: event-driven integer kernels, compiled with numba (CPU).
 
 A spiking network only does work when spikes happen. This engine simulates one image at
-a time, step by step, layer by layer, the way a neuromorphic core would: each spike adds
-its weights to the membranes of exactly the neurons it reaches (its fan-out, borders
-included), each neuron compares its integer membrane with its two adapting integer
-thresholds, and a layer that received no spike and emitted none last step is skipped.
-Images run in parallel (numba ``prange``). The work is proportional to the synaptic
-operations, not to T x the dense MACs. The state is channel-last with channels padded to
-a multiple of 8, so that every weight row a spike adds starts on a cache line; crossings
-are found by a vectorized pass, and spikes are emitted channel by channel (docs/DESIGN.md).
+a time the way a neuromorphic core would: each spike adds its weights to the membranes of
+exactly the neurons it reaches (its fan-out, borders included), each neuron compares its
+integer membrane with its two adapting integer thresholds, and a layer that received no
+spike and emitted none last step is skipped. It runs layer by layer over windows of steps
+(one layer's state and weights stay in the caches), adds the spikes that reach the same
+membranes together (up to four weight rows per pass), finds crossings with a vectorized
+pass, and pads channels to a multiple of 8 so that every weight row starts on a cache
+line (docs/DESIGN.md). Images run in parallel (numba ``prange``). The work is
+proportional to the synaptic operations, not to T x the dense MACs.
 
 Every number is an integer (int32 when the layer bounds allow it, else int64, or float64
 holding integers below 2^53 when the weights fit float32, which is exact and lighter on

@@ -361,7 +361,9 @@ class EventSimulator:
         NSD and INT read the ANN off the simulation. A hidden layer's membrane is a linear
         function of its inputs and the engine's is exact (integer arithmetic), so wherever
         the spiking layer l - 1 ended with the ANN's counts, the final membrane of layer l
-        *is* the ANN's membrane of layer l, and the ANN counts it with its own kernel (the
+        *is* the ANN's membrane of layer l. Where every count of the layer also sits
+        between its two thresholds (the engine reports it), the counts are m(V), the
+        ANN's; elsewhere the ANN counts the membrane with its own kernel (the
         estimate-and-correct of :func:`qsnn.engine.counts`, not the spiking dynamics).
         Images whose spiking counts still differ upstream get the ANN's membrane from an
         exact convolution of the ANN's counts. The first image of every batch is also

@@ -162,6 +162,7 @@ FAST_CASES = [
     # notation, k, B, ternary, encoding_B, scheme, steps
     ("6C5-P2-8C3-12", 1, 2, False, "same", "nsd", None),
     ("6C5-P2-8C3-12", 2, None, False, "same", "nsd", None),
+    ("6C5-P2-8C3-12", 2, None, False, "same", "nsd", 40),  # three windows of steps
     ("6C5-P2-8C3-12", 0, None, True, 4, "int", None),
     ("6C5-P2-8C3-12", 1, 4, True, "same", "int", 5),
     ("4C3s-P2-6C3s-P2-10", 3, 1, True, "same", "nsd", 3),
@@ -189,6 +190,26 @@ def test_event_engine_equals_the_reference_count_for_count(notation, k, B, terna
         noisy_slow = simulate_batch(net, pixels, 1, noise=0.3, draws=NoiseDraws(5))
         assert torch.equal(noisy_fast.positive, noisy_slow.positive)
         assert torch.equal(noisy_fast.predictions, noisy_slow.predictions)
+    for name in ("predictions", "positive", "negative", "sops", "spiking_neurons"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+    assert all(torch.equal(a, b) for a, b in zip(fast.counts, slow.counts, strict=True))
+
+
+@pytest.mark.parametrize("window", [1, 3])
+@pytest.mark.parametrize("steps", [None, 7])
+def test_event_engine_is_the_same_over_any_window_of_steps(monkeypatch, window, steps):
+    """The engine runs each layer over a window of steps before the next layer: windows
+    of 1 (step by step) and 3 (a window ending mid-run, quiescence inside a window) give
+    the reference simulator's records and counts, fixed steps or until quiescent."""
+    from qsnn import engine
+    from qsnn.simulation import EventSimulator
+
+    monkeypatch.setattr(engine, "WINDOW", window)
+    net = convert(random_net("6C5-P2-8C3-12", k=2, B=None, seed=12), "nsd")
+    pixels = random_pixels(9, seed=2)
+    fast = EventSimulator(net)(net, pixels, steps)
+    slow = simulate_batch(net, pixels, steps)
+    assert fast.predictions.shape[0] > window  # the run spans several windows
     for name in ("predictions", "positive", "negative", "sops", "spiking_neurons"):
         assert torch.equal(getattr(fast, name), getattr(slow, name)), name
     assert all(torch.equal(a, b) for a, b in zip(fast.counts, slow.counts, strict=True))
