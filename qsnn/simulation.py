@@ -437,17 +437,18 @@ class EventSimulator:
             # where, besides, every count of the layer sits between its two thresholds,
             # T(c - 1) <= V < T(c), it is m(V), the ANN's count (when the tables are the ANN's)
             settled = same & (unsettled[:, index] == 0) if layer.ann_thresholds is None else np.zeros_like(same)
-            rest = torch.from_numpy(np.flatnonzero(~settled))
+            where = np.flatnonzero(~settled)  # the images whose counts are read off the membranes
+            rest = torch.from_numpy(where)
             counts = spiking[index].to(torch.int64)  # a copy
             found = np.zeros(len(same), np.int64)
-            if len(rest):
-                exact = torch.from_numpy(membrane[rest.numpy()]).reshape(len(rest), *layer.out_shape)
-                upstream = torch.from_numpy(~same[rest.numpy()])  # the spiking inputs differ: the ANN's own membrane
+            if len(where):
+                exact = torch.from_numpy(membrane[where]).reshape(len(rest), *layer.out_shape)
+                upstream = torch.from_numpy(~same[where])  # the spiking inputs differ: the ANN's own membrane
                 if upstream.any():
                     exact = exact.to(torch.float64)
                     exact[upstream] = counting_membrane(layer, ann[-1][rest[upstream]], largest).to(torch.float64)
                 counts[rest] = layer_counts(layer, exact, ann=True)
-                found[rest.numpy()] = self.engine.row_differences(spiking[index][rest].numpy(), counts[rest].numpy())
+                found[where] = self.engine.row_differences(spiking[index][rest].numpy(), counts[rest].numpy())
             ann.append(counts)
             differing.append(found)
         check_input_limit(net.output, input_bound(net, len(net.layers), ann[-1]), len(net.layers))
