@@ -64,6 +64,7 @@ class Program:
     encoding_order: np.ndarray  # int64: the encoding neurons (channel-first indices) sorted by group
     first_index: np.ndarray  # int64 [sum neurons]: channel-last order to channel-first flat index
     levels: np.ndarray  # [sum C, TABLED_LEVELS + 1]: T(i - 1) of the first levels of every channel
+    encoding_weights: np.ndarray  # float64 (in c, K, K, out c) or (in features, out): the encoding layer's
 
     @property
     def dtype(self) -> np.dtype:
@@ -176,6 +177,11 @@ def compile_program(net: SpikingNet) -> Program:
             channel_at = int(geometry[index, 11])
             initial_upper[at : at + plane * padded] = big  # padding: never reached
             initial_upper[real] = np.tile(levels[channel_at : channel_at + out_c, 1], plane)
+    first = layers[0]
+    if first.kind == "conv":
+        encoding_weights = np.ascontiguousarray(first.weight.transpose(1, 2, 3, 0), dtype=np.float64)
+    else:
+        encoding_weights = np.ascontiguousarray(first.weight.T, dtype=np.float64)
     return Program(
         geometry=geometry,
         weights=weights,
@@ -196,6 +202,7 @@ def compile_program(net: SpikingNet) -> Program:
         encoding_order=encoding_order,
         first_index=first_index,
         levels=levels,
+        encoding_weights=encoding_weights.reshape(-1),
     )
 
 
@@ -561,6 +568,85 @@ def _scan(
 
 
 @njit(cache=True)
+def _encoding_spikes(b, encoding_counts, first, span, pending, waiting, positive, events, signs, starts):
+    """The encoding layer's spikes of the window ``first`` .. ``first + span - 1``, one
+    event each, step after step (``pending[:waiting]``: the neurons still firing, by
+    group). Returns how many still fire after the window."""
+    emitted = 0
+    for s in range(span):
+        starts[0, s] = emitted
+        kept = 0
+        for e in range(waiting):
+            j = pending[e]
+            events[emitted + e] = j
+            signs[emitted + e] = 1
+            if encoding_counts[b, j] > first + s + 1:
+                pending[kept] = j
+                kept += 1
+        emitted += waiting
+        positive[b, 0, first + s] = waiting
+        waiting = kept
+    starts[0, span] = emitted
+    return waiting
+
+
+@njit(cache=True)
+def _encoding_window(
+    b, encoding_counts, geometry, weights, neuron_at, origin, reach, first, span, pending, waiting, current,
+    positive, sops, by_level, ones, per_level, rows,
+):
+    """Layer 1's input from the encoding layer over the window ``first`` .. ``first + span
+    - 1``, added up before the window runs. Encoding neuron j fires at steps 0 .. m_j - 1
+    (a thermometer code), so the current at step t is I(t) = sum of the weight rows of
+    the neurons with m_j > t. With D_l the rows of the neurons whose train ends in the
+    window's step l - 1 (l = span for those firing through it), I(first + s) = D_{s+1} +
+    ... + D_span: each neuron's rows are added once per window, not once per spike.
+    ``current[s]`` (one stretch of layer 1's size per step) receives I(first + s); the
+    spikes and synaptic operations of every step go to ``positive`` and ``sops``.
+    ``pending[:waiting]``: the neurons still firing, by group; returns how many fire
+    after the window."""
+    size = neuron_at[2] - neuron_at[1]
+    current[: span * size] = 0
+    per_level[: span + 2] = 0
+    for e in range(waiting):  # counting sort by the step of the last spike in the window
+        per_level[min(encoding_counts[b, pending[e]] - first, span) + 1] += 1
+    for level in range(1, span + 2):
+        per_level[level] += per_level[level - 1]
+    for e in range(waiting):  # stable: each level keeps the group order
+        j = pending[e]
+        level = min(encoding_counts[b, j] - first, span)
+        by_level[per_level[level]] = j
+        per_level[level] += 1
+    ones[:waiting] = 1
+    spikes = 0
+    adds = 0
+    at = waiting  # the neurons of level l are by_level[per_level[l - 1] : per_level[l]]
+    for level in range(span, 0, -1):
+        start = per_level[level - 1]
+        if at > start:
+            adds += _deliver(
+                geometry, 1, weights, current, (level - 1) * size, by_level[start:], ones, at - start,
+                origin, reach, rows,
+            )
+        spikes += at - start
+        if level < span:  # I(first + level - 1) = D_level + I(first + level)
+            into = current[(level - 1) * size : level * size]
+            above = current[level * size : (level + 1) * size]
+            for n in range(size):
+                into[n] += above[n]
+        positive[b, 0, first + level - 1] = spikes
+        sops[b, 0, first + level - 1] = adds
+        at = start
+    kept = 0  # the neurons that fire beyond the window, still by group
+    for e in range(waiting):
+        j = pending[e]
+        if encoding_counts[b, j] > first + span:
+            pending[kept] = j
+            kept += 1
+    return kept
+
+
+@njit(cache=True)
 def _simulate_image(
     b, encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
     neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_order, first_index, levels, steps,
@@ -578,7 +664,7 @@ def _simulate_image(
     classes = output.shape[1]
     encoding = encoding_counts.shape[1]  # the encoding layer's neurons (state slots 0 ..)
     (membrane, upper, lower, count, fired, events, signs, starts, quiet, logits, pending, flag, crossing_at,
-     per_group, far, grouped) = buffers
+     per_group, far, grouped, current) = buffers
     window = starts.shape[1] - 1
     hidden = neuron_at[1]  # the encoding layer has no membrane, thresholds or count here
     membrane[hidden:] = 0
@@ -598,22 +684,13 @@ def _simulate_image(
     first = 0  # the window's first step
     while first < simulated:
         span = min(window, steps - first)
-        # the encoding layer fires at steps 0 .. count - 1 (a thermometer code)
-        emitted = 0
-        for s in range(span):
-            starts[0, s] = emitted
-            kept = 0
-            for e in range(waiting):
-                j = pending[e]
-                events[emitted + e] = j
-                signs[emitted + e] = 1
-                if encoding_counts[b, j] > first + s + 1:
-                    pending[kept] = j
-                    kept += 1
-            emitted += waiting
-            positive[b, 0, first + s] = waiting
-            waiting = kept
-        starts[0, span] = emitted
+        if layers > 1:
+            waiting = _encoding_window(
+                b, encoding_counts, geometry, weights, neuron_at, origin, reach, first, span, pending, waiting,
+                current, positive, sops, events, signs, per_group, grouped,
+            )
+        else:  # the encoding layer drives the output: its spikes one by one
+            waiting = _encoding_spikes(b, encoding_counts, first, span, pending, waiting, positive, events, signs, starts)
         for layer in range(1, layers):
             sender = neuron_at[layer - 1]
             base = neuron_at[layer]
@@ -624,14 +701,22 @@ def _simulate_image(
             for s in range(span):
                 starts[layer, s] = emitted
                 t = first + s
-                e0 = starts[layer - 1, s]
-                arriving = starts[layer - 1, s + 1] - e0
-                if arriving > 0:
-                    sops[b, layer - 1, t] = _deliver(
-                        geometry, layer, weights, membrane, base, arrived[e0:], arrived_signs[e0:], arriving,
-                        origin[sender:], reach[sender:], grouped,
-                    )
-                elif quiet[layer] == 1:
+                if layer == 1:  # the encoding layer's current of this step, added up beforehand
+                    arriving = positive[b, 0, t]
+                    if arriving > 0:
+                        into = membrane[base : neuron_at[2]]
+                        source = current[s * into.shape[0] : (s + 1) * into.shape[0]]
+                        for n in range(into.shape[0]):
+                            into[n] += source[n]
+                else:
+                    e0 = starts[layer - 1, s]
+                    arriving = starts[layer - 1, s + 1] - e0
+                    if arriving > 0:
+                        sops[b, layer - 1, t] = _deliver(
+                            geometry, layer, weights, membrane, base, arrived[e0:], arrived_signs[e0:], arriving,
+                            origin[sender:], reach[sender:], grouped,
+                        )
+                if arriving == 0 and quiet[layer] == 1:
                     continue
                 made, up_spikes = _scan(
                     layer, geometry, membrane, upper, lower, count, fired, base, own + emitted, events, signs, flag,
@@ -661,8 +746,8 @@ def _simulate_image(
                 if logits[o] > logits[best]:
                     best = o
             predictions[b, t] = best
-            silent = True
-            for layer in range(layers):
+            silent = positive[b, 0, t] == 0  # the encoding layer fires first, then stops for good
+            for layer in range(1, layers):
                 silent = silent and starts[layer, s + 1] == starts[layer, s]
             if auto and silent and t > 0 and simulated == steps:
                 simulated = t  # quiescent: nothing moves again (the window's later steps are silent too)
@@ -730,6 +815,7 @@ def _simulate(
             np.empty(total, np.int64),  # events per group, then where each group's go
             np.empty(total, np.int64),  # neurons whose thresholds lie beyond the table
             np.empty(total, np.int64),  # the weight rows of a group of spikes with one target
+            np.empty(window * (neuron_at[min(2, layers)] - neuron_at[min(1, layers - 1)]), initial_upper.dtype),  # layer 1's input per step
         )
         for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
             _simulate_image(
@@ -1082,6 +1168,93 @@ def _run_counts(kernel, thresholds, membrane: np.ndarray, tabled: int = 0, extra
     return out.reshape(membrane.shape)
 
 
+@njit(parallel=True, cache=True)
+def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, constant, big, out):
+    """The encoding layer's counts m(V) of every image, V = its weights times the raw
+    integer pixels, evaluated exactly in float64 (every partial sum is an integer below
+    2^53: the layer's input limit sees to it). Each non-zero pixel adds its weights to the
+    membranes it reaches (channel-last, a row per position); each count is then the number of table entries T(i) <= V
+    (``levels``: T(i) of the first levels, (channel, level) float64), channel by channel,
+    by a walk up the exact thresholds beyond the table. ``pixels`` (images, C * H * W)
+    uint8; ``out`` (images, neurons) channel-first, as the membranes."""
+    kind, _, in_h, in_w, out_c, out_h, out_w, kernel, stride, pad = geometry[0, :10]
+    plane = out_h * out_w
+    tabled = levels.shape[1]
+    for b in prange(pixels.shape[0]):
+        image = pixels[b]
+        last = np.zeros(plane * out_c)  # channel-last: each pixel adds whole rows of weights
+        for i in range(image.shape[0]):
+            if image[i] == 0:
+                continue
+            value = float(image[i])
+            if kind == 1:  # dense: every pixel reaches every neuron
+                _add_scaled(last, 0, weights, i * out_c, out_c, value)
+                continue
+            c, iy, ix = i // (in_h * in_w), (i // in_w) % in_h, i % in_w
+            for ky in range(kernel):
+                y = iy + pad - ky
+                if y < 0 or y % stride != 0 or y // stride >= out_h:
+                    continue
+                for kx in range(kernel):
+                    x = ix + pad - kx
+                    if x < 0 or x % stride != 0 or x // stride >= out_w:
+                        continue
+                    at = ((y // stride) * out_w + x // stride) * out_c
+                    _add_scaled(last, at, weights, ((c * kernel + ky) * kernel + kx) * out_c, out_c, value)
+        membrane = np.empty(out_c * plane)  # channel-first, for counting
+        for p in range(plane):
+            for o in range(out_c):
+                membrane[o * plane + p] = last[p * out_c + o]
+        row = out[b]
+        row[:] = 0
+        for o in range(out_c):
+            v = membrane[o * plane : (o + 1) * plane]
+            counts = row[o * plane : (o + 1) * plane]
+            for i in range(tabled):  # T is non-decreasing: the levels reached are 0 .. m - 1
+                threshold = levels[o, i]
+                anyone = 0
+                for p in range(plane):
+                    hit = np.int32(v[p] >= threshold)
+                    counts[p] += hit
+                    anyone += hit
+                if anyone == 0:  # nobody reached this level, so nobody reaches the next
+                    break
+            for p in range(plane):
+                if counts[p] == tabled:  # beyond the table: the exact thresholds, one by one
+                    level = tabled
+                    while _threshold(level, o, offset, step, divisor, size, constant, big) <= v[p]:
+                        level += 1
+                    counts[p] = level
+
+
+
+@njit(inline="always", cache=True)
+def _add_scaled(membrane, start, weights, row, width, value):
+    """membrane[start:start+width] += value * weights[row:row+width] (exact: integers)."""
+    target = membrane[start : start + width]
+    source = weights[row : row + width]
+    for o in range(width):
+        target[o] += value * source[o]
+
+
+def encode(program: Program, pixels: np.ndarray) -> np.ndarray:
+    """The encoding layer's counts (images, neurons) int32, channel-first, from raw integer
+    pixels (images, C, H, W): its exact membrane and count in one pass, on the CPU."""
+    flat = np.ascontiguousarray(pixels.reshape(pixels.shape[0], -1), dtype=np.uint8)
+    out = np.empty((flat.shape[0], int(program.outputs[1])), np.int32)  # every entry is written
+    geometry = program.geometry
+    channels = slice(0, int(geometry[0, 4]))
+    # its own table, in int64 with room to spare: the encoding membrane is not bound by
+    # the hidden layers' int32 limits
+    tables = (program.offset[channels], program.step[channels], int(program.divisor[0]),
+              program.size[channels], program.constant[channels], 2**54)
+    levels = np.zeros((int(geometry[0, 4]), TABLED_LEVELS), np.int64)
+    _fill_table(levels, *tables)
+    # as float64: exact below 2^53, and beyond it still above any membrane
+    _encode(flat, geometry, program.encoding_weights, levels.astype(np.float64), *tables, out)
+    return out
+
+
 def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool):
     """Run the kernel; returns per-image arrays (see :func:`_simulate`)."""
     images = encoding_counts.shape[0]
@@ -1098,7 +1271,7 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool):
     logits = np.empty((images, program.output.shape[1]), np.int64)
     unsettled = np.zeros((images, layers), np.int64)
     _simulate(
-        np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
+        np.ascontiguousarray(encoding_counts, dtype=np.int32), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.size, program.constant,
         program.output, program.big, program.neurons, program.outputs, program.initial_upper, program.origin, program.reach,
         program.channel_of, program.group_of, program.encoding_order, program.first_index,

@@ -384,8 +384,12 @@ class EventSimulator:
         layer = net.layers[0]
         largest = input_bound(net, 0, pixels)
         check_input_limit(layer, largest, 0)
-        membrane = counting_membrane(layer, pixels, largest)
-        first = _gathered(0, layer, membrane)
+        if pixels.dtype == torch.uint8 and layer.ann_thresholds is None:  # raw pixels: the engine encodes them
+            membrane = None  # (only needed to count by other tables than the encoding's own)
+            first = torch.from_numpy(self.engine.encode(self.program, pixels.numpy())).reshape(len(pixels), *layer.out_shape)
+        else:
+            membrane = counting_membrane(layer, pixels, largest)
+            first = _gathered(0, layer, membrane)
         cap = steps if steps is not None else 32
         while True:
             positive, negative, sops, spiking, predictions, counts, used, final, final_logits, unsettled = self._run(
@@ -425,7 +429,7 @@ class EventSimulator:
         spiking = record.counts
         encoding = net.layers[0]
         exact_tables = encoding.ann_thresholds is None
-        ann = [encoding_counts if exact_tables else layer_counts(encoding, encoding_membrane, ann=True)]
+        ann = [encoding_counts.to(torch.int64) if exact_tables else layer_counts(encoding, encoding_membrane, ann=True)]
         differing = [self.engine.row_differences(spiking[0].numpy(), ann[0].numpy())]  # per image
         at = 0
         for index, layer in enumerate(net.layers[1:], start=1):

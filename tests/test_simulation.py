@@ -167,6 +167,8 @@ FAST_CASES = [
     ("6C5-P2-8C3-12", 1, 4, True, "same", "int", 5),
     ("4C3s-P2-6C3s-P2-10", 3, 1, True, "same", "nsd", 3),
     ("20-16", 1, None, True, 2, "int", None),
+    ("30", 2, None, False, "same", "nsd", None),  # the encoding layer drives the output
+    ("30", 1, 4, True, 2, "int", 20),  # ... over two windows of steps
     ("6C5-P2-8C3-12", 1, 2, False, "same", "sg", None),
     ("4C3s-P2-6C3s-P2-10", 2, 4, True, "same", "sg", 1),
 ]
@@ -357,6 +359,33 @@ def test_noise_does_not_depend_on_the_batch_size(scheme):
         for name in fields:
             assert getattr(run, name) == getattr(runs[0], name), name
     assert any(getattr(other, name) != getattr(runs[0], name) for name in ("positive", "sops"))
+
+
+ENCODING_CASES = [
+    # notation, k, B, ternary, input shape, padding
+    ("6C5-P2-8C3-12", 1, 2, False, (1, 28, 28), "valid"),
+    ("6C5-P2-8C3-12", 3, None, False, (1, 28, 28), "valid"),  # counts up to 31: beyond the table
+    ("4C3s-P2-6C3s-P2-10", 2, 4, True, (3, 12, 12), "same"),  # padding, 3 input channels, int32 state
+    ("20-16", 1, None, True, (1, 28, 28), "valid"),  # a dense encoding layer
+]
+
+
+@pytest.mark.parametrize(("notation", "k", "B", "ternary", "shape", "padding"), ENCODING_CASES)
+def test_the_engine_encodes_raw_pixels_into_the_exact_ann_counts(notation, k, B, ternary, shape, padding):
+    """The engine's own encoding pass (weights times pixels in float64, counted by its
+    table) gives the exact ANN's counts of the encoding layer, for every neuron, with
+    zero and negative gammas (random_net), levels beyond the 16 tabled ones and padding."""
+    from qsnn import engine
+
+    model = random_net(notation, k=k, B=B, ternary=ternary, seed=3, input_shape=shape, padding=padding)
+    net = convert(model, "nsd")
+    pixels = random_pixels(6, shape=shape, seed=3)
+    expected, _ = reference_counts(net, pixels)
+    found = engine.encode(engine.compile_program(net), pixels.numpy())
+    assert found.shape == (6, net.layers[0].neurons)
+    assert np.array_equal(found, expected[0].reshape(6, -1).numpy())
+    if B is None and k == 3:
+        assert int(expected[0].max()) > engine.TABLED_LEVELS
 
 
 ANN_CASES = [
