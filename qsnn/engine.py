@@ -651,6 +651,7 @@ def _simulate_image(
     b, encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
     neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_order, first_index, levels, steps,
     auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled, buffers,
+    every_membrane,
 ):
     """Simulate image ``b`` (see :func:`_simulate`); ``buffers`` are reused.
 
@@ -754,10 +755,14 @@ def _simulate_image(
         first += span
     used[b] = simulated
     spiked = 0
+    cut = 0  # encoding neurons whose spike train the last step cut short
     for n in range(encoding):  # the thermometer has emitted min(count, steps) spikes
         counts[b, n] = min(encoding_counts[b, n], simulated)
         spiked += fired[n]
+        cut += encoding_counts[b, n] > simulated
     spiking[b, 0] = spiked
+    unsettled[b, 0] = cut
+    keep = every_membrane or cut > 0
     for layer in range(1, layers):
         out_c = geometry[layer, 4]
         padded = geometry[layer, 12]
@@ -770,11 +775,21 @@ def _simulate_image(
             for ch in range(out_c):
                 n = base + p * padded + ch
                 counts[b, at + ch * plane + p] = count[n]
-                membranes[b, at - encoding + ch * plane + p] = membrane[n]
                 spiked += fired[n]
                 moving += (membrane[n] >= upper[n]) | (membrane[n] < lower[n])
         spiking[b, layer] = spiked
         unsettled[b, layer] = moving
+        keep = keep or moving > 0
+    if keep:  # the membranes are read only where something is unsettled (or every time)
+        for layer in range(1, layers):
+            out_c = geometry[layer, 4]
+            padded = geometry[layer, 12]
+            plane = geometry[layer, 5] * geometry[layer, 6]
+            base = neuron_at[layer]
+            at = output_at[layer] - encoding
+            for p in range(plane):
+                for ch in range(out_c):
+                    membranes[b, at + ch * plane + p] = membrane[base + p * padded + ch]
     for o in range(classes):
         final_logits[b, o] = logits[o]
 
@@ -784,15 +799,17 @@ def _simulate(
     encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
     neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_order, first_index, levels, steps,
     auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled, chunks, window,
+    every_membrane,
 ):
     """Simulate every image for ``steps`` steps, or until quiescent if ``auto``; chunks of
     images run in parallel, each chunk reusing one set of state buffers.
 
     Outputs (per image): positive/negative spikes and SOPs per layer and step, neurons that
     spiked, the prediction per step, final counts (channel-first order), steps used, the
-    final membranes of the hidden layers (channel-first) and the output accumulator, and
-    per hidden layer the neurons left unsettled (a membrane beyond one of its thresholds,
-    so that the count would still move).
+    final membranes of the hidden layers (channel-first; see :func:`run`) and the output
+    accumulator, and per hidden layer the neurons left unsettled (a membrane beyond one of
+    its thresholds, so that the count would still move; for the encoding layer, a count
+    beyond the steps simulated).
     """
     images = encoding_counts.shape[0]
     layers = geometry.shape[0]
@@ -822,7 +839,7 @@ def _simulate(
                 b, encoding_counts, geometry, weights, offset, step, divisor, size, constant,
                 output, big, neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_order,
                 first_index, levels, steps, auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled,
-                buffers,
+                buffers, every_membrane,
             )
 
 
@@ -1037,6 +1054,51 @@ def _exact_at(inputs, weight, stride, pad, out_h, out_w, where, out):
         out[i] = total
 
 
+
+@njit(parallel=True, cache=True)
+def _corrected(membrane, weight, in_h, in_w, stride, pad, out_h, out_w, wanted, found):
+    """membrane[i] += W (wanted[i] - found[i]) for every image i: the membranes that the
+    inputs ``wanted`` give, from those that the inputs ``found`` gave, adding only the
+    weights of the inputs that differ. ``membrane`` (images, O * out_h * out_w) float64,
+    channel-first; ``weight`` (O, C, K, K) float64; inputs (images, C * in_h * in_w). Exact:
+    every partial sum is W times inputs each taken from ``wanted`` or ``found``, all
+    within the layer's bounds, so an integer below 2^53."""
+    outputs, kernel = weight.shape[0], weight.shape[2]
+    plane = out_h * out_w
+    for i in prange(membrane.shape[0]):
+        target = membrane[i]
+        for j in range(wanted.shape[1]):
+            delta = float(wanted[i, j] - found[i, j])
+            if delta == 0.0:
+                continue
+            c, y, x = j // (in_h * in_w), (j // in_w) % in_h, j % in_w
+            for ky in range(kernel):
+                ny = y + pad - ky
+                if ny < 0 or ny % stride != 0 or ny // stride >= out_h:
+                    continue
+                for kx in range(kernel):
+                    nx = x + pad - kx
+                    if nx < 0 or nx % stride != 0 or nx // stride >= out_w:
+                        continue
+                    at = (ny // stride) * out_w + nx // stride
+                    for o in range(outputs):
+                        target[o * plane + at] += delta * weight[o, c, ky, kx]
+
+
+def corrected_membranes(layer, membrane: np.ndarray, wanted: np.ndarray, found: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The layer's exact membranes for the inputs ``wanted``, from its exact membranes
+    ``membrane`` (images, ...) for the inputs ``found`` (see :func:`_corrected`);
+    ``weight``: the layer's weights as float64. Returns a new float64 array."""
+    images = membrane.shape[0]
+    out = np.ascontiguousarray(membrane.reshape(images, -1), dtype=np.float64).copy()
+    if layer.kind == "dense":  # a 1 x 1 convolution of a 1 x 1 image
+        weight = weight.reshape(weight.shape[0], -1, 1, 1)
+        geometry = (1, 1, 1, 0, 1, 1)
+    else:
+        geometry = (layer.in_shape[1], layer.in_shape[2], layer.stride, layer.padding, *layer.out_shape[1:])
+    _corrected(out, weight, *geometry, wanted.reshape(images, -1), found.reshape(images, -1))
+    return out.reshape(membrane.shape)
+
 def certify(thresholds_list, layer, inputs: np.ndarray, estimate: np.ndarray, bound: float) -> int:
     """Make a float32 estimate of a layer's membrane good for counting: wherever a
     threshold of any of ``thresholds_list`` may lie within ``bound`` of the estimate, put
@@ -1214,7 +1276,7 @@ def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, cons
                 threshold = levels[o, i]
                 anyone = 0
                 for p in range(plane):
-                    hit = np.int32(v[p] >= threshold)
+                    hit = np.int64(v[p] >= threshold)
                     counts[p] += hit
                     anyone += hit
                 if anyone == 0:  # nobody reached this level, so nobody reaches the next
@@ -1238,10 +1300,10 @@ def _add_scaled(membrane, start, weights, row, width, value):
 
 
 def encode(program: Program, pixels: np.ndarray) -> np.ndarray:
-    """The encoding layer's counts (images, neurons) int32, channel-first, from raw integer
+    """The encoding layer's counts (images, neurons) int64, channel-first, from raw integer
     pixels (images, C, H, W): its exact membrane and count in one pass, on the CPU."""
     flat = np.ascontiguousarray(pixels.reshape(pixels.shape[0], -1), dtype=np.uint8)
-    out = np.empty((flat.shape[0], int(program.outputs[1])), np.int32)  # every entry is written
+    out = np.empty((flat.shape[0], int(program.outputs[1])), np.int64)  # every entry is written
     geometry = program.geometry
     channels = slice(0, int(geometry[0, 4]))
     # its own table, in int64 with room to spare: the encoding membrane is not bound by
@@ -1255,8 +1317,11 @@ def encode(program: Program, pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool):
-    """Run the kernel; returns per-image arrays (see :func:`_simulate`)."""
+def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, every_membrane: bool = True):
+    """Run the kernel; returns per-image arrays (see :func:`_simulate`). The final
+    membranes are written for every image if ``every_membrane``, else only for the images
+    with some unsettled neuron (``unsettled[b].any()``; column 0 counts the encoding
+    neurons whose spike train was cut short); the other rows are left as they were."""
     images = encoding_counts.shape[0]
     layers = program.geometry.shape[0]
     positive = np.zeros((images, layers, steps), np.int64)
@@ -1267,17 +1332,17 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool):
     counts = np.empty((images, int(program.outputs[-1])), np.int32)  # every entry is written
     used = np.zeros(images, np.int64)
     hidden = int(program.outputs[-1] - program.outputs[1])
-    membranes = np.empty((images, hidden), program.dtype)  # every entry is written
+    membranes = np.empty((images, hidden), program.dtype)  # see every_membrane
     logits = np.empty((images, program.output.shape[1]), np.int64)
     unsettled = np.zeros((images, layers), np.int64)
     _simulate(
-        np.ascontiguousarray(encoding_counts, dtype=np.int32), program.geometry, program.weights,
+        np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.size, program.constant,
         program.output, program.big, program.neurons, program.outputs, program.initial_upper, program.origin, program.reach,
         program.channel_of, program.group_of, program.encoding_order, program.first_index,
         program.levels, steps, auto,
         positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled,
-        max(1, min(images, 4 * numba.get_num_threads())), min(steps, WINDOW),
+        max(1, min(images, 4 * numba.get_num_threads())), min(steps, WINDOW), every_membrane,
     )
     return positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled
 

@@ -298,15 +298,25 @@ class EventSimulator:
 
         self.engine = engine
         self.program = engine.compile_program(net) if net.scheme != "sg" else None
+        self._float_weights: dict[int, np.ndarray] = {}
 
-    def _run(self, first: np.ndarray, cap: int, auto: bool):
+    def _float_weight(self, index: int, layer) -> np.ndarray:
+        """Layer ``index``'s weights as float64 (exact: integers below 2^53), made once."""
+        if index not in self._float_weights:
+            self._float_weights[index] = np.ascontiguousarray(layer.weight, dtype=np.float64)
+        return self._float_weights[index]
+
+    def _run(self, first: np.ndarray, cap: int, auto: bool, every_membrane: bool):
         """The engine on images in slices small enough that the per-step records of ``cap``
         steps stay within ENGINE_MEMORY, whatever the batch size and step count."""
         layers = self.program.geometry.shape[0]
         outputs = self.program.outputs
         per_image = 8 * (3 * layers + 1) * cap + 4 * int(outputs[-1]) + 8 * int(outputs[-1] - outputs[1]) + 8 * layers
         size = max(1, ENGINE_MEMORY // per_image)
-        parts = [self.engine.run(self.program, first[at : at + size], cap, auto) for at in range(0, len(first), size)]
+        parts = [
+            self.engine.run(self.program, first[at : at + size], cap, auto, every_membrane)
+            for at in range(0, len(first), size)
+        ]
         if len(parts) == 1:
             return parts[0]
         return tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
@@ -391,9 +401,12 @@ class EventSimulator:
             membrane = counting_membrane(layer, pixels, largest)
             first = _gathered(0, layer, membrane)
         cap = steps if steps is not None else 32
+        # the read-off needs the final membranes where something is unsettled, and, where a
+        # layer's ANN tables are not its own, everywhere
+        every_membrane = with_ann and any(layer.ann_thresholds is not None for layer in net.layers)
         while True:
             positive, negative, sops, spiking, predictions, counts, used, final, final_logits, unsettled = self._run(
-                first.reshape(first.shape[0], -1).numpy(), cap, steps is None
+                first.reshape(first.shape[0], -1).numpy(), cap, steps is None, every_membrane
             )
             if steps is not None or int(used.max()) < cap:
                 break
@@ -429,8 +442,13 @@ class EventSimulator:
         spiking = record.counts
         encoding = net.layers[0]
         exact_tables = encoding.ann_thresholds is None
-        ann = [encoding_counts.to(torch.int64) if exact_tables else layer_counts(encoding, encoding_membrane, ann=True)]
-        differing = [self.engine.row_differences(spiking[0].numpy(), ann[0].numpy())]  # per image
+        if exact_tables:  # the spiking counts min(m, steps) differ where the train was cut short
+            ann, differing = [encoding_counts], [unsettled[:, 0]]
+        else:
+            ann = [layer_counts(encoding, encoding_membrane, ann=True)]
+            differing = [self.engine.row_differences(spiking[0].numpy(), ann[0].numpy())]  # per image
+        # the images whose final membranes the engine kept (see qsnn.engine.run)
+        written = unsettled.any(axis=1) | any(layer.ann_thresholds is not None for layer in net.layers)
         at = 0
         for index, layer in enumerate(net.layers[1:], start=1):
             largest = input_bound(net, index, ann[-1])
@@ -446,11 +464,17 @@ class EventSimulator:
             counts = spiking[index].to(torch.int64)  # a copy
             found = np.zeros(len(same), np.int64)
             if len(where):
+                if not written[where].all():
+                    raise QsnnError("internal error: a membrane the ANN is read off was not kept; please report it")
                 exact = torch.from_numpy(membrane[where]).reshape(len(rest), *layer.out_shape)
                 upstream = torch.from_numpy(~same[where])  # the spiking inputs differ: the ANN's own membrane
-                if upstream.any():
+                if upstream.any():  # V(ANN counts) = V(spiking counts) + W (ANN counts - spiking counts)
                     exact = exact.to(torch.float64)
-                    exact[upstream] = counting_membrane(layer, ann[-1][rest[upstream]], largest).to(torch.float64)
+                    images = rest[upstream]
+                    exact[upstream] = torch.from_numpy(self.engine.corrected_membranes(
+                        layer, exact[upstream].numpy(), ann[-1][images].numpy(), spiking[index - 1][images].numpy(),
+                        self._float_weight(index, layer),
+                    ))
                 counts[rest] = layer_counts(layer, exact, ann=True)
                 found[where] = self.engine.row_differences(spiking[index][rest].numpy(), counts[rest].numpy())
             ann.append(counts)
