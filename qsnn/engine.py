@@ -61,7 +61,7 @@ class Program:
     reach: np.ndarray  # int64 [sum neurons, 2]: membrane offset and weight row a spike reaches in a pooling layer
     channel_of: np.ndarray  # int64 [sum neurons]: the channel of every neuron, in channel-last order
     group_of: np.ndarray  # int64 [sum neurons]: the group its spikes are sorted into (same target, see _groups)
-    encoding_order: np.ndarray  # int64: the encoding neurons (channel-first indices) sorted by group
+    encoding_group: np.ndarray  # int64: the group of every encoding neuron (channel-first), see _groups
     first_index: np.ndarray  # int64 [sum neurons]: channel-last order to channel-first flat index
     levels: np.ndarray  # [sum C, TABLED_LEVELS + 1]: T(i - 1) of the first levels of every channel
     encoding_weights: np.ndarray  # float64 (in c, K, K, out c) or (in features, out): the encoding layer's
@@ -151,7 +151,7 @@ def compile_program(net: SpikingNet) -> Program:
     reach = np.full((int(neurons[-1]), 2), -1, np.int64)
     channel_of = np.zeros(int(neurons[-1]), np.int64)
     group_of = np.zeros(int(neurons[-1]), np.int64)
-    encoding_order = np.zeros(0, np.int64)
+    encoding_group = np.zeros(0, np.int64)
     first_index = np.zeros(int(neurons[-1]), np.int64)
     for index, layer in enumerate(layers):
         at, size, out_c, padded = int(neurons[index]), layer.neurons, int(geometry[index, 4]), int(geometry[index, 12])
@@ -171,7 +171,7 @@ def compile_program(net: SpikingNet) -> Program:
         geometry[index, 13] = groups
         group_of[real] = group.reshape(out_c, plane).T.reshape(-1)  # channel-last, as the state
         if index == 0:
-            encoding_order = np.argsort(group, kind="stable").astype(np.int64)
+            encoding_group = group.astype(np.int64)
         first_index[real] = np.arange(size).reshape(out_c, plane).T.reshape(-1)
         if index:
             channel_at = int(geometry[index, 11])
@@ -199,7 +199,7 @@ def compile_program(net: SpikingNet) -> Program:
         reach=reach,
         channel_of=channel_of,
         group_of=group_of,
-        encoding_order=encoding_order,
+        encoding_group=encoding_group,
         first_index=first_index,
         levels=levels,
         encoding_weights=encoding_weights.reshape(-1),
@@ -524,31 +524,26 @@ def _scan(
     per_group[:groups] = 0
     up_spikes = 0
     beyond = 0  # neurons whose new threshold lies beyond the table
-    for i in range(changing):
-        n = base + crossing_at[i]
-        ch = channel_of[n]
+    for i in range(changing):  # branch-free but for the rare thresholds beyond the table
+        k = crossing_at[i]
+        n = base + k
         per_group[group_of[n]] += 1
         fired[n] = 1
-        # the new thresholds are T(c) and T(c - 1), table columns c + 1 and c
-        if flag[crossing_at[i]] > 0:
-            c = count[n] + 1
-            count[n] = c
-            lower[n] = upper[n]
-            if c < tabled:
-                upper[n] = levels[at + ch, c + 1]
-            else:
-                far[beyond] = n
-                beyond += 1
-            up_spikes += 1
-        else:
-            c = count[n] - 1
-            count[n] = c
-            upper[n] = lower[n]
-            if c <= tabled:
-                lower[n] = levels[at + ch, c]
-            else:
-                far[beyond] = n
-                beyond += 1
+        rising = flag[k] > 0
+        c = count[n] + (1 if rising else -1)
+        count[n] = c
+        # rising: T(c - 1) was the upper threshold and T(c) (table column c + 1) comes in;
+        # falling: T(c) was the lower threshold and T(c - 1) (column c) comes in
+        column = c + np.int64(rising)
+        old_upper = upper[n]
+        old_lower = lower[n]
+        new = levels[at + channel_of[n], min(column, tabled)]
+        upper[n] = new if rising else old_lower
+        lower[n] = old_upper if rising else new
+        if column > tabled:
+            far[beyond] = n
+            beyond += 1
+        up_spikes += rising
     for i in range(beyond):  # rare, and out of the loop above: it divides
         n = far[i]
         ch = channel_of[n]
@@ -649,7 +644,7 @@ def _encoding_window(
 @njit(cache=True)
 def _simulate_image(
     b, encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_order, first_index, levels, steps,
+    neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_group, first_index, levels, steps,
     auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled, buffers,
     every_membrane,
 ):
@@ -675,12 +670,25 @@ def _simulate_image(
     fired[:] = 0
     quiet[:] = 0
     logits[:] = 0
-    waiting = 0  # encoding neurons still to fire are pending[:waiting]
-    for j in encoding_order:  # by group, as every layer emits its spikes
+    # the encoding neurons that fire, sorted by group as every layer emits its spikes
+    # (counting sort), go to pending[:waiting]
+    groups = geometry[0, 13]
+    per_group[: groups + 1] = 0
+    firing = 0
+    for j in range(encoding):
         if encoding_counts[b, j] > 0:
-            pending[waiting] = j
-            waiting += 1
+            crossing_at[firing] = j
+            firing += 1
             fired[j] = 1
+            per_group[encoding_group[j] + 1] += 1
+    for g in range(groups):
+        per_group[g + 1] += per_group[g]
+    for i in range(firing):
+        j = crossing_at[i]
+        g = encoding_group[j]
+        pending[per_group[g]] = j
+        per_group[g] += 1
+    waiting = firing  # encoding neurons still to fire
     simulated = steps  # steps until the first silent one (auto), else all
     first = 0  # the window's first step
     while first < simulated:
@@ -797,7 +805,7 @@ def _simulate_image(
 @njit(parallel=True, cache=True)
 def _simulate(
     encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_order, first_index, levels, steps,
+    neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_group, first_index, levels, steps,
     auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled, chunks, window,
     every_membrane,
 ):
@@ -837,7 +845,7 @@ def _simulate(
         for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
             _simulate_image(
                 b, encoding_counts, geometry, weights, offset, step, divisor, size, constant,
-                output, big, neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_order,
+                output, big, neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_group,
                 first_index, levels, steps, auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled,
                 buffers, every_membrane,
             )
@@ -1339,7 +1347,7 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, e
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.size, program.constant,
         program.output, program.big, program.neurons, program.outputs, program.initial_upper, program.origin, program.reach,
-        program.channel_of, program.group_of, program.encoding_order, program.first_index,
+        program.channel_of, program.group_of, program.encoding_group, program.first_index,
         program.levels, steps, auto,
         positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled,
         max(1, min(images, 4 * numba.get_num_threads())), min(steps, WINDOW), every_membrane,
