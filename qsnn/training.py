@@ -558,7 +558,10 @@ def train(
     out_dir = Path(out_dir)
     ddp = _setup_distributed(config.device)
     try:
-        return _train(config, out_dir, ddp, resume, progress, on_step, save_rank_weights)
+        summary = _train(config, out_dir, ddp, resume, progress, on_step, save_rank_weights)
+        if ddp.owns_group:  # every rank done before any closes its connections (gloo aborts a
+            dist.barrier()  # process whose peer hangs up while it still reads)
+        return summary
     finally:
         if ddp.owns_group:
             dist.destroy_process_group()
