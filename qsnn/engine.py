@@ -45,7 +45,8 @@ ALIGN = 8  # channels padded to, and weight rows aligned on, multiples of this m
 class Program:
     """A converted network laid out for the kernels (channel-last, flat arrays)."""
 
-    geometry: np.ndarray  # int64 [L, 14]: kind, in c/h/w, out c/h/w, K, stride, pad, w offset, t offset, padded out c, groups
+    geometry: np.ndarray  # int64 [L, 15]: kind, in c/h/w, out c/h/w, K, stride, pad, w offset, t offset, padded out c,
+    # groups, 1 if the groups already come in the state's order
     weights: np.ndarray  # every hidden layer's weights, kernel layout, in the narrowest integer type
     offset: np.ndarray  # int64 [sum C]: A per channel, layer after layer
     step: np.ndarray  # int64 [sum C]: D
@@ -89,7 +90,7 @@ def compile_program(net: SpikingNet) -> Program:
     count = len(layers)
     dtype = np.int32 if _fits_int32(net) else np.int64
     big = INT32_LIMIT if dtype == np.int32 else 2**54
-    geometry = np.zeros((count, 14), np.int64)
+    geometry = np.zeros((count, 15), np.int64)
     parts, offsets, steps, sizes, constants = [], [], [], [], []
     divisor = np.zeros(count, np.int64)
     neurons = np.zeros(count + 1, np.int64)
@@ -114,7 +115,7 @@ def compile_program(net: SpikingNet) -> Program:
         padded = -(-out_c // ALIGN) * ALIGN if index else out_c
         geometry[index] = [
             kind, in_c, in_h, in_w, out_c, out_h, out_w,
-            layer.kernel, layer.stride, layer.padding, weight_at, threshold_at, padded, 0,
+            layer.kernel, layer.stride, layer.padding, weight_at, threshold_at, padded, 0, 0,
         ]
         flat = np.zeros(0, dtype)
         if index:
@@ -170,6 +171,10 @@ def compile_program(net: SpikingNet) -> Program:
         groups, group = _groups(receiver, layer.out_shape if layer.kind == "conv" else (layer.neurons, 1, 1))
         geometry[index, 13] = groups
         group_of[real] = group.reshape(out_c, plane).T.reshape(-1)  # channel-last, as the state
+        # the neurons that cross, in the state's order, are already grouped into a
+        # convolution (by position); a dense layer and the output add every spike together
+        dense_next = receiver is None or receiver[0] == 1
+        geometry[index, 14] = int(dense_next or np.all(np.diff(group_of[real]) >= 0))
         if index == 0:
             encoding_group = group.astype(np.int64)
         first_index[real] = np.arange(size).reshape(out_c, plane).T.reshape(-1)
@@ -517,17 +522,27 @@ def _scan(
     if changing == 0:
         return 0, 0
     listed = 0
-    for n in range(here):
-        crossing_at[listed] = n
-        listed += flag[n] != 0
+    if 16 * changing < here:  # few: skip the words of 8 flags that are all zero
+        words = flag[:here].view(np.int64)  # (here is a multiple of 8: padded channels)
+        for w in range(here // 8):
+            if words[w] != 0:
+                for n in range(8 * w, 8 * w + 8):
+                    crossing_at[listed] = n
+                    listed += flag[n] != 0
+    else:
+        for n in range(here):
+            crossing_at[listed] = n
+            listed += flag[n] != 0
     groups = geometry[layer, 13]
+    ordered = geometry[layer, 14] == 1
     per_group[:groups] = 0
     up_spikes = 0
     beyond = 0  # neurons whose new threshold lies beyond the table
     for i in range(changing):  # branch-free but for the rare thresholds beyond the table
         k = crossing_at[i]
         n = base + k
-        per_group[group_of[n]] += 1
+        if not ordered:
+            per_group[group_of[n]] += 1
         fired[n] = 1
         rising = flag[k] > 0
         c = count[n] + (1 if rising else -1)
@@ -549,6 +564,12 @@ def _scan(
         ch = channel_of[n]
         upper[n] = _threshold(count[n], at + ch, offset, step, scale, size, constant, big)
         lower[n] = _threshold(count[n] - 1, at + ch, offset, step, scale, size, constant, big)
+    if ordered:
+        for i in range(changing):
+            n = crossing_at[i]
+            events[at_event + i] = first_index[base + n]
+            signs[at_event + i] = flag[n]
+        return changing, up_spikes
     slot = 0
     for g in range(groups):  # where each group's events start
         slot, per_group[g] = slot + per_group[g], slot
