@@ -65,7 +65,7 @@ class Program:
     encoding_group: np.ndarray  # int64: the group of every encoding neuron (channel-first), see _groups
     first_index: np.ndarray  # int64 [sum neurons]: channel-last order to channel-first flat index
     levels: np.ndarray  # [sum C, TABLED_LEVELS + 1]: T(i - 1) of the first levels of every channel
-    encoding_weights: np.ndarray  # float64 (in c, K, K, out c) or (in features, out): the encoding layer's
+    encoding_weights: np.ndarray  # float64 (in c, K, K rotated, out c) or (in features, out): the encoding layer's
 
     @property
     def dtype(self) -> np.dtype:
@@ -183,8 +183,8 @@ def compile_program(net: SpikingNet) -> Program:
             initial_upper[at : at + plane * padded] = big  # padding: never reached
             initial_upper[real] = np.tile(levels[channel_at : channel_at + out_c, 1], plane)
     first = layers[0]
-    if first.kind == "conv":
-        encoding_weights = np.ascontiguousarray(first.weight.transpose(1, 2, 3, 0), dtype=np.float64)
+    if first.kind == "conv":  # (in c, K, K, out c), the columns rotated (see _encode)
+        encoding_weights = np.ascontiguousarray(first.weight[:, :, :, ::-1].transpose(1, 2, 3, 0), dtype=np.float64)
     else:
         encoding_weights = np.ascontiguousarray(first.weight.T, dtype=np.float64)
     return Program(
@@ -1264,9 +1264,10 @@ def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, cons
     """The encoding layer's counts m(V) of every image, V = its weights times the raw
     integer pixels, evaluated exactly in float64 (every partial sum is an integer below
     2^53: the layer's input limit sees to it). Each non-zero pixel adds its weights to the
-    membranes it reaches (channel-last, a row per position); each count is then the number of table entries T(i) <= V
-    (``levels``: T(i) of the first levels, (channel, level) float64), channel by channel,
-    by a walk up the exact thresholds beyond the table. ``pixels`` (images, C * H * W)
+    membranes it reaches (channel-last; the kernel's columns rotated, so that a kernel row
+    reaches side-by-side outputs with side-by-side weights); each count is then the number
+    of table entries T(i) <= V (``levels``: T(i) of the first levels, (channel, level)
+    float64), channel by channel, by a walk up the exact thresholds beyond the table. ``pixels`` (images, C * H * W)
     uint8; ``out`` (images, neurons) channel-first, as the membranes."""
     kind, _, in_h, in_w, out_c, out_h, out_w, kernel, stride, pad = geometry[0, :10]
     plane = out_h * out_w
@@ -1286,12 +1287,21 @@ def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, cons
                 y = iy + pad - ky
                 if y < 0 or y % stride != 0 or y // stride >= out_h:
                     continue
+                if stride == 1:  # the reached outputs of a kernel row are side by side: one add
+                    first_x = ix + pad - kernel + 1  # reached by the rotated kernel column 0
+                    lo, hi = max(0, -first_x), min(kernel - 1, out_w - 1 - first_x)
+                    if hi >= lo:
+                        at = (y * out_w + first_x + lo) * out_c
+                        row = ((c * kernel + ky) * kernel + lo) * out_c
+                        _add_scaled(last, at, weights, row, (hi - lo + 1) * out_c, value)
+                    continue
                 for kx in range(kernel):
                     x = ix + pad - kx
                     if x < 0 or x % stride != 0 or x // stride >= out_w:
                         continue
                     at = ((y // stride) * out_w + x // stride) * out_c
-                    _add_scaled(last, at, weights, ((c * kernel + ky) * kernel + kx) * out_c, out_c, value)
+                    row = ((c * kernel + ky) * kernel + kernel - 1 - kx) * out_c
+                    _add_scaled(last, at, weights, row, out_c, value)
         membrane = np.empty(out_c * plane)  # channel-first, for counting
         for p in range(plane):
             for o in range(out_c):
