@@ -16,8 +16,10 @@ holding integers below 2^53 when the weights fit float32, which is exact and lig
 the caches), with the same tables T(i) = ceil((A + iD) / S) as :mod:`qsnn.neurons`, so the results equal the
 reference step-by-step simulator (:func:`qsnn.simulation.simulate_batch`) count for
 count; the tests check it. The encoding layer's membrane (pixels times weights) is
-computed once by a dense convolution, as in the papers; its spike train is the
-thermometer code of its count under both NSD and INT.
+computed once per image (:func:`encode`: every non-zero pixel adds its weights, exactly,
+in float64); its spike train is the thermometer code of its count under both NSD and
+INT, so layer 1's input of every step is added up per window from each firing neuron's
+weights once (:func:`_encoding_window`).
 """
 
 from __future__ import annotations
@@ -949,6 +951,32 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
                 row[n] = _settle(values[n], n // plane, offset, step, divisor, size, constant, big)
 
 
+@njit(inline="always", cache=True)
+def _reached(position, pad, offset, stride, size):
+    """The output that the input at ``position`` reaches through kernel offset ``offset``
+    (stride and padding as given), or -1 if none does."""
+    n = position + pad - offset
+    if n < 0 or n % stride != 0 or n // stride >= size:
+        return -1
+    return n // stride
+
+
+@njit(inline="always", cache=True)
+def _table_counts(values, out, table):
+    """out[p] += the number of the levels ``table`` (T(0), T(1), ... of one channel) that
+    values[p] reaches; T is non-decreasing, so the first level nobody reaches ends it.
+    (1-D slices let LLVM vectorize the loop.)"""
+    for level in range(table.shape[0]):
+        threshold = table[level]
+        firing = 0
+        for p in range(values.shape[0]):
+            fires = np.int64(values[p] >= threshold)
+            out[p] += fires
+            firing += fires
+        if firing == 0:  # nobody reached this level, so nobody reaches the next
+            break
+
+
 @njit(parallel=True, cache=True)
 def _gathered(membrane, channels, plane, table, offset, step, divisor, size, constant, big, out, reference, differing):
     """The binary neurons' own count: binary neuron i fires when V >= T(i), and the count
@@ -976,19 +1004,11 @@ def _gathered(membrane, channels, plane, table, offset, step, divisor, size, con
                     firing += fires
                 if firing == 0:  # nobody reached this level, so nobody reaches the next
                     break
-        else:  # (1-D slices per channel let LLVM vectorize the loop)
+        else:
             for channel in range(channels):
                 segment = membrane[b, channel * plane : (channel + 1) * plane]
                 target = out[b, channel * plane : (channel + 1) * plane]
-                for level in range(min(size[channel], tabled)):
-                    threshold = table[channel, level]
-                    firing = 0
-                    for p in range(plane):
-                        fires = np.int64(segment[p] >= threshold)
-                        target[p] += fires
-                        firing += fires
-                    if firing == 0:  # nobody reached this level, so nobody reaches the next
-                        break
+                _table_counts(segment, target, table[channel, : min(size[channel], tabled)])
         for channel in range(channels):
             if size[channel] <= tabled:
                 continue
@@ -1102,14 +1122,12 @@ def _corrected(membrane, weight, in_h, in_w, stride, pad, out_h, out_w, wanted, 
                 continue
             c, y, x = j // (in_h * in_w), (j // in_w) % in_h, j % in_w
             for ky in range(kernel):
-                ny = y + pad - ky
-                if ny < 0 or ny % stride != 0 or ny // stride >= out_h:
-                    continue
-                for kx in range(kernel):
-                    nx = x + pad - kx
-                    if nx < 0 or nx % stride != 0 or nx // stride >= out_w:
+                oy = _reached(y, pad, ky, stride, out_h)
+                for kx in range(kernel if oy >= 0 else 0):
+                    ox = _reached(x, pad, kx, stride, out_w)
+                    if ox < 0:
                         continue
-                    at = (ny // stride) * out_w + nx // stride
+                    at = oy * out_w + ox
                     for o in range(outputs):
                         target[o * plane + at] += delta * weight[o, c, ky, kx]
 
@@ -1284,8 +1302,8 @@ def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, cons
                 continue
             c, iy, ix = i // (in_h * in_w), (i // in_w) % in_h, i % in_w
             for ky in range(kernel):
-                y = iy + pad - ky
-                if y < 0 or y % stride != 0 or y // stride >= out_h:
+                y = _reached(iy, pad, ky, stride, out_h)
+                if y < 0:
                     continue
                 if stride == 1:  # the reached outputs of a kernel row are side by side: one add
                     first_x = ix + pad - kernel + 1  # reached by the rotated kernel column 0
@@ -1296,10 +1314,10 @@ def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, cons
                         _add_scaled(last, at, weights, row, (hi - lo + 1) * out_c, value)
                     continue
                 for kx in range(kernel):
-                    x = ix + pad - kx
-                    if x < 0 or x % stride != 0 or x // stride >= out_w:
+                    x = _reached(ix, pad, kx, stride, out_w)
+                    if x < 0:
                         continue
-                    at = ((y // stride) * out_w + x // stride) * out_c
+                    at = (y * out_w + x) * out_c
                     row = ((c * kernel + ky) * kernel + kernel - 1 - kx) * out_c
                     _add_scaled(last, at, weights, row, out_c, value)
         membrane = np.empty(out_c * plane)  # channel-first, for counting
@@ -1311,15 +1329,7 @@ def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, cons
         for o in range(out_c):
             v = membrane[o * plane : (o + 1) * plane]
             counts = row[o * plane : (o + 1) * plane]
-            for i in range(tabled):  # T is non-decreasing: the levels reached are 0 .. m - 1
-                threshold = levels[o, i]
-                anyone = 0
-                for p in range(plane):
-                    hit = np.int64(v[p] >= threshold)
-                    counts[p] += hit
-                    anyone += hit
-                if anyone == 0:  # nobody reached this level, so nobody reaches the next
-                    break
+            _table_counts(v, counts, levels[o])  # (levels beyond the channel's size: out of reach)
             for p in range(plane):
                 if counts[p] == tabled:  # beyond the table: the exact thresholds, one by one
                     level = tabled

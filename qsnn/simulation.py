@@ -375,9 +375,12 @@ class EventSimulator:
         between its two thresholds (the engine reports it), the counts are m(V), the
         ANN's; elsewhere the ANN counts the membrane with its own kernel (the
         estimate-and-correct of :func:`qsnn.engine.counts`, not the spiking dynamics).
-        Images whose spiking counts still differ upstream get the ANN's membrane from an
-        exact convolution of the ANN's counts. The first image of every batch is also
-        evaluated by :func:`qsnn.conversion.reference_counts` from scratch, as a check.
+        Images whose spiking counts still differ upstream get the ANN's membrane from the
+        spiking one, V + W (ANN counts - spiking counts), adding the weights of the
+        differing inputs only (:func:`qsnn.engine.corrected_membranes`). Raw uint8 pixels
+        are encoded by the engine itself (:func:`qsnn.engine.encode`). The first image of
+        every batch is also evaluated by :func:`qsnn.conversion.reference_counts` from
+        scratch, as a check.
         """
         if net.scheme == "sg":
             membranes: list = []
