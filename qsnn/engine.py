@@ -1351,7 +1351,7 @@ def _add_scaled(membrane, start, weights, row, width, value):
 def encode(program: Program, pixels: np.ndarray) -> np.ndarray:
     """The encoding layer's counts (images, neurons) int64, channel-first, from raw integer
     pixels (images, C, H, W): its exact membrane and count in one pass, on the CPU."""
-    flat = np.ascontiguousarray(pixels.reshape(pixels.shape[0], -1), dtype=np.uint8)
+    flat = np.ascontiguousarray(pixels.reshape(pixels.shape[0], int(np.prod(pixels.shape[1:]))), dtype=np.uint8)
     out = np.empty((flat.shape[0], int(program.outputs[1])), np.int64)  # every entry is written
     geometry = program.geometry
     channels = slice(0, int(geometry[0, 4]))

@@ -367,6 +367,7 @@ ENCODING_CASES = [
     ("6C5-P2-8C3-12", 3, None, False, (1, 28, 28), "valid"),  # counts up to 31: beyond the table
     ("4C3s-P2-6C3s-P2-10", 2, 4, True, (3, 12, 12), "same"),  # padding, 3 input channels, int32 state
     ("20-16", 1, None, True, (1, 28, 28), "valid"),  # a dense encoding layer
+    ("P2-6C3-10", 2, None, False, (3, 12, 12), "valid"),  # stride 2: one weight per reach
 ]
 
 
@@ -381,8 +382,10 @@ def test_the_engine_encodes_raw_pixels_into_the_exact_ann_counts(notation, k, B,
     net = convert(model, "nsd")
     pixels = random_pixels(6, shape=shape, seed=3)
     expected, _ = reference_counts(net, pixels)
-    found = engine.encode(engine.compile_program(net), pixels.numpy())
+    program = engine.compile_program(net)
+    found = engine.encode(program, pixels.numpy())
     assert found.shape == (6, net.layers[0].neurons)
+    assert engine.encode(program, pixels.numpy()[:0]).shape == (0, net.layers[0].neurons)
     assert np.array_equal(found, expected[0].reshape(6, -1).numpy())
     if B is None and k == 3:
         assert int(expected[0].max()) > engine.TABLED_LEVELS
