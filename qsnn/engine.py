@@ -68,6 +68,7 @@ class Program:
     first_index: np.ndarray  # int64 [sum neurons]: channel-last order to channel-first flat index
     levels: np.ndarray  # [sum C, TABLED_LEVELS + 1]: T(i - 1) of the first levels of every channel
     encoding_weights: np.ndarray  # float64 (in c, K, K rotated, out c) or (in features, out): the encoding layer's
+    encoding_levels: np.ndarray  # float64 [encoding C, TABLED_LEVELS]: its T(i) in a table of its own (see encode)
 
     @property
     def dtype(self) -> np.dtype:
@@ -184,6 +185,11 @@ def compile_program(net: SpikingNet) -> Program:
             channel_at = int(geometry[index, 11])
             initial_upper[at : at + plane * padded] = big  # padding: never reached
             initial_upper[real] = np.tile(levels[channel_at : channel_at + out_c, 1], plane)
+    # the encoding layer's own table, built with room to spare (its membrane is not bound
+    # by the hidden layers' int32 limits), as float64: exact below 2^53, and beyond it
+    # still above any membrane
+    encoding_levels = np.zeros((int(geometry[0, 4]), TABLED_LEVELS), np.int64)
+    _fill_table(encoding_levels, *_encoding_tables(offset_all, step_all, divisor, size_all, constant_all, geometry))
     first = layers[0]
     if first.kind == "conv":  # (in c, K, K, out c), the columns rotated (see _encode)
         encoding_weights = np.ascontiguousarray(first.weight[:, :, :, ::-1].transpose(1, 2, 3, 0), dtype=np.float64)
@@ -210,7 +216,14 @@ def compile_program(net: SpikingNet) -> Program:
         first_index=first_index,
         levels=levels,
         encoding_weights=encoding_weights.reshape(-1),
+        encoding_levels=encoding_levels.astype(np.float64),
     )
+
+
+def _encoding_tables(offset, step, divisor, size, constant, geometry) -> tuple:
+    """The encoding layer's threshold arguments for the kernels, with big = 2^54."""
+    channels = slice(0, int(geometry[0, 4]))
+    return offset[channels], step[channels], int(divisor[0]), size[channels], constant[channels], 2**54
 
 
 def _aligned(values: np.ndarray) -> np.ndarray:
@@ -863,7 +876,7 @@ def _simulate(
             np.empty(total, np.int64),  # events per group, then where each group's go
             np.empty(total, np.int64),  # neurons whose thresholds lie beyond the table
             np.empty(total, np.int64),  # the weight rows of a group of spikes with one target
-            np.empty(window * (neuron_at[min(2, layers)] - neuron_at[min(1, layers - 1)]), initial_upper.dtype),  # layer 1's input per step
+            np.empty(window * (neuron_at[2] - neuron_at[1] if layers > 1 else 0), initial_upper.dtype),  # layer 1's input per step
         )
         for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
             _simulate_image(
@@ -977,6 +990,15 @@ def _table_counts(values, out, table):
             break
 
 
+@njit(inline="always", cache=True)
+def _walk_up(level, v, channel, offset, step, divisor, size, constant, big):
+    """The count of membrane ``v`` from ``level`` (where a table of T(i) ended): one exact
+    threshold after the other."""
+    while level < size[channel] and _threshold(level, channel, offset, step, divisor, size, constant, big) <= v:
+        level += 1
+    return level
+
+
 @njit(parallel=True, cache=True)
 def _gathered(membrane, channels, plane, table, offset, step, divisor, size, constant, big, out, reference, differing):
     """The binary neurons' own count: binary neuron i fires when V >= T(i), and the count
@@ -1013,12 +1035,8 @@ def _gathered(membrane, channels, plane, table, offset, step, divisor, size, con
             if size[channel] <= tabled:
                 continue
             for n in range(channel * plane, (channel + 1) * plane):
-                level = row[n]
-                if level == tabled:
-                    v = values[n]
-                    while level < size[channel] and _threshold(level, channel, offset, step, divisor, size, constant, big) <= v:
-                        level += 1
-                    row[n] = level
+                if row[n] == tabled:
+                    row[n] = _walk_up(tabled, values[n], channel, offset, step, divisor, size, constant, big)
         if reference.shape[0] > 0:
             expected = reference[b]
             found = 0
@@ -1103,7 +1121,6 @@ def _exact_at(inputs, weight, stride, pad, out_h, out_w, where, out):
         out[i] = total
 
 
-
 @njit(parallel=True, cache=True)
 def _corrected(membrane, weight, in_h, in_w, stride, pad, out_h, out_w, wanted, found):
     """membrane[i] += W (wanted[i] - found[i]) for every image i: the membranes that the
@@ -1145,6 +1162,7 @@ def corrected_membranes(layer, membrane: np.ndarray, wanted: np.ndarray, found: 
         geometry = (layer.in_shape[1], layer.in_shape[2], layer.stride, layer.padding, *layer.out_shape[1:])
     _corrected(out, weight, *geometry, wanted.reshape(images, -1), found.reshape(images, -1))
     return out.reshape(membrane.shape)
+
 
 def certify(thresholds_list, layer, inputs: np.ndarray, estimate: np.ndarray, bound: float) -> int:
     """Make a float32 estimate of a layer's membrane good for counting: wherever a
@@ -1285,8 +1303,8 @@ def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, cons
     membranes it reaches (channel-last; the kernel's columns rotated, so that a kernel row
     reaches side-by-side outputs with side-by-side weights); each count is then the number
     of table entries T(i) <= V (``levels``: T(i) of the first levels, (channel, level)
-    float64), channel by channel, by a walk up the exact thresholds beyond the table. ``pixels`` (images, C * H * W)
-    uint8; ``out`` (images, neurons) channel-first, as the membranes."""
+    float64), channel by channel, by a walk up the exact thresholds beyond the table.
+    ``pixels`` (images, C * H * W) uint8; ``out`` (images, neurons) channel-first."""
     kind, _, in_h, in_w, out_c, out_h, out_w, kernel, stride, pad = geometry[0, :10]
     plane = out_h * out_w
     tabled = levels.shape[1]
@@ -1331,12 +1349,8 @@ def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, cons
             counts = row[o * plane : (o + 1) * plane]
             _table_counts(v, counts, levels[o])  # (levels beyond the channel's size: out of reach)
             for p in range(plane):
-                if counts[p] == tabled:  # beyond the table: the exact thresholds, one by one
-                    level = tabled
-                    while _threshold(level, o, offset, step, divisor, size, constant, big) <= v[p]:
-                        level += 1
-                    counts[p] = level
-
+                if counts[p] == tabled:  # beyond the table
+                    counts[p] = _walk_up(tabled, v[p], o, offset, step, divisor, size, constant, big)
 
 
 @njit(inline="always", cache=True)
@@ -1353,16 +1367,9 @@ def encode(program: Program, pixels: np.ndarray) -> np.ndarray:
     pixels (images, C, H, W): its exact membrane and count in one pass, on the CPU."""
     flat = np.ascontiguousarray(pixels.reshape(pixels.shape[0], int(np.prod(pixels.shape[1:]))), dtype=np.uint8)
     out = np.empty((flat.shape[0], int(program.outputs[1])), np.int64)  # every entry is written
-    geometry = program.geometry
-    channels = slice(0, int(geometry[0, 4]))
-    # its own table, in int64 with room to spare: the encoding membrane is not bound by
-    # the hidden layers' int32 limits
-    tables = (program.offset[channels], program.step[channels], int(program.divisor[0]),
-              program.size[channels], program.constant[channels], 2**54)
-    levels = np.zeros((int(geometry[0, 4]), TABLED_LEVELS), np.int64)
-    _fill_table(levels, *tables)
-    # as float64: exact below 2^53, and beyond it still above any membrane
-    _encode(flat, geometry, program.encoding_weights, levels.astype(np.float64), *tables, out)
+    tables = _encoding_tables(program.offset, program.step, program.divisor, program.size, program.constant,
+                              program.geometry)
+    _encode(flat, program.geometry, program.encoding_weights, program.encoding_levels, *tables, out)
     return out
 
 

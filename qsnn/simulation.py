@@ -406,7 +406,7 @@ class EventSimulator:
         cap = steps if steps is not None else 32
         # the read-off needs the final membranes where something is unsettled, and, where a
         # layer's ANN tables are not its own, everywhere
-        every_membrane = with_ann and any(layer.ann_thresholds is not None for layer in net.layers)
+        every_membrane = with_ann and any(block.ann_thresholds is not None for block in net.layers)
         while True:
             positive, negative, sops, spiking, predictions, counts, used, final, final_logits, unsettled = self._run(
                 first.reshape(first.shape[0], -1).numpy(), cap, steps is None, every_membrane
@@ -436,9 +436,11 @@ class EventSimulator:
         )
         if not with_ann:
             return record, None, None
-        return self._ann_read_off(net, record, membrane, first, final, final_logits, unsettled)
+        return self._ann_read_off(net, record, membrane, first, final, final_logits, unsettled, every_membrane)
 
-    def _ann_read_off(self, net, record: BatchRecord, encoding_membrane, encoding_counts, final, final_logits, unsettled):
+    def _ann_read_off(
+        self, net, record: BatchRecord, encoding_membrane, encoding_counts, final, final_logits, unsettled, every_membrane,
+    ):
         """The exact ANN from the engine's final state (see :meth:`against_ann`): (record
         with the mismatches per layer, ANN counts per layer, ANN logits). The encoding
         layer's counts m(V), all its spikes, are the ANN's where its tables are."""
@@ -451,7 +453,7 @@ class EventSimulator:
             ann = [layer_counts(encoding, encoding_membrane, ann=True)]
             differing = [self.engine.row_differences(spiking[0].numpy(), ann[0].numpy())]  # per image
         # the images whose final membranes the engine kept (see qsnn.engine.run)
-        written = unsettled.any(axis=1) | any(layer.ann_thresholds is not None for layer in net.layers)
+        written = unsettled.any(axis=1) | every_membrane
         at = 0
         for index, layer in enumerate(net.layers[1:], start=1):
             largest = input_bound(net, index, ann[-1])
