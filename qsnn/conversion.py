@@ -654,14 +654,21 @@ def layer_counts(layer: SpikingLayer, membrane: torch.Tensor, ann: bool = False)
 
 
 @torch.no_grad()
-def reference_counts(net: SpikingNet, pixels: torch.Tensor, membranes: list | None = None):
+def reference_counts(net: SpikingNet, pixels: torch.Tensor, membranes: list | None = None,
+                     spiking_differences: list | None = None):
     """The quantized ANN evaluated exactly: integer counts of every block and the logits.
 
     ``pixels`` are raw 0..255 values (uint8 or float for noisy inputs), shape (B, C, H, W).
     Returns ([counts per hidden layer, int64], integer logits as float64). If a list is
     given as ``membranes``, every layer's membrane (float32 or float64) is appended to it:
-    exact, or good for counting by the layer's tables (:func:`counting_membrane`).
+    exact, or good for counting by the layer's tables (:func:`counting_membrane`). If a
+    list is given as ``spiking_differences``, each layer's number of neurons whose binary
+    neurons (the spiking side's own counting algorithm, on the same membrane and the
+    spiking tables) count otherwise than the ANN is appended to it, or None where that
+    was not checked (the layer has ANN tables of its own, or the membrane is not on the CPU).
     """
+    from qsnn import engine
+
     x = pixels
     counts = []
     for index, layer in enumerate(net.layers):
@@ -670,7 +677,14 @@ def reference_counts(net: SpikingNet, pixels: torch.Tensor, membranes: list | No
         membrane = counting_membrane(layer, x, largest)
         if membranes is not None:
             membranes.append(membrane)
-        n = layer_counts(layer, membrane, ann=True)
+        if spiking_differences is not None and layer.ann_thresholds is None and membrane.device.type == "cpu":
+            found, differing = engine.checked_counts(layer.thresholds(), membrane.numpy())
+            n = torch.from_numpy(found)
+            spiking_differences.append(differing)
+        else:
+            n = layer_counts(layer, membrane, ann=True)
+            if spiking_differences is not None:
+                spiking_differences.append(None)
         counts.append(n)
         x = n
     check_input_limit(net.output, input_bound(net, len(net.layers), x), len(net.layers))

@@ -703,7 +703,7 @@ def _simulate_image(
     upper[hidden:] = initial_upper[hidden:]  # T(0) of every neuron
     lower[hidden:] = -big
     count[hidden:] = 0
-    fired[:] = 0
+    fired[hidden:] = 0
     quiet[:] = 0
     logits[:] = 0
     # the encoding neurons that fire, sorted by group as every layer emits its spikes
@@ -711,12 +711,12 @@ def _simulate_image(
     groups = geometry[0, 13]
     per_group[: groups + 1] = 0
     firing = 0
-    for j in range(encoding):
-        if encoding_counts[b, j] > 0:
-            crossing_at[firing] = j
-            firing += 1
-            fired[j] = 1
-            per_group[encoding_group[j] + 1] += 1
+    for j in range(encoding):  # branch-free: about one neuron in three fires
+        on = encoding_counts[b, j] > 0
+        crossing_at[firing] = j
+        firing += on
+        fired[j] = on
+        per_group[encoding_group[j] + 1] += on
     for g in range(groups):
         per_group[g + 1] += per_group[g]
     for i in range(firing):
@@ -926,7 +926,7 @@ def _settle(v, channel, offset, step, divisor, size, constant, big):
 
 
 @njit(parallel=True, cache=True)
-def _counts(membrane, channels, plane, offset, step, divisor, size, constant, big, out):
+def _counts(membrane, channels, plane, offset, step, divisor, size, constant, big, out, table, differing):
     """m(V) = #{i : V >= T(i)} for every neuron; ``membrane`` is (images, neurons) float32
     or float64 in channel-first order (integers, or any reals for the encoding layer under
     noise).
@@ -935,6 +935,11 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
     floor((S floor(V) - A) / D) + 1. A first, branch-free pass evaluates that in float64
     for every neuron; where its fractional part is too close to an integer for float64 to
     be sure, a second pass lets the exact integer table decide.
+
+    With a ``table`` (T(i) of the first levels of every channel; empty for none), each
+    image's counts are also taken by the other algorithm, the binary neurons' own
+    (:func:`_gathered`: the number of thresholds V reaches), channel by channel while the
+    channel is in cache, and the entries where the two differ go to ``differing``.
     """
     images = membrane.shape[0]
     a = offset.astype(np.float64)
@@ -946,6 +951,8 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
             inverse[channel] = 1.0 / float(step[channel])
         special[channel] = 1 if constant[channel] >= 0 or step[channel] <= 0 else 0
     scale = float(divisor)
+    checking = table.shape[0] > 0
+    across = np.ascontiguousarray(table.T)  # (level, channel)
     for b in prange(images):
         values = membrane[b]
         row = out[b]
@@ -962,6 +969,44 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
         for n in range(channels * plane):
             if row[n] < 0:  # rare: the division is paid only here
                 row[n] = _settle(values[n], n // plane, offset, step, divisor, size, constant, big)
+        if checking:
+            found = np.zeros(channels * plane, np.int64)
+            _binary_row(values, found, channels, plane, table, across, offset, step, divisor, size, constant, big)
+            different = 0
+            for n in range(channels * plane):
+                different += found[n] != row[n]
+            differing[b] = different
+
+
+@njit(inline="always", cache=True)
+def _binary_row(values, row, channels, plane, table, across, offset, step, divisor, size, constant, big):
+    """row (zeros) = the number of binary neurons of every neuron of one image (channel-
+    first ``values``) that fire: the thresholds T(i) it reaches, from ``table`` (the first
+    levels of every channel; ``across``: the same, (level, channel)) and, beyond it, one
+    exact threshold after the other."""
+    tabled = table.shape[1]
+    if plane == 1:  # one neuron per channel: across the channels, level by level
+        for level in range(min(tabled, size.max()) if channels > 0 else 0):
+            thresholds = across[level]
+            firing = 0
+            for n in range(channels):
+                fires = np.int64((values[n] >= thresholds[n]) & (level < size[n]))
+                row[n] += fires
+                firing += fires
+            if firing == 0:  # nobody reached this level, so nobody reaches the next
+                break
+        for n in range(channels):
+            if row[n] == tabled:  # beyond the table
+                row[n] = _walk_up(tabled, values[n], n, offset, step, divisor, size, constant, big)
+        return
+    for channel in range(channels):
+        segment = values[channel * plane : (channel + 1) * plane]
+        counts = row[channel * plane : (channel + 1) * plane]
+        _table_counts(segment, counts, table[channel, : min(size[channel], tabled)])
+        if size[channel] > tabled:
+            for p in range(plane):
+                if counts[p] == tabled:
+                    counts[p] = _walk_up(tabled, segment[p], channel, offset, step, divisor, size, constant, big)
 
 
 @njit(inline="always", cache=True)
@@ -1009,34 +1054,12 @@ def _gathered(membrane, channels, plane, table, offset, step, divisor, size, con
     With a ``reference`` (the ANN's counts, same shape as ``out``; empty for none), each
     image's number of differing counts goes to ``differing``, while its row is in cache."""
     images = membrane.shape[0]
-    tabled = table.shape[1]
-    levels = min(tabled, size.max()) if channels > 0 else 0
     across = np.ascontiguousarray(table.T)  # (level, channel), for one neuron per channel
     for b in prange(images):
         values = membrane[b]
         row = out[b]
         row[:] = 0
-        if plane == 1:
-            for level in range(levels):
-                thresholds = across[level]
-                firing = 0
-                for n in range(channels):
-                    fires = np.int64((values[n] >= thresholds[n]) & (level < size[n]))
-                    row[n] += fires
-                    firing += fires
-                if firing == 0:  # nobody reached this level, so nobody reaches the next
-                    break
-        else:
-            for channel in range(channels):
-                segment = membrane[b, channel * plane : (channel + 1) * plane]
-                target = out[b, channel * plane : (channel + 1) * plane]
-                _table_counts(segment, target, table[channel, : min(size[channel], tabled)])
-        for channel in range(channels):
-            if size[channel] <= tabled:
-                continue
-            for n in range(channel * plane, (channel + 1) * plane):
-                if row[n] == tabled:
-                    row[n] = _walk_up(tabled, values[n], channel, offset, step, divisor, size, constant, big)
+        _binary_row(values, row, channels, plane, table, across, offset, step, divisor, size, constant, big)
         if reference.shape[0] > 0:
             expected = reference[b]
             found = 0
@@ -1265,7 +1288,18 @@ def gathered_counts(thresholds, membrane: np.ndarray, reference: np.ndarray | No
 def counts(thresholds, membrane: np.ndarray) -> np.ndarray:
     """Exact counts m(V) for membranes (images, C, ...) float32 or float64, in parallel, by the tables
     of ``thresholds`` (a :class:`qsnn.neurons.Thresholds`)."""
-    return _run_counts(_counts, thresholds, membrane)
+    images = membrane.shape[0]
+    return _run_counts(_counts, thresholds, membrane, extra=(np.zeros((0, 0)), np.zeros(images, np.int64)))
+
+
+def checked_counts(thresholds, membrane: np.ndarray) -> tuple[np.ndarray, int]:
+    """:func:`counts`, and the number of neurons whose binary neurons' own count (the
+    spiking side's algorithm, :func:`gathered_counts`) differs from it, in the same pass."""
+    images = membrane.shape[0]
+    differing = np.zeros(images, np.int64)
+    table = np.empty((membrane.shape[1], TABLED_LEVELS), np.float64)
+    _fill_table(table, *_kernel_tables(thresholds))
+    return _run_counts(_counts, thresholds, membrane, extra=(table, differing)), int(differing.sum())
 
 
 def _kernel_tables(thresholds) -> tuple:

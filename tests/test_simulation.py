@@ -285,6 +285,8 @@ def test_the_three_count_implementations_agree(k, B, ternary, scale):
         expected = target_count(probe, net.thresholds(index)).numpy()
         assert np.array_equal(engine.counts(net.thresholds(index), probe.numpy()), expected)
         assert np.array_equal(engine.gathered_counts(net.thresholds(index), probe.numpy()), expected)
+        found, differing = engine.checked_counts(net.thresholds(index), probe.numpy())
+        assert np.array_equal(found, expected) and differing == 0
         x = target_count(membrane, net.thresholds(index)).to(torch.float64)
 
 
@@ -320,8 +322,62 @@ def test_count_kernels_at_every_threshold_tie(dtype, dense):
     expected = target_count(membrane.to(torch.float64), th).numpy()
     assert np.array_equal(engine.counts(th, membrane.numpy()), expected)
     assert np.array_equal(engine.gathered_counts(th, membrane.numpy()), expected)
+    found, differing = engine.checked_counts(th, membrane.numpy())
+    assert np.array_equal(found, expected) and differing == 0
     assert expected.max() == 40 and expected.min() == 0  # the longest table is run through
     assert (expected[..., 5, :] == 2).all() if not dense else (expected[:, 5] == 2).all()
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_checked_counts_report_every_neuron_the_binary_neurons_count_otherwise(dense):
+    """The ANN's count kernel with the binary neurons' count in the same pass: given the
+    tables of other thresholds for the binary neurons, it returns the ANN's counts and
+    reports exactly the neurons where the two differ, image by image."""
+    from qsnn import engine
+    from qsnn.neurons import Thresholds, target_count
+
+    th = Thresholds(
+        offset=torch.tensor([5, -9, 0, 13], dtype=torch.int64), step=torch.tensor([7, 3, 0, 11], dtype=torch.int64),
+        divisor=7, size=torch.tensor([1, 4, 16, 9], dtype=torch.int64), constant=torch.tensor([-1, -1, -1, -1]),
+    )
+    other = th._replace(offset=th.offset + torch.tensor([0, 1, 7, -3]))  # ties move on three channels
+    generator = torch.Generator().manual_seed(2)
+    membrane = torch.randint(-20, 40, (5, 4, 1 if dense else 30), generator=generator).to(torch.float64)
+    if dense:
+        membrane = membrane[:, :, 0]
+    table = np.empty((4, engine.TABLED_LEVELS))
+    engine._fill_table(table, *engine._kernel_tables(other))
+    differing = np.zeros(5, np.int64)
+    found = engine._run_counts(engine._counts, th, membrane.numpy(), extra=(table, differing))
+    expected, binary = target_count(membrane, th), target_count(membrane, other)
+    assert np.array_equal(found, expected.numpy())
+    assert differing.tolist() == (expected != binary).flatten(1).sum(1).tolist()
+    assert differing.sum() > 0
+
+
+def test_sg_skips_its_own_pass_only_where_the_binary_neurons_agree_with_the_ann(monkeypatch):
+    """SG's spiking counts come from the ANN's pass when every layer's binary neurons,
+    counted by their own algorithm there, agree with the ANN; where one layer does not,
+    the simulation counts its own spikes again from that pass's membranes, and both ways
+    equal the reference simulator."""
+    from qsnn import engine
+    from qsnn.simulation import EventSimulator
+
+    net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, ternary=False, seed=8), "sg")
+    pixels, labels = random_pixels(12, seed=8), torch.randint(0, 10, (12,))
+    slow = simulate(net, pixels, labels, steps=None, batch_size=5, simulator=simulate_batch)
+    second_passes = []
+    original = EventSimulator._scatter_gather
+    monkeypatch.setattr(EventSimulator, "_scatter_gather", lambda self, *a: second_passes.append(1) or original(self, *a))
+    fast = simulate(net, pixels, labels, steps=None, batch_size=5)
+    assert second_passes == []
+    checked = engine.checked_counts
+    monkeypatch.setattr(engine, "checked_counts", lambda th, m: (checked(th, m)[0], 1 if m.shape[1] == 8 else 0))
+    again = simulate(net, pixels, labels, steps=None, batch_size=5)
+    assert second_passes == [1, 1, 1]  # one per batch
+    for run in (fast, again):
+        for name in ("correct", "agree", "positive", "negative", "sops", "spiking_neurons", "count_mismatches"):
+            assert getattr(run, name) == getattr(slow, name), name
 
 
 def test_sg_counts_where_it_departs_from_the_ann_as_it_counts():
