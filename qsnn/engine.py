@@ -235,6 +235,7 @@ def _aligned(values: np.ndarray) -> np.ndarray:
     return out
 
 
+@njit(inline="always", cache=True)
 def _pools(geometry: np.ndarray) -> bool:
     """Whether a layer is a convolution over non-overlapping windows (stride = kernel, no
     padding), where each input reaches exactly one output position."""
@@ -638,28 +639,50 @@ def _encoding_window(
     after the window."""
     size = neuron_at[2] - neuron_at[1]
     current[: span * size] = 0
-    per_level[: span + 2] = 0
-    for e in range(waiting):  # counting sort by the step of the last spike in the window
-        per_level[min(encoding_counts[b, pending[e]] - first, span) + 1] += 1
-    for level in range(1, span + 2):
-        per_level[level] += per_level[level - 1]
-    for e in range(waiting):  # stable: each level keeps the group order
-        j = pending[e]
-        level = min(encoding_counts[b, j] - first, span)
-        by_level[per_level[level]] = j
-        per_level[level] += 1
-    ones[:waiting] = 1
+    ending = per_level[span + 2 : 2 * span + 3]  # per level l: neurons whose train ends in step l - 1
+    added = per_level[2 * span + 3 : 3 * span + 4]  # ... and the synaptic operations of one spike of each
+    ending[:] = 0
+    added[:] = 0
+    kept = 0  # the neurons that fire beyond the window, still by group, go back to pending
+    if _pools(geometry[1]):  # one row per neuron, into one position: added into D_l as it comes
+        padded = geometry[1, 12]
+        for e in range(waiting):
+            j = pending[e]
+            left = encoding_counts[b, j] - first
+            level = min(left, span)
+            ending[level] += 1
+            target = reach[j, 0]
+            if target >= 0:
+                added[level] += geometry[1, 4]
+                _add_row(current, (level - 1) * size + target, weights, reach[j, 1], padded, 1)
+            pending[kept] = j
+            kept += left > span
+    else:  # sorted by level (counting sort, stable: each level keeps the group order), then delivered
+        per_level[: span + 2] = 0
+        for e in range(waiting):
+            per_level[min(encoding_counts[b, pending[e]] - first, span) + 1] += 1
+        for level in range(1, span + 2):
+            per_level[level] += per_level[level - 1]
+        for e in range(waiting):
+            j = pending[e]
+            left = encoding_counts[b, j] - first
+            level = min(left, span)
+            by_level[per_level[level]] = j
+            per_level[level] += 1
+            pending[kept] = j
+            kept += left > span
+        ones[:waiting] = 1
+        for level in range(1, span + 1):  # the neurons of level l are by_level[per_level[l - 1] : per_level[l]]
+            start = per_level[level - 1]
+            ending[level] = per_level[level] - start
+            if ending[level] > 0:
+                added[level] = _deliver(geometry, 1, weights, current, (level - 1) * size, by_level[start:], ones,
+                                        ending[level], origin, reach, rows)
     spikes = 0
     adds = 0
-    at = waiting  # the neurons of level l are by_level[per_level[l - 1] : per_level[l]]
     for level in range(span, 0, -1):
-        start = per_level[level - 1]
-        if at > start:
-            adds += _deliver(
-                geometry, 1, weights, current, (level - 1) * size, by_level[start:], ones, at - start,
-                origin, reach, rows,
-            )
-        spikes += at - start
+        spikes += ending[level]
+        adds += added[level]
         if level < span:  # I(first + level - 1) = D_level + I(first + level)
             into = current[(level - 1) * size : level * size]
             above = current[level * size : (level + 1) * size]
@@ -667,13 +690,6 @@ def _encoding_window(
                 into[n] += above[n]
         positive[b, 0, first + level - 1] = spikes
         sops[b, 0, first + level - 1] = adds
-        at = start
-    kept = 0  # the neurons that fire beyond the window, still by group
-    for e in range(waiting):
-        j = pending[e]
-        if encoding_counts[b, j] > first + span:
-            pending[kept] = j
-            kept += 1
     return kept
 
 
@@ -873,7 +889,7 @@ def _simulate(
             np.empty(neuron_at[1], np.int64),  # encoding neurons still to fire
             np.empty(total, np.int8),  # +1 / -1 / 0: the neurons of a layer that cross a threshold
             np.empty(total, np.int64),  # the crossing neurons (channel-last index in the layer)
-            np.empty(total, np.int64),  # events per group, then where each group's go
+            np.empty(max(total, 3 * window + 4), np.int64),  # events per group, then where each group's go; per level
             np.empty(total, np.int64),  # neurons whose thresholds lie beyond the table
             np.empty(total, np.int64),  # the weight rows of a group of spikes with one target
             np.empty(window * (neuron_at[2] - neuron_at[1] if layers > 1 else 0), initial_upper.dtype),  # layer 1's input per step
