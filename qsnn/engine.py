@@ -1346,7 +1346,7 @@ def _run_counts(kernel, thresholds, membrane: np.ndarray, tabled: int = 0, extra
 
 
 @njit(parallel=True, cache=True)
-def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, constant, big, out):
+def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, constant, big, out, chunks):
     """The encoding layer's counts m(V) of every image, V = its weights times the raw
     integer pixels, evaluated exactly in float64 (every partial sum is an integer below
     2^53: the layer's input limit sees to it). Each non-zero pixel adds its weights to the
@@ -1354,53 +1354,63 @@ def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, cons
     reaches side-by-side outputs with side-by-side weights); each count is then the number
     of table entries T(i) <= V (``levels``: T(i) of the first levels, (channel, level)
     float64), channel by channel, by a walk up the exact thresholds beyond the table.
-    ``pixels`` (images, C * H * W) uint8; ``out`` (images, neurons) channel-first."""
+    ``pixels`` (images, C * H * W) uint8; ``out`` (images, neurons) channel-first. Chunks
+    of images run in parallel, each reusing its buffers."""
     kind, _, in_h, in_w, out_c, out_h, out_w, kernel, stride, pad = geometry[0, :10]
+    images = pixels.shape[0]
+    for chunk in prange(chunks):
+        last = np.empty(out_h * out_w * out_c)  # channel-last: each pixel adds whole rows of weights
+        membrane = np.empty(out_c * out_h * out_w)  # channel-first, for counting
+        for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
+            _encode_image(pixels[b], kind, in_h, in_w, out_c, out_h, out_w, kernel, stride, pad, weights, levels, offset,
+                          step, divisor, size, constant, big, out[b], last, membrane)
+
+
+@njit(inline="always", cache=True)
+def _encode_image(image, kind, in_h, in_w, out_c, out_h, out_w, kernel, stride, pad, weights, levels, offset, step,
+                  divisor, size, constant, big, out, last, membrane):
+    """One image of :func:`_encode` into ``out`` (``last`` and ``membrane``: buffers)."""
     plane = out_h * out_w
     tabled = levels.shape[1]
-    for b in prange(pixels.shape[0]):
-        image = pixels[b]
-        last = np.zeros(plane * out_c)  # channel-last: each pixel adds whole rows of weights
-        for i in range(image.shape[0]):
-            if image[i] == 0:
+    last[:] = 0
+    for i in range(image.shape[0]):
+        if image[i] == 0:
+            continue
+        value = float(image[i])
+        if kind == 1:  # dense: every pixel reaches every neuron
+            _add_scaled(last, 0, weights, i * out_c, out_c, value)
+            continue
+        c, iy, ix = i // (in_h * in_w), (i // in_w) % in_h, i % in_w
+        for ky in range(kernel):
+            y = _reached(iy, pad, ky, stride, out_h)
+            if y < 0:
                 continue
-            value = float(image[i])
-            if kind == 1:  # dense: every pixel reaches every neuron
-                _add_scaled(last, 0, weights, i * out_c, out_c, value)
+            if stride == 1:  # the reached outputs of a kernel row are side by side: one add
+                first_x = ix + pad - kernel + 1  # reached by the rotated kernel column 0
+                lo, hi = max(0, -first_x), min(kernel - 1, out_w - 1 - first_x)
+                if hi >= lo:
+                    at = (y * out_w + first_x + lo) * out_c
+                    row = ((c * kernel + ky) * kernel + lo) * out_c
+                    _add_scaled(last, at, weights, row, (hi - lo + 1) * out_c, value)
                 continue
-            c, iy, ix = i // (in_h * in_w), (i // in_w) % in_h, i % in_w
-            for ky in range(kernel):
-                y = _reached(iy, pad, ky, stride, out_h)
-                if y < 0:
+            for kx in range(kernel):
+                x = _reached(ix, pad, kx, stride, out_w)
+                if x < 0:
                     continue
-                if stride == 1:  # the reached outputs of a kernel row are side by side: one add
-                    first_x = ix + pad - kernel + 1  # reached by the rotated kernel column 0
-                    lo, hi = max(0, -first_x), min(kernel - 1, out_w - 1 - first_x)
-                    if hi >= lo:
-                        at = (y * out_w + first_x + lo) * out_c
-                        row = ((c * kernel + ky) * kernel + lo) * out_c
-                        _add_scaled(last, at, weights, row, (hi - lo + 1) * out_c, value)
-                    continue
-                for kx in range(kernel):
-                    x = _reached(ix, pad, kx, stride, out_w)
-                    if x < 0:
-                        continue
-                    at = (y * out_w + x) * out_c
-                    row = ((c * kernel + ky) * kernel + kernel - 1 - kx) * out_c
-                    _add_scaled(last, at, weights, row, out_c, value)
-        membrane = np.empty(out_c * plane)  # channel-first, for counting
-        for p in range(plane):
-            for o in range(out_c):
-                membrane[o * plane + p] = last[p * out_c + o]
-        row = out[b]
-        row[:] = 0
+                at = (y * out_w + x) * out_c
+                row = ((c * kernel + ky) * kernel + kernel - 1 - kx) * out_c
+                _add_scaled(last, at, weights, row, out_c, value)
+    for p in range(plane):
         for o in range(out_c):
-            v = membrane[o * plane : (o + 1) * plane]
-            counts = row[o * plane : (o + 1) * plane]
-            _table_counts(v, counts, levels[o])  # (levels beyond the channel's size: out of reach)
-            for p in range(plane):
-                if counts[p] == tabled:  # beyond the table
-                    counts[p] = _walk_up(tabled, v[p], o, offset, step, divisor, size, constant, big)
+            membrane[o * plane + p] = last[p * out_c + o]
+    out[:] = 0
+    for o in range(out_c):
+        v = membrane[o * plane : (o + 1) * plane]
+        counts = out[o * plane : (o + 1) * plane]
+        _table_counts(v, counts, levels[o])  # (levels beyond the channel's size: out of reach)
+        for p in range(plane):
+            if counts[p] == tabled:  # beyond the table
+                counts[p] = _walk_up(tabled, v[p], o, offset, step, divisor, size, constant, big)
 
 
 @njit(inline="always", cache=True)
@@ -1419,7 +1429,7 @@ def encode(program: Program, pixels: np.ndarray) -> np.ndarray:
     out = np.empty((flat.shape[0], int(program.outputs[1])), np.int64)  # every entry is written
     tables = _encoding_tables(program.offset, program.step, program.divisor, program.size, program.constant,
                               program.geometry)
-    _encode(flat, program.geometry, program.encoding_weights, program.encoding_levels, *tables, out)
+    _encode(flat, program.geometry, program.encoding_weights, program.encoding_levels, *tables, out, _chunks(len(flat)))
     return out
 
 
@@ -1448,9 +1458,14 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, e
         program.channel_of, program.group_of, program.encoding_group, program.first_index,
         program.levels, steps, auto,
         positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled,
-        max(1, min(images, 4 * numba.get_num_threads())), min(steps, WINDOW), every_membrane,
+        _chunks(images), min(steps, WINDOW), every_membrane,
     )
     return positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled
+
+
+def _chunks(images: int) -> int:
+    """Chunks of images for the parallel kernels: a few per thread, for balance."""
+    return max(1, min(images, 4 * numba.get_num_threads()))
 
 
 def threads() -> int:

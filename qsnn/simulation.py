@@ -364,9 +364,10 @@ class EventSimulator:
         return record
 
     @torch.no_grad()
-    def against_ann(self, net, pixels, steps, *, noise=0.0, draws=None):
+    def against_ann(self, net, pixels, steps, *, noise=0.0, draws=None, checks: list | None = None):
         """The simulation and the exact quantized ANN on the same inputs, in one go:
-        (record with per-layer count mismatches, the ANN's counts per layer, its logits).
+        (record with per-layer count mismatches, the ANN's counts per layer (integer tensors: int32
+        where read off the engine), its logits).
 
         NSD and INT read the ANN off the simulation. A hidden layer's membrane is a linear
         function of its inputs and the engine's is exact (integer arithmetic), so wherever
@@ -380,7 +381,9 @@ class EventSimulator:
         differing inputs only (:func:`qsnn.engine.corrected_membranes`). Raw uint8 pixels
         are encoded by the engine itself (:func:`qsnn.engine.encode`). The first image of
         every batch is also evaluated by :func:`qsnn.conversion.reference_counts` from
-        scratch, as a check.
+        scratch, as a check: at once, or, given a list as ``checks``, later, with those of
+        other batches in one go (the list receives the image and what was read off for
+        it; see :func:`check_against_reference`).
         """
         if net.scheme == "sg":
             membranes: list = []
@@ -398,7 +401,11 @@ class EventSimulator:
                 record = self(net, pixels, steps, noise=noise, draws=draws, reference=(counts, membranes))
             return record, counts, logits
         record, counts, logits = self._event_driven(net, pixels, steps, with_ann=True)
-        _check_against_reference(net, pixels[:1], [c[:1] for c in counts], logits[:1])
+        first = (pixels[:1], [c[:1] for c in counts], logits[:1])
+        if checks is None:
+            check_against_reference(net, [first])
+        else:
+            checks.append(first)
         return record, counts, logits
 
     def _event_driven(self, net, pixels, steps, with_ann: bool = False):
@@ -476,9 +483,10 @@ class EventSimulator:
             settled = same & (unsettled[:, index] == 0) if layer.ann_thresholds is None else np.zeros_like(same)
             where = np.flatnonzero(~settled)  # the images whose counts are read off the membranes
             rest = torch.from_numpy(where)
-            counts = spiking[index].to(torch.int64)  # a copy
+            counts = spiking[index]  # the spiking counts (int32), copied only where some differ
             found = np.zeros(len(same), np.int64)
             if len(where):
+                counts = counts.clone()
                 if not written[where].all():
                     raise QsnnError("internal error: a membrane the ANN is read off was not kept; please report it")
                 exact = torch.from_numpy(membrane[where]).reshape(len(rest), *layer.out_shape)
@@ -490,7 +498,7 @@ class EventSimulator:
                         layer, exact[upstream].numpy(), ann[-1][images].numpy(), spiking[index - 1][images].numpy(),
                         self._float_weight(index, layer),
                     ))
-                counts[rest] = layer_counts(layer, exact, ann=True)
+                counts[rest] = layer_counts(layer, exact, ann=True).to(counts.dtype)
                 found[where] = self.engine.row_differences(spiking[index][rest].numpy(), counts[rest].numpy())
             ann.append(counts)
             differing.append(found)
@@ -502,11 +510,16 @@ class EventSimulator:
         return record._replace(mismatches=[int(d.sum()) for d in differing]), ann, logits
 
 
-def _check_against_reference(net: SpikingNet, pixels: torch.Tensor, counts: list, logits: torch.Tensor) -> None:
-    """Evaluate the quantized ANN from scratch on ``pixels`` and insist on the same counts
-    and logits as those read off the simulation."""
-    if len(pixels) == 0:
+def check_against_reference(net: SpikingNet, checks: list) -> None:
+    """Evaluate the quantized ANN from scratch on the images of ``checks`` ((pixels,
+    counts per layer, logits) read off simulations), all in one batch, and insist on the
+    same counts and logits."""
+    checks = [check for check in checks if len(check[0])]
+    if not checks:
         return
+    pixels = torch.cat([check[0] for check in checks])
+    counts = [torch.cat([check[1][index] for check in checks]) for index in range(len(net.layers))]
+    logits = torch.cat([check[2] for check in checks])
     expected, expected_logits = reference_counts(net, pixels)
     for index, (found, wanted) in enumerate(zip(counts, expected, strict=True)):
         if not torch.equal(found.to(torch.int64), wanted.to(torch.int64)):
@@ -588,6 +601,7 @@ def simulate(
     ann_correct = ann_correct_clean = 0
     mismatches = [0] * len(net.layers)
     bar = tqdm(total=len(pixels), desc=f"simulate {net.scheme}", unit="img", disable=not progress, leave=False)
+    checks: list = []  # see EventSimulator.against_ann
     for start in range(0, len(pixels), batch_size):
         clean = pixels[start : start + batch_size].to(device)
         target = labels[start : start + batch_size].to(device)
@@ -595,7 +609,9 @@ def simulate(
         inputs = noisy_pixels(clean, noise, draws) if net.scheme != "sg" and noise > 0 else clean
         noise_here = noise if net.scheme == "sg" else 0.0  # pixel noise is in ``inputs`` already
         if isinstance(simulator, EventSimulator):
-            record, counts, logits = simulator.against_ann(net, inputs, steps, noise=noise_here, draws=draws)
+            record, counts, logits = simulator.against_ann(
+                net, inputs, steps, noise=noise_here, draws=draws, checks=checks
+            )
         else:
             counts, logits = reference_counts(net, inputs)
             record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
@@ -616,6 +632,7 @@ def simulate(
         records.append((record._replace(counts=[]), correct, agree))  # counts checked: drop them
         bar.update(len(clean))
     bar.close()
+    check_against_reference(net, checks)  # the first image of every batch, evaluated from scratch
     total_steps = max(r.predictions.shape[0] for r, _, _ in records)
     correct_sum = torch.zeros(total_steps, dtype=torch.int64)
     agree_sum = torch.zeros(total_steps, dtype=torch.int64)

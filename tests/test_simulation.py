@@ -486,7 +486,7 @@ def test_the_ann_read_off_the_simulation_is_the_exact_ann(notation, k, B, ternar
     for steps in (1, 2, 4, None):
         record, counts, logits = EventSimulator(net).against_ann(net, pixels, steps)
         for found, wanted in zip(counts, expected, strict=True):
-            assert torch.equal(found, wanted)
+            assert torch.equal(found.to(torch.int64), wanted)
         assert torch.equal(logits, expected_logits)
         slow = simulate_batch(net, pixels, steps)
         assert record.mismatches == [differences(a.numpy(), b.numpy()) for a, b in zip(slow.counts, expected, strict=True)]
@@ -494,21 +494,27 @@ def test_the_ann_read_off_the_simulation_is_the_exact_ann(notation, k, B, ternar
     assert departed > 0  # some images took the convolution path
 
 
+@pytest.mark.parametrize("batch_size", [200, 4])
 @pytest.mark.parametrize("corruption", ["membranes", "counts"])
-def test_the_ann_read_off_the_simulation_is_checked(monkeypatch, corruption):
+def test_the_ann_read_off_the_simulation_is_checked(monkeypatch, corruption, batch_size):
     """A simulation whose final state was wrong would give a wrong ANN: wrong membranes
     where the read-off counts them (neurons not settled between their thresholds), or
     wrong counts where it takes the settled counts as they are. The from-scratch
-    evaluation of each batch's first image catches both."""
+    evaluation of each batch's first image (all of them in one go at the end) catches
+    both, also when only the last batch went wrong."""
     from qsnn import engine
 
     net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, seed=8), "nsd")
     pixels, labels = random_pixels(6, seed=8), torch.randint(0, 10, (6,))
     original = engine.run
+    calls = []
 
     def corrupted(*args):
         *outputs, counts, used, membranes, logits, unsettled = original(*args)
         assert not unsettled.any()  # quiescent: every count settled
+        calls.append(1)
+        if len(calls) < -(-len(pixels) // batch_size):  # only the last batch goes wrong
+            return (*outputs, counts, used, membranes, logits, unsettled)
         if corruption == "membranes":
             membranes[0] = -membranes[0]  # the first image's hidden membranes ...
             unsettled[0] = 1  # ... read where its counts are said not to be settled
@@ -518,4 +524,5 @@ def test_the_ann_read_off_the_simulation_is_checked(monkeypatch, corruption):
 
     monkeypatch.setattr(engine, "run", corrupted)
     with pytest.raises(QsnnError, match="internal error: the ANN read off the simulation differs from the exact ANN in layer 2"):
-        simulate(net, pixels, labels, steps=None)
+        simulate(net, pixels, labels, steps=None, batch_size=batch_size)
+    assert len(calls) == -(-len(pixels) // batch_size)
