@@ -401,7 +401,7 @@ class EventSimulator:
                 record = self(net, pixels, steps, noise=noise, draws=draws, reference=(counts, membranes))
             return record, counts, logits
         record, counts, logits = self._event_driven(net, pixels, steps, with_ann=True)
-        first = (pixels[:1], [c[:1] for c in counts], logits[:1])
+        first = (pixels[:1].clone(), [c[:1].clone() for c in counts], logits[:1].clone())  # (not views of the batch)
         if checks is None:
             check_against_reference(net, [first])
         else:

@@ -494,6 +494,22 @@ def test_the_ann_read_off_the_simulation_is_the_exact_ann(notation, k, B, ternar
     assert departed > 0  # some images took the convolution path
 
 
+def test_the_images_kept_for_the_final_check_do_not_hold_their_batches():
+    """What a batch leaves for the check at the end is one image's worth of memory, not
+    a view that keeps the whole batch's pixels, counts and logits alive (memory would
+    otherwise grow with the test set)."""
+    from qsnn.simulation import EventSimulator
+
+    net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, seed=8), "nsd")
+    pixels = random_pixels(6, seed=8)
+    checks: list = []
+    EventSimulator(net).against_ann(net, pixels, 3, checks=checks)
+    (image, counts, logits), = checks
+    assert len(image) == len(logits) == 1 and all(len(c) == 1 for c in counts)
+    for tensor in (image, logits, *counts):
+        assert tensor.untyped_storage().nbytes() == tensor.nbytes
+
+
 @pytest.mark.parametrize("batch_size", [200, 4])
 @pytest.mark.parametrize("corruption", ["membranes", "counts"])
 def test_the_ann_read_off_the_simulation_is_checked(monkeypatch, corruption, batch_size):
