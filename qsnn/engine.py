@@ -49,7 +49,7 @@ class Program:
 
     geometry: np.ndarray  # int64 [L, 15]: kind, in c/h/w, out c/h/w, K, stride, pad, w offset, t offset, padded out c,
     # groups, 1 if the groups already come in the state's order
-    weights: np.ndarray  # every hidden layer's weights, kernel layout, in the narrowest integer type
+    weights: np.ndarray  # every hidden layer's weights, kernel layout, in the narrowest type; then all negated
     offset: np.ndarray  # int64 [sum C]: A per channel, layer after layer
     step: np.ndarray  # int64 [sum C]: D
     divisor: np.ndarray  # int64 [L]: S per layer
@@ -141,7 +141,7 @@ def compile_program(net: SpikingNet) -> Program:
     size_all = np.concatenate(sizes).astype(np.int64)
     constant_all = np.concatenate(constants).astype(np.int64)
     state, weights = _storage(np.concatenate(parts), dtype)
-    weights = _aligned(weights)
+    weights = _aligned(np.concatenate([weights, -weights]))  # the negated copy for negative spikes (see _list_row)
     levels = np.zeros((threshold_at, TABLED_LEVELS + 1), state)
     levels[:, 0] = -big  # T(-1): a neuron at count 0 sends no negative spike
     for index in range(count):
@@ -332,75 +332,62 @@ def _add_row(membrane, start, weights, row, width, sign):
 
 
 @njit(inline="always", cache=True)
-def _add_two(membrane, start, weights, first, second, width, sign):
+def _add_two(membrane, start, weights, first, second, width):
     """Two rows at once: each membrane is loaded and stored once. The sum is taken in the
     membrane's type, one row after the other, so it stays exact."""
     target = membrane[start : start + width]
     a = weights[first : first + width]
     b = weights[second : second + width]
-    if sign > 0:
-        for o in range(width):
-            value = target[o]
-            value += a[o]
-            value += b[o]
-            target[o] = value
-    else:
-        for o in range(width):
-            value = target[o]
-            value -= a[o]
-            value -= b[o]
-            target[o] = value
+    for o in range(width):
+        value = target[o]
+        value += a[o]
+        value += b[o]
+        target[o] = value
 
 
 @njit(inline="always", cache=True)
-def _add_four(membrane, start, weights, r0, r1, r2, r3, width, sign):
+def _add_four(membrane, start, weights, r0, r1, r2, r3, width):
     """Four rows at once (see :func:`_add_two`)."""
     target = membrane[start : start + width]
     a = weights[r0 : r0 + width]
     b = weights[r1 : r1 + width]
     c = weights[r2 : r2 + width]
     d = weights[r3 : r3 + width]
-    if sign > 0:
-        for o in range(width):
-            value = target[o]
-            value += a[o]
-            value += b[o]
-            value += c[o]
-            value += d[o]
-            target[o] = value
-    else:
-        for o in range(width):
-            value = target[o]
-            value -= a[o]
-            value -= b[o]
-            value -= c[o]
-            value -= d[o]
-            target[o] = value
+    for o in range(width):
+        value = target[o]
+        value += a[o]
+        value += b[o]
+        value += c[o]
+        value += d[o]
+        target[o] = value
 
 
 @njit(inline="always", cache=True)
-def _add_rows(membrane, start, weights, rows, shift, first, last, width, sign):
-    """membrane[start:start+width] +/-= the rows weights[r + shift : r + shift + width] for
-    r in rows[first:last], four at a time. Any order gives the same exact integers, and
+def _add_group(membrane, start, weights, rows, shift, count, width):
+    """membrane[start:start+width] += the rows weights[r + shift : r + shift + width] for
+    r in rows[:count], four at a time (negative spikes' rows are in the negated copy of
+    the weights, see :func:`_list_row`). Any order gives the same exact integers, and
     every partial sum is a membrane some order of the same spikes would pass through, so
     within the layer's bounds."""
-    i = first
-    while i + 4 <= last:
+    i = 0
+    while i + 4 <= count:
         _add_four(membrane, start, weights, rows[i] + shift, rows[i + 1] + shift, rows[i + 2] + shift,
-                  rows[i + 3] + shift, width, sign)
+                  rows[i + 3] + shift, width)
         i += 4
-    if i + 2 <= last:
-        _add_two(membrane, start, weights, rows[i] + shift, rows[i + 1] + shift, width, sign)
+    if i + 2 <= count:
+        _add_two(membrane, start, weights, rows[i] + shift, rows[i + 1] + shift, width)
         i += 2
-    if i < last:
-        _add_row(membrane, start, weights, rows[i] + shift, width, sign)
+    if i < count:
+        _add_row(membrane, start, weights, rows[i] + shift, width, 1)
 
 
 @njit(inline="always", cache=True)
-def _add_group(membrane, start, weights, rows, shift, ups, downs, width):
-    """A group's rows: rows[:ups] added, rows[downs:] subtracted."""
-    _add_rows(membrane, start, weights, rows, shift, 0, ups, width, 1)
-    _add_rows(membrane, start, weights, rows, shift, downs, rows.shape[0], width, -1)
+def _list_row(rows, listed, row, sign, weights):
+    """rows[listed] = the weight row of a spike: ``row`` for a positive one, its negated
+    copy (the second half of ``weights``) for a negative one, so that the rows of both
+    signs are added in the same pass. Returns listed + 1."""
+    rows[listed] = row + np.int64(sign < 0) * (weights.shape[0] // 2)
+    return listed + 1
 
 
 @njit(cache=True)
@@ -411,44 +398,33 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count, ori
     group (see :func:`_groups`), ``origin`` those indices' (channel, row, column) in the
     sending layer, ``reach`` the membrane offset and weight row each of them reaches in a
     non-overlapping pooling layer (or -1). The spikes of a group reach the same
-    membranes: their weight rows are collected in ``rows`` (those of positive spikes from
-    the front, of negative ones from the back) and added together. Returns the number of
-    synaptic operations (additions) performed.
+    membranes: their weight rows are collected in ``rows`` (a negative spike's from the
+    negated copy of the weights) and added together. Returns the number of synaptic
+    operations (additions) performed.
     """
     kind = geometry[layer, 0]
     out_c, out_h, out_w = geometry[layer, 4], geometry[layer, 5], geometry[layer, 6]
     kernel, stride, pad = geometry[layer, 7], geometry[layer, 8], geometry[layer, 9]
     start = geometry[layer, 10]
     padded = geometry[layer, 12]  # the membrane's and the weights' channel stride
-    end = rows.shape[0]
     if kind == 1:  # dense: every spike reaches every membrane, one group
-        ups, downs = 0, end
+        listed = 0
         for e in range(count):
-            if signs[e] > 0:
-                rows[ups] = start + events[e] * padded
-                ups += 1
-            else:
-                downs -= 1
-                rows[downs] = start + events[e] * padded
-        _add_group(membrane, base, weights, rows, 0, ups, downs, padded)
+            listed = _list_row(rows, listed, start + events[e] * padded, signs[e], weights)
+        _add_group(membrane, base, weights, rows, 0, listed, padded)
         return count * out_c
     adds = 0  # synapses reached (padding excluded)
     if stride == kernel and pad == 0:  # non-overlapping windows (the P blocks): looked up
         e = 0
         while e < count:
             target = reach[events[e], 0]
-            ups, downs = 0, end
+            listed = 0
             g = e
             while g < count and reach[events[g], 0] == target:
-                if signs[g] > 0:
-                    rows[ups] = reach[events[g], 1]
-                    ups += 1
-                else:
-                    downs -= 1
-                    rows[downs] = reach[events[g], 1]
+                listed = _list_row(rows, listed, reach[events[g], 1], signs[g], weights)
                 g += 1
             if target >= 0:
-                _add_group(membrane, base + target, weights, rows, 0, ups, downs, padded)
+                _add_group(membrane, base + target, weights, rows, 0, listed, padded)
                 adds += (g - e) * out_c
             e = g
         return adds
@@ -462,21 +438,16 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count, ori
             first_x = x + pad - kernel + 1
             ky_lo, ky_hi = max(0, -first_y), min(kernel - 1, out_h - 1 - first_y)
             kx_lo, kx_hi = max(0, -first_x), min(kernel - 1, out_w - 1 - first_x)
-            ups, downs = 0, end
+            listed = 0
             while g < count and origin[events[g], 1] == y and origin[events[g], 2] == x:
                 row = start + (origin[events[g], 0] * kernel * kernel + kx_lo) * padded
-                if signs[g] > 0:
-                    rows[ups] = row
-                    ups += 1
-                else:
-                    downs -= 1
-                    rows[downs] = row
+                listed = _list_row(rows, listed, row, signs[g], weights)
                 g += 1
             if ky_hi >= ky_lo and kx_hi >= kx_lo:
                 width = (kx_hi - kx_lo + 1) * padded
                 for ky in range(ky_lo, ky_hi + 1):
                     at = base + ((first_y + ky) * out_w + first_x + kx_lo) * padded
-                    _add_group(membrane, at, weights, rows, ky * kernel * padded, ups, downs, width)
+                    _add_group(membrane, at, weights, rows, ky * kernel * padded, listed, width)
                 adds += (g - e) * (ky_hi - ky_lo + 1) * (kx_hi - kx_lo + 1) * out_c
             e = g
         return adds
