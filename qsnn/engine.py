@@ -606,8 +606,8 @@ def _encoding_window(
     ... + D_span: each neuron's rows are added once per window, not once per spike.
     ``current[s]`` (one stretch of layer 1's size per step) receives I(first + s); the
     spikes and synaptic operations of every step go to ``positive`` and ``sops``.
-    ``pending[:waiting]``: the neurons still firing, by group; returns how many fire
-    after the window."""
+    ``pending[:waiting]``: the neurons still firing, by group (in any order into a
+    pooling layer); returns how many fire after the window."""
     size = neuron_at[2] - neuron_at[1]
     current[: span * size] = 0
     ending = per_level[span + 2 : 2 * span + 3]  # per level l: neurons whose train ends in step l - 1
@@ -615,7 +615,7 @@ def _encoding_window(
     ending[:] = 0
     added[:] = 0
     kept = 0  # the neurons that fire beyond the window, still by group, go back to pending
-    if _pools(geometry[1]):  # one row per neuron, into one position: added into D_l as it comes
+    if _pools(geometry[1]):  # one row per neuron, into one position: added into D_l as it comes, in any order
         padded = geometry[1, 12]
         for e in range(waiting):
             j = pending[e]
@@ -693,24 +693,32 @@ def _simulate_image(
     fired[hidden:] = 0
     quiet[:] = 0
     logits[:] = 0
-    # the encoding neurons that fire, sorted by group as every layer emits its spikes
-    # (counting sort), go to pending[:waiting]
-    groups = geometry[0, 13]
-    per_group[: groups + 1] = 0
+    # the encoding neurons that fire go to pending[:waiting], sorted by group as every
+    # layer emits its spikes (counting sort), unless a pooling layer 1 takes them in any
+    # order (see _encoding_window); branch-free: about one neuron in three fires
     firing = 0
-    for j in range(encoding):  # branch-free: about one neuron in three fires
-        on = encoding_counts[b, j] > 0
-        crossing_at[firing] = j
-        firing += on
-        fired[j] = on
-        per_group[encoding_group[j] + 1] += on
-    for g in range(groups):
-        per_group[g + 1] += per_group[g]
-    for i in range(firing):
-        j = crossing_at[i]
-        g = encoding_group[j]
-        pending[per_group[g]] = j
-        per_group[g] += 1
+    if layers > 1 and _pools(geometry[1]):
+        for j in range(encoding):
+            on = encoding_counts[b, j] > 0
+            pending[firing] = j
+            firing += on
+            fired[j] = on
+    else:
+        groups = geometry[0, 13]
+        per_group[: groups + 1] = 0
+        for j in range(encoding):
+            on = encoding_counts[b, j] > 0
+            crossing_at[firing] = j
+            firing += on
+            fired[j] = on
+            per_group[encoding_group[j] + 1] += on
+        for g in range(groups):
+            per_group[g + 1] += per_group[g]
+        for i in range(firing):
+            j = crossing_at[i]
+            g = encoding_group[j]
+            pending[per_group[g]] = j
+            per_group[g] += 1
     waiting = firing  # encoding neurons still to fire
     simulated = steps  # steps until the first silent one (auto), else all
     first = 0  # the window's first step
