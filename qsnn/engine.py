@@ -47,8 +47,8 @@ ALIGN = 8  # channels padded to, and weight rows aligned on, multiples of this m
 class Program:
     """A converted network laid out for the kernels (channel-last, flat arrays)."""
 
-    geometry: np.ndarray  # int64 [L, 15]: kind, in c/h/w, out c/h/w, K, stride, pad, w offset, t offset, padded out c,
-    # groups, 1 if the groups already come in the state's order
+    geometry: np.ndarray  # int64 [L, 14]: kind, in c/h/w, out c/h/w, K, stride, pad, w offset, t offset, padded out c,
+    # groups (the encoding layer's, see _groups)
     weights: np.ndarray  # every hidden layer's weights, kernel layout, in the narrowest type; then all negated
     offset: np.ndarray  # int64 [sum C]: A per channel, layer after layer
     step: np.ndarray  # int64 [sum C]: D
@@ -63,7 +63,6 @@ class Program:
     origin: np.ndarray  # int64 [sum neurons, 3]: (channel, row, column) of every neuron
     reach: np.ndarray  # int64 [sum neurons, 2]: membrane offset and weight row a spike reaches in a pooling layer
     channel_of: np.ndarray  # int64 [sum neurons]: the channel of every neuron, in channel-last order
-    group_of: np.ndarray  # int64 [sum neurons]: the group its spikes are sorted into (same target, see _groups)
     encoding_group: np.ndarray  # int64: the group of every encoding neuron (channel-first), see _groups
     first_index: np.ndarray  # int64 [sum neurons]: channel-last order to channel-first flat index
     levels: np.ndarray  # [sum C, TABLED_LEVELS + 1]: T(i - 1) of the first levels of every channel
@@ -93,7 +92,7 @@ def compile_program(net: SpikingNet) -> Program:
     count = len(layers)
     dtype = np.int32 if _fits_int32(net) else np.int64
     big = INT32_LIMIT if dtype == np.int32 else 2**54
-    geometry = np.zeros((count, 15), np.int64)
+    geometry = np.zeros((count, 14), np.int64)
     parts, offsets, steps, sizes, constants = [], [], [], [], []
     divisor = np.zeros(count, np.int64)
     neurons = np.zeros(count + 1, np.int64)
@@ -118,7 +117,7 @@ def compile_program(net: SpikingNet) -> Program:
         padded = -(-out_c // ALIGN) * ALIGN if index else out_c
         geometry[index] = [
             kind, in_c, in_h, in_w, out_c, out_h, out_w,
-            layer.kernel, layer.stride, layer.padding, weight_at, threshold_at, padded, 0, 0,
+            layer.kernel, layer.stride, layer.padding, weight_at, threshold_at, padded, 0,
         ]
         flat = np.zeros(0, dtype)
         if index:
@@ -154,7 +153,6 @@ def compile_program(net: SpikingNet) -> Program:
     origin = np.zeros((int(neurons[-1]), 3), np.int64)
     reach = np.full((int(neurons[-1]), 2), -1, np.int64)
     channel_of = np.zeros(int(neurons[-1]), np.int64)
-    group_of = np.zeros(int(neurons[-1]), np.int64)
     encoding_group = np.zeros(0, np.int64)
     first_index = np.zeros(int(neurons[-1]), np.int64)
     for index, layer in enumerate(layers):
@@ -170,15 +168,10 @@ def compile_program(net: SpikingNet) -> Program:
         state = np.arange(plane * padded).reshape(plane, padded)
         real = state[:, :out_c].reshape(-1) + at
         channel_of[real] = np.tile(np.arange(out_c), plane)
-        receiver = geometry[index + 1] if index + 1 < count else None
-        groups, group = _groups(receiver, layer.out_shape if layer.kind == "conv" else (layer.neurons, 1, 1))
-        geometry[index, 13] = groups
-        group_of[real] = group.reshape(out_c, plane).T.reshape(-1)  # channel-last, as the state
-        # the neurons that cross, in the state's order, are already grouped into a
-        # convolution (by position); a dense layer and the output add every spike together
-        dense_next = receiver is None or receiver[0] == 1
-        geometry[index, 14] = int(dense_next or np.all(np.diff(group_of[real]) >= 0))
-        if index == 0:
+        if index == 0:  # the order in which layer 1 takes the encoding neurons' spikes (see _groups)
+            receiver = geometry[1] if count > 1 else None
+            groups, group = _groups(receiver, layer.out_shape if layer.kind == "conv" else (layer.neurons, 1, 1))
+            geometry[0, 13] = groups
             encoding_group = group.astype(np.int64)
         first_index[real] = np.arange(size).reshape(out_c, plane).T.reshape(-1)
         if index:
@@ -211,7 +204,6 @@ def compile_program(net: SpikingNet) -> Program:
         origin=origin,
         reach=reach,
         channel_of=channel_of,
-        group_of=group_of,
         encoding_group=encoding_group,
         first_index=first_index,
         levels=levels,
@@ -261,17 +253,15 @@ def _groups(receiver, shape) -> tuple[int, np.ndarray]:
     """How a layer's spikes of one step are ordered for the layer that receives them: the
     number of groups and every neuron's group (channel-first order). The spikes of one
     group reach the same membranes, so that the receiver adds several weight rows to them
-    in one pass (each membrane is loaded and stored once per four rows): into a pooling
-    layer, the output position they reach (inputs beyond the last window last); into
-    another convolution, their position; into a dense layer or the output, their channel
-    (any two of them reach the same membranes; by channel keeps the weight rows in order)."""
+    in one pass (each membrane is loaded and stored once per four rows): into a
+    convolution (a pooling layer too), their position; into a dense layer or the output,
+    their channel (any two of them reach the same membranes; by channel keeps the weight
+    rows in order). Both orders are the state's own (see compile_program), so spikes go
+    out without a sort. (Into a pooling layer, the spikes of one window at one position
+    are added together; sorting them by window as well measured slower than the passes
+    it saves.)"""
     channels, height, width = shape
     c, y, x = (a.reshape(-1) for a in np.indices(shape))
-    if receiver is not None and receiver[0] == 0 and _pools(receiver):
-        out_h, out_w, kernel = (int(v) for v in receiver[[5, 6, 7]])
-        oy, ox = y // kernel, x // kernel
-        inside = (oy < out_h) & (ox < out_w)
-        return out_h * out_w + 1, np.where(inside, oy * out_w + ox, out_h * out_w)
     if receiver is not None and receiver[0] == 0:
         return height * width, y * width + x
     return channels, c
@@ -484,19 +474,19 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count, ori
 @njit(cache=True)
 def _scan(
     layer, geometry, membrane, upper, lower, count, fired, base, at_event, events, signs, flag, crossing_at,
-    per_group, far, channel_of, group_of, first_index, levels, offset, step, divisor, size, constant, big,
+    far, channel_of, first_index, levels, offset, step, divisor, size, constant, big,
 ):
     """One step of layer ``layer``'s neurons after their input arrived: every neuron whose
     membrane crossed a threshold moves its count by one and its thresholds to the new
-    T(c), T(c - 1); its spike goes to events[at_event:] (signs alike), group by group.
-    Returns (spikes, positive spikes)."""
+    T(c), T(c - 1); its spike goes to events[at_event:] (signs alike), in the state's
+    order, which keeps the spikes that reach the same membranes side by side (see
+    _groups). Returns (spikes, positive spikes)."""
     plane = geometry[layer, 5] * geometry[layer, 6]
     at = geometry[layer, 11]
     scale = divisor[layer]
     tabled = levels.shape[1] - 1
     # a branch-free, vectorized pass flags the neurons that cross a threshold, a second
-    # one lists them; their events are then emitted group by group (counting sort), so
-    # that the receiver finds the spikes that reach the same membranes side by side
+    # one lists them
     here = plane * geometry[layer, 12]  # padded channels: never crossing
     v = membrane[base : base + here]
     up = upper[base : base + here]
@@ -520,16 +510,11 @@ def _scan(
         for n in range(here):
             crossing_at[listed] = n
             listed += flag[n] != 0
-    groups = geometry[layer, 13]
-    ordered = geometry[layer, 14] == 1
-    per_group[:groups] = 0
     up_spikes = 0
     beyond = 0  # neurons whose new threshold lies beyond the table
     for i in range(changing):  # branch-free but for the rare thresholds beyond the table
         k = crossing_at[i]
         n = base + k
-        if not ordered:
-            per_group[group_of[n]] += 1
         fired[n] = 1
         rising = flag[k] > 0
         c = count[n] + (1 if rising else -1)
@@ -551,22 +536,10 @@ def _scan(
         ch = channel_of[n]
         upper[n] = _threshold(count[n], at + ch, offset, step, scale, size, constant, big)
         lower[n] = _threshold(count[n] - 1, at + ch, offset, step, scale, size, constant, big)
-    if ordered:
-        for i in range(changing):
-            n = crossing_at[i]
-            events[at_event + i] = first_index[base + n]
-            signs[at_event + i] = flag[n]
-        return changing, up_spikes
-    slot = 0
-    for g in range(groups):  # where each group's events start
-        slot, per_group[g] = slot + per_group[g], slot
     for i in range(changing):
         n = crossing_at[i]
-        g = group_of[base + n]
-        at_slot = at_event + per_group[g]
-        per_group[g] += 1
-        events[at_slot] = first_index[base + n]
-        signs[at_slot] = flag[n]
+        events[at_event + i] = first_index[base + n]
+        signs[at_event + i] = flag[n]
     return changing, up_spikes
 
 
@@ -667,7 +640,7 @@ def _encoding_window(
 @njit(cache=True)
 def _simulate_image(
     b, encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_group, first_index, levels, steps,
+    neuron_at, output_at, initial_upper, origin, reach, channel_of, encoding_group, first_index, levels, steps,
     auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled, buffers,
     every_membrane,
 ):
@@ -760,7 +733,7 @@ def _simulate_image(
                     continue
                 made, up_spikes = _scan(
                     layer, geometry, membrane, upper, lower, count, fired, base, own + emitted, events, signs, flag,
-                    crossing_at, per_group, far, channel_of, group_of, first_index, levels, offset, step, divisor,
+                    crossing_at, far, channel_of, first_index, levels, offset, step, divisor,
                     size, constant, big,
                 )
                 emitted += made
@@ -836,7 +809,7 @@ def _simulate_image(
 @njit(parallel=True, cache=True)
 def _simulate(
     encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_group, first_index, levels, steps,
+    neuron_at, output_at, initial_upper, origin, reach, channel_of, encoding_group, first_index, levels, steps,
     auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled, chunks, window,
     every_membrane,
 ):
@@ -876,7 +849,7 @@ def _simulate(
         for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
             _simulate_image(
                 b, encoding_counts, geometry, weights, offset, step, divisor, size, constant,
-                output, big, neuron_at, output_at, initial_upper, origin, reach, channel_of, group_of, encoding_group,
+                output, big, neuron_at, output_at, initial_upper, origin, reach, channel_of, encoding_group,
                 first_index, levels, steps, auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled,
                 buffers, every_membrane,
             )
@@ -1434,7 +1407,7 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, e
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.size, program.constant,
         program.output, program.big, program.neurons, program.outputs, program.initial_upper, program.origin, program.reach,
-        program.channel_of, program.group_of, program.encoding_group, program.first_index,
+        program.channel_of, program.encoding_group, program.first_index,
         program.levels, steps, auto,
         positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled,
         _chunks(images), min(steps, WINDOW), every_membrane,
