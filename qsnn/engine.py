@@ -480,7 +480,7 @@ def _scan(
     membrane crossed a threshold moves its count by one and its thresholds to the new
     T(c), T(c - 1); its spike goes to events[at_event:] (signs alike), in the state's
     order, which keeps the spikes that reach the same membranes side by side (see
-    _groups). Returns (spikes, positive spikes)."""
+    _groups). Returns (spikes, positive spikes, neurons that spiked for the first time)."""
     plane = geometry[layer, 5] * geometry[layer, 6]
     at = geometry[layer, 11]
     scale = divisor[layer]
@@ -497,7 +497,7 @@ def _scan(
         flag[n] = crossing
         changing += crossing != 0
     if changing == 0:
-        return 0, 0
+        return 0, 0, 0
     listed = 0
     if 16 * changing < here:  # few: skip the words of 8 flags that are all zero
         words = flag[:here].view(np.int64)  # (here is a multiple of 8: padded channels)
@@ -511,10 +511,12 @@ def _scan(
             crossing_at[listed] = n
             listed += flag[n] != 0
     up_spikes = 0
+    first_spikes = 0  # neurons spiking for the first time
     beyond = 0  # neurons whose new threshold lies beyond the table
     for i in range(changing):  # branch-free but for the rare thresholds beyond the table
         k = crossing_at[i]
         n = base + k
+        first_spikes += 1 - fired[n]
         fired[n] = 1
         rising = flag[k] > 0
         c = count[n] + (1 if rising else -1)
@@ -540,7 +542,7 @@ def _scan(
         n = crossing_at[i]
         events[at_event + i] = first_index[base + n]
         signs[at_event + i] = flag[n]
-    return changing, up_spikes
+    return changing, up_spikes, first_spikes
 
 
 @njit(cache=True)
@@ -655,7 +657,7 @@ def _simulate_image(
     layers = geometry.shape[0]
     classes = output.shape[1]
     encoding = encoding_counts.shape[1]  # the encoding layer's neurons (state slots 0 ..)
-    (membrane, upper, lower, count, fired, events, signs, starts, quiet, logits, pending, flag, crossing_at,
+    (membrane, upper, lower, count, fired, events, signs, starts, quiet, spiked, logits, pending, flag, crossing_at,
      per_group, far, grouped, current) = buffers
     window = starts.shape[1] - 1
     hidden = neuron_at[1]  # the encoding layer has no membrane, thresholds or count here
@@ -665,6 +667,7 @@ def _simulate_image(
     count[hidden:] = 0
     fired[hidden:] = 0
     quiet[:] = 0
+    spiked[:] = 0
     logits[:] = 0
     # the encoding neurons that fire go to pending[:waiting], sorted by group as every
     # layer emits its spikes (counting sort), unless a pooling layer 1 takes them in any
@@ -695,6 +698,7 @@ def _simulate_image(
     waiting = firing  # encoding neurons still to fire
     simulated = steps  # steps until the first silent one (auto), else all
     first = 0  # the window's first step
+    span = min(window, steps)  # (the last window's, after the loop)
     while first < simulated:
         span = min(window, steps - first)
         if layers > 1:
@@ -731,13 +735,14 @@ def _simulate_image(
                         )
                 if arriving == 0 and quiet[layer] == 1:
                     continue
-                made, up_spikes = _scan(
+                made, up_spikes, first_spikes = _scan(
                     layer, geometry, membrane, upper, lower, count, fired, base, own + emitted, events, signs, flag,
                     crossing_at, far, channel_of, first_index, levels, offset, step, divisor,
                     size, constant, big,
                 )
                 emitted += made
                 positive[b, layer, t] = up_spikes
+                spiked[layer] += first_spikes
                 negative[b, layer, t] = made - up_spikes
                 quiet[layer] = 1 if made == 0 else 0
             starts[layer, span] = emitted
@@ -766,13 +771,13 @@ def _simulate_image(
                 simulated = t  # quiescent: nothing moves again (the window's later steps are silent too)
         first += span
     used[b] = simulated
-    spiked = 0
+    firing = 0
     cut = 0  # encoding neurons whose spike train the last step cut short
     for n in range(encoding):  # the thermometer has emitted min(count, steps) spikes
         counts[b, n] = min(encoding_counts[b, n], simulated)
-        spiked += fired[n]
+        firing += fired[n]
         cut += encoding_counts[b, n] > simulated
-    spiking[b, 0] = spiked
+    spiking[b, 0] = firing
     unsettled[b, 0] = cut
     keep = every_membrane or cut > 0
     for layer in range(1, layers):
@@ -781,15 +786,20 @@ def _simulate_image(
         plane = geometry[layer, 5] * geometry[layer, 6]
         base = neuron_at[layer]
         at = output_at[layer]  # outputs: channel-first, no padding
-        spiked = 0
+        for ch in range(out_c):  # channel-first
+            into = counts[b, at + ch * plane : at + (ch + 1) * plane]
+            for p in range(plane):
+                into[p] = count[base + p * padded + ch]
+        # unsettled: a membrane beyond one of its thresholds. A neuron that did not cross
+        # in the last step was between its thresholds then, with no input to come, so only
+        # the neurons that crossed in it (the layer's last events) need looking at
         moving = 0
-        for p in range(plane):
-            for ch in range(out_c):
-                n = base + p * padded + ch
-                counts[b, at + ch * plane + p] = count[n]
-                spiked += fired[n]
-                moving += (membrane[n] >= upper[n]) | (membrane[n] < lower[n])
-        spiking[b, layer] = spiked
+        own = window * base
+        for e in range(own + starts[layer, span - 1], own + starts[layer, span]):
+            ch = events[e] // plane  # (events hold channel-first indices)
+            n = base + (events[e] - ch * plane) * padded + ch
+            moving += (membrane[n] >= upper[n]) | (membrane[n] < lower[n])
+        spiking[b, layer] = spiked[layer]
         unsettled[b, layer] = moving
         keep = keep or moving > 0
     if keep:  # the membranes are read only where something is unsettled (or every time)
@@ -837,6 +847,7 @@ def _simulate(
             np.empty(window * total, np.int8),  # their signs
             np.empty((layers, window + 1), np.int64),  # where each step's spikes start, per layer
             np.empty(layers, np.uint8),  # layer silent last step
+            np.empty(layers, np.int64),  # neurons of each layer that have spiked
             np.empty(output.shape[1], np.int64),  # the output accumulator
             np.empty(neuron_at[1], np.int64),  # encoding neurons still to fire
             np.empty(total, np.int8),  # +1 / -1 / 0: the neurons of a layer that cross a threshold
