@@ -47,8 +47,7 @@ ALIGN = 8  # channels padded to, and weight rows aligned on, multiples of this m
 class Program:
     """A converted network laid out for the kernels (channel-last, flat arrays)."""
 
-    geometry: np.ndarray  # int64 [L, 14]: kind, in c/h/w, out c/h/w, K, stride, pad, w offset, t offset, padded out c,
-    # groups (the encoding layer's, see _groups)
+    geometry: np.ndarray  # int64 [L, 13]: kind, in c/h/w, out c/h/w, K, stride, pad, w offset, t offset, padded out c
     weights: np.ndarray  # every hidden layer's weights, kernel layout, in the narrowest type; then all negated
     offset: np.ndarray  # int64 [sum C]: A per channel, layer after layer
     step: np.ndarray  # int64 [sum C]: D
@@ -63,7 +62,7 @@ class Program:
     origin: np.ndarray  # int64 [sum neurons, 3]: (channel, row, column) of every neuron
     reach: np.ndarray  # int64 [sum neurons, 2]: membrane offset and weight row a spike reaches in a pooling layer
     channel_of: np.ndarray  # int64 [sum neurons]: the channel of every neuron, in channel-last order
-    encoding_group: np.ndarray  # int64: the group of every encoding neuron (channel-first), see _groups
+    encoding_order: np.ndarray  # int64: the encoding neurons (channel-first) in the order layer 1 takes them
     first_index: np.ndarray  # int64 [sum neurons]: channel-last order to channel-first flat index
     levels: np.ndarray  # [sum C, TABLED_LEVELS + 1]: T(i - 1) of the first levels of every channel
     encoding_weights: np.ndarray  # float64 (in c, K, K rotated, out c) or (in features, out): the encoding layer's
@@ -92,7 +91,7 @@ def compile_program(net: SpikingNet) -> Program:
     count = len(layers)
     dtype = np.int32 if _fits_int32(net) else np.int64
     big = INT32_LIMIT if dtype == np.int32 else 2**54
-    geometry = np.zeros((count, 14), np.int64)
+    geometry = np.zeros((count, 13), np.int64)
     parts, offsets, steps, sizes, constants = [], [], [], [], []
     divisor = np.zeros(count, np.int64)
     neurons = np.zeros(count + 1, np.int64)
@@ -117,7 +116,7 @@ def compile_program(net: SpikingNet) -> Program:
         padded = -(-out_c // ALIGN) * ALIGN if index else out_c
         geometry[index] = [
             kind, in_c, in_h, in_w, out_c, out_h, out_w,
-            layer.kernel, layer.stride, layer.padding, weight_at, threshold_at, padded, 0,
+            layer.kernel, layer.stride, layer.padding, weight_at, threshold_at, padded,
         ]
         flat = np.zeros(0, dtype)
         if index:
@@ -153,7 +152,7 @@ def compile_program(net: SpikingNet) -> Program:
     origin = np.zeros((int(neurons[-1]), 3), np.int64)
     reach = np.full((int(neurons[-1]), 2), -1, np.int64)
     channel_of = np.zeros(int(neurons[-1]), np.int64)
-    encoding_group = np.zeros(0, np.int64)
+    encoding_order = np.zeros(0, np.int64)
     first_index = np.zeros(int(neurons[-1]), np.int64)
     for index, layer in enumerate(layers):
         at, size, out_c, padded = int(neurons[index]), layer.neurons, int(geometry[index, 4]), int(geometry[index, 12])
@@ -168,11 +167,13 @@ def compile_program(net: SpikingNet) -> Program:
         state = np.arange(plane * padded).reshape(plane, padded)
         real = state[:, :out_c].reshape(-1) + at
         channel_of[real] = np.tile(np.arange(out_c), plane)
-        if index == 0:  # the order in which layer 1 takes the encoding neurons' spikes (see _groups)
+        if index == 0:  # the order in which layer 1 takes the encoding neurons' spikes
             receiver = geometry[1] if count > 1 else None
-            groups, group = _groups(receiver, layer.out_shape if layer.kind == "conv" else (layer.neurons, 1, 1))
-            geometry[0, 13] = groups
-            encoding_group = group.astype(np.int64)
+            if receiver is not None and _pools(receiver):  # any order: their own (see _encoding_window)
+                encoding_order = np.arange(size, dtype=np.int64)
+            else:  # stable: each group keeps the channel-first order
+                group = _groups(receiver, layer.out_shape if layer.kind == "conv" else (layer.neurons, 1, 1))
+                encoding_order = np.argsort(group, kind="stable").astype(np.int64)
         first_index[real] = np.arange(size).reshape(out_c, plane).T.reshape(-1)
         if index:
             channel_at = int(geometry[index, 11])
@@ -204,7 +205,7 @@ def compile_program(net: SpikingNet) -> Program:
         origin=origin,
         reach=reach,
         channel_of=channel_of,
-        encoding_group=encoding_group,
+        encoding_order=encoding_order,
         first_index=first_index,
         levels=levels,
         encoding_weights=encoding_weights.reshape(-1),
@@ -249,9 +250,9 @@ def _pool_reach(geometry: np.ndarray, in_shape) -> np.ndarray:
     return np.stack([np.where(inside, offset, -1), np.where(inside, row, -1)], axis=1)
 
 
-def _groups(receiver, shape) -> tuple[int, np.ndarray]:
-    """How a layer's spikes of one step are ordered for the layer that receives them: the
-    number of groups and every neuron's group (channel-first order). The spikes of one
+def _groups(receiver, shape) -> np.ndarray:
+    """How a layer's spikes of one step are ordered for the layer that receives them:
+    every neuron's group (channel-first order). The spikes of one
     group reach the same membranes, so that the receiver adds several weight rows to them
     in one pass (each membrane is loaded and stored once per four rows): into a
     convolution (a pooling layer too), their position; into a dense layer or the output,
@@ -260,11 +261,11 @@ def _groups(receiver, shape) -> tuple[int, np.ndarray]:
     out without a sort. (Into a pooling layer, the spikes of one window at one position
     are added together; sorting them by window as well measured slower than the passes
     it saves.)"""
-    channels, height, width = shape
+    width = shape[2]
     c, y, x = (a.reshape(-1) for a in np.indices(shape))
     if receiver is not None and receiver[0] == 0:
-        return height * width, y * width + x
-    return channels, c
+        return y * width + x
+    return c
 
 
 def _storage(weights: np.ndarray, dtype) -> tuple[type, np.ndarray]:
@@ -642,7 +643,7 @@ def _encoding_window(
 @njit(cache=True)
 def _simulate_image(
     b, encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, output_at, initial_upper, origin, reach, channel_of, encoding_group, first_index, levels, steps,
+    neuron_at, output_at, initial_upper, origin, reach, channel_of, encoding_order, first_index, levels, steps,
     auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled, buffers,
     every_membrane,
 ):
@@ -658,7 +659,7 @@ def _simulate_image(
     classes = output.shape[1]
     encoding = encoding_counts.shape[1]  # the encoding layer's neurons (state slots 0 ..)
     (membrane, upper, lower, count, fired, events, signs, starts, quiet, spiked, logits, pending, flag, crossing_at,
-     per_group, far, grouped, current) = buffers
+     per_level, far, grouped, current) = buffers
     window = starts.shape[1] - 1
     hidden = neuron_at[1]  # the encoding layer has no membrane, thresholds or count here
     membrane[hidden:] = 0
@@ -669,32 +670,15 @@ def _simulate_image(
     quiet[:] = 0
     spiked[:] = 0
     logits[:] = 0
-    # the encoding neurons that fire go to pending[:waiting], sorted by group as every
-    # layer emits its spikes (counting sort), unless a pooling layer 1 takes them in any
-    # order (see _encoding_window); branch-free: about one neuron in three fires
+    # the encoding neurons that fire go to pending[:waiting], in the order layer 1 takes
+    # them (see Program.encoding_order); branch-free: about one neuron in three fires
     firing = 0
-    if layers > 1 and _pools(geometry[1]):
-        for j in range(encoding):
-            on = encoding_counts[b, j] > 0
-            pending[firing] = j
-            firing += on
-            fired[j] = on
-    else:
-        groups = geometry[0, 13]
-        per_group[: groups + 1] = 0
-        for j in range(encoding):
-            on = encoding_counts[b, j] > 0
-            crossing_at[firing] = j
-            firing += on
-            fired[j] = on
-            per_group[encoding_group[j] + 1] += on
-        for g in range(groups):
-            per_group[g + 1] += per_group[g]
-        for i in range(firing):
-            j = crossing_at[i]
-            g = encoding_group[j]
-            pending[per_group[g]] = j
-            per_group[g] += 1
+    for i in range(encoding):
+        j = encoding_order[i]
+        on = encoding_counts[b, j] > 0
+        pending[firing] = j
+        firing += on
+        fired[j] = on
     waiting = firing  # encoding neurons still to fire
     simulated = steps  # steps until the first silent one (auto), else all
     first = 0  # the window's first step
@@ -704,7 +688,7 @@ def _simulate_image(
         if layers > 1:
             waiting = _encoding_window(
                 b, encoding_counts, geometry, weights, neuron_at, origin, reach, first, span, pending, waiting,
-                current, positive, sops, events, signs, per_group, grouped,
+                current, positive, sops, events, signs, per_level, grouped,
             )
         else:  # the encoding layer drives the output: its spikes one by one
             waiting = _encoding_spikes(b, encoding_counts, first, span, pending, waiting, positive, events, signs, starts)
@@ -819,7 +803,7 @@ def _simulate_image(
 @njit(parallel=True, cache=True)
 def _simulate(
     encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
-    neuron_at, output_at, initial_upper, origin, reach, channel_of, encoding_group, first_index, levels, steps,
+    neuron_at, output_at, initial_upper, origin, reach, channel_of, encoding_order, first_index, levels, steps,
     auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled, chunks, window,
     every_membrane,
 ):
@@ -852,7 +836,7 @@ def _simulate(
             np.empty(neuron_at[1], np.int64),  # encoding neurons still to fire
             np.empty(total, np.int8),  # +1 / -1 / 0: the neurons of a layer that cross a threshold
             np.empty(total, np.int64),  # the crossing neurons (channel-last index in the layer)
-            np.empty(max(total, 3 * window + 4), np.int64),  # events per group, then where each group's go; per level
+            np.empty(3 * window + 4, np.int64),  # per level of the encoding window (see _encoding_window)
             np.empty(total, np.int64),  # neurons whose thresholds lie beyond the table
             np.empty(total, np.int64),  # the weight rows of a group of spikes with one target
             np.empty(window * (neuron_at[2] - neuron_at[1] if layers > 1 else 0), initial_upper.dtype),  # layer 1's input per step
@@ -860,7 +844,7 @@ def _simulate(
         for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
             _simulate_image(
                 b, encoding_counts, geometry, weights, offset, step, divisor, size, constant,
-                output, big, neuron_at, output_at, initial_upper, origin, reach, channel_of, encoding_group,
+                output, big, neuron_at, output_at, initial_upper, origin, reach, channel_of, encoding_order,
                 first_index, levels, steps, auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled,
                 buffers, every_membrane,
             )
@@ -1418,7 +1402,7 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, e
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.size, program.constant,
         program.output, program.big, program.neurons, program.outputs, program.initial_upper, program.origin, program.reach,
-        program.channel_of, program.encoding_group, program.first_index,
+        program.channel_of, program.encoding_order, program.first_index,
         program.levels, steps, auto,
         positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled,
         _chunks(images), min(steps, WINDOW), every_membrane,
