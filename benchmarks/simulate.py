@@ -13,6 +13,9 @@ equivalent T x MACs, and the process's peak memory. Ratios, not absolute times, 
 point: both sides run on the same machine in the same run.
 
     python benchmarks/simulate.py [--data-dir ../shared/datasets] [--threads 2] [--repeat 3]
+
+Other checkpoints (``--models``) are timed on the test set of the dataset they were
+trained on (CIFAR-10 from ``--data-dir``); ``--device cuda`` times both sides on a GPU.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=None, help="MNIST folder (default: the embedded test set)")
+    parser.add_argument("--data-dir", default=None, help="dataset folder (default for MNIST: the embedded test set)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5, help="rounds of ANN-then-SNN timings (the median ratio is kept)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
@@ -49,37 +52,51 @@ def main() -> int:
     from qsnn.simulation import simulate, simulate_batch
     from qsnn.training import load_checkpoint
 
-    test = data.load("mnist", "test", args.data_dir) if args.data_dir else data.embedded_mnist_test()
-    if args.limit:
-        test = test.subset(args.limit)
-    pixels = data.prepare(test.images, "mnist", train=False)
-    x = data.to_float(pixels)
-    images = len(test)
     cases = []
     if args.models:
         for path in args.models:
-            cases.append((Path(path).stem, path, None))
+            _, payload = load_checkpoint(path)
+            dataset = (payload.get("config") or {}).get("dataset") or "mnist"
+            cases.append((Path(path).stem, path, None, dataset))
     else:
         for spec in embedded_runs():
-            cases.append((spec.name, spec.checkpoint, spec.schemes[0]))
+            cases.append((spec.name, spec.checkpoint, spec.schemes[0], "mnist"))
+    test_sets = {}
+
+    def test_set(dataset):
+        """(test set, uint8 pixels cropped for the net, float pixels for the ANN), loaded once."""
+        if dataset not in test_sets:
+            if args.data_dir or dataset != "mnist":
+                test = data.load(dataset, "test", args.data_dir)
+            else:
+                test = data.embedded_mnist_test()
+            if args.limit:
+                test = test.subset(args.limit)
+            pixels = data.prepare(test.images, dataset, train=False)
+            test_sets[dataset] = (test, pixels, data.to_float(pixels))
+        return test_sets[dataset]
 
     def timed(function, *arguments, **options) -> float:
         start = time.perf_counter()
         function(*arguments, **options)
         return time.perf_counter() - start
 
-    def ann(model) -> None:
+    def ann(model, x) -> None:
         with torch.inference_mode():
-            for start in range(0, images, args.batch_size):
+            for start in range(0, len(x), args.batch_size):
                 model(x[start : start + args.batch_size].to(args.device))
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()  # (the simulation's statistics are read back: it waits already)
 
     rows = []
-    for name, checkpoint, scheme in cases:
+    for name, checkpoint, scheme, dataset in cases:
+        test, pixels, x = test_set(dataset)
+        images = len(test)
         model, _ = load_checkpoint(checkpoint, device=args.device)
         scheme = scheme or ("sg" if all(b.bound for b in model.blocks) else "nsd")
         net = convert(model, scheme)
-        ann(model)  # warm up
-        simulate(net, pixels[:16], test.labels[:16], steps=None)  # compile the kernels
+        ann(model, x)  # warm up
+        simulate(net, pixels[:16], test.labels[:16], steps=None, device=args.device)  # compile the kernels
         auto = simulate(net, pixels, test.labels, steps=None, device=args.device)
         step_counts = [("auto", None)] if scheme == "sg" else [(f"T_lossless={auto.t_lossless}", auto.t_lossless)]
         if scheme == "nsd":
@@ -90,7 +107,7 @@ def main() -> int:
             # the ratio reported is the median of the per-round ratios
             rounds = []
             for _ in range(args.repeat):
-                ann_seconds = timed(ann, model)
+                ann_seconds = timed(ann, model, x)
                 seconds = timed(simulate, net, pixels, test.labels, steps=steps, device=args.device, batch_size=args.batch_size)
                 rounds.append((seconds / ann_seconds, ann_seconds, seconds))
             ratio, ann_seconds, seconds = sorted(rounds)[len(rounds) // 2]
@@ -100,7 +117,7 @@ def main() -> int:
             dense = result.steps * total_macs(net)
             rows.append(
                 [
-                    name, scheme.upper(), label, f"{result.steps}",
+                    name, dataset, scheme.upper(), label, f"{result.steps}",
                     f"{images / ann_seconds:,.0f}", f"{images / seconds:,.0f}", f"{len(subset) / reference:,.0f}",
                     f"{ratio:.2f}", f"{sops:,.0f}", f"{dense:,.0f}",
                     f"{100 * result.agree[-1] / images:.2f}%",
@@ -112,11 +129,12 @@ def main() -> int:
             )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     header = [
-        "net", "scheme", "steps", "T", "ANN img/s", "SNN img/s", "reference img/s",
+        "net", "dataset", "scheme", "steps", "T", "ANN img/s", "SNN img/s", "reference img/s",
         "SNN/ANN time", "SOPs/img", "T x MACs/img", "agreement",
     ]
     print(
-        f"{images:,} MNIST test images, {args.threads} threads, batches of {args.batch_size}, "
+        f"{', '.join(f'{len(t):,} {d} test images' for d, (t, _, _) in test_sets.items())}, "
+        f"{args.device}, {args.threads} threads, batches of {args.batch_size}, "
         f"median of {args.repeat} rounds; peak memory {peak_mb:,.0f} MB"
     )
     print(format_table(rows, header))

@@ -538,6 +538,14 @@ def with_scheme(net: SpikingNet, scheme: str) -> SpikingNet:
 # --- exact evaluation ---------------------------------------------------------------------
 
 
+def cpu_kernels(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is on the CPU, where qsnn's CPU kernels apply (direct
+    convolutions, certified float32 membranes, the numba engine); on any other device the
+    device-generic torch definitions run (float64, convolutions as matrix products). The
+    one switch between the two, so that a test can run the device-generic path on the CPU."""
+    return tensor.device.type == "cpu"
+
+
 def layer_weight(layer: SpikingLayer | OutputLayer, device, dtype=torch.float64) -> torch.Tensor:
     return torch.from_numpy(layer.weight).to(device=device, dtype=dtype)
 
@@ -551,7 +559,7 @@ def apply_layer(layer: SpikingLayer, inputs: torch.Tensor, weight: torch.Tensor)
     """
     if layer.kind == "dense":
         return F.linear(inputs.flatten(1), weight)
-    if inputs.device.type == "cpu":
+    if cpu_kernels(inputs):
         return F.conv2d(inputs, weight, stride=layer.stride, padding=layer.padding)
     return conv_as_matmul(layer, inputs, weight)
 
@@ -596,8 +604,8 @@ def exact_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float) ->
     float64 (exact below 2^53) otherwise, and for non-integer inputs (noisy pixels) as the
     one float stage.
     """
-    on_cpu = inputs.device.type == "cpu"  # GPUs may use TF32 for float32: float64 there
-    if on_cpu and not inputs.is_floating_point() and layer.largest_row_sum * largest < FLOAT32_EXACT:
+    # (GPUs may use TF32 for float32: float64 there)
+    if cpu_kernels(inputs) and not inputs.is_floating_point() and layer.largest_row_sum * largest < FLOAT32_EXACT:
         return apply_layer(layer, inputs.to(torch.float32), layer_weight(layer, inputs.device, torch.float32))
     return apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, inputs.device))
 
@@ -627,7 +635,7 @@ def counting_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float)
     """
     rowabs = layer.largest_row_sum
     exact_in_float32 = rowabs * largest < FLOAT32_EXACT
-    if inputs.device.type != "cpu" or inputs.is_floating_point() or exact_in_float32 or not _float32_is_ieee():
+    if not cpu_kernels(inputs) or inputs.is_floating_point() or exact_in_float32 or not _float32_is_ieee():
         return exact_membrane(layer, inputs, largest)
     from qsnn import engine
 
@@ -646,7 +654,7 @@ def layer_counts(layer: SpikingLayer, membrane: torch.Tensor, ann: bool = False)
     """m(V) for every neuron (with ``ann``: by the quantized ANN's exact tables): the numba
     kernel on the CPU, the torch definition elsewhere."""
     thresholds = layer.thresholds(ann)
-    if membrane.device.type == "cpu":
+    if cpu_kernels(membrane):
         from qsnn import engine
 
         return torch.from_numpy(engine.counts(thresholds, membrane.numpy()))
@@ -677,7 +685,7 @@ def reference_counts(net: SpikingNet, pixels: torch.Tensor, membranes: list | No
         membrane = counting_membrane(layer, x, largest)
         if membranes is not None:
             membranes.append(membrane)
-        if spiking_differences is not None and layer.ann_thresholds is None and membrane.device.type == "cpu":
+        if spiking_differences is not None and layer.ann_thresholds is None and cpu_kernels(membrane):
             found, differing = engine.checked_counts(layer.thresholds(), membrane.numpy())
             n = torch.from_numpy(found)
             spiking_differences.append(differing)

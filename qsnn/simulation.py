@@ -28,6 +28,7 @@ from qsnn.conversion import (
     apply_layer,
     check_input_limit,
     counting_membrane,
+    cpu_kernels,
     input_bound,
     layer_counts,
     layer_weight,
@@ -136,7 +137,7 @@ class _Statistics:
 
     def record_once(self, index: int, counts: torch.Tensor) -> None:
         """Record the single step of an SG layer: its gathered (non-negative) counts."""
-        if counts.device.type != "cpu":
+        if not cpu_kernels(counts):
             self.record(index, counts)
             return
         from qsnn import engine
@@ -191,7 +192,7 @@ def scatter_gather_batch(net: SpikingNet, pixels, noise, draws, membrane, count)
 
 def _differences(first: torch.Tensor, second: torch.Tensor) -> int:
     """Entries in which two count tensors differ (one pass on the CPU, whatever the dtypes)."""
-    if first.device.type != "cpu" or second.device.type != "cpu":
+    if not (cpu_kernels(first) and cpu_kernels(second)):
         return int((first != second.to(first.device)).sum())
     from qsnn import engine
 
@@ -201,7 +202,7 @@ def _differences(first: torch.Tensor, second: torch.Tensor) -> int:
 def _gathered(index: int, layer, membrane: torch.Tensor) -> torch.Tensor:
     from qsnn import engine
 
-    if membrane.device.type != "cpu":
+    if not cpu_kernels(membrane):
         return target_count(membrane, layer.thresholds().to(membrane.device))
     return torch.from_numpy(engine.gathered_counts(layer.thresholds(), membrane.numpy()))
 
@@ -357,7 +358,7 @@ class EventSimulator:
                 same = ann_membranes is not None and (index == 0 or torch.equal(inputs, ann_counts[index - 1]))
                 return ann_membranes[index] if same else counting_membrane(layer, inputs, largest)
 
-            if ann_counts is None or noise > 0 or pixels.device.type != "cpu":
+            if ann_counts is None or noise > 0 or not cpu_kernels(pixels):
                 return scatter_gather_batch(net, pixels, noise, draws, membrane, _gathered)
             return self._scatter_gather(net, pixels, ann_counts, ann_membranes)
         record, _, _ = self._event_driven(net, pixels, steps)

@@ -542,3 +542,72 @@ def test_the_ann_read_off_the_simulation_is_checked(monkeypatch, corruption, bat
     with pytest.raises(QsnnError, match="internal error: the ANN read off the simulation differs from the exact ANN in layer 2"):
         simulate(net, pixels, labels, steps=None, batch_size=batch_size)
     assert len(calls) == -(-len(pixels) // batch_size)
+
+
+def _engine_switched_off(monkeypatch):
+    """Run what a GPU runs, on the CPU: every CPU-kernel branch answers "not on the CPU",
+    and each numba entry point raises if it is reached all the same."""
+    from qsnn import conversion, engine, simulation
+
+    monkeypatch.setattr(conversion, "cpu_kernels", lambda tensor: False)
+    monkeypatch.setattr(simulation, "cpu_kernels", lambda tensor: False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CPU kernel ran on the device-generic path")
+
+    for name in ("counts", "checked_counts", "gathered_counts", "certify", "differences",
+                 "layer_statistics", "encode", "run", "corrected_membranes"):
+        monkeypatch.setattr(engine, name, refuse)
+
+
+DEVICE_CASES = [
+    ("6C5-P2-8C3-12", "nsd", 1, 2, 0.0),
+    ("6C5-P2-8C3-12", "nsd", 2, None, 0.2),
+    ("6C5-P2-8C3-12", "sg", 1, 2, 0.0),
+    ("6C5-P2-8C3-12", "sg", 2, 1, 0.3),
+    ("6C5-P2-8C3-12", "int", 0, None, 0.0),
+    ("6C5-P2-8C3-12", "int", 3, 1, 0.1),
+]
+
+
+@pytest.mark.parametrize(("notation", "scheme", "k", "B", "noise"), DEVICE_CASES)
+def test_the_device_generic_path_gives_the_engines_results(monkeypatch, notation, scheme, k, B, noise):
+    """What --device cuda runs (float64 torch definitions, convolutions as one matrix
+    product, target_count, the step-by-step simulator), run here on the CPU with the CPU
+    kernels switched off, gives every statistic of the CPU engine exactly: per step, per
+    layer and per batch, under noise too."""
+    from dataclasses import asdict
+
+    ternary = scheme == "int"
+    model = random_net(notation, k=k, B=B, ternary=ternary, seed=20 + k, encoding_B=4 if ternary else "same")
+    net = convert(model, scheme)
+    pixels, labels = random_pixels(20, seed=k), torch.randint(0, 10, (20,), generator=torch.Generator().manual_seed(k))
+    on_engine = simulate(net, pixels, labels, steps=None, noise=noise, seed=3, batch_size=8)
+    _engine_switched_off(monkeypatch)
+    generic = simulate(net, pixels, labels, steps=None, noise=noise, seed=3, batch_size=8, simulator=simulate_batch)
+    assert asdict(generic) == asdict(on_engine)
+    dropped = scheme == "sg" and noise > 0  # SG's dropped spikes make counts differ from the ANN's
+    assert (sum(generic.count_mismatches) > 0) == dropped
+    assert sum(map(sum, generic.positive)) > 0
+
+
+def test_the_device_generic_path_is_refused_the_engine(monkeypatch):
+    """The switch above does reach the CPU kernels: with it, the engine's simulator fails."""
+    net = convert(random_net(k=1, B=2), "nsd")
+    _engine_switched_off(monkeypatch)
+    with pytest.raises(AssertionError, match="a CPU kernel ran on the device-generic path"):
+        simulate(net, random_pixels(4), torch.zeros(4, dtype=torch.int64), steps=None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("notation", "scheme", "k", "B", "noise"), DEVICE_CASES)
+def test_simulation_on_cuda_is_the_cpus_bit_for_bit(notation, scheme, k, B, noise):
+    from dataclasses import asdict
+
+    ternary = scheme == "int"
+    model = random_net(notation, k=k, B=B, ternary=ternary, seed=20 + k, encoding_B=4 if ternary else "same")
+    net = convert(model, scheme)
+    pixels, labels = random_pixels(20, seed=k), torch.randint(0, 10, (20,), generator=torch.Generator().manual_seed(k))
+    on_cpu = simulate(net, pixels, labels, steps=None, noise=noise, seed=3, batch_size=8)
+    on_cuda = simulate(net, pixels, labels, steps=None, noise=noise, seed=3, batch_size=8, device="cuda")
+    assert asdict(on_cuda) == asdict(on_cpu)
