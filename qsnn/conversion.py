@@ -596,16 +596,34 @@ def check_input_limit(layer: SpikingLayer | OutputLayer, largest: float, index: 
 FLOAT32_EXACT = 2.0**24  # float32 holds every integer below this exactly
 
 
+def float_stage(layer: SpikingLayer, inputs: torch.Tensor) -> torch.Tensor:
+    """The layer's membrane for non-integer inputs (noisy pixels into the encoding layer),
+    in float64: the one computation that rounds. It runs on the CPU by one fixed operation
+    (the direct convolution, or the matrix product of a dense layer) whatever the device,
+    simulator or batch, so that the same inputs round alike everywhere and a noisy run
+    gives the same counts on the CPU and on a GPU, bit for bit. Returned on the inputs'
+    device."""
+    x = inputs.to("cpu", torch.float64)
+    weight = layer_weight(layer, "cpu")
+    if layer.kind == "dense":
+        out = F.linear(x.flatten(1), weight)
+    else:
+        out = F.conv2d(x, weight, stride=layer.stride, padding=layer.padding)
+    return out.to(inputs.device)
+
+
 def exact_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float) -> torch.Tensor:
     """The layer's membrane for inputs bounded by ``largest``, exactly.
 
     Computed and returned in float32 (fast, CPU) when the inputs are integers and every
     partial sum stays an integer below 2^24, which makes any summation order exact; in
-    float64 (exact below 2^53) otherwise, and for non-integer inputs (noisy pixels) as the
-    one float stage.
+    float64 (exact below 2^53) otherwise. Non-integer inputs (noisy pixels) go to
+    :func:`float_stage`, the one float stage.
     """
+    if inputs.is_floating_point():
+        return float_stage(layer, inputs)
     # (GPUs may use TF32 for float32: float64 there)
-    if cpu_kernels(inputs) and not inputs.is_floating_point() and layer.largest_row_sum * largest < FLOAT32_EXACT:
+    if cpu_kernels(inputs) and layer.largest_row_sum * largest < FLOAT32_EXACT:
         return apply_layer(layer, inputs.to(torch.float32), layer_weight(layer, inputs.device, torch.float32))
     return apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, inputs.device))
 

@@ -29,6 +29,7 @@ from qsnn.conversion import (
     check_input_limit,
     counting_membrane,
     cpu_kernels,
+    float_stage,
     input_bound,
     layer_counts,
     layer_weight,
@@ -164,6 +165,8 @@ class _Statistics:
 
 
 def _dense_membrane(index: int, layer, inputs: torch.Tensor, largest: float) -> torch.Tensor:
+    if inputs.is_floating_point():  # (noisy pixels)
+        return float_stage(layer, inputs)
     return apply_layer(layer, inputs.to(torch.float64), layer_weight(layer, inputs.device))
 
 
@@ -235,7 +238,9 @@ def simulate_batch(
     x = pixels.to(torch.float64)
     batch = x.shape[0]
 
-    encoding_current = apply_layer(net.layers[0], x, weights[0])
+    encoding_current = float_stage(net.layers[0], pixels) if pixels.is_floating_point() else apply_layer(
+        net.layers[0], x, weights[0]
+    )
     states = []
     for index, layer in enumerate(net.layers):
         like = torch.zeros((batch, *layer.out_shape), dtype=torch.float64, device=device)

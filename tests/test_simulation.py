@@ -546,11 +546,20 @@ def test_the_ann_read_off_the_simulation_is_checked(monkeypatch, corruption, bat
 
 def _engine_switched_off(monkeypatch):
     """Run what a GPU runs, on the CPU: every CPU-kernel branch answers "not on the CPU",
-    and each numba entry point raises if it is reached all the same."""
+    each numba entry point raises if it is reached all the same, and the device's
+    convolution insists on integer inputs (the one float stage, noisy pixels, must run on
+    the CPU by one operation whatever the device, see qsnn.conversion.float_stage)."""
     from qsnn import conversion, engine, simulation
 
     monkeypatch.setattr(conversion, "cpu_kernels", lambda tensor: False)
     monkeypatch.setattr(simulation, "cpu_kernels", lambda tensor: False)
+    on_device = conversion.conv_as_matmul
+
+    def integer_inputs_only(layer, inputs, weight):  # noisy pixels round on the CPU, by one operation
+        assert torch.equal(inputs, inputs.round()), "a non-integer stage ran on the device's path"
+        return on_device(layer, inputs, weight)
+
+    monkeypatch.setattr(conversion, "conv_as_matmul", integer_inputs_only)
 
     def refuse(*args, **kwargs):
         raise AssertionError("a CPU kernel ran on the device-generic path")
