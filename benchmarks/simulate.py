@@ -9,8 +9,9 @@ For the MNIST nets of the three papers (qsnn's embedded checkpoints by default),
   straightforward step-by-step reference simulator,
 
 and prints images/s, the ratio SNN time / ANN time, SOPs per image against the dense
-equivalent T x MACs, and the process's peak memory. Ratios, not absolute times, are the
-point: both sides run on the same machine in the same run.
+equivalent T x MACs, and the process's peak memory (host, and GPU with ``--device
+cuda``). Ratios, not absolute times, are the point: both sides run on the same machine
+in the same run.
 
     python benchmarks/simulate.py [--data-dir ../shared/datasets] [--threads 2] [--repeat 3]
 
@@ -56,7 +57,9 @@ def main() -> int:
     if args.models:
         for path in args.models:
             _, payload = load_checkpoint(path)
-            dataset = (payload.get("config") or {}).get("dataset") or "mnist"
+            dataset = (payload.get("config") or {}).get("dataset")
+            if dataset is None:
+                parser.error(f"checkpoint {path} does not name its dataset (it holds no training config)")
             cases.append((Path(path).stem, path, None, dataset))
     else:
         for spec in embedded_runs():
@@ -92,9 +95,10 @@ def main() -> int:
     for name, checkpoint, scheme, dataset in cases:
         test, pixels, x = test_set(dataset)
         images = len(test)
-        model, _ = load_checkpoint(checkpoint, device=args.device)
+        model, _ = load_checkpoint(checkpoint)
         scheme = scheme or ("sg" if all(b.bound for b in model.blocks) else "nsd")
         net = convert(model, scheme)
+        model.to(args.device)
         ann(model, x)  # warm up
         simulate(net, pixels[:16], test.labels[:16], steps=None, device=args.device)  # compile the kernels
         auto = simulate(net, pixels, test.labels, steps=None, device=args.device)
@@ -112,7 +116,7 @@ def main() -> int:
                 rounds.append((seconds / ann_seconds, ann_seconds, seconds))
             ratio, ann_seconds, seconds = sorted(rounds)[len(rounds) // 2]
             result = simulate(net, pixels, test.labels, steps=steps, device=args.device)
-            reference = timed(simulate_batch, net, subset, steps)
+            reference = timed(simulate_batch, net, subset.to(args.device), steps)
             sops = sum(map(sum, result.sops)) / images
             dense = result.steps * total_macs(net)
             rows.append(
@@ -128,6 +132,9 @@ def main() -> int:
                 file=sys.stderr, flush=True,
             )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = f"peak host memory {peak_mb:,.0f} MB"
+    if args.device.startswith("cuda"):
+        peak += f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:,.0f} MB"
     header = [
         "net", "dataset", "scheme", "steps", "T", "ANN img/s", "SNN img/s", "reference img/s",
         "SNN/ANN time", "SOPs/img", "T x MACs/img", "agreement",
@@ -135,7 +142,7 @@ def main() -> int:
     print(
         f"{', '.join(f'{len(t):,} {d} test images' for d, (t, _, _) in test_sets.items())}, "
         f"{args.device}, {args.threads} threads, batches of {args.batch_size}, "
-        f"median of {args.repeat} rounds; peak memory {peak_mb:,.0f} MB"
+        f"median of {args.repeat} rounds; {peak}"
     )
     print(format_table(rows, header))
     return 0

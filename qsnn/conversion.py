@@ -25,6 +25,7 @@ which makes "lossless" a theorem, not a statistic. Unbounded layers carry a coun
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import io
@@ -438,6 +439,8 @@ def convert(
         if isinstance(threshold_scale, bool) or not isinstance(threshold_scale, int) or threshold_scale < 1:
             raise QsnnError(f"--threshold-scale must be a positive integer, got {threshold_scale!r}")
 
+    if any(tensor.device.type != "cpu" for tensor in model.state_dict().values()):
+        model = copy.deepcopy(model).cpu()  # (a model trained on a GPU: folded on a CPU copy)
     was_training = model.training
     model.eval()
     layers: list[SpikingLayer] = []

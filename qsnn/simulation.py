@@ -601,8 +601,7 @@ def simulate(
             "use the dataset it was trained on"
         )
     if simulator is None:
-        on_cpu = torch.device(device).type == "cpu"
-        simulator = EventSimulator(net) if on_cpu else simulate_batch
+        simulator = EventSimulator(net) if cpu_kernels(torch.empty(0, device=device)) else simulate_batch
     records = []
     ann_correct = ann_correct_clean = 0
     mismatches = [0] * len(net.layers)

@@ -564,19 +564,35 @@ def _engine_switched_off(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a CPU kernel ran on the device-generic path")
 
-    for name in ("counts", "checked_counts", "gathered_counts", "certify", "differences",
-                 "layer_statistics", "encode", "run", "corrected_membranes"):
+    public = [name for name, value in vars(engine).items()
+              if callable(value) and not name.startswith("_") and getattr(value, "__module__", None) == engine.__name__]
+    assert {"counts", "gathered_counts", "certify", "encode", "run", "compile_program"} <= set(public)
+    for name in public:
         monkeypatch.setattr(engine, name, refuse)
 
 
 DEVICE_CASES = [
     ("6C5-P2-8C3-12", "nsd", 1, 2, 0.0),
+    ("4C3s-P2-6C3s-P2-10", "nsd", 1, None, 0.1),  # (3, 12, 12) inputs, padded convolutions
+    ("4C3s-P2-6C3s-P2-10", "sg", 1, 2, 0.0),
     ("6C5-P2-8C3-12", "nsd", 2, None, 0.2),
     ("6C5-P2-8C3-12", "sg", 1, 2, 0.0),
     ("6C5-P2-8C3-12", "sg", 2, 1, 0.3),
     ("6C5-P2-8C3-12", "int", 0, None, 0.0),
     ("6C5-P2-8C3-12", "int", 3, 1, 0.1),
 ]
+
+
+def _device_case(notation, scheme, k, B, model_only=False):
+    ternary, padded = scheme == "int", "s" in notation
+    model = random_net(
+        notation, k=k, B=B, ternary=ternary, seed=20 + k, encoding_B=4 if ternary else "same",
+        input_shape=(3, 12, 12) if padded else (1, 28, 28), padding="same" if padded else "valid",
+    )
+    if model_only:
+        return model
+    pixels = random_pixels(20, shape=model.spec.input_shape, seed=k)
+    return convert(model, scheme), pixels, torch.randint(0, 10, (20,), generator=torch.Generator().manual_seed(k))
 
 
 @pytest.mark.parametrize(("notation", "scheme", "k", "B", "noise"), DEVICE_CASES)
@@ -587,13 +603,10 @@ def test_the_device_generic_path_gives_the_engines_results(monkeypatch, notation
     layer and per batch, under noise too."""
     from dataclasses import asdict
 
-    ternary = scheme == "int"
-    model = random_net(notation, k=k, B=B, ternary=ternary, seed=20 + k, encoding_B=4 if ternary else "same")
-    net = convert(model, scheme)
-    pixels, labels = random_pixels(20, seed=k), torch.randint(0, 10, (20,), generator=torch.Generator().manual_seed(k))
+    net, pixels, labels = _device_case(notation, scheme, k, B)
     on_engine = simulate(net, pixels, labels, steps=None, noise=noise, seed=3, batch_size=8)
     _engine_switched_off(monkeypatch)
-    generic = simulate(net, pixels, labels, steps=None, noise=noise, seed=3, batch_size=8, simulator=simulate_batch)
+    generic = simulate(net, pixels, labels, steps=None, noise=noise, seed=3, batch_size=8)  # (picks its simulator)
     assert asdict(generic) == asdict(on_engine)
     dropped = scheme == "sg" and noise > 0  # SG's dropped spikes make counts differ from the ANN's
     assert (sum(generic.count_mismatches) > 0) == dropped
@@ -602,10 +615,13 @@ def test_the_device_generic_path_gives_the_engines_results(monkeypatch, notation
 
 def test_the_device_generic_path_is_refused_the_engine(monkeypatch):
     """The switch above does reach the CPU kernels: with it, the engine's simulator fails."""
+    from qsnn.simulation import EventSimulator
+
     net = convert(random_net(k=1, B=2), "nsd")
+    simulator = EventSimulator(net)
     _engine_switched_off(monkeypatch)
     with pytest.raises(AssertionError, match="a CPU kernel ran on the device-generic path"):
-        simulate(net, random_pixels(4), torch.zeros(4, dtype=torch.int64), steps=None)
+        simulate(net, random_pixels(4), torch.zeros(4, dtype=torch.int64), steps=None, simulator=simulator)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -613,10 +629,12 @@ def test_the_device_generic_path_is_refused_the_engine(monkeypatch):
 def test_simulation_on_cuda_is_the_cpus_bit_for_bit(notation, scheme, k, B, noise):
     from dataclasses import asdict
 
-    ternary = scheme == "int"
-    model = random_net(notation, k=k, B=B, ternary=ternary, seed=20 + k, encoding_B=4 if ternary else "same")
-    net = convert(model, scheme)
-    pixels, labels = random_pixels(20, seed=k), torch.randint(0, 10, (20,), generator=torch.Generator().manual_seed(k))
+    net, pixels, labels = _device_case(notation, scheme, k, B)
+    model = _device_case(notation, scheme, k, B, model_only=True)
+    on_gpu = convert(model.cuda(), scheme)  # a model on the GPU converts alike
+    for ours, theirs in zip([*net.layers, net.output], [*on_gpu.layers, on_gpu.output], strict=True):
+        assert all(np.array_equal(getattr(ours, name), getattr(theirs, name)) for name in vars(ours)
+                   if isinstance(getattr(ours, name), np.ndarray))
     on_cpu = simulate(net, pixels, labels, steps=None, noise=noise, seed=3, batch_size=8)
     on_cuda = simulate(net, pixels, labels, steps=None, noise=noise, seed=3, batch_size=8, device="cuda")
     assert asdict(on_cuda) == asdict(on_cpu)
