@@ -105,7 +105,13 @@ def cmd_nets(args: argparse.Namespace) -> int:
         names = [(p.name, p.notation, args.dataset or p.dataset, p) for p in PRESETS.values()]
     for name, notation, dataset, preset in names:
         info = dataset_info(dataset)
-        plan = build_plan(notation, info.input_shape, info.num_classes, info.default_padding)
+        try:
+            plan = build_plan(notation, info.input_shape, info.num_classes, info.default_padding)
+        except QsnnError as error:
+            if args.net:  # the one net asked for
+                raise
+            print(f"{name}: {notation} does not fit {dataset} ({error})\n")
+            continue
         title = f"{name}: {notation} on {dataset} {'x'.join(map(str, info.input_shape))}"
         if preset is not None:
             title += f"  [{preset.paper} paper: {preset.paper_notation}]"
@@ -164,9 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"checkpoint {args.checkpoint} holds the net {model.spec.notation}, not {resolve_net(args.net)[0]}; "
             "give the checkpoint of that net or drop --net"
         )
-    dataset = args.dataset or (payload.get("config") or {}).get("dataset")
-    if dataset is None:
-        raise QsnnError("the checkpoint does not name its dataset; give --dataset")
+    dataset = _own_dataset(args.checkpoint, (payload.get("config") or {}).get("dataset"), args.dataset)
     info = data.dataset_info(dataset)
     if tuple(info.input_shape) != tuple(model.spec.input_shape):
         shape = "x".join(map(str, model.spec.input_shape))
@@ -185,11 +189,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --- qsnn convert -----------------------------------------------------------------------
 
 
+def _not_the_input(out: Path, source) -> None:
+    """Refuse an output file that is the input (it would be overwritten), or that cannot be a file."""
+    from qsnn.io import check_target
+
+    if out.exists() and Path(source).exists() and out.resolve() == Path(source).resolve():
+        raise QsnnError(f"-o {out} is the input file, which would be overwritten; choose another output file")
+    check_target(out)
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from qsnn.conversion import convert
 
-    net = convert(args.checkpoint, args.scheme, threshold_scale=args.threshold_scale)
     out = Path(args.output or Path(args.checkpoint).with_suffix(f".{args.scheme}.npz"))
+    _not_the_input(out, args.checkpoint)
+    net = convert(args.checkpoint, args.scheme, threshold_scale=args.threshold_scale)
     net.save(out)
     layers = ", ".join(
         f"{layer.kind}{'x'.join(map(str, layer.out_shape))}" + ("" if layer.levels is None else f"/{layer.levels}")
@@ -200,6 +214,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 # --- qsnn simulate ----------------------------------------------------------------------
+
+
+def _own_dataset(path, held: str | None, asked: str | None) -> str:
+    """The dataset a network file was trained on, which ``asked`` (--dataset) may only
+    confirm; the one asked for where the file does not say."""
+    if held is None:
+        if asked is None:
+            raise QsnnError(f"{path} does not name its dataset; give --dataset")
+        return asked
+    if asked is not None and asked != held:
+        from qsnn.data import dataset_info
+
+        dataset_info(asked)  # (an unknown name gets its own message)
+        raise QsnnError(f"{path} was trained on {held}, not {asked}; drop --dataset (or give --dataset {held})")
+    return held
 
 
 def load_test_pixels(dataset: str, data_dir: str | None, limit: int | None):
@@ -218,9 +247,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from qsnn.simulation import simulate
 
     net = SpikingNet.load(args.file)
-    dataset = args.dataset or net.source.get("dataset")
-    if dataset is None:
-        raise QsnnError("the converted network does not name its dataset; give --dataset")
+    dataset = _own_dataset(args.file, net.source.get("dataset"), args.dataset)
     pixels, labels = load_test_pixels(dataset, args.data_dir, args.limit)
     result = simulate(
         net, pixels, labels, steps=args.steps, noise=args.noise, batch_size=args.batch_size,
@@ -247,7 +274,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def _run_spec(args: argparse.Namespace):
     from qsnn.notation import resolve_net
     from qsnn.pipeline import RunSpec
-    from qsnn.quantization import parse_bound
+    from qsnn.quantization import SAME, parse_bound
 
     schemes = [s.strip().lower() for s in args.scheme.split(",")] if args.scheme else None
     try:
@@ -257,11 +284,17 @@ def _run_spec(args: argparse.Namespace):
     if not all(0 <= r <= 1 for r in noise):
         raise QsnnError(f"--noise takes ratios between 0 and 1 separated by commas, e.g. 0,0.1,0.2; got {args.noise!r}")
     common = dict(
-        epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-        train_limit=args.train_limit, schemes=schemes, steps=args.steps, noise=noise,
+        seed=args.seed, schemes=schemes, steps=args.steps, noise=noise,
         threshold_scale=args.threshold_scale, test_limit=args.limit,
     )
+    training = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, train_limit=args.train_limit)
     if args.checkpoint:
+        given = [option for option, value in _training_options(args).items() if value]
+        if given:
+            raise QsnnError(
+                f"{', '.join(given)} {'shapes' if len(given) == 1 else 'shape'} training, but --checkpoint reuses a "
+                "trained net; drop it (or drop --checkpoint to train)"
+            )
         from qsnn.training import load_checkpoint
 
         model, payload = load_checkpoint(args.checkpoint)
@@ -279,9 +312,7 @@ def _run_spec(args: argparse.Namespace):
                     f"{'none' if value is None else value}; drop the option (the checkpoint decides) "
                     "or give another checkpoint"
                 )
-        dataset = args.dataset or (payload.get("config") or {}).get("dataset")
-        if dataset is None:
-            raise QsnnError(f"{args.checkpoint} does not name its dataset; give --dataset")
+        dataset = _own_dataset(args.checkpoint, (payload.get("config") or {}).get("dataset"), args.dataset)
         return RunSpec(
             net=spec.notation, dataset=dataset, k=precision.k, B=precision.B, ternary=precision.ternary,
             full_precision=precision.full_precision, encoding_k=precision.encoding_k,
@@ -289,12 +320,31 @@ def _run_spec(args: argparse.Namespace):
         )
     if args.net is None or args.dataset is None:
         raise QsnnError("give --net and --dataset (or --checkpoint), or no options at all for the embedded default")
+    if args.full_precision:
+        quantizing = [option for option, given in (
+            ("--k", args.k is not None), ("--B", args.B is not None), ("--ternary", args.ternary),
+            ("--encoding-k", args.encoding_k != SAME), ("--encoding-B", args.encoding_B != SAME),
+        ) if given]
+        if quantizing:
+            raise QsnnError(f"--fp32 trains a full-precision baseline; drop {', '.join(quantizing)} (they quantize)")
     return RunSpec(
         net=args.net, dataset=args.dataset, k=1 if args.k is None else args.k,
         B=parse_bound("none" if args.B is None else args.B), ternary=args.ternary,
         full_precision=args.full_precision, encoding_k=args.encoding_k, encoding_B=args.encoding_B,
-        **common,
+        **{key: value for key, value in training.items() if value is not None}, **common,
     )
+
+
+def _training_options(args: argparse.Namespace) -> dict[str, bool]:
+    """The options of `qsnn run` and `qsnn sweep` that only matter when training: which were given."""
+    from qsnn.quantization import SAME
+
+    return {
+        "--ternary": args.ternary, "--fp32": args.full_precision,
+        "--encoding-k": args.encoding_k != SAME, "--encoding-B": args.encoding_B != SAME,
+        "--epochs": args.epochs is not None, "--batch-size": args.batch_size is not None,
+        "--lr": args.lr is not None, "--train-limit": args.train_limit is not None,
+    }
 
 
 def _print_report(folder: Path) -> None:
@@ -309,6 +359,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     progress = not args.quiet
     if args.net is None and args.checkpoint is None and args.dataset is None:
+        given = [option for option, value in {
+            **_training_options(args), "--k": args.k is not None, "--B": args.B is not None,
+            "--seed": args.seed != 0, "--scheme": args.scheme is not None, "--steps": args.steps is not None,
+            "--noise": args.noise != "0", "--threshold-scale": args.threshold_scale is not None,
+            "--data-dir": args.data_dir is not None,
+        }.items() if value]
+        if given:
+            raise QsnnError(
+                f"{', '.join(given)} needs --net and --dataset (or --checkpoint): without them `qsnn run` runs "
+                "the shipped demo, which takes only --limit, --device, --out and --quiet"
+            )
         out = Path(args.out or "runs/default")
         pipeline.run_default(out, device=args.device, progress=progress, test_limit=args.limit)
     else:
@@ -352,10 +413,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp32", "--full-precision", dest="full_precision", action="store_true", help="full-precision baseline")
     p.add_argument("--encoding-k", default=SAME, help="k of the first block (default: same)")
     p.add_argument("--encoding-B", default=SAME, help="B of the first block (default: same)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=None, help="default 3")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3")
     p.add_argument("--train-limit", type=_positive_int, default=None, help="only the first N training images")
     p.add_argument("--checkpoint", help="reuse a trained checkpoint instead of training")
     p.add_argument("--scheme", help="comma-separated schemes (default: every scheme the net allows)")
@@ -376,6 +437,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from qsnn.conversion import SpikingNet
     from qsnn.export import export
 
+    if args.output:
+        _not_the_input(Path(args.output), args.file)
     path = export(SpikingNet.load(args.file), args.format, args.output, steps=args.steps)
     print(f"wrote {path}")
     return 0
@@ -386,6 +449,8 @@ def cmd_map(args: argparse.Namespace) -> int:
     from qsnn.io import write_json
     from qsnn.mapping import format_mapping, map_cores, parse_core
 
+    if args.json:
+        _not_the_input(Path(args.json), args.file)
     report = map_cores(SpikingNet.load(args.file), *parse_core(args.core))
     print(format_mapping(report))
     if args.json:

@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import math
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -186,6 +187,7 @@ class SpikingNet:
                 "classes": self.output.classes,
             },
         }
+        manifest["arrays_sha256"] = _arrays_digest(arrays)
         arrays["manifest"] = np.array(json.dumps(manifest, default=_json_number))
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
@@ -194,31 +196,81 @@ class SpikingNet:
     @classmethod
     def load(cls, path: str | Path) -> SpikingNet:
         path = Path(path)
+        if path.is_dir():
+            raise QsnnError(f"{path} is a folder; give a converted network file (the .npz `qsnn convert` writes)")
         if not path.is_file():
             raise QsnnError(f"no converted network at {path}: create one with `qsnn convert CHECKPOINT -o {path}`")
         try:
             with np.load(path, allow_pickle=False) as data:
+                if "manifest" not in data.files and any(name.endswith("data.pkl") for name in data.files):
+                    raise QsnnError(
+                        f"{path} is a training checkpoint, not a converted network; "
+                        f"convert it first: `qsnn convert {path} --scheme nsd`"
+                    )
                 manifest = json.loads(str(data["manifest"]))
-                arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+                arrays = {key: data[key] for key in data.files if key != "manifest"}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             raise QsnnError(
-                f"{path} is not a converted qsnn network ({type(error).__name__}); "
+                f"{path} is not a converted qsnn network or is damaged ({type(error).__name__}); "
                 "re-create it with `qsnn convert`"
             ) from None
-        if manifest.get("format") != FORMAT:
-            raise QsnnError(f"{path} is not a converted qsnn network (format {manifest.get('format')!r})")
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            raise QsnnError(f"{path} is not a converted qsnn network (format {found!r})")
         if manifest.get("version") != FORMAT_VERSION:
             raise QsnnError(
                 f"{path} has format version {manifest.get('version')}, this qsnn reads "
                 f"version {FORMAT_VERSION}; re-create it with `qsnn convert`"
             )
+        digest = manifest.get("arrays_sha256")  # (files written before it was added have none)
+        if digest is not None and digest != _arrays_digest(arrays):
+            raise QsnnError(
+                f"{path} is damaged: its arrays do not match the checksum written with them; "
+                "re-create it with `qsnn convert`"
+            )
         try:
-            return cls._from_manifest(manifest, arrays)
-        except (KeyError, TypeError, ValueError, IndexError) as error:
+            net = cls._from_manifest(manifest, arrays)
+        except (KeyError, TypeError, ValueError, IndexError, QsnnError) as error:
             raise QsnnError(
                 f"{path} is damaged: its manifest or arrays are incomplete ({type(error).__name__}: {error}); "
                 "re-create it with `qsnn convert`"
             ) from None
+        problem = net.structure_problem()
+        if problem:
+            raise QsnnError(f"{path} is damaged: {problem}; re-create it with `qsnn convert`")
+        return net
+
+    def structure_problem(self) -> str | None:
+        """What makes this network inconsistent (shapes that do not chain, weights or
+        tables that do not fit their layer, an unknown scheme), or None."""
+        if self.scheme not in SCHEMES:
+            return f"unknown scheme {self.scheme!r}"
+        previous = None
+        for number, layer in enumerate(self.layers, start=1):
+            if previous is not None and tuple(layer.in_shape) != tuple(previous):
+                return f"layer {number} takes {tuple(layer.in_shape)} but layer {number - 1} gives {tuple(previous)}"
+            if layer.kind == "conv":
+                channels, height, width = layer.in_shape
+                size = [(n + 2 * layer.padding - layer.kernel) // layer.stride + 1 for n in (height, width)]
+                expected_out = (layer.out_shape[0], *size)
+                expected_weight = (layer.out_shape[0], channels, layer.kernel, layer.kernel)
+            elif layer.kind == "dense":
+                expected_out = tuple(layer.out_shape[:1])
+                expected_weight = (layer.out_shape[0], math.prod(layer.in_shape))
+            else:
+                return f"layer {number} is of unknown kind {layer.kind!r}"
+            if tuple(layer.out_shape) != expected_out:
+                return f"layer {number} gives {tuple(layer.out_shape)}, its geometry gives {expected_out}"
+            if tuple(layer.weight.shape) != expected_weight:
+                return f"layer {number}'s weights have shape {tuple(layer.weight.shape)}, expected {expected_weight}"
+            tables = [layer.offset, layer.step, layer.size, layer.constant]
+            if any(table.shape != (layer.channels,) for table in tables):
+                return f"layer {number}'s threshold tables do not have one entry per channel ({layer.channels})"
+            previous = layer.out_shape
+        expected = (self.output.classes, math.prod(previous)) if previous is not None else None
+        if expected is None or tuple(self.output.weight.shape) != expected:
+            return f"the output layer's weights have shape {tuple(self.output.weight.shape)}, expected {expected}"
+        return None
 
     @classmethod
     def _from_manifest(cls, manifest: dict, arrays: dict) -> SpikingNet:
@@ -264,6 +316,16 @@ class SpikingNet:
             threshold_scale=manifest["threshold_scale"],
             source=manifest["source"],
         )
+
+
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _json_number(value):
@@ -439,6 +501,12 @@ def convert(
         if isinstance(threshold_scale, bool) or not isinstance(threshold_scale, int) or threshold_scale < 1:
             raise QsnnError(f"--threshold-scale must be a positive integer, got {threshold_scale!r}")
 
+    broken = model.non_finite()
+    if broken:
+        raise QsnnError(
+            f"the network holds non-finite values in {', '.join(broken[:3])}{' and more' if len(broken) > 3 else ''} "
+            "(a diverged training); retrain it with a lower --lr"
+        )
     if any(tensor.device.type != "cpu" for tensor in model.state_dict().values()):
         model = copy.deepcopy(model).cpu()  # (a model trained on a GPU: folded on a CPU copy)
     was_training = model.training

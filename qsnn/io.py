@@ -20,11 +20,30 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from qsnn.errors import QsnnError
+
+
+def check_target(path: str | os.PathLike) -> Path:
+    """``path`` as a file qsnn may write: not a directory, not a device or pipe (a rename
+    would replace it), and not below an existing file. Raises a :class:`QsnnError` that
+    says what is in the way."""
+    path = Path(path)
+    if path.is_dir():
+        raise QsnnError(f"{path} is a directory; give a file name (e.g. {path / 'out'}...)")
+    if path.exists() and not path.is_file():
+        raise QsnnError(f"{path} is not a regular file (a device, pipe or socket); write to a file")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise QsnnError(f"{parent} is not a folder, so {path} cannot be created; choose another path")
+            break
+    return path
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a temporary binary file next to ``path``; rename it over ``path`` on success."""
-    path = Path(path)
+    path = check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -68,7 +87,15 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """The JSON file ``path``; one that does not parse raises a :class:`QsnnError`."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise QsnnError(
+            f"{path} is damaged: not valid JSON ({error.msg}, line {error.lineno}); "
+            "re-create it with the command that wrote it"
+        ) from None
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:

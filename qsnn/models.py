@@ -125,6 +125,13 @@ class QuantizedNet(nn.Module):
     def quantized(self) -> bool:
         return not self.spec.precision.full_precision
 
+    def non_finite(self) -> list[str]:
+        """The parameters and buffers holding NaN or infinity (a diverged training)."""
+        return [
+            name for name, tensor in self.state_dict().items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+        ]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             x = block(x)

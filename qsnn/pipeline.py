@@ -179,7 +179,7 @@ def execute(
                 "noise": noise, "steps": spec.steps, "images": len(pixels), "seed": spec.seed,
                 "dataset": dataset, "noise_draws": "per image",  # how noise is drawn (changed once)
             }
-            previous = read_json(sim_dir / "result.json") if (sim_dir / "result.json").exists() else None
+            previous = _previous_result(sim_dir / "result.json")
             if previous is not None and previous.get("fingerprint") == fingerprint:
                 summary = previous
                 _log(progress, f"[{spec.tag()}] {scheme} noise {noise:g}: done before, reused")
@@ -240,43 +240,55 @@ def report_rows(paths: list[str | Path]) -> list[dict]:
     """One row per (run, scheme, noise) in the papers' layout, plus our measurements."""
     rows = []
     for run_file in _runs_under(paths):
-        run = read_json(run_file)
-        if not isinstance(run, dict) or "spec" not in run or "simulations" not in run:
-            raise QsnnError(f"{run_file} is not a qsnn run record; give folders written by `qsnn run`")
-        training = run.get("training", {})
-        base = {
-            "Quantization": "Full-precision" if training.get("precision") == "full precision" else training.get("precision"),
-            "Network": training.get("net"),
-            "Dataset": run["spec"]["dataset"],
-            "Epochs": training.get("epochs"),
-        }
-        if not run["simulations"]:
-            rows.append({**base, "Scheme": "-", "ANN": training.get("test_accuracy"), "SNN": None, "Time Steps": None})
-            continue
-        for sim in run["simulations"]:
-            result_path = run_file.parent / sim["result"]  # stored relative to the run folder
-            if not result_path.exists():
-                raise QsnnError(f"{result_path} is missing: re-run `qsnn run` in {run_file.parent}")
-            s = read_json(result_path)
-            per_image = s["per_image"]
-            scheme = s["scheme"].upper() + ("" if not s.get("threshold_scale") else f" (scale {s['threshold_scale']})")
-            rows.append(
-                {
-                    **base,
-                    "Scheme": scheme,
-                    "Noise": s["noise"],
-                    "ANN": s["ann_accuracy_clean"],
-                    "SNN": s["snn_accuracy"],
-                    "Time Steps": s["t_lossless"] if s["t_lossless"] is not None else s["steps"],
-                    "Agreement": f"{s['agreement']:,}/{s['images']:,}",
-                    "Lossless": s["lossless"],
-                    "SOPs/img": round(per_image["sops"]),
-                    "ANN ops/img": per_image["ann_ops"],
-                    "Spikes/img (+)": round(per_image["positive_spikes"]),
-                    "Spikes/img (-)": round(per_image["negative_spikes"]),
-                    "Energy SNN/ANN": round(s["energy"]["ratio"], 3),
-                }
-            )
+        try:
+            rows.extend(_run_rows(run_file))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            raise QsnnError(
+                f"{run_file} or a result it names is incomplete ({type(error).__name__}: {error}); "
+                f"re-run `qsnn run` into {run_file.parent}"
+            ) from None
+    return rows
+
+
+def _run_rows(run_file: Path) -> list[dict]:
+    """The rows of one run.json (see :func:`report_rows`)."""
+    run = read_json(run_file)
+    if not isinstance(run, dict) or "spec" not in run or "simulations" not in run:
+        raise QsnnError(f"{run_file} is not a qsnn run record; give folders written by `qsnn run`")
+    training = run.get("training", {})
+    base = {
+        "Quantization": "Full-precision" if training.get("precision") == "full precision" else training.get("precision"),
+        "Network": training.get("net"),
+        "Dataset": run["spec"]["dataset"],
+        "Epochs": training.get("epochs"),
+    }
+    if not run["simulations"]:
+        return [{**base, "Scheme": "-", "ANN": training.get("test_accuracy"), "SNN": None, "Time Steps": None}]
+    rows = []
+    for sim in run["simulations"]:
+        result_path = run_file.parent / sim["result"]  # stored relative to the run folder
+        if not result_path.exists():
+            raise QsnnError(f"{result_path} is missing: re-run `qsnn run` in {run_file.parent}")
+        s = read_json(result_path)
+        per_image = s["per_image"]
+        scheme = s["scheme"].upper() + ("" if not s.get("threshold_scale") else f" (scale {s['threshold_scale']})")
+        rows.append(
+            {
+                **base,
+                "Scheme": scheme,
+                "Noise": s["noise"],
+                "ANN": s["ann_accuracy_clean"],
+                "SNN": s["snn_accuracy"],
+                "Time Steps": s["t_lossless"] if s["t_lossless"] is not None else s["steps"],
+                "Agreement": f"{s['agreement']:,}/{s['images']:,}",
+                "Lossless": s["lossless"],
+                "SOPs/img": round(per_image["sops"]),
+                "ANN ops/img": per_image["ann_ops"],
+                "Spikes/img (+)": round(per_image["positive_spikes"]),
+                "Spikes/img (-)": round(per_image["negative_spikes"]),
+                "Energy SNN/ANN": round(s["energy"]["ratio"], 3),
+            }
+        )
     return rows
 
 
@@ -342,6 +354,12 @@ def sweep(
     unknown = [key for key in grid if key not in RunSpec.__dataclass_fields__]
     if unknown:
         raise QsnnError(f"cannot sweep over {', '.join(unknown)}: use fields like k, B, schemes, noise, seed")
+    trained = [key for key in grid if key in TRAINING_FIELDS]
+    if base.checkpoint and trained:
+        raise QsnnError(
+            f"--grid {', '.join(trained)} needs training, but --checkpoint fixes the trained net; "
+            "sweep over schemes, noise or seed with it, or drop --checkpoint"
+        )
     out = Path(out_dir)
     records = []
     keys = list(grid)
@@ -350,8 +368,10 @@ def sweep(
         cell = dataclasses.replace(base, **dict(zip(keys, values, strict=True)), name=name)
         folder = out / name
         if (folder / "run.json").exists():
+            done = read_json(folder / "run.json")
+            _check_same_run(folder, done, cell)
             _log(progress, f"[{cell.tag()}] done before, skipped")
-            records.append(read_json(folder / "run.json"))
+            records.append(done)
             continue
         records.append(execute(cell, folder, data_dir=data_dir, device=device, progress=progress))
     write_json(out / "sweep.json", {"base": base.to_dict(), "grid": grid, "runs": [r["spec"] for r in records]})
@@ -371,15 +391,52 @@ def _grid_text(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+TRAINING_FIELDS = ("k", "B", "ternary", "epochs", "full_precision", "encoding_k", "encoding_B", "lr", "batch_size",
+                   "train_limit")
+
+
+def _check_same_run(folder: Path, done, cell: RunSpec) -> None:
+    """A sweep resumes only with the options its finished runs were made with."""
+    held = done.get("spec") if isinstance(done, dict) else None
+    if not isinstance(held, dict):
+        raise QsnnError(f"{folder / 'run.json'} is not a qsnn run record; remove it to run the cell again")
+    asked = cell.to_dict()
+    differing = [key for key in asked if key in held and held[key] != asked[key]]
+    if differing:
+        said = ", ".join(f"{key}={held[key]!r} (asked {asked[key]!r})" for key in differing)
+        raise QsnnError(
+            f"{folder} already holds a run made with {said}; resume with the same options or use another --out"
+        )
+
+
+def _previous_result(path: Path) -> dict | None:
+    """A simulation's result.json from an earlier run, if it exists and parses (else it is
+    made again)."""
+    try:
+        previous = read_json(path)
+    except (OSError, QsnnError):
+        return None
+    return previous if isinstance(previous, dict) else None
+
+
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes"), ("0", "false", "no")
+
+
 def parse_grid(items: list[str]) -> dict[str, list]:
     """``["k=0,1,2", "B=1,2,4"]`` -> {"k": [0, 1, 2], "B": [1, 2, 4]}."""
     grid: dict[str, list] = {}
     for item in items:
         key, _, values = item.partition("=")
         key = key.strip()
-        if not values:
-            raise QsnnError(f"bad grid item {item!r}: write NAME=V1,V2 (e.g. k=0,1,2 or B=1,2,none)")
-        parts = [v.strip() for v in values.split(",") if v.strip()]
+        parts = [v.strip() for v in values.split(",")]
+        if not values.strip() or not all(parts):
+            raise QsnnError(f"bad grid item {item!r}: write NAME=V1,V2 (e.g. k=0,1,2 or B=1,2,none), no empty values")
+        if len(set(parts)) != len(parts):
+            raise QsnnError(f"bad grid item {item!r}: a value is given twice")
+        if key == "scheme":
+            key = "schemes"
+        if key in grid:
+            raise QsnnError(f"--grid {key} is given twice; give all its values in one item, e.g. {key}=0,1")
         if key == "B":
             grid[key] = [parse_bound(v) for v in parts]
         elif key in ("k", "epochs", "seed"):
@@ -388,12 +445,17 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             except ValueError:
                 raise QsnnError(f"bad grid item {item!r}: {key} takes integers") from None
         elif key == "noise":
-            grid[key] = [[float(v)] for v in parts]
-        elif key in ("scheme", "schemes"):
-            key = "schemes"
-            grid[key] = [[v] for v in parts]
+            try:
+                grid[key] = [[float(v)] for v in parts]
+            except ValueError:
+                raise QsnnError(f"bad grid item {item!r}: noise takes ratios between 0 and 1") from None
+        elif key == "schemes":
+            grid[key] = [[v.lower()] for v in parts]
         elif key == "ternary":
-            grid[key] = [v.lower() in ("1", "true", "yes") for v in parts]
+            words = [v.lower() for v in parts]
+            if not all(w in TRUE_WORDS + FALSE_WORDS for w in words):
+                raise QsnnError(f"bad grid item {item!r}: ternary takes true or false")
+            grid[key] = [w in TRUE_WORDS for w in words]
         else:
             raise QsnnError(f"cannot sweep over {key!r}: use k, B, ternary, schemes, noise, epochs or seed")
     return grid

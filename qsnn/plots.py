@@ -42,7 +42,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.transforms import offset_copy
 
 from qsnn.errors import QsnnError
-from qsnn.io import read_json, write_bytes, write_csv
+from qsnn.io import write_bytes, write_csv
 
 DPI = 200
 FORMATS = ("png", "svg")
@@ -709,7 +709,7 @@ def load_result(path: str | os.PathLike) -> dict:
     """Read one result.json and check that it is a qsnn simulation summary."""
     path = Path(path)
     try:
-        data = read_json(path)
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise QsnnError(f"{path} is not a qsnn result: not valid JSON ({error})") from None
     except OSError as error:

@@ -265,6 +265,19 @@ def _read_checkpoint(path: Path, device: str | torch.device) -> dict[str, Any]:
     return payload
 
 
+def _check_finite(model: nn.Module, state: dict, config: TrainConfig, out_dir: Path) -> None:
+    """Stop a diverged training before it writes a checkpoint: the epoch's loss or the
+    weights are no longer finite (checked where checkpoints are written, not every step)."""
+    finite = bool(torch.isfinite(state["running"]["loss_sum"])) and all(
+        bool(torch.isfinite(parameter).all()) for parameter in model.parameters()
+    )
+    if not finite:
+        raise QsnnError(
+            f"training diverged in epoch {state['epoch'] + 1} (the loss or the weights are no longer finite at "
+            f"lr {config.lr:g}); train again with a lower --lr (the checkpoints in {out_dir} are from before)"
+        )
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     *,
@@ -299,6 +312,12 @@ def load_checkpoint(
             f"checkpoint {path}: its weights do not fit its own network {spec.describe()} "
             f"({reason[:200]}); the file is damaged, retrain it"
         ) from None
+    broken = model.non_finite()
+    if broken:
+        raise QsnnError(
+            f"checkpoint {path} holds non-finite values in {', '.join(broken[:3])}"
+            f"{' and more' if len(broken) > 3 else ''} (a diverged training); retrain it with a lower --lr"
+        )
     model.to(device).eval()
     return model, payload
 
@@ -661,6 +680,7 @@ def _train(
 
     def save_last() -> None:
         """Checkpoint everything needed to continue exactly from here (rank 0 only)."""
+        _check_finite(model, state, config, out_dir)
         if ddp.main:
             save_checkpoint(
                 last_path, model, config,
@@ -730,6 +750,7 @@ def _train(
                 bar.close()
 
                 # -- end of epoch: evaluate, record, checkpoint
+                _check_finite(model, state, config, out_dir)
                 if ddp.active:
                     _broadcast_buffers(model)
                     shard = torch.arange(ddp.rank, len(test_set), ddp.world)
@@ -792,7 +813,7 @@ def _write_config(
     if resumed and path.exists():
         try:
             starts = list(read_json(path).get("starts", []))
-        except (OSError, ValueError, AttributeError):
+        except (OSError, QsnnError, AttributeError):
             starts = []
     starts.append({"resumed": resumed, "device": str(device), "world_size": world,
                    "provenance": provenance(config.seed)})
@@ -822,8 +843,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, out_required: bool = True)
     defaults = TrainConfig(net="500", dataset="mnist")
     parser.add_argument("--net", required=True, help="notation (20C5-P2-50C5-P2-500) or a preset (qsnn nets)")
     parser.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or cifar100")
-    parser.add_argument("--k", type=int, default=defaults.k, help="quantization level 0..4 (default 1)")
-    parser.add_argument("--B", default="none", help="upper bound: a positive integer or none (default)")
+    parser.add_argument("--k", type=int, default=None, help=f"quantization level 0..4 (default {defaults.k})")
+    parser.add_argument("--B", default=None, help="upper bound: a positive integer or none (default)")
     parser.add_argument("--ternary", action="store_true", help="ternary weights in the hidden blocks")
     parser.add_argument(
         "--fp32", "--full-precision", dest="full_precision", action="store_true",
@@ -857,8 +878,16 @@ def add_arguments(parser: argparse.ArgumentParser, *, out_required: bool = True)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if args.full_precision:
+        quantizing = [option for option, given in (
+            ("--k", args.k is not None), ("--B", args.B is not None), ("--ternary", args.ternary),
+            ("--encoding-k", args.encoding_k != SAME), ("--encoding-B", args.encoding_B != SAME),
+        ) if given]
+        if quantizing:
+            raise QsnnError(f"--fp32 trains a full-precision baseline; drop {', '.join(quantizing)} (they quantize)")
     return TrainConfig(
-        net=args.net, dataset=args.dataset, k=args.k, B=args.B, ternary=args.ternary,
+        net=args.net, dataset=args.dataset, k=TrainConfig.k if args.k is None else args.k,
+        B="none" if args.B is None else args.B, ternary=args.ternary,
         full_precision=args.full_precision, encoding_k=args.encoding_k,
         encoding_B=args.encoding_B, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, lr_decay_epoch=args.lr_decay_epoch, seed=args.seed,

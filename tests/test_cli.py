@@ -26,7 +26,9 @@ def test_eval_checks_the_net_and_the_dataset(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("qsnn: error: checkpoint ") and "holds the net 16C5s-16C5-P2-32C5-P2-256, not 20C5-P2-50C5-P2-500" in err
     assert main(["eval", checkpoint, "--dataset", "cifar10"]) == 2
-    assert "was trained on 1x28x28 inputs, but cifar10 gives 3x24x24" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"qsnn: error: {checkpoint} was trained on mnist, not cifar10; drop --dataset (or give --dataset mnist)\n"
+    )
     junk = tmp_path / "junk.pt"
     junk.write_text("no")
     assert main(["eval", str(junk)]) == 2
@@ -76,9 +78,113 @@ def test_bad_values_and_unwritable_paths_are_one_line_errors(capsys, tmp_path):
         assert message in err and err.count("\n") == 1
     assert main(["simulate", str(net), "--limit", "10", "--quiet", "--out", "/dev/null/x"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("qsnn: error: cannot use /dev/null/x") and err.count("\n") == 1
+    assert err == "qsnn: error: /dev/null is not a folder, so /dev/null/x/result.json cannot be created; choose another path\n"
     assert main(["run", "--checkpoint", checkpoint, "--k", "0", "--limit", "10"]) == 2
     assert "which does not match --k 0; drop the option (the checkpoint decides)" in capsys.readouterr().err
     assert main(["run", "--checkpoint", str(MODELS / "nsd-lenet-k1.pt"), "--threshold-scale", "10000",
                  "--limit", "10", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "--threshold-scale compares the INT paper's rounded thresholds, but this run has no INT scheme" in capsys.readouterr().err
+
+
+def _error(capsys, argv) -> str:
+    """Run the command line, insist on exit status 2 and one line; return that line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("qsnn: error: "), err
+    return err[len("qsnn: error: "):-1]
+
+
+def test_an_output_that_is_the_input_or_no_file_is_refused(capsys, tmp_path):
+    checkpoint = tmp_path / "net.pt"
+    checkpoint.write_bytes((MODELS / "sg-lenet-k1B2.pt").read_bytes())
+    before = checkpoint.read_bytes()
+    assert _error(capsys, ["convert", str(checkpoint), "--scheme", "sg", "-o", str(checkpoint)]) == (
+        f"-o {checkpoint} is the input file, which would be overwritten; choose another output file"
+    )
+    assert checkpoint.read_bytes() == before
+    net = tmp_path / "sg.npz"
+    assert main(["convert", str(checkpoint), "--scheme", "sg", "-o", str(net)]) == 0
+    capsys.readouterr()
+    assert _error(capsys, ["export", str(net), "--format", "nir", "-o", str(net)]) == (
+        f"-o {net} is the input file, which would be overwritten; choose another output file"
+    )
+    assert _error(capsys, ["convert", str(checkpoint), "--scheme", "sg", "-o", str(tmp_path)]) == (
+        f"{tmp_path} is a directory; give a file name (e.g. {tmp_path / 'out'}...)"
+    )
+    assert _error(capsys, ["convert", str(checkpoint), "--scheme", "sg", "-o", "/dev/null"]) == (
+        "/dev/null is not a regular file (a device, pipe or socket); write to a file"
+    )
+    assert _error(capsys, ["convert", str(checkpoint), "--scheme", "sg", "-o", str(net / "x.npz")]) == (
+        f"{net} is not a folder, so {net / 'x.npz'} cannot be created; choose another path"
+    )
+    assert _error(capsys, ["map", str(net), "--json", str(tmp_path)]).startswith(f"{tmp_path} is a directory")
+    assert capsys.readouterr().out == ""  # (refused before the table)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.pt", "sg.npz"]  # nothing else written
+
+
+def test_a_network_file_that_is_not_one_is_named_so(capsys, tmp_path):
+    checkpoint = str(MODELS / "sg-lenet-k1B2.pt")
+    net = tmp_path / "sg.npz"
+    assert main(["convert", checkpoint, "--scheme", "sg", "-o", str(net)]) == 0
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(net.read_bytes()[:2000])
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    capsys.readouterr()
+    for argv in (["simulate"], ["map"], ["export", "--format", "nir", "-o", str(tmp_path / "x.nir")]):
+        assert _error(capsys, [*argv, str(cut)]) == (
+            f"{cut} is not a converted qsnn network or is damaged (BadZipFile); re-create it with `qsnn convert`"
+        )
+    assert _error(capsys, ["simulate", str(empty)]) == (
+        f"{empty} is not a converted qsnn network or is damaged (EOFError); re-create it with `qsnn convert`"
+    )
+    assert _error(capsys, ["simulate", checkpoint]) == (
+        f"{checkpoint} is a training checkpoint, not a converted network; "
+        f"convert it first: `qsnn convert {checkpoint} --scheme nsd`"
+    )
+    assert _error(capsys, ["simulate", str(tmp_path)]) == (
+        f"{tmp_path} is a folder; give a converted network file (the .npz `qsnn convert` writes)"
+    )
+
+
+def test_options_that_would_be_ignored_are_refused(capsys, tmp_path):
+    checkpoint = str(MODELS / "nsd-lenet-k1.pt")
+    assert _error(capsys, ["run", "--k", "3", "--epochs", "2"]) == (
+        "--epochs, --k needs --net and --dataset (or --checkpoint): without them `qsnn run` runs the shipped demo, "
+        "which takes only --limit, --device, --out and --quiet"
+    )
+    assert _error(capsys, ["run", "--checkpoint", checkpoint, "--epochs", "5"]) == (
+        "--epochs shapes training, but --checkpoint reuses a trained net; drop it (or drop --checkpoint to train)"
+    )
+    assert _error(capsys, ["run", "--checkpoint", checkpoint, "--lr", "0.1", "--ternary"]) == (
+        "--ternary, --lr shape training, but --checkpoint reuses a trained net; drop it (or drop --checkpoint to train)"
+    )
+    assert _error(capsys, ["run", "--net", "8-10", "--dataset", "mnist", "--fp32", "--ternary", "--B", "2"]) == (
+        "--fp32 trains a full-precision baseline; drop --B, --ternary (they quantize)"
+    )
+    assert _error(capsys, ["train", "--net", "8-10", "--dataset", "mnist", "--fp32", "--k", "3",
+                           "--out", str(tmp_path / "t")]) == (
+        "--fp32 trains a full-precision baseline; drop --k (they quantize)"
+    )
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_network_is_simulated_on_its_own_dataset_only(capsys, tmp_path):
+    net = tmp_path / "nsd.npz"
+    assert main(["convert", str(MODELS / "nsd-lenet-k1.pt"), "--scheme", "nsd", "-o", str(net)]) == 0
+    capsys.readouterr()
+    assert _error(capsys, ["simulate", str(net), "--dataset", "fashion-mnist"]) == (
+        f"{net} was trained on mnist, not fashion-mnist; drop --dataset (or give --dataset mnist)"
+    )
+    assert _error(capsys, ["simulate", str(net), "--dataset", "svhn"]).startswith("unknown dataset 'svhn'")
+    assert _error(capsys, ["run", "--checkpoint", str(MODELS / "nsd-lenet-k1.pt"), "--dataset", "fashion-mnist"]) == (
+        f"{MODELS / 'nsd-lenet-k1.pt'} was trained on mnist, not fashion-mnist; drop --dataset (or give --dataset mnist)"
+    )
+
+
+def test_nets_on_a_dataset_lists_what_fits_and_names_what_does_not(capsys):
+    assert main(["nets", "--dataset", "mnist"]) == 0
+    out = capsys.readouterr().out
+    assert "nsd-lenet: 20C5-P2-50C5-P2-500 on mnist 1x28x28" in out
+    unfit = [line.split(":")[0] for line in out.splitlines() if "does not fit mnist (item " in line]
+    assert unfit == ["nsd-cifar10-cnn1", "nsd-cifar10-cnn2", "sg-vgg", "int-cifar10-cnn1"]

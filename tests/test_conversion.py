@@ -177,6 +177,72 @@ def test_loading_something_else_is_a_clear_error(tmp_path):
         SpikingNet.load(junk)
 
 
+def _rewritten(path, change) -> None:
+    """Rewrite the .npz at ``path`` with ``change(arrays, manifest)`` applied (a hand edit)."""
+    import json
+
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files}
+    manifest = json.loads(str(arrays["manifest"]))
+    change(arrays, manifest)
+    arrays["manifest"] = np.array(json.dumps(manifest))
+    np.savez(path, **arrays)
+
+
+def test_a_damaged_network_file_is_caught_by_its_checksum_and_its_shapes(tmp_path):
+    from dataclasses import replace
+
+    net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, seed=5), "nsd")
+    path = tmp_path / "net.npz"
+    net.save(path)
+
+    def flip(arrays, manifest):
+        arrays["layer2.weight"] = arrays["layer2.weight"].copy()
+        arrays["layer2.weight"].flat[0] += 1
+
+    _rewritten(path, flip)
+    with pytest.raises(QsnnError) as refused:
+        SpikingNet.load(path)
+    assert str(refused.value) == (
+        f"{path} is damaged: its arrays do not match the checksum written with them; re-create it with `qsnn convert`"
+    )
+
+    def unsealed(arrays, manifest):  # (a file written before the checksum, or one edited with care)
+        del manifest["arrays_sha256"]
+
+    _rewritten(path, unsealed)
+    assert np.array_equal(SpikingNet.load(path).layers[2].weight.flat[1:], net.layers[2].weight.flat[1:])
+    cut = replace(net, output=replace(net.output, weight=net.output.weight[:, :-1]))
+    cut.save(path)
+    with pytest.raises(QsnnError) as refused:
+        SpikingNet.load(path)
+    assert str(refused.value) == (
+        f"{path} is damaged: the output layer's weights have shape (10, 11), expected (10, 12); "
+        "re-create it with `qsnn convert`"
+    )
+    wrong = replace(net, layers=[*net.layers[:2], replace(net.layers[2], weight=net.layers[2].weight[:, :-1]),
+                                 *net.layers[3:]])
+    wrong.save(path)
+    with pytest.raises(QsnnError, match=r"layer 3's weights have shape \(8, 5, 3, 3\), expected \(8, 6, 3, 3\)"):
+        SpikingNet.load(path)
+    other = replace(net, scheme="xyz")
+    other.save(path)
+    with pytest.raises(QsnnError, match="is damaged: unknown scheme 'xyz'"):
+        SpikingNet.load(path)
+
+
+def test_a_diverged_network_is_not_converted():
+    model = random_net(k=1, B=2)
+    with torch.no_grad():
+        model.blocks[1].weight.view(-1)[0] = float("nan")
+    with pytest.raises(QsnnError) as refused:
+        convert(model, "nsd")
+    assert str(refused.value) == (
+        "the network holds non-finite values in blocks.1.weight (a diverged training); "
+        "retrain it with a lower --lr"
+    )
+
+
 def test_scheme_requirements_are_explained():
     unbounded = random_net("6C5-P2-8C3-12", k=1, B=None)
     with pytest.raises(QsnnError, match=r"SG needs an upper bound B on every block .* block\(s\) \[1, 2, 3, 4\] have B none"):

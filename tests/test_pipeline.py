@@ -86,6 +86,13 @@ def test_sweep_runs_the_grid_once(tmp_path, shared_datasets):
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/run.json")}
     sweep(spec, grid, tmp_path, data_dir=str(shared_datasets), progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    with pytest.raises(QsnnError) as refused:  # the same folder, other options: not silently reused
+        sweep(small_spec(schemes=["sg"], ternary=False, net="4C5-P2-8"), grid, tmp_path, progress=False)
+    assert str(refused.value) == (
+        f"{tmp_path / 'k=0-B=1'} already holds a run made with net='4C5-P2-8C5-P2-16' (asked '4C5-P2-8'); "
+        "resume with the same options or use another --out"
+    )
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     rows = report_rows([tmp_path])
     assert [r["Quantization"] for r in rows] == ["k=0 B=1", "k=1 B=1"]
     assert (tmp_path / "report.md").read_text().count("| SG |") == 2
@@ -100,6 +107,45 @@ def test_bad_grids_and_reports_are_explained(tmp_path):
         parse_grid(["B=x"])
     with pytest.raises(QsnnError, match="no run.json under"):
         report_rows([tmp_path])
+    for items, message in [
+        (["ternary=maybe"], "bad grid item 'ternary=maybe': ternary takes true or false"),
+        (["k=1", "k=2"], "--grid k is given twice; give all its values in one item, e.g. k=0,1"),
+        (["scheme=sg", "schemes=nsd"], "--grid schemes is given twice; give all its values in one item, e.g. schemes=0,1"),
+        (["k=1,,2"], "bad grid item 'k=1,,2': write NAME=V1,V2 (e.g. k=0,1,2 or B=1,2,none), no empty values"),
+        (["B=1,1"], "bad grid item 'B=1,1': a value is given twice"),
+        (["noise=x"], "bad grid item 'noise=x': noise takes ratios between 0 and 1"),
+    ]:
+        with pytest.raises(QsnnError) as refused:
+            parse_grid(items)
+        assert str(refused.value) == message
+    assert parse_grid(["ternary=true,no"]) == {"ternary": [True, False]}
+    checkpoint = small_spec(checkpoint="some.pt")
+    with pytest.raises(QsnnError) as refused:
+        sweep(checkpoint, parse_grid(["k=0,1", "noise=0,0.1"]), tmp_path / "s", progress=False)
+    assert str(refused.value) == (
+        "--grid k needs training, but --checkpoint fixes the trained net; "
+        "sweep over schemes, noise or seed with it, or drop --checkpoint"
+    )
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_damaged_run_record_is_named_in_the_report(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"spec": {"dataset": "mnist"}, "simulations": [')
+    with pytest.raises(QsnnError) as refused:
+        report_rows([tmp_path])
+    assert str(refused.value) == (
+        f"{run / 'run.json'} is damaged: not valid JSON (Expecting value, line 1); "
+        "re-create it with the command that wrote it"
+    )
+    (run / "run.json").write_text(json.dumps({"spec": {"dataset": "mnist"}, "simulations": [{"result": "r.json"}]}))
+    (run / "r.json").write_text(json.dumps({"scheme": "nsd"}))
+    with pytest.raises(QsnnError) as refused:
+        report_rows([tmp_path])
+    assert str(refused.value) == (
+        f"{run / 'run.json'} or a result it names is incomplete (KeyError: 'per_image'); re-run `qsnn run` into {run}"
+    )
 
 
 def test_command_line_run_and_report(tmp_path, shared_datasets, capsys):

@@ -364,6 +364,35 @@ def test_load_checkpoint_errors_are_one_clear_line(tmp_path: Path) -> None:
         f"checkpoint {tmp_path / 'future.pt'} has format version 99, newer than this qsnn "
         "reads (1); upgrade qsnn"
     )
+    with torch.no_grad():
+        model.blocks[0].norm.running_var[0] = float("inf")
+    save_checkpoint(tmp_path / "diverged.pt", model, None, epoch=3)
+    assert error(tmp_path / "diverged.pt") == (
+        f"checkpoint {tmp_path / 'diverged.pt'} holds non-finite values in blocks.0.norm.running_var "
+        "(a diverged training); retrain it with a lower --lr"
+    )
+
+
+def test_a_diverging_training_stops_before_writing_a_checkpoint(tmp_path: Path, shared_datasets, monkeypatch) -> None:
+    import qsnn.training as training
+
+    train(config(str(shared_datasets), epochs=1), tmp_path, progress=False)
+    before = (tmp_path / "last.pt").read_bytes()
+    real_step = training.train_step
+
+    def diverging(model, optimizer, x, labels):
+        loss, correct = real_step(model, optimizer, x, labels)
+        return loss * float("nan"), correct
+
+    monkeypatch.setattr(training, "train_step", diverging)
+    with pytest.raises(QsnnError) as refused:
+        train(config(str(shared_datasets), epochs=2), tmp_path, resume=True, progress=False)
+    assert str(refused.value) == (
+        "training diverged in epoch 2 (the loss or the weights are no longer finite at lr 0.01); "
+        f"train again with a lower --lr (the checkpoints in {tmp_path} are from before)"
+    )
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert len(json.loads((tmp_path / "metrics.json").read_text())) == 1
 
 
 # ----------------------------------------------------------------------------- config and CLI
