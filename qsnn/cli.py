@@ -272,11 +272,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _run_spec(args: argparse.Namespace):
+    from qsnn.conversion import SCHEMES
     from qsnn.notation import resolve_net
     from qsnn.pipeline import RunSpec
     from qsnn.quantization import SAME, parse_bound
 
-    schemes = [s.strip().lower() for s in args.scheme.split(",")] if args.scheme else None
+    schemes = None
+    if args.scheme is not None:
+        schemes = [s.strip().lower() for s in args.scheme.split(",")]
+        if not all(s in SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
+            raise QsnnError(f"--scheme takes {', '.join(SCHEMES)} separated by commas, each once; got {args.scheme!r}")
     try:
         noise = [float(v) for v in args.noise.split(",")]
     except ValueError:

@@ -420,9 +420,11 @@ def verify(name: str, data_dir: str | os.PathLike | None = None) -> list[FileChe
     info = dataset_info(name)
     root = data_root(data_dir)
     directory = _dataset_dir(info, root)
+    _given_folder(data_dir)
     checks = [_check_spec(directory, spec) for spec in info.files]
-    if name == "mnist" and _embedded_present():
-        checks = [
+    test_specs = info.split_files("test")
+    if name == "mnist" and _embedded_present() and not any(_present(directory, spec) for spec in test_specs):
+        checks = [  # (as load() does: only when no test file is there)
             replace(check, message=check.message + "; the packaged MNIST test set is used instead")
             if check.status == "missing" and check.path.name.startswith("t10k") else check
             for check in checks
@@ -440,10 +442,22 @@ def verify(name: str, data_dir: str | os.PathLike | None = None) -> list[FileChe
 # --------------------------------------------------------------------------- loading
 
 
+def _given_folder(data_dir: str | os.PathLike | None) -> None:
+    """A data folder given explicitly must not be a file (a folder that does not exist
+    holds no dataset: the files are reported missing, or the packaged MNIST test set,
+    byte-identical to the official one, is used)."""
+    if data_dir is None or str(data_dir) == "":
+        return
+    folder = Path(data_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise QsnnError(f"data folder {folder} is a file; give the folder that holds the datasets")
+
+
 def load(name: str, split: str, data_dir: str | os.PathLike | None = None) -> ImageSet:
     """Read one split of a dataset from its original files (checked, parsed once per process)."""
     info = dataset_info(name)
     specs = info.split_files(split)
+    _given_folder(data_dir)
     root = data_root(data_dir)
     directory = _dataset_dir(info, root)
     fix = _fix(name, data_dir)

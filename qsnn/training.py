@@ -293,6 +293,7 @@ def load_checkpoint(
     payload = _read_checkpoint(path, device)
     try:
         spec = NetSpec.from_dict(payload["spec"])
+        model = QuantizedNet(spec)  # (builds the plan: checks the notation against the shapes)
     except (KeyError, TypeError, ValueError, QsnnError) as error:
         raise QsnnError(
             f"checkpoint {path} has a damaged network description ({error}); retrain it"
@@ -303,7 +304,6 @@ def load_checkpoint(
             f"checkpoint {path} holds a net with {held} but {asked} was asked; "
             "give the options it was trained with (see its config.json) or another checkpoint"
         )
-    model = QuantizedNet(spec)
     try:
         model.load_state_dict(payload["model"])
     except (KeyError, RuntimeError) as error:

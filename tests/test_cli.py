@@ -153,6 +153,10 @@ def test_options_that_would_be_ignored_are_refused(capsys, tmp_path):
         "--epochs, --k needs --net and --dataset (or --checkpoint): without them `qsnn run` runs the shipped demo, "
         "which takes only --limit, --device, --out and --quiet"
     )
+    for scheme in ("", "nsd,,sg", "nsd,nsd", "snn"):
+        assert _error(capsys, ["run", "--checkpoint", checkpoint, "--scheme", scheme]) == (
+            f"--scheme takes nsd, sg, int separated by commas, each once; got {scheme!r}"
+        )
     assert _error(capsys, ["run", "--checkpoint", checkpoint, "--epochs", "5"]) == (
         "--epochs shapes training, but --checkpoint reuses a trained net; drop it (or drop --checkpoint to train)"
     )

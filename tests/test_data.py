@@ -190,6 +190,18 @@ def test_embedded_mnist_test_set(shared_datasets, tmp_path):
     assert [check.status for check in checks] == ["missing"] * 4
     assert "the packaged MNIST test set is used instead" in checks[3].message
     assert "packaged" not in checks[0].message
+    partial = tmp_path / "partial"
+    (partial / "mnist").mkdir(parents=True)
+    labels = next(name for name in MNIST_FILES if name.startswith("t10k-labels"))
+    (partial / "mnist" / labels).write_bytes((shared_datasets / "mnist" / labels).read_bytes())
+    with pytest.raises(QsnnError, match="mnist test: .* is missing"):  # one test file there: no fallback
+        data.load("mnist", "test", partial)
+    assert not any("packaged" in check.message for check in data.verify("mnist", partial))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(QsnnError) as refused:
+        data.load("mnist", "test", afile)
+    assert str(refused.value) == f"data folder {afile} is a file; give the folder that holds the datasets"
 
 
 def test_missing_train_set_has_no_fallback(tmp_path):

@@ -364,6 +364,12 @@ def test_load_checkpoint_errors_are_one_clear_line(tmp_path: Path) -> None:
         f"checkpoint {tmp_path / 'future.pt'} has format version 99, newer than this qsnn "
         "reads (1); upgrade qsnn"
     )
+    payload["version"] = 1
+    payload["spec"]["notation"] = "64-"
+    torch.save(payload, tmp_path / "notation.pt")
+    assert error(tmp_path / "notation.pt").startswith(
+        f"checkpoint {tmp_path / 'notation.pt'} has a damaged network description (bad network notation '64-': "
+    )
     with torch.no_grad():
         model.blocks[0].norm.running_var[0] = float("inf")
     save_checkpoint(tmp_path / "diverged.pt", model, None, epoch=3)
