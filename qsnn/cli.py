@@ -275,7 +275,7 @@ def _run_spec(args: argparse.Namespace):
     from qsnn.conversion import SCHEMES
     from qsnn.notation import resolve_net
     from qsnn.pipeline import RunSpec
-    from qsnn.quantization import SAME, parse_bound
+    from qsnn.quantization import parse_bound
 
     schemes = None
     if args.scheme is not None:
@@ -325,13 +325,9 @@ def _run_spec(args: argparse.Namespace):
         )
     if args.net is None or args.dataset is None:
         raise QsnnError("give --net and --dataset (or --checkpoint), or no options at all for the embedded default")
-    if args.full_precision:
-        quantizing = [option for option, given in (
-            ("--k", args.k is not None), ("--B", args.B is not None), ("--ternary", args.ternary),
-            ("--encoding-k", args.encoding_k != SAME), ("--encoding-B", args.encoding_B != SAME),
-        ) if given]
-        if quantizing:
-            raise QsnnError(f"--fp32 trains a full-precision baseline; drop {', '.join(quantizing)} (they quantize)")
+    from qsnn.training import check_precision_options
+
+    check_precision_options(args)
     return RunSpec(
         net=args.net, dataset=args.dataset, k=1 if args.k is None else args.k,
         B=parse_bound("none" if args.B is None else args.B), ternary=args.ternary,

@@ -877,7 +877,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, out_required: bool = True)
     )
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def check_precision_options(args: argparse.Namespace) -> None:
+    """--fp32 with options that quantize (given explicitly: their defaults are None or
+    "same") is a contradiction, not something to ignore."""
     if args.full_precision:
         quantizing = [option for option, given in (
             ("--k", args.k is not None), ("--B", args.B is not None), ("--ternary", args.ternary),
@@ -885,6 +887,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ) if given]
         if quantizing:
             raise QsnnError(f"--fp32 trains a full-precision baseline; drop {', '.join(quantizing)} (they quantize)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    check_precision_options(args)
     return TrainConfig(
         net=args.net, dataset=args.dataset, k=TrainConfig.k if args.k is None else args.k,
         B="none" if args.B is None else args.B, ternary=args.ternary,
