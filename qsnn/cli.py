@@ -130,6 +130,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     from qsnn import data
 
     if args.action == "list":
+        if args.name is not None:
+            raise QsnnError("`qsnn data list` lists every dataset; drop the name (or use `qsnn data verify NAME`)")
         root = data.data_root(args.data_dir)
         print(f"data root: {root}")
         for name, info in data.DATASETS.items():
@@ -138,8 +140,10 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     if args.name is None:
         raise QsnnError(f"`qsnn data {args.action}` needs a dataset name: {', '.join(data.DATASETS)}")
+    if args.mirror and args.action != "download":
+        raise QsnnError(f"--mirror is for `qsnn data download`, not `qsnn data {args.action}`")
     if args.action == "download":
-        folder = data.download(args.name, args.data_dir, progress=not args.quiet)
+        folder = data.download(args.name, args.data_dir, mirrors=args.mirror, progress=not args.quiet)
         print(f"{args.name}: ready in {folder}")
         return 0
     checks = data.verify(args.name, args.data_dir)
@@ -189,12 +193,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --- qsnn convert -----------------------------------------------------------------------
 
 
-def _not_the_input(out: Path, source) -> None:
+def _not_the_input(out: Path, source, option: str = "-o") -> None:
     """Refuse an output file that is the input (it would be overwritten), or that cannot be a file."""
     from qsnn.io import check_target
 
     if out.exists() and Path(source).exists() and out.resolve() == Path(source).resolve():
-        raise QsnnError(f"-o {out} is the input file, which would be overwritten; choose another output file")
+        raise QsnnError(f"{option} {out} is the input file, which would be overwritten; choose another output file")
     check_target(out)
 
 
@@ -438,7 +442,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from qsnn.conversion import SpikingNet
     from qsnn.export import export
 
-    if args.output:
+    if args.format == "nir":  # (a qsnn-int package is a folder; export checks it)
         _not_the_input(Path(args.output), args.file)
     path = export(SpikingNet.load(args.file), args.format, args.output, steps=args.steps)
     print(f"wrote {path}")
@@ -451,7 +455,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     from qsnn.mapping import format_mapping, map_cores, parse_core
 
     if args.json:
-        _not_the_input(Path(args.json), args.file)
+        _not_the_input(Path(args.json), args.file, "--json")
     report = map_cores(SpikingNet.load(args.file), *parse_core(args.core))
     print(format_mapping(report))
     if args.json:
@@ -494,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["download", "verify", "list"])
     p.add_argument("name", nargs="?", help="mnist, fashion-mnist, cifar10 or cifar100")
     _add_data_dir(p)
+    p.add_argument(
+        "--mirror", action="append", metavar="URL",
+        help="download: a base URL (http, https or file) to fetch the files from instead of the official "
+        "mirrors; repeat it for several",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_data)
 

@@ -305,6 +305,14 @@ def _md5(path: Path, data: bytes | None = None) -> str:
     return _MD5_CACHE[key]
 
 
+def _owner(md5: str | None) -> str | None:
+    """The known dataset one of whose files has this md5, or None."""
+    for info in DATASETS.values():
+        if md5 is not None and any(md5 == spec.md5 for spec in (*info.files, *info.downloads)):
+            return info.name
+    return None
+
+
 def _known_as(md5: str | None) -> str:
     """' (this is fashion-mnist's t10k-...)' when an md5 belongs to another known file."""
     for info in DATASETS.values():
@@ -695,7 +703,7 @@ def _fetch(
     tried = "; ".join(failures) or "no mirrors given"
     raise QsnnError(
         f"could not download {info.name}'s {spec.name}: {tried}; check the connection, "
-        f"give other mirrors, or copy the file into {target.parent} by hand"
+        f"give other mirrors (--mirror URL), or copy the file into {target.parent} by hand"
     )
 
 
@@ -724,6 +732,8 @@ def download(
     official ones. CIFAR archives are extracted (safely, atomically) after the check.
     """
     info = dataset_info(name)
+    if isinstance(mirrors, str | bytes):
+        raise QsnnError(f"mirrors must be a list of base URLs, got the single string {mirrors!r}; use [{mirrors!r}]")
     root = data_root(data_dir)
     directory = _dataset_dir(info, root)
     mirrors = list(info.mirrors if mirrors is None else mirrors)
@@ -732,7 +742,14 @@ def download(
     if info.archive is None:
         _writable(directory)
         for spec in info.files:
-            if not _check_spec(directory, spec).ok:
+            check = _check_spec(directory, spec)
+            if not check.ok:
+                owner = _owner(check.actual_md5)
+                if owner is not None and owner != info.name:  # never fetch over another dataset
+                    raise QsnnError(
+                        f"{check.path} is {owner}'s file, not {info.name}'s; give --data-dir the folder above "
+                        f"the datasets ({info.name} goes into its own {info.name}/ folder there)"
+                    )
                 _fetch(info, spec, directory / spec.name, mirrors, progress, timeout)
         return directory
     base = directory.parent if directory.name == info.folder else root / info.name

@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from qsnn.deploy import (
     threshold_table,
 )
 from qsnn.errors import QsnnError
-from qsnn.io import write_bytes, write_json
+from qsnn.io import atomic_path, write_bytes, write_json
 
 NIR_FORMAT = "qsnn-nir"
 NIR_HUGE = 2.0**62  # NIR threshold of a level that never fires (or, negated, always fires)
@@ -186,6 +185,8 @@ def package_contents(net: SpikingNet, steps: int | None = None) -> tuple[dict, d
     check_integral(net)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise QsnnError(f"steps must be a positive integer or None (run until silent), got {steps!r}")
+    if steps is not None and net.scheme == "sg":
+        raise QsnnError("--steps does not apply to SG (it takes one step); drop it")
     arrays: dict[str, np.ndarray] = {}
     layers = [_layer_entry(net, i, layer, arrays) for i, layer in enumerate(net.layers)]
     features = math.prod(net.layers[-1].out_shape)
@@ -362,17 +363,9 @@ def export_nir(net: SpikingNet, path: str | os.PathLike) -> Path:
     except ImportError:
         raise QsnnError("NIR export needs the nir package: pip install 'qsnn[nir]'") from None
     graph = nir_graph(net)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        nir.write(tmp, graph)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_path(path) as tmp:
+        nir.write(str(tmp), graph)
+    return Path(path)
 
 
 FORMATS = ("qsnn-int", "nir")

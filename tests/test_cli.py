@@ -117,9 +117,21 @@ def test_an_output_that_is_the_input_or_no_file_is_refused(capsys, tmp_path):
     assert _error(capsys, ["convert", str(checkpoint), "--scheme", "sg", "-o", str(net / "x.npz")]) == (
         f"{net} is not a folder, so {net / 'x.npz'} cannot be created; choose another path"
     )
+    assert _error(capsys, ["map", str(net), "--json", str(net)]) == (
+        f"--json {net} is the input file, which would be overwritten; choose another output file"
+    )
     assert _error(capsys, ["map", str(net), "--json", str(tmp_path)]).startswith(f"{tmp_path} is a directory")
     assert capsys.readouterr().out == ""  # (refused before the table)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.pt", "sg.npz"]  # nothing else written
+    package = tmp_path / "pkg"
+    package.mkdir()  # a package goes into a folder, new or not
+    for _ in range(2):
+        assert main(["export", str(net), "--format", "qsnn-int", "-o", str(package)]) == 0
+    assert capsys.readouterr().out == f"wrote {package}\n" * 2
+    assert (package / "manifest.json").is_file()
+    assert _error(capsys, ["export", str(net), "--format", "qsnn-int", "--steps", "4", "-o", str(package)]) == (
+        "--steps does not apply to SG (it takes one step); drop it"
+    )
 
 
 def test_a_network_file_that_is_not_one_is_named_so(capsys, tmp_path):

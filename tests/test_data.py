@@ -491,7 +491,7 @@ def test_download_md5_mismatch_leaves_nothing(mirrors, shared_datasets, tmp_path
     assert str(error.value) == (
         f"could not download mnist's train-labels-idx1-ubyte.gz: {url}: md5 "
         f"{mirrors.wrong_labels_md5}, expected d53e105ee54ea40749a09fcbcd1e9432; check the "
-        f"connection, give other mirrors, or copy the file into {folder} by hand"
+        f"connection, give other mirrors (--mirror URL), or copy the file into {folder} by hand"
     )
     assert sorted(p.name for p in folder.iterdir()) == ["train-images-idx3-ubyte.gz"]
 
@@ -538,6 +538,29 @@ def test_download_from_file_urls_and_repair(shared_datasets, tmp_path):
     assert all(check.ok for check in data.verify("mnist", tmp_path))
     assert md5_of(broken) == MNIST_FILES["t10k-images-idx3-ubyte.gz"][0]
     assert no_temp_files(tmp_path)
+
+
+def test_download_never_overwrites_another_datasets_files(shared_datasets, tmp_path, capsys):
+    from qsnn.cli import main
+
+    flat = copy_files(shared_datasets / "fashion-mnist", tmp_path / "flat", list(MNIST_FILES))
+    before = {p.name: md5_of(p) for p in flat.iterdir()}
+    source = (shared_datasets / "mnist").as_uri()
+    with pytest.raises(QsnnError) as refused:
+        data.download("mnist", flat, progress=False, mirrors=[source])
+    assert str(refused.value) == (
+        f"{flat / 'train-images-idx3-ubyte.gz'} is fashion-mnist's file, not mnist's; give --data-dir the folder "
+        "above the datasets (mnist goes into its own mnist/ folder there)"
+    )
+    assert {p.name: md5_of(p) for p in flat.iterdir()} == before
+    with pytest.raises(QsnnError, match="mirrors must be a list of base URLs, got the single string"):
+        data.download("mnist", tmp_path / "other", progress=False, mirrors=source)
+    # the command line takes mirrors too
+    assert main(["data", "download", "mnist", "--data-dir", str(tmp_path / "cli"), "--mirror", source, "--quiet"]) == 0
+    assert all(check.ok for check in data.verify("mnist", tmp_path / "cli"))
+    assert f"mnist: ready in {tmp_path / 'cli' / 'mnist'}" in capsys.readouterr().out
+    assert main(["data", "verify", "mnist", "--mirror", source]) == 2
+    assert capsys.readouterr().err == "qsnn: error: --mirror is for `qsnn data download`, not `qsnn data verify`\n"
 
 
 def test_download_skips_valid_files_in_read_only_root(shared_datasets):

@@ -61,9 +61,11 @@ def test_same_padding_net_and_steps_from_the_manifest(tmp_path):
     pixels = random_pixels(16, shape=(3, 12, 12), seed=7)
     for scheme in ("sg", "int"):
         net = convert(model, scheme)
-        folder = export_package(net, tmp_path / scheme, steps=5)
+        folder = export_package(net, tmp_path / scheme, steps=None if scheme == "sg" else 5)
         expected = simulate_batch(net, pixels, 1 if scheme == "sg" else 5)
         assert_same(expected, deploy.run(folder, pixels.numpy()))
+    with pytest.raises(QsnnError, match=r"--steps does not apply to SG \(it takes one step\); drop it"):
+        export_package(convert(model, "sg"), tmp_path / "sg-5", steps=5)
 
 
 def test_streaming_in_batches_pads_shorter_batches(tmp_path):

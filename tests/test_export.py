@@ -1,6 +1,8 @@
 """The qsnn-int package (contents, dtypes, thresholds, refusals) and the NIR export."""
 
 import json
+import os
+import stat
 import sys
 
 import numpy as np
@@ -107,6 +109,9 @@ def test_smallest_dtype_and_nir_thresholds():
 def assert_nir_matches(net, pixels, path):
     """Run the exported graph for one step with the standard-node interpreter."""
     export_nir(net, path)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~mask  # as every file qsnn writes
     graph = nir.read(path)
     assert graph.metadata["portable"] and graph.metadata["scheme"] == "sg"
     logits, spikes = run_one_step(graph, pixels.numpy().astype(np.float64))
