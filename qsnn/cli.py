@@ -286,10 +286,14 @@ def _run_spec(args: argparse.Namespace):
         schemes = [s.strip().lower() for s in args.scheme.split(",")]
         if not all(s in SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
             raise QsnnError(f"--scheme takes {', '.join(SCHEMES)} separated by commas, each once; got {args.scheme!r}")
+        if schemes == ["sg"] and args.steps is not None:
+            raise QsnnError(f"SG takes one time step; --steps {args.steps} does not apply to it (drop it)")
     try:
         noise = [float(v) for v in args.noise.split(",")]
     except ValueError:
         noise = [math.nan]
+    if len(set(noise)) != len(noise):
+        raise QsnnError(f"--noise gives a ratio twice ({args.noise!r}); give each once")
     if not all(0 <= r <= 1 for r in noise):
         raise QsnnError(f"--noise takes ratios between 0 and 1 separated by commas, e.g. 0,0.1,0.2; got {args.noise!r}")
     common = dict(
@@ -587,14 +591,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    if getattr(args, "quiet", False):
-        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
+        parser = build_parser()  # (imports torch: seconds, in which Ctrl-C must not print a traceback)
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        if getattr(args, "quiet", False):
+            os.environ.setdefault("TQDM_DISABLE", "1")
         return args.func(args)
     except QsnnError as error:
         print(f"qsnn: error: {error}", file=sys.stderr)

@@ -477,6 +477,11 @@ def convert(
     """
     if isinstance(model, str | Path):
         return _convert_checkpoint(Path(model), scheme, threshold_scale)
+    if not isinstance(model, QuantizedNet):
+        raise QsnnError(
+            f"convert() takes a qsnn QuantizedNet or the path of a checkpoint, got {type(model).__name__}; "
+            "load a checkpoint with qsnn.load_checkpoint"
+        )
     scheme = scheme.lower()
     if scheme not in SCHEMES:
         raise QsnnError(f"unknown scheme {scheme!r}: use one of {', '.join(SCHEMES)}")

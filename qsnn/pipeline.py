@@ -186,7 +186,7 @@ def execute(
             else:
                 tick = time.monotonic()
                 result = simulate(
-                    net, pixels, test_set.labels, steps=spec.steps, noise=noise,
+                    net, pixels, test_set.labels, steps=None if scheme == "sg" else spec.steps, noise=noise,
                     device=device, seed=spec.seed, progress=progress,
                 )
                 summary = summarize(result, net, dataset=dataset, seed=spec.seed)
@@ -227,17 +227,17 @@ def _runs_under(paths: list[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.exists():
             raise QsnnError(f"{path} does not exist: give run folders written by `qsnn run` or `qsnn sweep`")
-        if path.is_file() and path.name == "run.json":
-            found.append(path)
-        elif path.is_dir():
-            found.extend(sorted(path.rglob("run.json")))
-    if not found:
-        raise QsnnError(f"no run.json under {', '.join(map(str, paths))}: give folders written by `qsnn run`")
+        here = [path] if path.is_file() and path.name == "run.json" else sorted(path.rglob("run.json")) if path.is_dir() else []
+        if not here:
+            raise QsnnError(f"no run.json under {path}: give folders written by `qsnn run` or `qsnn sweep`")
+        found.extend(here)
     return sorted(set(found))
 
 
 def report_rows(paths: list[str | Path]) -> list[dict]:
     """One row per (run, scheme, noise) in the papers' layout, plus our measurements."""
+    if not paths:
+        raise QsnnError("give at least one run folder written by `qsnn run` or `qsnn sweep`")
     rows = []
     for run_file in _runs_under(paths):
         try:

@@ -571,6 +571,48 @@ class SimulationResult:
         return first
 
 
+def checked_inputs(net: SpikingNet, pixels, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images as :func:`simulate` takes them: raw pixel values 0..255 (uint8, or
+    integers in any integer or float dtype, returned as uint8) of the network's input
+    shape, and one class label per image. Anything else (pixels scaled to [0, 1],
+    negative or fractional values, labels out of range) is refused, not simulated."""
+    if not isinstance(pixels, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise QsnnError(
+            f"pixels and labels must be torch tensors, got {type(pixels).__name__} and {type(labels).__name__}; "
+            "use torch.as_tensor"
+        )
+    if pixels.ndim != 1 + len(net.input_shape) or tuple(pixels.shape[1:]) != tuple(net.input_shape):
+        raise QsnnError(
+            f"the network expects images of shape {tuple(net.input_shape)}, got {tuple(pixels.shape[1:])}; "
+            "use the dataset it was trained on"
+        )
+    if len(pixels) == 0:
+        raise QsnnError("no images to simulate")
+    if labels.shape != (len(pixels),):
+        raise QsnnError(f"{len(pixels)} images but labels of shape {tuple(labels.shape)}; give one label per image")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise QsnnError(f"labels must be integer class indices, got {labels.dtype}")
+    if int(labels.min()) < 0 or int(labels.max()) >= net.classes:
+        raise QsnnError(
+            f"labels must be class indices 0..{net.classes - 1}, got values from {int(labels.min())} to {int(labels.max())}"
+        )
+    if pixels.dtype == torch.uint8:
+        return pixels, labels
+    if pixels.dtype == torch.bool or pixels.is_complex():
+        raise QsnnError(f"pixels must be raw values 0..255 (uint8), got {pixels.dtype}")
+    low, high = float(pixels.min()), float(pixels.max())
+    if pixels.is_floating_point() and low >= 0 and high <= 1 and not torch.equal(pixels, pixels.round()):
+        raise QsnnError(
+            f"pixels must be raw values 0..255, got {pixels.dtype} in [0, 1]: multiply by 255 and round, "
+            "or pass the uint8 images"
+        )
+    if not (low >= 0 and high <= 255) or not torch.equal(pixels, pixels.round()):  # (NaN fails both)
+        raise QsnnError(
+            f"pixels must be raw integer values 0..255, got {pixels.dtype} values from {low:g} to {high:g}"
+        )
+    return pixels.to(torch.uint8), labels
+
+
 @torch.no_grad()
 def simulate(
     net: SpikingNet,
@@ -595,11 +637,15 @@ def simulate(
 
     if not 0 <= noise <= 1:  # also refuses NaN
         raise QsnnError(f"--noise must be between 0 and 1, got {noise}")
-    if tuple(pixels.shape[1:]) != tuple(net.input_shape):
-        raise QsnnError(
-            f"the network expects images of shape {tuple(net.input_shape)}, got {tuple(pixels.shape[1:])}; "
-            "use the dataset it was trained on"
-        )
+    pixels, labels = checked_inputs(net, pixels, labels)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise QsnnError(f"steps must be a positive integer or None (until nothing is in flight), got {steps!r}")
+    if net.scheme == "sg" and steps not in (None, 1):
+        raise QsnnError(f"SG takes one time step; --steps {steps} does not apply to it (drop it)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise QsnnError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise QsnnError(f"seed must be an integer from 0 to 2^63 - 1, got {seed!r}")
     if simulator is None:
         simulator = EventSimulator(net) if cpu_kernels(torch.empty(0, device=device)) else simulate_batch
     records = []

@@ -106,6 +106,8 @@ class TrainConfig:
                 isinstance(value, bool) or not isinstance(value, int) or value < minimum
             ):
                 raise QsnnError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise QsnnError(f"seed must be an integer from 0 to 2^63 - 1, got {self.seed!r}")
         if not self.lr > 0:
             raise QsnnError(f"lr must be positive, got {self.lr!r}")
         if not self.checkpoint_interval >= 0:

@@ -204,3 +204,33 @@ def test_nets_on_a_dataset_lists_what_fits_and_names_what_does_not(capsys):
     assert "nsd-lenet: 20C5-P2-50C5-P2-500 on mnist 1x28x28" in out
     unfit = [line.split(":")[0] for line in out.splitlines() if "does not fit mnist (item " in line]
     assert unfit == ["nsd-cifar10-cnn1", "nsd-cifar10-cnn2", "sg-vgg", "int-cifar10-cnn1"]
+
+
+def test_ignored_or_repeated_values_and_interruptions(capsys, tmp_path, monkeypatch):
+    import qsnn.cli as cli
+
+    checkpoint = str(MODELS / "sg-lenet-k1B2.pt")
+    assert _error(capsys, ["run", "--checkpoint", checkpoint, "--scheme", "sg", "--steps", "3"]) == (
+        "SG takes one time step; --steps 3 does not apply to it (drop it)"
+    )
+    assert _error(capsys, ["run", "--checkpoint", checkpoint, "--noise", "0,0.1,0"]) == (
+        "--noise gives a ratio twice ('0,0.1,0'); give each once"
+    )
+    net = tmp_path / "sg.npz"
+    assert main(["convert", checkpoint, "--scheme", "sg", "-o", str(net)]) == 0
+    capsys.readouterr()
+    assert _error(capsys, ["simulate", str(net), "--steps", "5", "--limit", "5"]) == (
+        "SG takes one time step; --steps 5 does not apply to it (drop it)"
+    )
+    assert _error(capsys, ["train", "--net", "8-10", "--dataset", "mnist", "--seed", "-1",
+                           "--out", str(tmp_path / "t")]) == "seed must be an integer from 0 to 2^63 - 1, got -1"
+    assert _error(capsys, ["report", str(tmp_path)]) == (
+        f"no run.json under {tmp_path}: give folders written by `qsnn run` or `qsnn sweep`"
+    )
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)  # Ctrl-C while torch is still being imported
+    assert main(["nets"]) == 130
+    assert capsys.readouterr().err == "qsnn: interrupted\n"

@@ -638,3 +638,51 @@ def test_simulation_on_cuda_is_the_cpus_bit_for_bit(notation, scheme, k, B, nois
     on_cpu = simulate(net, pixels, labels, steps=None, noise=noise, seed=3, batch_size=8)
     on_cuda = simulate(net, pixels, labels, steps=None, noise=noise, seed=3, batch_size=8, device="cuda")
     assert asdict(on_cuda) == asdict(on_cpu)
+
+
+def test_simulate_refuses_inputs_it_would_get_wrong():
+    """Pixels scaled to [0, 1], out of 0..255 or fractional, labels that do not fit, no
+    images, bad steps or batch sizes: one clear error each, never a simulation."""
+    net = convert(random_net(k=1, B=2), "nsd")
+    pixels, labels = random_pixels(6), torch.arange(6)
+
+    def refused(pixels=pixels, labels=labels, **options) -> str:
+        with pytest.raises(QsnnError) as error:
+            simulate(net, pixels, labels, steps=options.pop("steps", None), **options)
+        return str(error.value)
+
+    assert refused(pixels.float() / 255) == (
+        "pixels must be raw values 0..255, got torch.float32 in [0, 1]: multiply by 255 and round, "
+        "or pass the uint8 images"
+    )
+    assert refused(pixels.long() - 300) == "pixels must be raw integer values 0..255, got torch.int64 values from -300 to -45"
+    assert refused(pixels.double() + 0.5).startswith("pixels must be raw integer values 0..255, got torch.float64")
+    nan = pixels.double()
+    nan[0, 0, 0, 0] = float("nan")
+    assert refused(nan).startswith("pixels must be raw integer values 0..255")
+    assert refused(pixels.bool()) == "pixels must be raw values 0..255 (uint8), got torch.bool"
+    assert refused(pixels.numpy()) == (
+        "pixels and labels must be torch tensors, got ndarray and Tensor; use torch.as_tensor"
+    )
+    assert refused(pixels[:, :, :20]) == (
+        "the network expects images of shape (1, 28, 28), got (1, 20, 28); use the dataset it was trained on"
+    )
+    assert refused(pixels[:0], labels[:0]) == "no images to simulate"
+    assert refused(labels=labels[:5]) == "6 images but labels of shape (5,); give one label per image"
+    assert refused(labels=labels + 5) == "labels must be class indices 0..9, got values from 5 to 10"
+    assert refused(labels=labels.float()) == "labels must be integer class indices, got torch.float32"
+    assert refused(steps=0) == "steps must be a positive integer or None (until nothing is in flight), got 0"
+    assert refused(batch_size=0) == "batch_size must be a positive integer, got 0"
+    # integer values in other dtypes are the same pixels
+    same = simulate(net, pixels.double(), labels, steps=None)
+    assert same == simulate(net, pixels, labels, steps=None)
+
+
+def test_convert_takes_a_network_or_a_checkpoint_only():
+    model = random_net(k=1, B=2)
+    with pytest.raises(QsnnError) as refused:
+        convert(model.state_dict(), "nsd")
+    assert str(refused.value) == (
+        "convert() takes a qsnn QuantizedNet or the path of a checkpoint, got OrderedDict; "
+        "load a checkpoint with qsnn.load_checkpoint"
+    )
