@@ -520,7 +520,16 @@ def _any_rank(flag: bool, ddp: _Dist, device: torch.device) -> bool:
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, out_dir: Path) -> None:
     asked = config.to_dict()
-    keys = [key for key in asked if key not in RESUMABLE_CHANGES and saved.get(key) != asked[key]]
+
+    def same(key: str) -> bool:
+        if key == "net" and isinstance(saved.get(key), str):  # a preset and its own notation are one net
+            try:
+                return resolve_net(saved[key])[0] == resolve_net(asked[key])[0]
+            except QsnnError:
+                return False
+        return saved.get(key) == asked[key]
+
+    keys = [key for key in asked if key not in RESUMABLE_CHANGES and not same(key)]
     if keys:
         was = ", ".join(f"{key}={saved.get(key)!r}" for key in keys)
         now = ", ".join(f"{key}={asked[key]!r}" for key in keys)

@@ -545,3 +545,14 @@ def test_torchrun_sigterm_then_resume_equals_uninterrupted(tmp_path: Path, data_
 
     run(torchrun(parts, data_dir, 8000, "--resume"))
     assert_same_run(whole, parts)
+
+
+def test_a_preset_resumes_under_its_own_notation(tmp_path: Path, shared_datasets) -> None:
+    train(config(str(shared_datasets), net="nsd-fmnist-mlp", epochs=1, train_limit=100, test_limit=50), tmp_path,
+          progress=False)
+    summary = train(config(str(shared_datasets), net="400-400", epochs=2, train_limit=100, test_limit=50), tmp_path,
+                    resume=True, progress=False)
+    assert summary["epochs"] == 2
+    with pytest.raises(QsnnError, match="it was trained with net='400-400' but net='400-300' was asked"):
+        train(config(str(shared_datasets), net="400-300", epochs=3, train_limit=100, test_limit=50), tmp_path,
+              resume=True, progress=False)
