@@ -129,6 +129,8 @@ def cmd_nets(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from qsnn import data
 
+    if args.mirror and args.action != "download":
+        raise QsnnError(f"--mirror is for `qsnn data download`, not `qsnn data {args.action}`")
     if args.action == "list":
         if args.name is not None:
             raise QsnnError("`qsnn data list` lists every dataset; drop the name (or use `qsnn data verify NAME`)")
@@ -140,8 +142,6 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     if args.name is None:
         raise QsnnError(f"`qsnn data {args.action}` needs a dataset name: {', '.join(data.DATASETS)}")
-    if args.mirror and args.action != "download":
-        raise QsnnError(f"--mirror is for `qsnn data download`, not `qsnn data {args.action}`")
     if args.action == "download":
         folder = data.download(args.name, args.data_dir, mirrors=args.mirror, progress=not args.quiet)
         print(f"{args.name}: ready in {folder}")
@@ -286,7 +286,7 @@ def _run_spec(args: argparse.Namespace):
         schemes = [s.strip().lower() for s in args.scheme.split(",")]
         if not all(s in SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
             raise QsnnError(f"--scheme takes {', '.join(SCHEMES)} separated by commas, each once; got {args.scheme!r}")
-        if schemes == ["sg"] and args.steps is not None:
+        if schemes == ["sg"] and args.steps not in (None, 1):
             raise QsnnError(f"SG takes one time step; --steps {args.steps} does not apply to it (drop it)")
     try:
         noise = [float(v) for v in args.noise.split(",")]
@@ -302,7 +302,8 @@ def _run_spec(args: argparse.Namespace):
     )
     training = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, train_limit=args.train_limit)
     if args.checkpoint:
-        given = [option for option, value in _training_options(args).items() if value]
+        given = [option for option, value in _training_options(args).items()
+                 if value and option not in ("--ternary", "--fp32")]  # (those two are compared below)
         if given:
             raise QsnnError(
                 f"{', '.join(given)} {'shapes' if len(given) == 1 else 'shape'} training, but --checkpoint reuses a "
@@ -317,13 +318,15 @@ def _run_spec(args: argparse.Namespace):
             ("--net", resolve_net(args.net)[0], spec.notation) if args.net else None,
             ("--k", args.k, precision.k) if args.k is not None else None,
             ("--B", parse_bound(args.B), precision.B) if args.B is not None else None,
+            ("--ternary", True, precision.ternary) if args.ternary else None,
+            ("--fp32", True, precision.full_precision) if args.full_precision else None,
         ]
         for option, value, held in filter(None, given):
             if value != held:
                 raise QsnnError(
-                    f"{args.checkpoint} holds {spec.describe()}, which does not match {option} "
-                    f"{'none' if value is None else value}; drop the option (the checkpoint decides) "
-                    "or give another checkpoint"
+                    f"{args.checkpoint} holds {spec.describe()}, which does not match {option}"
+                    f"{'' if value is True else ' none' if value is None else f' {value}'}; drop the option "
+                    "(the checkpoint decides) or give another checkpoint"
                 )
         dataset = _own_dataset(args.checkpoint, (payload.get("config") or {}).get("dataset"), args.dataset)
         return RunSpec(
@@ -371,7 +374,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         given = [option for option, value in {
             **_training_options(args), "--k": args.k is not None, "--B": args.B is not None,
             "--seed": args.seed != 0, "--scheme": args.scheme is not None, "--steps": args.steps is not None,
-            "--noise": args.noise != "0", "--threshold-scale": args.threshold_scale is not None,
+            "--noise": args.noise.strip() not in ("0", "0.0", "0.", ""), "--threshold-scale": args.threshold_scale is not None,
             "--data-dir": args.data_dir is not None,
         }.items() if value]
         if given:

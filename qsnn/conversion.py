@@ -187,8 +187,9 @@ class SpikingNet:
                 "classes": self.output.classes,
             },
         }
-        manifest["arrays_sha256"] = _arrays_digest(arrays)
-        arrays["manifest"] = np.array(json.dumps(manifest, default=_json_number))
+        manifest = json.loads(json.dumps(manifest, default=_json_number))  # (as it reads back)
+        manifest["sha256"] = _content_digest(manifest, arrays)
+        arrays["manifest"] = np.array(json.dumps(manifest))
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         write_bytes(path, buffer.getvalue())
@@ -222,20 +223,20 @@ class SpikingNet:
                 f"{path} has format version {manifest.get('version')}, this qsnn reads "
                 f"version {FORMAT_VERSION}; re-create it with `qsnn convert`"
             )
-        digest = manifest.get("arrays_sha256")  # (files written before it was added have none)
-        if digest is not None and digest != _arrays_digest(arrays):
+        digest = manifest.get("sha256")  # (files written before it was added have none)
+        if digest is not None and digest != _content_digest(manifest, arrays):
             raise QsnnError(
-                f"{path} is damaged: its arrays do not match the checksum written with them; "
+                f"{path} is damaged: its contents do not match the checksum written with them; "
                 "re-create it with `qsnn convert`"
             )
         try:
             net = cls._from_manifest(manifest, arrays)
-        except (KeyError, TypeError, ValueError, IndexError, QsnnError) as error:
+            problem = net.structure_problem()
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, QsnnError) as error:
             raise QsnnError(
                 f"{path} is damaged: its manifest or arrays are incomplete ({type(error).__name__}: {error}); "
                 "re-create it with `qsnn convert`"
             ) from None
-        problem = net.structure_problem()
         if problem:
             raise QsnnError(f"{path} is damaged: {problem}; re-create it with `qsnn convert`")
         return net
@@ -245,10 +246,16 @@ class SpikingNet:
         tables that do not fit their layer, an unknown scheme), or None."""
         if self.scheme not in SCHEMES:
             return f"unknown scheme {self.scheme!r}"
+        if not isinstance(self.source, dict):
+            return "its source record is not a JSON object"
+        if not self.layers:
+            return "it has no layers"
         previous = None
         for number, layer in enumerate(self.layers, start=1):
             if previous is not None and tuple(layer.in_shape) != tuple(previous):
                 return f"layer {number} takes {tuple(layer.in_shape)} but layer {number - 1} gives {tuple(previous)}"
+            if min(layer.kernel, layer.stride) < 1 or layer.padding < 0:
+                return f"layer {number} has kernel {layer.kernel}, stride {layer.stride}, padding {layer.padding}"
             if layer.kind == "conv":
                 channels, height, width = layer.in_shape
                 size = [(n + 2 * layer.padding - layer.kernel) // layer.stride + 1 for n in (height, width)]
@@ -318,9 +325,12 @@ class SpikingNet:
         )
 
 
-def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
-    """sha256 over every array's name, dtype, shape and bytes, in name order."""
+def _content_digest(manifest: dict, arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over the manifest (keys sorted, its own checksum left out) and every array's
+    name, dtype, shape and bytes, in name order."""
     digest = hashlib.sha256()
+    described = {key: value for key, value in manifest.items() if key != "sha256"}
+    digest.update(json.dumps(described, sort_keys=True).encode())
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())

@@ -308,7 +308,7 @@ def _md5(path: Path, data: bytes | None = None) -> str:
 def _owner(md5: str | None) -> str | None:
     """The known dataset one of whose files has this md5, or None."""
     for info in DATASETS.values():
-        if md5 is not None and any(md5 == spec.md5 for spec in (*info.files, *info.downloads)):
+        if md5 is not None and any(md5 in (spec.md5, spec.raw_md5) for spec in (*info.files, *info.downloads)):
             return info.name
     return None
 
@@ -741,15 +741,16 @@ def download(
         return directory
     if info.archive is None:
         _writable(directory)
-        for spec in info.files:
-            check = _check_spec(directory, spec)
+        checks = {spec: _check_spec(directory, spec) for spec in info.files}
+        for check in checks.values():  # all first: never fetch into a folder of another dataset
+            owner = _owner(check.actual_md5)
+            if owner is not None and owner != info.name:
+                raise QsnnError(
+                    f"{check.path} is {owner}'s file, not {info.name}'s; give --data-dir the folder above "
+                    f"the datasets ({info.name} goes into its own {info.name}/ folder there)"
+                )
+        for spec, check in checks.items():
             if not check.ok:
-                owner = _owner(check.actual_md5)
-                if owner is not None and owner != info.name:  # never fetch over another dataset
-                    raise QsnnError(
-                        f"{check.path} is {owner}'s file, not {info.name}'s; give --data-dir the folder above "
-                        f"the datasets ({info.name} goes into its own {info.name}/ folder there)"
-                    )
                 _fetch(info, spec, directory / spec.name, mirrors, progress, timeout)
         return directory
     base = directory.parent if directory.name == info.folder else root / info.name

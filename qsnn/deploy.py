@@ -18,6 +18,7 @@ previous layer spiked in that step.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -212,8 +213,10 @@ def load(package_dir: str | Path) -> Package:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         with np.load(weights_path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as error:
         raise QsnnError(f"{folder} holds a damaged package ({type(error).__name__}); {EXPORT_HINT}") from None
+    if not isinstance(manifest, dict):
+        raise QsnnError(f"{manifest_path} is not a qsnn-int manifest (not a JSON object); {EXPORT_HINT}")
     if manifest.get("format") != FORMAT:
         raise QsnnError(f"{manifest_path} is not a qsnn-int manifest (format {manifest.get('format')!r}); {EXPORT_HINT}")
     if manifest.get("schema_version") != SCHEMA_VERSION:

@@ -185,7 +185,7 @@ def package_contents(net: SpikingNet, steps: int | None = None) -> tuple[dict, d
     check_integral(net)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise QsnnError(f"steps must be a positive integer or None (run until silent), got {steps!r}")
-    if steps is not None and net.scheme == "sg":
+    if steps not in (None, 1) and net.scheme == "sg":
         raise QsnnError("--steps does not apply to SG (it takes one step); drop it")
     arrays: dict[str, np.ndarray] = {}
     layers = [_layer_entry(net, i, layer, arrays) for i, layer in enumerate(net.layers)]

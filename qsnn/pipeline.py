@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,10 +228,12 @@ def _runs_under(paths: list[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.exists():
             raise QsnnError(f"{path} does not exist: give run folders written by `qsnn run` or `qsnn sweep`")
-        here = [path] if path.is_file() and path.name == "run.json" else sorted(path.rglob("run.json")) if path.is_dir() else []
-        if not here:
-            raise QsnnError(f"no run.json under {path}: give folders written by `qsnn run` or `qsnn sweep`")
-        found.extend(here)
+        if path.is_file() and path.name == "run.json":
+            found.append(path)
+        elif path.is_dir():  # (a shell glob may add plots/, report.md, ...: what holds no run is skipped)
+            found.extend(sorted(path.rglob("run.json")))
+    if not found:
+        raise QsnnError(f"no run.json under {', '.join(map(str, paths))}: give folders written by `qsnn run`")
     return sorted(set(found))
 
 
@@ -401,7 +404,13 @@ def _check_same_run(folder: Path, done, cell: RunSpec) -> None:
     if not isinstance(held, dict):
         raise QsnnError(f"{folder / 'run.json'} is not a qsnn run record; remove it to run the cell again")
     asked = cell.to_dict()
-    differing = [key for key in asked if key in held and held[key] != asked[key]]
+
+    def same(key: str) -> bool:
+        if key == "checkpoint" and held[key] and asked[key]:  # the same file under another path
+            return Path(held[key]).resolve() == Path(asked[key]).resolve()
+        return held[key] == asked[key]
+
+    differing = [key for key in asked if key in held and not same(key)]
     if differing:
         said = ", ".join(f"{key}={held[key]!r} (asked {asked[key]!r})" for key in differing)
         raise QsnnError(
@@ -431,8 +440,6 @@ def parse_grid(items: list[str]) -> dict[str, list]:
         parts = [v.strip() for v in values.split(",")]
         if not values.strip() or not all(parts):
             raise QsnnError(f"bad grid item {item!r}: write NAME=V1,V2 (e.g. k=0,1,2 or B=1,2,none), no empty values")
-        if len(set(parts)) != len(parts):
-            raise QsnnError(f"bad grid item {item!r}: a value is given twice")
         if key == "scheme":
             key = "schemes"
         if key in grid:
@@ -458,6 +465,9 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             grid[key] = [w in TRUE_WORDS for w in words]
         else:
             raise QsnnError(f"cannot sweep over {key!r}: use k, B, ternary, schemes, noise, epochs or seed")
+        values = [json.dumps(value) for value in grid[key]]
+        if len(set(values)) != len(values):
+            raise QsnnError(f"bad grid item {item!r}: a value is given twice")
     return grid
 
 

@@ -600,6 +600,8 @@ def checked_inputs(net: SpikingNet, pixels, labels) -> tuple[torch.Tensor, torch
         return pixels, labels
     if pixels.dtype == torch.bool or pixels.is_complex():
         raise QsnnError(f"pixels must be raw values 0..255 (uint8), got {pixels.dtype}")
+    if pixels.is_floating_point() and bool(pixels.isnan().any()):
+        raise QsnnError("pixels must be raw integer values 0..255, got NaN among them")
     low, high = float(pixels.min()), float(pixels.max())
     if pixels.is_floating_point() and low >= 0 and high <= 1 and not torch.equal(pixels, pixels.round()):
         raise QsnnError(

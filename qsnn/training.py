@@ -270,9 +270,7 @@ def _read_checkpoint(path: Path, device: str | torch.device) -> dict[str, Any]:
 def _check_finite(model: nn.Module, state: dict, config: TrainConfig, out_dir: Path) -> None:
     """Stop a diverged training before it writes a checkpoint: the epoch's loss or the
     weights are no longer finite (checked where checkpoints are written, not every step)."""
-    finite = bool(torch.isfinite(state["running"]["loss_sum"])) and all(
-        bool(torch.isfinite(parameter).all()) for parameter in model.parameters()
-    )
+    finite = bool(torch.isfinite(state["running"]["loss_sum"])) and not model.non_finite()
     if not finite:
         raise QsnnError(
             f"training diverged in epoch {state['epoch'] + 1} (the loss or the weights are no longer finite at "
@@ -893,7 +891,7 @@ def check_precision_options(args: argparse.Namespace) -> None:
     "same") is a contradiction, not something to ignore."""
     if args.full_precision:
         quantizing = [option for option, given in (
-            ("--k", args.k is not None), ("--B", args.B is not None), ("--ternary", args.ternary),
+            ("--k", args.k is not None), ("--B", args.B not in (None, "none")), ("--ternary", args.ternary),
             ("--encoding-k", args.encoding_k != SAME), ("--encoding-B", args.encoding_B != SAME),
         ) if given]
         if quantizing:

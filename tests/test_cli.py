@@ -132,6 +132,8 @@ def test_an_output_that_is_the_input_or_no_file_is_refused(capsys, tmp_path):
     assert _error(capsys, ["export", str(net), "--format", "qsnn-int", "--steps", "4", "-o", str(package)]) == (
         "--steps does not apply to SG (it takes one step); drop it"
     )
+    assert main(["export", str(net), "--format", "qsnn-int", "--steps", "1", "-o", str(package)]) == 0  # its one step
+    capsys.readouterr()
 
 
 def test_a_network_file_that_is_not_one_is_named_so(capsys, tmp_path):
@@ -172,15 +174,26 @@ def test_options_that_would_be_ignored_are_refused(capsys, tmp_path):
     assert _error(capsys, ["run", "--checkpoint", checkpoint, "--epochs", "5"]) == (
         "--epochs shapes training, but --checkpoint reuses a trained net; drop it (or drop --checkpoint to train)"
     )
-    assert _error(capsys, ["run", "--checkpoint", checkpoint, "--lr", "0.1", "--ternary"]) == (
-        "--ternary, --lr shape training, but --checkpoint reuses a trained net; drop it (or drop --checkpoint to train)"
+    assert _error(capsys, ["run", "--checkpoint", checkpoint, "--lr", "0.1", "--train-limit", "5"]) == (
+        "--lr, --train-limit shape training, but --checkpoint reuses a trained net; drop it (or drop --checkpoint to "
+        "train)"
     )
+    assert _error(capsys, ["run", "--checkpoint", checkpoint, "--ternary"]) == (  # compared, as --k and --B are
+        f"{checkpoint} holds 20C5-P2-50C5-P2-500 (k=1 B=none), which does not match --ternary; drop the option "
+        "(the checkpoint decides) or give another checkpoint"
+    )
+    ternary = str(MODELS / "int-lenet.pt")
+    assert main(["run", "--checkpoint", ternary, "--ternary", "--scheme", "int", "--limit", "5", "--quiet",
+                 "--out", str(tmp_path / "int")]) == 0
+    capsys.readouterr()
+    assert main(["run", "--noise", "0.0", "--limit", "5", "--quiet", "--out", str(tmp_path / "demo")]) == 0
+    capsys.readouterr()
     assert _error(capsys, ["run", "--net", "8-10", "--dataset", "mnist", "--fp32", "--ternary", "--B", "2"]) == (
         "--fp32 trains a full-precision baseline; drop --B, --ternary (they quantize)"
     )
-    assert _error(capsys, ["train", "--net", "8-10", "--dataset", "mnist", "--fp32", "--k", "3",
+    assert _error(capsys, ["train", "--net", "8-10", "--dataset", "mnist", "--fp32", "--k", "3", "--B", "none",
                            "--out", str(tmp_path / "t")]) == (
-        "--fp32 trains a full-precision baseline; drop --k (they quantize)"
+        "--fp32 trains a full-precision baseline; drop --k (they quantize)"  # (B none quantizes nothing)
     )
     assert not (tmp_path / "t").exists()
 
@@ -225,7 +238,7 @@ def test_ignored_or_repeated_values_and_interruptions(capsys, tmp_path, monkeypa
     assert _error(capsys, ["train", "--net", "8-10", "--dataset", "mnist", "--seed", "-1",
                            "--out", str(tmp_path / "t")]) == "seed must be an integer from 0 to 2^63 - 1, got -1"
     assert _error(capsys, ["report", str(tmp_path)]) == (
-        f"no run.json under {tmp_path}: give folders written by `qsnn run` or `qsnn sweep`"
+        f"no run.json under {tmp_path}: give folders written by `qsnn run`"
     )
 
     def interrupted():

@@ -204,11 +204,20 @@ def test_a_damaged_network_file_is_caught_by_its_checksum_and_its_shapes(tmp_pat
     with pytest.raises(QsnnError) as refused:
         SpikingNet.load(path)
     assert str(refused.value) == (
-        f"{path} is damaged: its arrays do not match the checksum written with them; re-create it with `qsnn convert`"
+        f"{path} is damaged: its contents do not match the checksum written with them; re-create it with `qsnn convert`"
     )
 
+    net.save(path)
+
+    def halve(arrays, manifest):  # the manifest is sealed too
+        manifest["layers"][1]["divisor"] *= 2
+
+    _rewritten(path, halve)
+    with pytest.raises(QsnnError, match="its contents do not match the checksum"):
+        SpikingNet.load(path)
+
     def unsealed(arrays, manifest):  # (a file written before the checksum, or one edited with care)
-        del manifest["arrays_sha256"]
+        del manifest["sha256"]
 
     _rewritten(path, unsealed)
     assert np.array_equal(SpikingNet.load(path).layers[2].weight.flat[1:], net.layers[2].weight.flat[1:])
@@ -228,6 +237,24 @@ def test_a_damaged_network_file_is_caught_by_its_checksum_and_its_shapes(tmp_pat
     other = replace(net, scheme="xyz")
     other.save(path)
     with pytest.raises(QsnnError, match="is damaged: unknown scheme 'xyz'"):
+        SpikingNet.load(path)
+    net.save(path)
+
+    def flat(arrays, manifest):  # hand edits that would break arithmetic, unsealed
+        del manifest["sha256"]
+        manifest["layers"][0]["in_shape"] = [1, 28]
+
+    _rewritten(path, flat)
+    with pytest.raises(QsnnError, match=r"is damaged: its manifest or arrays are incomplete \(ValueError"):
+        SpikingNet.load(path)
+    net.save(path)
+
+    def no_stride(arrays, manifest):
+        del manifest["sha256"]
+        manifest["layers"][1]["stride"] = 0
+
+    _rewritten(path, no_stride)
+    with pytest.raises(QsnnError, match="is damaged: layer 2 has kernel 2, stride 0, padding 0"):
         SpikingNet.load(path)
 
 

@@ -561,6 +561,15 @@ def test_download_never_overwrites_another_datasets_files(shared_datasets, tmp_p
     assert f"mnist: ready in {tmp_path / 'cli' / 'mnist'}" in capsys.readouterr().out
     assert main(["data", "verify", "mnist", "--mirror", source]) == 2
     assert capsys.readouterr().err == "qsnn: error: --mirror is for `qsnn data download`, not `qsnn data verify`\n"
+    assert main(["data", "list", "--mirror", source]) == 2
+    assert capsys.readouterr().err == "qsnn: error: --mirror is for `qsnn data download`, not `qsnn data list`\n"
+    raw = tmp_path / "raw"  # un-gzipped files of another dataset count as its files too
+    raw.mkdir()
+    for name in MNIST_FILES:
+        (raw / name.removesuffix(".gz")).write_bytes(gzip.decompress((shared_datasets / "mnist" / name).read_bytes()))
+    with pytest.raises(QsnnError, match="is mnist's file, not fashion-mnist's"):
+        data.download("fashion-mnist", raw, progress=False, mirrors=[(shared_datasets / "fashion-mnist").as_uri()])
+    assert sorted(p.name for p in raw.iterdir()) == sorted(name.removesuffix(".gz") for name in MNIST_FILES)
 
 
 def test_download_skips_valid_files_in_read_only_root(shared_datasets):

@@ -148,6 +148,13 @@ def test_bad_inputs_and_damaged_packages_are_refused(tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(QsnnError, match="incomplete"):
         deploy.load(folder)
+    (folder / "manifest.json").write_text("[1]")
+    with pytest.raises(QsnnError, match=r"manifest.json is not a qsnn-int manifest \(not a JSON object\)"):
+        deploy.load(folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "weights.npz").write_bytes(b"")
+    with pytest.raises(QsnnError, match=r"holds a damaged package \(EOFError\)"):
+        deploy.load(folder)
 
 
 def test_int_net_with_the_papers_rounded_thresholds(tmp_path):

@@ -113,6 +113,8 @@ def test_bad_grids_and_reports_are_explained(tmp_path):
         (["scheme=sg", "schemes=nsd"], "--grid schemes is given twice; give all its values in one item, e.g. schemes=0,1"),
         (["k=1,,2"], "bad grid item 'k=1,,2': write NAME=V1,V2 (e.g. k=0,1,2 or B=1,2,none), no empty values"),
         (["B=1,1"], "bad grid item 'B=1,1': a value is given twice"),
+        (["noise=0.1,0.10"], "bad grid item 'noise=0.1,0.10': a value is given twice"),
+        (["k=1,01"], "bad grid item 'k=1,01': a value is given twice"),
         (["noise=x"], "bad grid item 'noise=x': noise takes ratios between 0 and 1"),
     ]:
         with pytest.raises(QsnnError) as refused:
