@@ -520,6 +520,8 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, out_dir: Path) 
     asked = config.to_dict()
 
     def same(key: str) -> bool:
+        if key == "lr_decay_epoch" and asked[key] is None:  # (the run keeps its own)
+            return True
         if key == "net" and isinstance(saved.get(key), str):  # a preset and its own notation are one net
             try:
                 return resolve_net(saved[key])[0] == resolve_net(asked[key])[0]
@@ -625,7 +627,15 @@ def _train(
                 f"nothing to resume: {last_path} does not exist; run without resume to start"
             )
         model, checkpoint = load_checkpoint(last_path, device=device)
-        _check_resumable(checkpoint.get("config") or {}, config, out_dir)
+        saved = checkpoint.get("config") or {}
+        _check_resumable(saved, config, out_dir)
+        if config.lr_decay_epoch is None:  # the schedule already followed, also when the run is extended
+            kept = saved.get("lr_decay_epoch")
+            if kept is None:
+                kept = dataclasses.replace(config, epochs=saved.get("epochs", config.epochs)).resolved_lr_decay_epoch()
+            config = dataclasses.replace(config, lr_decay_epoch=kept)
+            if saved.get("epochs") != config.epochs:
+                log(f"extending to {config.epochs} epochs: lr / 10 from epoch {kept + 1} on, as this run has followed")
         state = {key: checkpoint[key] for key in ("epoch", "step", "best_acc", "best_epoch")}
         state["metrics"] = list(checkpoint["metrics"])
         state["running"] = dict(checkpoint["running"])  # its sums are tensors on device

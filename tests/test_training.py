@@ -556,3 +556,17 @@ def test_a_preset_resumes_under_its_own_notation(tmp_path: Path, shared_datasets
     with pytest.raises(QsnnError, match="it was trained with net='400-400' but net='400-300' was asked"):
         train(config(str(shared_datasets), net="400-300", epochs=3, train_limit=100, test_limit=50), tmp_path,
               resume=True, progress=False)
+
+
+def test_an_extended_run_keeps_its_schedule_and_can_be_made_again(tmp_path: Path, data_dir: str) -> None:
+    """2 epochs (lr / 10 from the second), then extended to 4: the lrs already used stay,
+    config.json says so, and one run with those options makes the same weights."""
+    train(config(data_dir, epochs=2), tmp_path / "extended", progress=False)
+    train(config(data_dir, epochs=4), tmp_path / "extended", resume=True, progress=False)
+    metrics = json.loads((tmp_path / "extended" / "metrics.json").read_text())
+    assert [row["lr"] for row in metrics] == [1e-2, 1e-3, 1e-3, 1e-3]
+    resolved = json.loads((tmp_path / "extended" / "config.json").read_text())["resolved"]
+    assert resolved["lr_decay_epoch"] == 1
+    train(config(data_dir, epochs=4, lr_decay_epoch=1), tmp_path / "once", progress=False)
+    assert_same_tensors(checkpoint(tmp_path / "extended" / "last.pt")["model"],
+                        checkpoint(tmp_path / "once" / "last.pt")["model"])
