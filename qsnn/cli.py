@@ -276,10 +276,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _run_spec(args: argparse.Namespace):
-    from qsnn.conversion import SCHEMES
-    from qsnn.notation import resolve_net
+    """The RunSpec that `qsnn run` / `qsnn sweep` options describe: a checkpoint to reuse,
+    or a net to train."""
     from qsnn.pipeline import RunSpec
     from qsnn.quantization import parse_bound
+    from qsnn.training import check_precision_options
+
+    common = _simulation_options(args)
+    if args.checkpoint:
+        return _checkpoint_run(args, common)
+    if args.net is None or args.dataset is None:
+        raise QsnnError("give --net and --dataset (or --checkpoint), or no options at all for the embedded default")
+    check_precision_options(args)
+    training = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, train_limit=args.train_limit)
+    return RunSpec(
+        net=args.net, dataset=args.dataset, k=1 if args.k is None else args.k,
+        B=parse_bound("none" if args.B is None else args.B), ternary=args.ternary,
+        full_precision=args.full_precision, encoding_k=args.encoding_k, encoding_B=args.encoding_B,
+        **{key: value for key, value in training.items() if value is not None}, **common,
+    )
+
+
+def _simulation_options(args: argparse.Namespace) -> dict:
+    """The RunSpec fields of the simulation options, checked."""
+    from qsnn.conversion import SCHEMES
 
     schemes = None
     if args.scheme is not None:
@@ -296,54 +316,49 @@ def _run_spec(args: argparse.Namespace):
         raise QsnnError(f"--noise gives a ratio twice ({args.noise!r}); give each once")
     if not all(0 <= r <= 1 for r in noise):
         raise QsnnError(f"--noise takes ratios between 0 and 1 separated by commas, e.g. 0,0.1,0.2; got {args.noise!r}")
-    common = dict(
+    return dict(
         seed=args.seed, schemes=schemes, steps=args.steps, noise=noise,
         threshold_scale=args.threshold_scale, test_limit=args.limit,
     )
-    training = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, train_limit=args.train_limit)
-    if args.checkpoint:
-        given = [option for option, value in _training_options(args).items()
-                 if value and option not in ("--ternary", "--fp32")]  # (those two are compared below)
-        if given:
-            raise QsnnError(
-                f"{', '.join(given)} {'shapes' if len(given) == 1 else 'shape'} training, but --checkpoint reuses a "
-                "trained net; drop it (or drop --checkpoint to train)"
-            )
-        from qsnn.training import load_checkpoint
 
-        model, payload = load_checkpoint(args.checkpoint)
-        spec = model.spec
-        precision = spec.precision
-        given = [  # (option, what the user asked, what the checkpoint holds), options given only
-            ("--net", resolve_net(args.net)[0], spec.notation) if args.net else None,
-            ("--k", args.k, precision.k) if args.k is not None else None,
-            ("--B", parse_bound(args.B), precision.B) if args.B is not None else None,
-            ("--ternary", True, precision.ternary) if args.ternary else None,
-            ("--fp32", True, precision.full_precision) if args.full_precision else None,
-        ]
-        for option, value, held in filter(None, given):
-            if value != held:
-                raise QsnnError(
-                    f"{args.checkpoint} holds {spec.describe()}, which does not match {option}"
-                    f"{'' if value is True else ' none' if value is None else f' {value}'}; drop the option "
-                    "(the checkpoint decides) or give another checkpoint"
-                )
-        dataset = _own_dataset(args.checkpoint, (payload.get("config") or {}).get("dataset"), args.dataset)
-        return RunSpec(
-            net=spec.notation, dataset=dataset, k=precision.k, B=precision.B, ternary=precision.ternary,
-            full_precision=precision.full_precision, encoding_k=precision.encoding_k,
-            encoding_B=precision.encoding_B, checkpoint=args.checkpoint, **common,
+
+def _checkpoint_run(args: argparse.Namespace, common: dict):
+    """The RunSpec reusing --checkpoint: the options that shape training are refused, the
+    net's own (--net, --k, --B, --ternary, --fp32) may only confirm what it holds."""
+    from qsnn.notation import resolve_net
+    from qsnn.pipeline import RunSpec
+    from qsnn.quantization import parse_bound
+    from qsnn.training import load_checkpoint
+
+    given = [option for option, value in _training_options(args).items()
+             if value and option not in ("--ternary", "--fp32")]  # (those two are compared below)
+    if given:
+        raise QsnnError(
+            f"{', '.join(given)} {'shapes' if len(given) == 1 else 'shape'} training, but --checkpoint reuses a "
+            "trained net; drop it (or drop --checkpoint to train)"
         )
-    if args.net is None or args.dataset is None:
-        raise QsnnError("give --net and --dataset (or --checkpoint), or no options at all for the embedded default")
-    from qsnn.training import check_precision_options
-
-    check_precision_options(args)
+    model, payload = load_checkpoint(args.checkpoint)
+    spec = model.spec
+    precision = spec.precision
+    asked = [  # (option, what the user asked, what the checkpoint holds), options given only
+        ("--net", resolve_net(args.net)[0], spec.notation) if args.net else None,
+        ("--k", args.k, precision.k) if args.k is not None else None,
+        ("--B", parse_bound(args.B), precision.B) if args.B is not None else None,
+        ("--ternary", True, precision.ternary) if args.ternary else None,
+        ("--fp32", True, precision.full_precision) if args.full_precision else None,
+    ]
+    for option, value, held in filter(None, asked):
+        if value != held:
+            raise QsnnError(
+                f"{args.checkpoint} holds {spec.describe()}, which does not match {option}"
+                f"{'' if value is True else ' none' if value is None else f' {value}'}; drop the option "
+                "(the checkpoint decides) or give another checkpoint"
+            )
+    dataset = _own_dataset(args.checkpoint, (payload.get("config") or {}).get("dataset"), args.dataset)
     return RunSpec(
-        net=args.net, dataset=args.dataset, k=1 if args.k is None else args.k,
-        B=parse_bound("none" if args.B is None else args.B), ternary=args.ternary,
-        full_precision=args.full_precision, encoding_k=args.encoding_k, encoding_B=args.encoding_B,
-        **{key: value for key, value in training.items() if value is not None}, **common,
+        net=spec.notation, dataset=dataset, k=precision.k, B=precision.B, ternary=precision.ternary,
+        full_precision=precision.full_precision, encoding_k=precision.encoding_k,
+        encoding_B=precision.encoding_B, checkpoint=args.checkpoint, **common,
     )
 
 
@@ -374,7 +389,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         given = [option for option, value in {
             **_training_options(args), "--k": args.k is not None, "--B": args.B is not None,
             "--seed": args.seed != 0, "--scheme": args.scheme is not None, "--steps": args.steps is not None,
-            "--noise": args.noise.strip() not in ("0", "0.0", "0.", ""), "--threshold-scale": args.threshold_scale is not None,
+            "--noise": args.noise.strip() not in ("0", "0.0", "0.", ""),
+            "--threshold-scale": args.threshold_scale is not None,
             "--data-dir": args.data_dir is not None,
         }.items() if value]
         if given:
