@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qsnn.errors import QsnnError
+from qsnn.errors import QsnnError, integer_in
 from qsnn.io import write_bytes
 from qsnn.models import NetSpec, QuantizedNet
 from qsnn.neurons import Thresholds, target_count
@@ -513,15 +513,10 @@ def convert(
     if threshold_scale is not None:
         if scheme != "int":
             raise QsnnError("--threshold-scale reproduces the INT paper's rounded thresholds; use it with --scheme int")
-        if isinstance(threshold_scale, bool) or not isinstance(threshold_scale, int) or threshold_scale < 1:
+        if not integer_in(threshold_scale, 1):
             raise QsnnError(f"--threshold-scale must be a positive integer, got {threshold_scale!r}")
 
-    broken = model.non_finite()
-    if broken:
-        raise QsnnError(
-            f"the network holds non-finite values in {', '.join(broken[:3])}{' and more' if len(broken) > 3 else ''} "
-            "(a diverged training); retrain it with a lower --lr"
-        )
+    model.check_finite("the network")
     if any(tensor.device.type != "cpu" for tensor in model.state_dict().values()):
         model = copy.deepcopy(model).cpu()  # (a model trained on a GPU: folded on a CPU copy)
     was_training = model.training
@@ -643,11 +638,16 @@ def apply_layer(layer: SpikingLayer, inputs: torch.Tensor, weight: torch.Tensor)
     GPU they run as unfold + matrix product: cuDNN may pick FFT or Winograd algorithms
     (and TF32), which round even integer data, while a float64 GEMM only adds products.
     """
+    if layer.kind == "dense" or cpu_kernels(inputs):
+        return _direct(layer, inputs, weight)
+    return conv_as_matmul(layer, inputs, weight)
+
+
+def _direct(layer: SpikingLayer, inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The layer's linear map by torch's own operation (direct convolution, or matrix product)."""
     if layer.kind == "dense":
         return F.linear(inputs.flatten(1), weight)
-    if cpu_kernels(inputs):
-        return F.conv2d(inputs, weight, stride=layer.stride, padding=layer.padding)
-    return conv_as_matmul(layer, inputs, weight)
+    return F.conv2d(inputs, weight, stride=layer.stride, padding=layer.padding)
 
 
 def conv_as_matmul(layer: SpikingLayer, inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -689,13 +689,7 @@ def float_stage(layer: SpikingLayer, inputs: torch.Tensor) -> torch.Tensor:
     simulator or batch, so that the same inputs round alike everywhere and a noisy run
     gives the same counts on the CPU and on a GPU, bit for bit. Returned on the inputs'
     device."""
-    x = inputs.to("cpu", torch.float64)
-    weight = layer_weight(layer, "cpu")
-    if layer.kind == "dense":
-        out = F.linear(x.flatten(1), weight)
-    else:
-        out = F.conv2d(x, weight, stride=layer.stride, padding=layer.padding)
-    return out.to(inputs.device)
+    return _direct(layer, inputs.to("cpu", torch.float64), layer_weight(layer, "cpu")).to(inputs.device)
 
 
 def exact_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float) -> torch.Tensor:

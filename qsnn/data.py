@@ -305,23 +305,21 @@ def _md5(path: Path, data: bytes | None = None) -> str:
     return _MD5_CACHE[key]
 
 
-def _owner(md5: str | None) -> str | None:
-    """The known dataset one of whose files has this md5, or None."""
+def _known_file(md5: str | None) -> tuple[str, str] | None:
+    """(dataset, file name) of the known file (gzipped or not) with this md5, or None."""
     for info in DATASETS.values():
-        if md5 is not None and any(md5 in (spec.md5, spec.raw_md5) for spec in (*info.files, *info.downloads)):
-            return info.name
+        for spec in (*info.files, *info.downloads):
+            if md5 is not None and md5 == spec.md5:
+                return info.name, spec.name
+            if md5 is not None and md5 == spec.raw_md5:
+                return info.name, spec.raw_name
     return None
 
 
 def _known_as(md5: str | None) -> str:
     """' (this is fashion-mnist's t10k-...)' when an md5 belongs to another known file."""
-    for info in DATASETS.values():
-        for spec in (*info.files, *info.downloads):
-            if md5 == spec.md5:
-                return f" (this is {info.name}'s {spec.name})"
-            if md5 is not None and md5 == spec.raw_md5:
-                return f" (this is {info.name}'s {spec.raw_name})"
-    return ""
+    known = _known_file(md5)
+    return "" if known is None else f" (this is {known[0]}'s {known[1]})"
 
 
 def check_file(
@@ -426,9 +424,9 @@ def _embedded_present() -> bool:
 def verify(name: str, data_dir: str | os.PathLike | None = None) -> list[FileCheck]:
     """Check every file of a dataset (and a kept CIFAR archive) against the official md5."""
     info = dataset_info(name)
+    _given_folder(data_dir)
     root = data_root(data_dir)
     directory = _dataset_dir(info, root)
-    _given_folder(data_dir)
     checks = [_check_spec(directory, spec) for spec in info.files]
     test_specs = info.split_files("test")
     if name == "mnist" and _embedded_present() and not any(_present(directory, spec) for spec in test_specs):
@@ -743,8 +741,8 @@ def download(
         _writable(directory)
         checks = {spec: _check_spec(directory, spec) for spec in info.files}
         for check in checks.values():  # all first: never fetch into a folder of another dataset
-            owner = _owner(check.actual_md5)
-            if owner is not None and owner != info.name:
+            owner = (_known_file(check.actual_md5) or (None,))[0]
+            if owner not in (None, info.name):
                 raise QsnnError(
                     f"{check.path} is {owner}'s file, not {info.name}'s; give --data-dir the folder above "
                     f"the datasets ({info.name} goes into its own {info.name}/ folder there)"

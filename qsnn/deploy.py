@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from qsnn.errors import QsnnError
+from qsnn.errors import QsnnError, integer_in
 
 FORMAT = "qsnn-int"
 SCHEMA_VERSION = 1
@@ -340,9 +340,9 @@ def run(
             f"got {tuple(pixels.shape)}; crop them as the manifest's input section says"
         )
     steps = package.time_steps if steps is None else steps
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+    if steps is not None and not integer_in(steps, 1):
         raise QsnnError(f"steps must be a positive integer or None, got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not integer_in(batch_size, 1):
         raise QsnnError(f"batch_size must be a positive integer, got {batch_size!r}")
     parts = [
         _run_batch(package, pixels[start : start + batch_size], steps, counts, engine)

@@ -32,7 +32,7 @@ from qsnn.deploy import (
     WEIGHTS,
     threshold_table,
 )
-from qsnn.errors import QsnnError
+from qsnn.errors import QsnnError, integer_in
 from qsnn.io import atomic_path, write_bytes, write_json
 
 NIR_FORMAT = "qsnn-nir"
@@ -183,7 +183,7 @@ def package_contents(net: SpikingNet, steps: int | None = None) -> tuple[dict, d
     from qsnn import __version__
 
     check_integral(net)
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+    if steps is not None and not integer_in(steps, 1):
         raise QsnnError(f"steps must be a positive integer or None (run until silent), got {steps!r}")
     if steps not in (None, 1) and net.scheme == "sg":
         raise QsnnError("--steps does not apply to SG (it takes one step); drop it")

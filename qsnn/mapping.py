@@ -27,7 +27,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from qsnn.conversion import SpikingLayer, SpikingNet
-from qsnn.errors import QsnnError
+from qsnn.errors import QsnnError, integer_in
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def parse_core(text: str) -> tuple[int, int]:
 
 
 def _check_size(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not integer_in(value, 1):
         raise QsnnError(f"a core's {what} must be a positive integer, got {value!r}; use e.g. --core 256x256")
     return value
 

@@ -132,6 +132,15 @@ class QuantizedNet(nn.Module):
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
         ]
 
+    def check_finite(self, what: str) -> None:
+        """Refuse a network with non-finite values; ``what`` names it in the message."""
+        broken = self.non_finite()
+        if broken:
+            raise QsnnError(
+                f"{what} holds non-finite values in {', '.join(broken[:3])}{' and more' if len(broken) > 3 else ''} "
+                "(a diverged training); retrain it with a lower --lr"
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             x = block(x)

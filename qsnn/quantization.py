@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from qsnn.errors import QsnnError
+from qsnn.errors import QsnnError, integer_in
 
 MAX_K = 4
 TERNARY_DELTA = 0.7
 
 
 def check_level(k: int, what: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_K:
+    if not integer_in(k, 0, MAX_K):
         raise QsnnError(f"{what} must be an integer from 0 to {MAX_K}, got {k!r}")
     return k
 
@@ -32,7 +32,7 @@ def check_bound(bound: int | None, what: str = "B") -> int | None:
     """B is a positive integer, or None for no upper bound."""
     if bound is None:
         return None
-    if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+    if not integer_in(bound, 1):
         raise QsnnError(f"{what} must be a positive integer or 'none', got {bound!r}")
     return bound
 

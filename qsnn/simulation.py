@@ -35,7 +35,7 @@ from qsnn.conversion import (
     layer_weight,
     reference_counts,
 )
-from qsnn.errors import QsnnError
+from qsnn.errors import QsnnError, check_seed, integer_in
 from qsnn.metrics import fanout_maps, replication
 from qsnn.neurons import (
     adaptive_init,
@@ -235,12 +235,9 @@ def simulate_batch(
     thresholds = [net.thresholds(i).to(device) for i in range(len(net.layers))]
     stats = _Statistics(net, device)
     check_input_limit(net.layers[0], input_bound(net, 0, pixels), 0)
-    x = pixels.to(torch.float64)
-    batch = x.shape[0]
+    batch = pixels.shape[0]
 
-    encoding_current = float_stage(net.layers[0], pixels) if pixels.is_floating_point() else apply_layer(
-        net.layers[0], x, weights[0]
-    )
+    encoding_current = _dense_membrane(0, net.layers[0], pixels, None)
     states = []
     for index, layer in enumerate(net.layers):
         like = torch.zeros((batch, *layer.out_shape), dtype=torch.float64, device=device)
@@ -640,14 +637,13 @@ def simulate(
     if not 0 <= noise <= 1:  # also refuses NaN
         raise QsnnError(f"--noise must be between 0 and 1, got {noise}")
     pixels, labels = checked_inputs(net, pixels, labels)
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+    if steps is not None and not integer_in(steps, 1):
         raise QsnnError(f"steps must be a positive integer or None (until nothing is in flight), got {steps!r}")
     if net.scheme == "sg" and steps not in (None, 1):
         raise QsnnError(f"SG takes one time step; --steps {steps} does not apply to it (drop it)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not integer_in(batch_size, 1):
         raise QsnnError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise QsnnError(f"seed must be an integer from 0 to 2^63 - 1, got {seed!r}")
+    check_seed(seed)
     if simulator is None:
         simulator = EventSimulator(net) if cpu_kernels(torch.empty(0, device=device)) else simulate_batch
     records = []

@@ -47,7 +47,7 @@ from torch import nn
 from tqdm import tqdm
 
 from qsnn import data as qdata
-from qsnn.errors import QsnnError
+from qsnn.errors import QsnnError, check_seed, integer_in
 from qsnn.io import provenance, read_json, torch_save, write_csv, write_json
 from qsnn.models import NetSpec, QuantizedNet
 from qsnn.notation import resolve_net
@@ -102,12 +102,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "lr_decay_epoch", "train_limit", "test_limit"):
             value = getattr(self, name)
             minimum = 0 if name == "lr_decay_epoch" else 1
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < minimum
-            ):
+            if value is not None and not integer_in(value, minimum):
                 raise QsnnError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise QsnnError(f"seed must be an integer from 0 to 2^63 - 1, got {self.seed!r}")
+        check_seed(self.seed)
         if not self.lr > 0:
             raise QsnnError(f"lr must be positive, got {self.lr!r}")
         if not self.checkpoint_interval >= 0:
@@ -312,12 +309,7 @@ def load_checkpoint(
             f"checkpoint {path}: its weights do not fit its own network {spec.describe()} "
             f"({reason[:200]}); the file is damaged, retrain it"
         ) from None
-    broken = model.non_finite()
-    if broken:
-        raise QsnnError(
-            f"checkpoint {path} holds non-finite values in {', '.join(broken[:3])}"
-            f"{' and more' if len(broken) > 3 else ''} (a diverged training); retrain it with a lower --lr"
-        )
+    model.check_finite(f"checkpoint {path}")
     model.to(device).eval()
     return model, payload
 
