@@ -33,6 +33,7 @@ import json
 import math
 import zipfile
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from qsnn.errors import QsnnError, integer_in
+from qsnn.exact import MEMBRANE_LIMIT, ChannelRule, round_half_up, threshold_table
 from qsnn.io import write_bytes
 from qsnn.models import NetSpec, QuantizedNet
 from qsnn.neurons import Thresholds, target_count
@@ -47,7 +49,7 @@ from qsnn.quantization import max_count
 
 SCHEMES = ("nsd", "sg", "int")
 FORMAT = "qsnn-snn"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 EXACT_LIMIT = 2.0**53  # float64 holds every integer below this exactly
 PIXEL_LEVELS = 255  # x = p / 255 for 8-bit images
 PIXEL_HEADROOM = 2.0  # pixels may reach 2x their range under multiplicative noise
@@ -68,17 +70,18 @@ class SpikingLayer:
     bound: int | None
     weight: np.ndarray  # int64 W_int; the real weights are W_int * 2^-exponent
     exponent: int  # s
-    offset: np.ndarray  # int64 [C]: A of T(i) = ceil((A + i D) / S)
+    offset: np.ndarray  # int64 [C]: A of the linear estimate (A + i D) / S of T(i)
     step: np.ndarray  # int64 [C]: D
     divisor: int  # S
+    table: np.ndarray  # int64 [C, width]: T(i), exact, for i < size (see qsnn.exact)
     size: np.ndarray  # int64 [C]: levels at or above are out of reach
     constant: np.ndarray  # int64 [C], -1 = input-driven
     input_limit: float  # largest input (count or pixel) for which the membrane is exact
     count_limit: int  # largest count this layer may reach (next layer's inputs are checked)
     snapped: bool = False  # True if some weight bits below 2^-s were dropped
     # the exact tables of the quantized ANN, kept only when the SNN uses other ones
-    # (--threshold-scale): (offset, step, divisor)
-    ann_thresholds: tuple[np.ndarray, np.ndarray, int] | None = None
+    # (--threshold-scale): (offset, step, divisor, table, size)
+    ann_thresholds: tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray] | None = None
 
     @property
     def levels(self) -> int | None:
@@ -99,15 +102,16 @@ class SpikingLayer:
 
     def thresholds(self, ann: bool = False) -> Thresholds:
         """The SNN's threshold tables, or with ``ann`` the quantized ANN's exact ones."""
-        offset, step, divisor = self.offset, self.step, self.divisor
+        offset, step, divisor, table, size = self.offset, self.step, self.divisor, self.table, self.size
         if ann and self.ann_thresholds is not None:
-            offset, step, divisor = self.ann_thresholds
+            offset, step, divisor, table, size = self.ann_thresholds
         return Thresholds(
             torch.from_numpy(offset),
             torch.from_numpy(step),
             divisor,
-            torch.from_numpy(self.size),
+            torch.from_numpy(size),
             torch.from_numpy(self.constant),
+            torch.from_numpy(table),
         )
 
 
@@ -166,10 +170,12 @@ class SpikingNet:
             }
             meta["levels"] = layer.levels
             layers.append(meta)
-            for name in ("weight", "offset", "step", "size", "constant"):
+            for name in ("weight", "offset", "step", "table", "size", "constant"):
                 arrays[f"layer{index}.{name}"] = getattr(layer, name)
             if layer.ann_thresholds is not None:
-                arrays[f"layer{index}.ann_offset"], arrays[f"layer{index}.ann_step"], divisor = layer.ann_thresholds
+                ann_offset, ann_step, divisor, ann_table, ann_size = layer.ann_thresholds
+                arrays[f"layer{index}.ann_offset"], arrays[f"layer{index}.ann_step"] = ann_offset, ann_step
+                arrays[f"layer{index}.ann_table"], arrays[f"layer{index}.ann_size"] = ann_table, ann_size
                 meta["ann_divisor"] = divisor
         arrays["output.weight"] = self.output.weight
         manifest = {
@@ -273,6 +279,10 @@ class SpikingNet:
             tables = [layer.offset, layer.step, layer.size, layer.constant]
             if any(table.shape != (layer.channels,) for table in tables):
                 return f"layer {number}'s threshold tables do not have one entry per channel ({layer.channels})"
+            if layer.table.ndim != 2 or layer.table.shape[0] != layer.channels or int(layer.size.max(initial=0)) > layer.table.shape[1]:
+                return f"layer {number}'s threshold table has shape {layer.table.shape}, not one row per channel covering every level"
+            if layer.table.shape[1] > 1 and bool((np.diff(layer.table, axis=1) < 0).any()):
+                return f"layer {number}'s threshold table is not non-decreasing"
             previous = layer.out_shape
         expected = (self.output.classes, math.prod(previous)) if previous is not None else None
         if expected is None or tuple(self.output.weight.shape) != expected:
@@ -299,13 +309,15 @@ class SpikingNet:
                     offset=arrays[f"layer{index}.offset"],
                     step=arrays[f"layer{index}.step"],
                     divisor=int(meta["divisor"]),
+                    table=arrays[f"layer{index}.table"],
                     size=arrays[f"layer{index}.size"],
                     constant=arrays[f"layer{index}.constant"],
                     input_limit=float(meta["input_limit"]),
                     count_limit=int(meta["count_limit"]),
                     snapped=meta["snapped"],
                     ann_thresholds=(
-                        (arrays[f"layer{index}.ann_offset"], arrays[f"layer{index}.ann_step"], int(meta["ann_divisor"]))
+                        (arrays[f"layer{index}.ann_offset"], arrays[f"layer{index}.ann_step"], int(meta["ann_divisor"]),
+                         arrays[f"layer{index}.ann_table"], arrays[f"layer{index}.ann_size"])
                         if "ann_divisor" in meta
                         else None
                     ),
@@ -398,33 +410,56 @@ def _count_bound(weight: torch.Tensor, zeta0, delta, constant, levels, input_bou
     return bound if math.isfinite(bound) else math.inf
 
 
-COUNT_LIMIT = 2**24  # unbounded layers: counts beyond this are refused at run time
-TABLE_BITS = 61  # |A| + size * D stays below 2^61, well inside int64
+COUNT_LIMIT = 1023  # unbounded layers: a count beyond this is refused at run time
+TABLE_BITS = 61  # |A| + size * D of the linear estimate stays below 2^61, well inside int64
 
 
-def _fixed_point(theta0: torch.Tensor, step: torch.Tensor, size_cap: int, scale: int | None, where: str):
-    """Integer threshold tables T(i) = ceil((A + i D) / S) for real thresholds theta0 + i step.
+def channel_rules(block) -> list[ChannelRule]:
+    """The exact quantizer rule of every channel of a hidden block (its float parameters
+    taken as the exact rationals they are)."""
+    norm = block.norm
+    levels = max_count(block.k, block.bound)
+    columns = [
+        tensor.detach().cpu().to(torch.float64).tolist()
+        for tensor in (norm.weight, norm.bias, norm.running_mean, norm.running_var)
+    ]
+    return [ChannelRule.from_floats(*values, norm.eps, block.k, levels) for values in zip(*columns, strict=True)]
 
-    ``size_cap``: the bound 2^k*B, or the count limit of an unbounded layer. Levels whose
-    threshold lies beyond any reachable membrane (2^53) are cut off too, which keeps the
-    accumulator small. Exact mode (``scale`` None) uses S = 2^F with the most fractional
-    bits F that fit; ``scale`` rounds to 1/scale like the INT paper's code.
-    """
-    if float(theta0.abs().max()) > 2.0**55:
-        raise QsnnError(f"{where} has a threshold beyond 2^55; the batch norm is degenerate, retrain")
-    reach = torch.floor((2.0**54 + theta0.abs()) / step) + 2
-    size = torch.clamp(reach, max=float(size_cap)).to(torch.int64)
-    if scale is None:
-        magnitude = float((theta0.abs() + size.to(torch.float64) * step).max())
-        bits = max(0, min(62, math.floor(TABLE_BITS - math.log2(max(magnitude, 1.0)))))
-        divisor = 1 << bits
-    else:
-        divisor = scale
-    offset = torch.round(theta0 * divisor)
-    raw_step = torch.round(step * divisor)
-    if float((offset.abs() + size.to(torch.float64) * raw_step).max()) >= 2.0**62:
+
+def _linear_estimate(rules: list[ChannelRule], per_unit: Fraction, size: np.ndarray, scale: int | None, where: str):
+    """(A, D, S) with (A + i D) / S the thresholds theta_i rounded to 1/S: A = round(S theta_0)
+    and D = round(S d), rounded exactly, so |(A + i D) / S - theta_i| <= (1 + i) / (2 S).
+
+    Exact mode (``scale`` None): S = 2^F with the most fractional bits that keep |A| + size D
+    below 2^61; this is the kernels' closed-form estimate of a count, corrected by the exact
+    table. With ``scale`` (the INT paper's 10^4) it defines the SNN's own thresholds."""
+    terms = [rule.base_and_spacing(per_unit) if rule.gamma != 0 else None for rule in rules]
+    magnitude = 1.0
+    for (a, sign, square), spacing in (term for term in terms if term is not None):
+        theta0, d = float(a) + sign * math.sqrt(float(square)), math.sqrt(float(spacing))
+        if not (abs(theta0) <= 2.0**55 and 0 < d < math.inf):
+            raise QsnnError(f"{where} has thresholds out of range (batch norm gamma or variance extreme); retrain")
+        magnitude = max(magnitude, abs(theta0) + (int(size.max(initial=0)) + 1) * d)
+    divisor = scale if scale is not None else 1 << max(0, min(62, math.floor(TABLE_BITS - math.log2(magnitude))))
+    offset = np.zeros(len(rules), np.int64)
+    step = np.ones(len(rules), np.int64)
+    for channel, term in enumerate(terms):
+        if term is None:
+            continue
+        (a, sign, square), spacing = term
+        offset[channel] = round_half_up(a * divisor, sign, square * divisor * divisor)
+        step[channel] = round_half_up(Fraction(0), 1, spacing * divisor * divisor)
+    return offset, step, divisor
+
+
+def formula_table(offset: np.ndarray, step: np.ndarray, divisor: int, size_cap: int, where: str):
+    """The table ceil((A + i D) / S), i < size_cap, cut where it reaches MEMBRANE_LIMIT."""
+    if size_cap and float(np.max(np.abs(offset) + size_cap * step.astype(np.float64))) >= 2.0**62:
         raise QsnnError(f"{where}: thresholds do not fit 64-bit integers at scale {divisor}; use exact thresholds")
-    return offset.to(torch.int64), raw_step.to(torch.int64), divisor, size
+    level = np.arange(max(size_cap, 1), dtype=np.int64)[None, :]
+    table = -((-(offset[:, None] + level * step[:, None])) // divisor)
+    size = np.minimum((table < MEMBRANE_LIMIT).sum(axis=1), size_cap).astype(np.int64)
+    return np.minimum(table, MEMBRANE_LIMIT), size
 
 
 # --- conversion --------------------------------------------------------------------------
@@ -530,27 +565,28 @@ def convert(
         weight, zeta0, delta, constant, levels = _fold_block(block)
         w_int, exponent, input_limit, snapped = _grid(weight, input_bound)
         if index == 0:  # z = W_int p 2^-s / 255
-            per_unit = PIXEL_LEVELS * 2.0**exponent
+            per_unit = PIXEL_LEVELS * Fraction(2) ** exponent
             count_bound = _count_bound(weight, zeta0, delta, constant, levels, PIXEL_HEADROOM)
         else:  # z = W_int n 2^-s / 2^k_in
-            per_unit = 2.0 ** (exponent + k_in)
+            per_unit = Fraction(2) ** (exponent + k_in)
             count_bound = _count_bound(weight, zeta0, delta, constant, levels, input_bound / (1 << k_in))
-        theta0, step = zeta0 * per_unit, delta * per_unit
-        if not (bool(torch.isfinite(step).all()) and bool((step > 0).all()) and bool(torch.isfinite(theta0).all())):
-            raise QsnnError(f"{where} has thresholds out of range (batch norm gamma or variance extreme); retrain")
         count_limit = int(min(count_bound, COUNT_LIMIT))
-        scale = threshold_scale if index > 0 else None
-        if scale is not None and levels is None and bool((torch.round(step * scale) == 0).any()):
-            raise QsnnError(
-                f"--threshold-scale {scale} rounds a threshold step of {where} to 0 with no "
-                "bound B; use exact thresholds (omit --threshold-scale)"
-            )
         size_cap = levels if levels is not None else count_limit + 1
-        offset, raw_step, divisor, size = _fixed_point(theta0, step, size_cap, scale, where)
+        rules = channel_rules(block)
+        table, size = threshold_table(rules, per_unit, size_cap)
+        constant = np.array([-1 if rule.constant_count() is None else rule.constant_count() for rule in rules], np.int64)
+        offset, step, divisor = _linear_estimate(rules, per_unit, size, None, where)
         ann_thresholds = None
-        if scale is not None:  # the quantized ANN keeps the exact tables
-            exact_offset, exact_step, exact_divisor, _ = _fixed_point(theta0, step, size_cap, None, where)
-            ann_thresholds = (exact_offset.numpy(), exact_step.numpy(), exact_divisor)
+        scale = threshold_scale if index > 0 else None
+        if scale is not None:  # the SNN takes the INT paper's rounded thresholds; the ANN keeps the exact ones
+            ann_thresholds = (offset, step, divisor, table, size)
+            offset, step, divisor = _linear_estimate(rules, per_unit, size, scale, where)
+            if levels is None and bool((step[constant < 0] == 0).any()):
+                raise QsnnError(
+                    f"--threshold-scale {scale} rounds a threshold step of {where} to 0 with no "
+                    "bound B; use exact thresholds (omit --threshold-scale)"
+                )
+            table, size = formula_table(offset, step, divisor, size_cap, where)
         layer = block.layer
         layers.append(
             SpikingLayer(
@@ -565,11 +601,12 @@ def convert(
                 bound=block.bound,
                 weight=w_int,
                 exponent=exponent,
-                offset=offset.numpy(),
-                step=raw_step.numpy(),
+                offset=offset,
+                step=step,
                 divisor=divisor,
-                size=size.numpy(),
-                constant=constant.numpy(),
+                table=table,
+                size=size,
+                constant=constant,
                 input_limit=min(input_limit, input_count_limit),
                 count_limit=count_limit,
                 snapped=snapped,

@@ -13,7 +13,7 @@ proportional to the synaptic operations, not to T x the dense MACs.
 
 Every number is an integer (int32 when the layer bounds allow it, else int64, or float64
 holding integers below 2^53 when the weights fit float32, which is exact and lighter on
-the caches), with the same tables T(i) = ceil((A + iD) / S) as :mod:`qsnn.neurons`, so the results equal the
+the caches), with the same exact tables T(i) as :mod:`qsnn.neurons`, so the results equal the
 reference step-by-step simulator (:func:`qsnn.simulation.simulate_batch`) count for
 count; the tests check it. The encoding layer's membrane (pixels times weights) is
 computed once per image (:func:`encode`: every non-zero pixel adds its weights, exactly,
@@ -52,6 +52,7 @@ class Program:
     offset: np.ndarray  # int64 [sum C]: A per channel, layer after layer
     step: np.ndarray  # int64 [sum C]: D
     divisor: np.ndarray  # int64 [L]: S per layer
+    exact: np.ndarray  # int64 [sum C, width]: the exact table T(i) of every channel, layer after layer
     size: np.ndarray  # int64 [sum C]
     constant: np.ndarray  # int64 [sum C]
     output: np.ndarray  # int64 [features, classes] (the accumulator is always int64)
@@ -92,7 +93,7 @@ def compile_program(net: SpikingNet) -> Program:
     dtype = np.int32 if _fits_int32(net) else np.int64
     big = INT32_LIMIT if dtype == np.int32 else 2**54
     geometry = np.zeros((count, 13), np.int64)
-    parts, offsets, steps, sizes, constants = [], [], [], [], []
+    parts, offsets, steps, sizes, constants, tables = [], [], [], [], [], []
     divisor = np.zeros(count, np.int64)
     neurons = np.zeros(count + 1, np.int64)
     outputs = np.zeros(count + 1, np.int64)
@@ -129,6 +130,7 @@ def compile_program(net: SpikingNet) -> Program:
         steps.append(layer.step)
         sizes.append(layer.size)
         constants.append(layer.constant)
+        tables.append(layer.table)
         divisor[index] = layer.divisor
         threshold_at += out_c
         state_size = layer.neurons // out_c * padded
@@ -138,6 +140,9 @@ def compile_program(net: SpikingNet) -> Program:
     step_all = np.concatenate(steps).astype(np.int64)
     size_all = np.concatenate(sizes).astype(np.int64)
     constant_all = np.concatenate(constants).astype(np.int64)
+    exact_all = np.full((threshold_at, max(table.shape[1] for table in tables)), 2**54, np.int64)
+    for at, table in zip(np.cumsum([0] + [len(t) for t in tables[:-1]]), tables, strict=True):
+        exact_all[at : at + len(table), : table.shape[1]] = table
     state, weights = _storage(np.concatenate(parts), dtype)
     weights = _aligned(np.concatenate([weights, -weights]))  # the negated copy for negative spikes (see _list_row)
     levels = np.zeros((threshold_at, TABLED_LEVELS + 1), state)
@@ -146,7 +151,7 @@ def compile_program(net: SpikingNet) -> Program:
         channels = slice(int(geometry[index, 11]), int(geometry[index, 11] + geometry[index, 4]))
         _fill_table(
             levels[channels, 1:], offset_all[channels], step_all[channels], int(divisor[index]),
-            size_all[channels], constant_all[channels], big,
+            exact_all[channels], size_all[channels], constant_all[channels], big,
         )
     initial_upper = np.zeros(int(neurons[-1]), state)
     origin = np.zeros((int(neurons[-1]), 3), np.int64)
@@ -183,7 +188,7 @@ def compile_program(net: SpikingNet) -> Program:
     # by the hidden layers' int32 limits), as float64: exact below 2^53, and beyond it
     # still above any membrane
     encoding_levels = np.zeros((int(geometry[0, 4]), TABLED_LEVELS), np.int64)
-    _fill_table(encoding_levels, *_encoding_tables(offset_all, step_all, divisor, size_all, constant_all, geometry))
+    _fill_table(encoding_levels, *_encoding_tables(offset_all, step_all, divisor, exact_all, size_all, constant_all, geometry))
     first = layers[0]
     if first.kind == "conv":  # (in c, K, K, out c), the columns rotated (see _encode)
         encoding_weights = np.ascontiguousarray(first.weight[:, :, :, ::-1].transpose(1, 2, 3, 0), dtype=np.float64)
@@ -195,6 +200,7 @@ def compile_program(net: SpikingNet) -> Program:
         offset=offset_all,
         step=step_all,
         divisor=divisor,
+        exact=exact_all,
         size=size_all,
         constant=constant_all,
         output=np.ascontiguousarray(net.output.weight.T).astype(np.int64),
@@ -213,10 +219,10 @@ def compile_program(net: SpikingNet) -> Program:
     )
 
 
-def _encoding_tables(offset, step, divisor, size, constant, geometry) -> tuple:
+def _encoding_tables(offset, step, divisor, exact, size, constant, geometry) -> tuple:
     """The encoding layer's threshold arguments for the kernels, with big = 2^54."""
     channels = slice(0, int(geometry[0, 4]))
-    return offset[channels], step[channels], int(divisor[0]), size[channels], constant[channels], 2**54
+    return offset[channels], step[channels], int(divisor[0]), exact[channels], size[channels], constant[channels], 2**54
 
 
 def _aligned(values: np.ndarray) -> np.ndarray:
@@ -291,8 +297,9 @@ def _storage(weights: np.ndarray, dtype) -> tuple[type, np.ndarray]:
 
 
 @njit(inline="always", cache=True)
-def _threshold(level, channel, offset, step, divisor, size, constant, big):
-    """T(level) of one neuron: ceil((A + level D) / S), -big below 0, +big out of reach."""
+def _threshold(level, channel, offset, step, divisor, exact, size, constant, big):
+    """T(level) of one neuron from the exact table, -big below 0, +big out of reach
+    (``offset``, ``step``, ``divisor``: the linear estimate, not used here)."""
     if level < 0:
         return -big
     fixed = constant[channel]
@@ -300,8 +307,7 @@ def _threshold(level, channel, offset, step, divisor, size, constant, big):
         return -big if level < fixed else big
     if level >= size[channel]:
         return big
-    raw = offset[channel] + level * step[channel]
-    value = -((-raw) // divisor)
+    value = exact[channel, level]
     if value > big:
         return big
     if value < -big:
@@ -475,7 +481,7 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count, ori
 @njit(cache=True)
 def _scan(
     layer, geometry, membrane, upper, lower, count, fired, base, at_event, events, signs, flag, crossing_at,
-    far, channel_of, first_index, levels, offset, step, divisor, size, constant, big,
+    far, channel_of, first_index, levels, offset, step, divisor, exact, size, constant, big,
 ):
     """One step of layer ``layer``'s neurons after their input arrived: every neuron whose
     membrane crossed a threshold moves its count by one and its thresholds to the new
@@ -537,8 +543,8 @@ def _scan(
     for i in range(beyond):  # rare, and out of the loop above: it divides
         n = far[i]
         ch = channel_of[n]
-        upper[n] = _threshold(count[n], at + ch, offset, step, scale, size, constant, big)
-        lower[n] = _threshold(count[n] - 1, at + ch, offset, step, scale, size, constant, big)
+        upper[n] = _threshold(count[n], at + ch, offset, step, scale, exact, size, constant, big)
+        lower[n] = _threshold(count[n] - 1, at + ch, offset, step, scale, exact, size, constant, big)
     for i in range(changing):
         n = crossing_at[i]
         events[at_event + i] = first_index[base + n]
@@ -642,7 +648,7 @@ def _encoding_window(
 
 @njit(cache=True)
 def _simulate_image(
-    b, encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
+    b, encoding_counts, geometry, weights, offset, step, divisor, exact, size, constant, output, big,
     neuron_at, output_at, initial_upper, origin, reach, channel_of, encoding_order, first_index, levels, steps,
     auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled, buffers,
     every_membrane,
@@ -722,7 +728,7 @@ def _simulate_image(
                 made, up_spikes, first_spikes = _scan(
                     layer, geometry, membrane, upper, lower, count, fired, base, own + emitted, events, signs, flag,
                     crossing_at, far, channel_of, first_index, levels, offset, step, divisor,
-                    size, constant, big,
+                    exact, size, constant, big,
                 )
                 emitted += made
                 positive[b, layer, t] = up_spikes
@@ -802,7 +808,7 @@ def _simulate_image(
 
 @njit(parallel=True, cache=True)
 def _simulate(
-    encoding_counts, geometry, weights, offset, step, divisor, size, constant, output, big,
+    encoding_counts, geometry, weights, offset, step, divisor, exact, size, constant, output, big,
     neuron_at, output_at, initial_upper, origin, reach, channel_of, encoding_order, first_index, levels, steps,
     auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled, chunks, window,
     every_membrane,
@@ -843,7 +849,7 @@ def _simulate(
         )
         for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
             _simulate_image(
-                b, encoding_counts, geometry, weights, offset, step, divisor, size, constant,
+                b, encoding_counts, geometry, weights, offset, step, divisor, exact, size, constant,
                 output, big, neuron_at, output_at, initial_upper, origin, reach, channel_of, encoding_order,
                 first_index, levels, steps, auto, positive, negative, sops, spiking, predictions, counts, used, membranes, final_logits, unsettled,
                 buffers, every_membrane,
@@ -854,19 +860,22 @@ def _simulate(
 def _estimate(v, divisor, a, inverse, limit, special, margin):
     """The closed-form count floor((S floor(V) - A) / D) + 1, clamped to 0..limit, or -1
     where float64 cannot be sure of it (or the channel is constant or has D = 0), or
-    where a threshold lies within ``margin`` (in units of D / S) of V."""
+    where a threshold lies within ``margin`` (in units of D / S) of V. The linear
+    estimate (A + i D) / S is within (1 + i) / 2S of the exact threshold theta_i, that is
+    within (1 + i) / 2D levels: (1 + limit) / D more tolerance covers it, so a sure
+    count is the exact table's."""
     scaled = np.floor(v) * divisor  # float64: an int64 floor times S could overflow
     q = (scaled - a) * inverse
     whole = np.floor(q)
     fraction = q - whole
-    tolerance = 1e-13 * (abs(scaled) + abs(a)) * inverse + 1e-9 + margin
+    tolerance = 1e-13 * (abs(scaled) + abs(a)) * inverse + 1e-9 + margin + (1.0 + limit) * inverse
     level = min(max(whole + 1.0, 0.0), limit)
     sure = (fraction > tolerance) & (fraction < 1.0 - tolerance) & (special == 0)
     return np.int64(level) if sure else np.int64(-1)
 
 
 @njit(inline="always", cache=True)
-def _settle(v, channel, offset, step, divisor, size, constant, big):
+def _settle(v, channel, offset, step, divisor, exact, size, constant, big):
     """The count of one neuron where :func:`_estimate` was not sure: from the estimate,
     walk the exact integer table T(i) up and down."""
     fixed = constant[channel]
@@ -881,15 +890,15 @@ def _settle(v, channel, offset, step, divisor, size, constant, big):
         level = int(min(max(whole + 1.0, 0.0), float(limit)))
     else:
         level = limit if float(offset[channel]) <= floor_v * float(divisor) else 0
-    while level < limit and _threshold(level, channel, offset, step, divisor, size, constant, big) <= floor_v:
+    while level < limit and _threshold(level, channel, offset, step, divisor, exact, size, constant, big) <= floor_v:
         level += 1
-    while level > 0 and _threshold(level - 1, channel, offset, step, divisor, size, constant, big) > floor_v:
+    while level > 0 and _threshold(level - 1, channel, offset, step, divisor, exact, size, constant, big) > floor_v:
         level -= 1
     return level
 
 
 @njit(parallel=True, cache=True)
-def _counts(membrane, channels, plane, offset, step, divisor, size, constant, big, out, table, differing):
+def _counts(membrane, channels, plane, offset, step, divisor, exact, size, constant, big, out, table, differing):
     """m(V) = #{i : V >= T(i)} for every neuron; ``membrane`` is (images, neurons) float32
     or float64 in channel-first order (integers, or any reals for the encoding layer under
     noise).
@@ -931,10 +940,10 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
                     target[p] = _estimate(segment[p], scale, ac, ic, lc, sc, 0.0)
         for n in range(channels * plane):
             if row[n] < 0:  # rare: the division is paid only here
-                row[n] = _settle(values[n], n // plane, offset, step, divisor, size, constant, big)
+                row[n] = _settle(values[n], n // plane, offset, step, divisor, exact, size, constant, big)
         if checking:
             found = np.zeros(channels * plane, np.int64)
-            _binary_row(values, found, channels, plane, table, across, offset, step, divisor, size, constant, big)
+            _binary_row(values, found, channels, plane, table, across, offset, step, divisor, exact, size, constant, big)
             different = 0
             for n in range(channels * plane):
                 different += found[n] != row[n]
@@ -942,7 +951,7 @@ def _counts(membrane, channels, plane, offset, step, divisor, size, constant, bi
 
 
 @njit(inline="always", cache=True)
-def _binary_row(values, row, channels, plane, table, across, offset, step, divisor, size, constant, big):
+def _binary_row(values, row, channels, plane, table, across, offset, step, divisor, exact, size, constant, big):
     """row (zeros) = the number of binary neurons of every neuron of one image (channel-
     first ``values``) that fire: the thresholds T(i) it reaches, from ``table`` (the first
     levels of every channel; ``across``: the same, (level, channel)) and, beyond it, one
@@ -960,7 +969,7 @@ def _binary_row(values, row, channels, plane, table, across, offset, step, divis
                 break
         for n in range(channels):
             if row[n] == tabled:  # beyond the table
-                row[n] = _walk_up(tabled, values[n], n, offset, step, divisor, size, constant, big)
+                row[n] = _walk_up(tabled, values[n], n, offset, step, divisor, exact, size, constant, big)
         return
     for channel in range(channels):
         segment = values[channel * plane : (channel + 1) * plane]
@@ -969,7 +978,7 @@ def _binary_row(values, row, channels, plane, table, across, offset, step, divis
         if size[channel] > tabled:
             for p in range(plane):
                 if counts[p] == tabled:
-                    counts[p] = _walk_up(tabled, segment[p], channel, offset, step, divisor, size, constant, big)
+                    counts[p] = _walk_up(tabled, segment[p], channel, offset, step, divisor, exact, size, constant, big)
 
 
 @njit(inline="always", cache=True)
@@ -999,16 +1008,16 @@ def _table_counts(values, out, table):
 
 
 @njit(inline="always", cache=True)
-def _walk_up(level, v, channel, offset, step, divisor, size, constant, big):
+def _walk_up(level, v, channel, offset, step, divisor, exact, size, constant, big):
     """The count of membrane ``v`` from ``level`` (where a table of T(i) ended): one exact
     threshold after the other."""
-    while level < size[channel] and _threshold(level, channel, offset, step, divisor, size, constant, big) <= v:
+    while level < size[channel] and _threshold(level, channel, offset, step, divisor, exact, size, constant, big) <= v:
         level += 1
     return level
 
 
 @njit(parallel=True, cache=True)
-def _gathered(membrane, channels, plane, table, offset, step, divisor, size, constant, big, out, reference, differing):
+def _gathered(membrane, channels, plane, table, offset, step, divisor, exact, size, constant, big, out, reference, differing):
     """The binary neurons' own count: binary neuron i fires when V >= T(i), and the count
     is the number that fire, read from ``table`` (T(i) of the first levels of every
     channel, no division) and, beyond it, by scanning upwards; a different algorithm from
@@ -1022,7 +1031,7 @@ def _gathered(membrane, channels, plane, table, offset, step, divisor, size, con
         values = membrane[b]
         row = out[b]
         row[:] = 0
-        _binary_row(values, row, channels, plane, table, across, offset, step, divisor, size, constant, big)
+        _binary_row(values, row, channels, plane, table, across, offset, step, divisor, exact, size, constant, big)
         if reference.shape[0] > 0:
             expected = reference[b]
             found = 0
@@ -1032,7 +1041,7 @@ def _gathered(membrane, channels, plane, table, offset, step, divisor, size, con
 
 
 @njit(parallel=True, cache=True)
-def _uncertain(membrane, bound, channels, plane, offset, step, divisor, size, constant, big, doubt, found):
+def _uncertain(membrane, bound, channels, plane, offset, step, divisor, exact, size, constant, big, doubt, found):
     """doubt[b, n] |= 1 where a threshold may lie within ``bound`` of v = membrane[b, n], so
     that the count m(V) of some V in [v - bound, v + bound] may differ from m(v); m is
     monotone, so elsewhere every such V has the count of v. One branch-free pass of
@@ -1048,8 +1057,8 @@ def _uncertain(membrane, bound, channels, plane, offset, step, divisor, size, co
                 continue
             if step[channel] <= 0:  # every threshold the same: ask the table
                 for p in range(plane):
-                    low = _settle(segment[p] - bound, channel, offset, step, divisor, size, constant, big)
-                    high = _settle(segment[p] + bound, channel, offset, step, divisor, size, constant, big)
+                    low = _settle(segment[p] - bound, channel, offset, step, divisor, exact, size, constant, big)
+                    high = _settle(segment[p] + bound, channel, offset, step, divisor, exact, size, constant, big)
                     total += (low != high) & (target[p] == 0)  # each neuron counted once
                     target[p] |= low != high
                 continue
@@ -1181,11 +1190,11 @@ def certify(thresholds_list, layer, inputs: np.ndarray, estimate: np.ndarray, bo
 
 
 @njit(cache=True)
-def _fill_table(table, offset, step, divisor, size, constant, big):
+def _fill_table(table, offset, step, divisor, exact, size, constant, big):
     """table[channel, i] = T(i) for the first table.shape[1] levels of every channel."""
     for channel in range(table.shape[0]):
         for level in range(table.shape[1]):
-            table[channel, level] = _threshold(level, channel, offset, step, divisor, size, constant, big)
+            table[channel, level] = _threshold(level, channel, offset, step, divisor, exact, size, constant, big)
 
 
 @njit(parallel=True, cache=True)
@@ -1267,13 +1276,13 @@ def checked_counts(thresholds, membrane: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _kernel_tables(thresholds) -> tuple:
     """A :class:`qsnn.neurons.Thresholds` as the kernels take it: (offset, step, divisor,
-    size, constant, big)."""
+    exact table, size, constant, big)."""
 
     def as_int64(values) -> np.ndarray:
         return np.ascontiguousarray(values.numpy(), dtype=np.int64)
 
     return (as_int64(thresholds.offset), as_int64(thresholds.step), int(thresholds.divisor),
-            as_int64(thresholds.size), as_int64(thresholds.constant), 2**54)
+            as_int64(thresholds.table), as_int64(thresholds.size), as_int64(thresholds.constant), 2**54)
 
 
 def _run_counts(kernel, thresholds, membrane: np.ndarray, tabled: int = 0, extra=()) -> np.ndarray:
@@ -1293,7 +1302,7 @@ def _run_counts(kernel, thresholds, membrane: np.ndarray, tabled: int = 0, extra
 
 
 @njit(parallel=True, cache=True)
-def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, constant, big, out, chunks):
+def _encode(pixels, geometry, weights, levels, offset, step, divisor, exact, size, constant, big, out, chunks):
     """The encoding layer's counts m(V) of every image, V = its weights times the raw
     integer pixels, evaluated exactly in float64 (every partial sum is an integer below
     2^53: the layer's input limit sees to it). Each non-zero pixel adds its weights to the
@@ -1310,12 +1319,12 @@ def _encode(pixels, geometry, weights, levels, offset, step, divisor, size, cons
         membrane = np.empty(out_c * out_h * out_w)  # channel-first, for counting
         for b in range(chunk * images // chunks, (chunk + 1) * images // chunks):
             _encode_image(pixels[b], kind, in_h, in_w, out_c, out_h, out_w, kernel, stride, pad, weights, levels, offset,
-                          step, divisor, size, constant, big, out[b], last, membrane)
+                          step, divisor, exact, size, constant, big, out[b], last, membrane)
 
 
 @njit(inline="always", cache=True)
 def _encode_image(image, kind, in_h, in_w, out_c, out_h, out_w, kernel, stride, pad, weights, levels, offset, step,
-                  divisor, size, constant, big, out, last, membrane):
+                  divisor, exact, size, constant, big, out, last, membrane):
     """One image of :func:`_encode` into ``out`` (``last`` and ``membrane``: buffers)."""
     plane = out_h * out_w
     tabled = levels.shape[1]
@@ -1357,7 +1366,7 @@ def _encode_image(image, kind, in_h, in_w, out_c, out_h, out_w, kernel, stride, 
         _table_counts(v, counts, levels[o])  # (levels beyond the channel's size: out of reach)
         for p in range(plane):
             if counts[p] == tabled:  # beyond the table
-                counts[p] = _walk_up(tabled, v[p], o, offset, step, divisor, size, constant, big)
+                counts[p] = _walk_up(tabled, v[p], o, offset, step, divisor, exact, size, constant, big)
 
 
 @njit(inline="always", cache=True)
@@ -1374,7 +1383,7 @@ def encode(program: Program, pixels: np.ndarray) -> np.ndarray:
     pixels (images, C, H, W): its exact membrane and count in one pass, on the CPU."""
     flat = np.ascontiguousarray(pixels.reshape(pixels.shape[0], int(np.prod(pixels.shape[1:]))), dtype=np.uint8)
     out = np.empty((flat.shape[0], int(program.outputs[1])), np.int64)  # every entry is written
-    tables = _encoding_tables(program.offset, program.step, program.divisor, program.size, program.constant,
+    tables = _encoding_tables(program.offset, program.step, program.divisor, program.exact, program.size, program.constant,
                               program.geometry)
     _encode(flat, program.geometry, program.encoding_weights, program.encoding_levels, *tables, out, _chunks(len(flat)))
     return out
@@ -1400,7 +1409,7 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, e
     unsettled = np.zeros((images, layers), np.int64)
     _simulate(
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
-        program.offset, program.step, program.divisor, program.size, program.constant,
+        program.offset, program.step, program.divisor, program.exact, program.size, program.constant,
         program.output, program.big, program.neurons, program.outputs, program.initial_upper, program.origin, program.reach,
         program.channel_of, program.encoding_order, program.first_index,
         program.levels, steps, auto,

@@ -30,7 +30,6 @@ from qsnn.deploy import (
     PLUS_INFINITY,
     SCHEMA_VERSION,
     WEIGHTS,
-    threshold_table,
 )
 from qsnn.errors import QsnnError, integer_in
 from qsnn.io import atomic_path, write_bytes, write_json
@@ -69,9 +68,12 @@ OUTPUT_RULE = (
     "the first index among ties"
 )
 THRESHOLD_FORMULA = (
-    "T(i) = ceil((offset[c] + i * step[c]) / divisor) for 0 <= i < size[c]; T(i) = -inf for "
-    "i < 0 and +inf for i >= size[c]; a constant channel (constant[c] >= 0) has T(i) = -inf "
-    "for i < constant[c] and +inf otherwise. count(V) = #{i : V >= T(i)}"
+    "T(i) = table[c, i], the exact least integer membrane whose count is above i, for "
+    "0 <= i < size[c]; T(i) = -inf for i < 0 and +inf for i >= size[c]; a constant channel "
+    "(constant[c] >= 0) has T(i) = -inf for i < constant[c] and +inf otherwise. "
+    "count(V) = #{i : V >= T(i)}. ceil((offset[c] + i * step[c]) / divisor) is a linear "
+    "estimate of T(i), within (1 + i) / (2 divisor) + 1 of it (the INT paper's rounded "
+    "thresholds, --threshold-scale, are exactly this formula)"
 )
 
 
@@ -124,9 +126,8 @@ def _layer_entry(net: SpikingNet, index: int, layer: SpikingLayer, arrays: dict)
     for key in ("offset", "step", "size", "constant"):
         arrays[f"{name}.{key}"] = np.asarray(getattr(layer, key), dtype=np.int64)
     arrays[f"{name}.divisor"] = np.array(layer.divisor, dtype=np.int64)
-    if layer.levels is not None:
-        thresholds["table"] = f"{name}.thresholds"
-        arrays[f"{name}.thresholds"] = layer_table(layer)
+    thresholds["table"] = f"{name}.thresholds"
+    arrays[f"{name}.thresholds"] = layer_table(layer)
     return {
         "name": name,
         "kind": layer.kind,
@@ -148,10 +149,16 @@ def _layer_entry(net: SpikingNet, index: int, layer: SpikingLayer, arrays: dict)
 
 
 def layer_table(layer: SpikingLayer) -> np.ndarray:
-    """The explicit threshold table int64 [C, 2^k*B] of a bounded layer (with sentinels)."""
-    if layer.levels is None:
-        raise QsnnError("an unbounded layer (B none) has no finite threshold table; use the formula")
-    return threshold_table(layer.offset, layer.step, layer.divisor, layer.size, layer.constant, layer.levels)
+    """The layer's exact threshold table int64 [C, levels] with the sentinels: +inf at and
+    beyond each channel's size, and constant channels written out (-inf below their
+    count, +inf from it on). ``levels``: 2^k*B, or an unbounded layer's count limit + 1."""
+    levels = layer.levels if layer.levels is not None else layer.count_limit + 1
+    level = np.arange(levels, dtype=np.int64)[None, :]
+    width = layer.table.shape[1]
+    values = layer.table[:, np.minimum(level[0], width - 1)]
+    values = np.where(level >= layer.size[:, None], PLUS_INFINITY, values)
+    constant = layer.constant[:, None]
+    return np.where(constant >= 0, np.where(level < constant, MINUS_INFINITY, PLUS_INFINITY), values).astype(np.int64)
 
 
 def _output_entry(output: OutputLayer, features: int, arrays: dict) -> dict:
@@ -274,8 +281,7 @@ def _if_metadata(net: SpikingNet, index: int, layer: SpikingLayer, copies: int) 
                 "qsnn_levels": -1 if layer.levels is None else layer.levels,
             }
         )
-        if layer.levels is not None:
-            meta["qsnn_thresholds"] = layer_table(layer)
+        meta["qsnn_thresholds"] = layer_table(layer)
     return meta
 
 
@@ -317,7 +323,7 @@ def nir_graph(net: SpikingNet):
         if sg:
             levels = layer_table(layer).reshape(-1)  # copy i of channel c: T_c(i)
         else:
-            levels = threshold_table(layer.offset, layer.step, layer.divisor, layer.size, layer.constant, 1)[:, 0]
+            levels = layer_table(layer)[:, 0]
         theta = np.broadcast_to(nir_thresholds(levels).reshape((-1,) + (1,) * (len(shape) - 1)), shape)
         add(f"if{tag}", nir.IF(
             r=np.ones(shape), v_threshold=np.array(theta), v_reset=np.zeros(shape),

@@ -4,18 +4,15 @@ All membranes here are in *integer membrane units*: the converted network's weig
 integers on a per-layer grid (see :mod:`qsnn.conversion`), so a membrane is an exact
 integer, held in a float64 tensor (exact below 2^53) so that convolutions can compute it.
 
-A layer's thresholds form, per channel, the integer table
-
-    T(i) = ceil((A + i * D) / S)        i = 0, 1, ..., size - 1
-
-with integers A (offset), D (step) and S (divisor): a fixed-point accumulator that starts
-at A and adds D per count level, exactly as hardware would adapt a threshold. Levels
-below 0 are -BIG and levels at or above ``size`` are +BIG (out of reach: the bound
-2^k*B, or beyond any reachable membrane). For an integer membrane V, ``V >= theta`` is
-the same as ``V >= ceil(theta)``, so integer thresholds lose nothing (ALGORITHMS.md §3c).
-Conversion picks S = 2^F with as many fractional bits F as keep |A| + size * D below
-2^62 (int64, exact), or
-S = 10000 to reproduce the INT paper's original rounding.
+A layer's thresholds form, per channel, the exact integer table ``T(i)``, i = 0 .. size - 1:
+the least integer membrane whose count is above i, derived from the trained model's
+parameters in exact arithmetic (:mod:`qsnn.exact`). Levels below 0 are -BIG and levels at
+or above ``size`` are +BIG (out of reach: the bound 2^k*B, an unbounded layer's count
+limit, or beyond any reachable membrane). For an integer membrane V, ``V >= theta`` is the
+same as ``V >= ceil(theta)``, so integer thresholds lose nothing (ALGORITHMS.md §3c). A
+hardware neuron steps through this table as its thresholds adapt. Beside it, integers A,
+D, S give the linear estimate T(i) ~ (A + i D) / S that the fast kernels use as a first
+guess (|error| <= (1 + i) / 2S), always settled against the table.
 
 A channel whose batch-norm gamma is 0 has a constant count (it ignores its input);
 ``constant`` holds it, or -1 for ordinary channels.
@@ -36,11 +33,21 @@ BIG = float(2**54)  # beyond any reachable membrane (|V| < 2^53 by construction)
 class Thresholds(NamedTuple):
     """Per-channel threshold tables of one layer, in integer membrane units."""
 
-    offset: torch.Tensor  # int64 [C]: A
+    offset: torch.Tensor  # int64 [C]: A of the linear estimate
     step: torch.Tensor  # int64 [C]: D >= 0
     divisor: int  # S
     size: torch.Tensor  # int64 [C]: levels at or above are out of reach
     constant: torch.Tensor  # int64 [C]: fixed count, or -1 for input-driven channels
+    table: torch.Tensor  # int64 [C, width]: T(i) for i < size, exact
+
+    @classmethod
+    def linear(cls, offset, step, divisor: int, size, constant) -> Thresholds:
+        """Tables that are exactly T(i) = ceil((A + i D) / S) for i < size (hand-made
+        neurons, and the INT paper's rounded thresholds)."""
+        offset, step, size, constant = (torch.as_tensor(v, dtype=torch.int64) for v in (offset, step, size, constant))
+        level = torch.arange(max(int(size.max()) if size.numel() else 1, 1), dtype=torch.int64)
+        table = -torch.div(-(offset[:, None] + level[None, :] * step[:, None]), divisor, rounding_mode="floor")
+        return cls(offset, step, divisor, size, constant, table)
 
     def to(self, device: torch.device | str) -> Thresholds:
         return self._replace(
@@ -48,6 +55,7 @@ class Thresholds(NamedTuple):
             step=self.step.to(device),
             size=self.size.to(device),
             constant=self.constant.to(device),
+            table=self.table.to(device),
         )
 
 
@@ -68,43 +76,30 @@ def threshold(th: Thresholds, level: torch.Tensor | int, like: torch.Tensor) -> 
     """
     level = torch.as_tensor(level, dtype=torch.int64, device=like.device)
     size = _channel_view(th.size, like)
-    inside = level.clamp(min=0)
-    inside = torch.minimum(inside, size)
-    raw = _channel_view(th.offset, like) + inside * _channel_view(th.step, like)
-    value = -torch.div(-raw, th.divisor, rounding_mode="floor")  # ceil(raw / S), exact
-    value = value.clamp(-int(BIG), int(BIG)).to(torch.float64)
+    inside = torch.minimum(level.clamp(min=0), (size - 1).clamp(min=0)).clamp(max=th.table.shape[1] - 1).expand(like.shape)
+    channel = _channel_view(torch.arange(th.table.shape[0], device=like.device), like).expand(like.shape)
+    value = th.table[channel, inside].clamp(-int(BIG), int(BIG)).to(torch.float64)
+    value = torch.where(level >= size, BIG, value)
     constant = _channel_view(th.constant, like)
     fixed = constant >= 0
     if bool(fixed.any()):
         value = torch.where(fixed, torch.where(level < constant, -BIG, BIG), value)
-    value = torch.where(level < 0, -BIG, value)
-    return torch.where(level >= size, BIG, value)
+    return torch.where(level < 0, -BIG, value)
 
 
 def target_count(v: torch.Tensor, th: Thresholds) -> torch.Tensor:
-    """m(V) = number of levels i with V >= T(i), exactly (int64).
-
-    T(i) <= V  <=>  (A + i D) / S <= floor(V), which gives the count in closed form; a
-    correction against the exact table absorbs the float rounding of that estimate (T is
-    non-decreasing in i, so the count is unique).
-    """
-    offset = _channel_view(th.offset, v).to(torch.float64)
-    step = _channel_view(th.step, v).to(torch.float64)
-    size = _channel_view(th.size, v)
-    raw = torch.floor(v) * float(th.divisor) - offset
-    flat = torch.where(raw >= 0, BIG, 0.0)  # a zero step: every level at once, or none
-    estimate = torch.where(step > 0, torch.floor(raw / step) + 1, flat)
-    estimate = torch.nan_to_num(estimate, nan=0.0).clamp(0.0, BIG)
-    count = torch.minimum(estimate.to(torch.int64), size)
-    constant = _channel_view(th.constant, v)
-    count = torch.where(constant >= 0, constant, count)
-    for _ in range(64):
-        up = (count < size) & (threshold(th, count, v) <= v)
-        down = (count > 0) & (threshold(th, count - 1, v) > v)
-        if not bool(up.any()) and not bool(down.any()):
-            return count
-        count = count + up.to(torch.int64) - down.to(torch.int64)
-    raise RuntimeError("target_count did not converge: the threshold table is not monotone")
+    """m(V) = number of levels i with V >= T(i), exactly (int64): a search in each
+    channel's sorted table, T(i) <= V <=> T(i) <= floor(V)."""
+    channels = th.table.shape[0]
+    per_channel = v.transpose(0, 1).reshape(channels, -1) if v.dim() > 1 else v.reshape(channels, 1)
+    floor_v = torch.floor(per_channel).clamp(-BIG, BIG).to(torch.int64).contiguous()
+    found = torch.searchsorted(th.table.contiguous(), floor_v, right=True)
+    found = torch.minimum(found, th.size[:, None])
+    found = torch.where(th.constant[:, None] >= 0, th.constant[:, None], found)
+    if v.dim() > 1:
+        shape = (v.shape[1], v.shape[0], *v.shape[2:])
+        return found.reshape(shape).transpose(0, 1).contiguous()
+    return found.reshape(v.shape)
 
 
 # --- NSD: integrate-and-fire with negative spikes (ALGORITHMS.md §3a) -------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from qsnn.models import NetSpec, QuantizedNet
@@ -49,3 +50,24 @@ def random_net(
 def random_pixels(count: int, shape=(1, 28, 28), seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (count, *shape), generator=generator, dtype=torch.uint8)
+
+
+def linear_tables(layer, offset, step, size=None):
+    """(offset, step, divisor, table, size) of hand-made thresholds ceil((A + i D) / S) for
+    a converted layer (S its own divisor), as SpikingLayer and its ann_thresholds hold them."""
+    from qsnn.conversion import formula_table
+
+    offset, step = np.asarray(offset, np.int64), np.asarray(step, np.int64)
+    cap = int(layer.size.max()) if size is None else size
+    table, sizes = formula_table(offset, step, layer.divisor, cap, "test")
+    return offset, step, layer.divisor, table, sizes
+
+
+def with_linear_tables(layer, offset, step, ann=None):
+    """``layer`` with the hand-made thresholds of :func:`linear_tables` (and, given ``ann``
+    as (offset, step), other exact tables for the quantized ANN)."""
+    from dataclasses import replace
+
+    offset, step, _, table, size = linear_tables(layer, offset, step)
+    ann_thresholds = None if ann is None else linear_tables(layer, *ann)
+    return replace(layer, offset=offset, step=step, table=table, size=size, ann_thresholds=ann_thresholds)

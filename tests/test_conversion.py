@@ -11,7 +11,7 @@ from qsnn.errors import QsnnError
 from qsnn.models import NetSpec, QuantizedNet
 from qsnn.quantization import Precision
 from qsnn.simulation import simulate_batch
-from tests.helpers import random_net, random_pixels
+from tests.helpers import random_net, random_pixels, with_linear_tables
 
 CASES = [
     # (k, B, ternary, seed)
@@ -377,7 +377,6 @@ def test_counting_membrane_is_exact_at_every_threshold_tie(notation, index, monk
     """The float32 estimate with its rounding bound gives every count exactly, also when
     thresholds sit exactly on membranes (ties fire) and one unit either side of them: the
     neurons near a threshold are recomputed exactly, for the spiking and the ANN tables."""
-    from dataclasses import replace
 
     from qsnn import engine
     from qsnn.conversion import (
@@ -403,7 +402,7 @@ def test_counting_membrane_is_exact_at_every_threshold_tie(notation, index, monk
     offset = (values[:, 3].to(torch.int64) * layer.divisor).numpy()
     step = ((values[:, 5].to(torch.int64) + 1 - values[:, 3].to(torch.int64)).abs() * layer.divisor + layer.divisor).numpy()
     ann_offset = offset - layer.divisor  # the ANN's tables one unit lower
-    tied = replace(layer, offset=offset, step=step, ann_thresholds=(ann_offset, step, layer.divisor))
+    tied = with_linear_tables(layer, offset, step, ann=(ann_offset, step))
     recomputed = []
     original = engine.certify
 

@@ -80,10 +80,14 @@ def test_tables_equal_the_simulator_thresholds(tmp_path):
     assert set(constant.tolist()) <= {2**63 - 1, -(2**63)}
 
 
-def test_unbounded_layers_have_no_table_and_nsd_needs_integer_hidden_weights(tmp_path):
+def test_unbounded_layers_carry_their_exact_table_and_nsd_needs_integer_hidden_weights(tmp_path):
     ternary = convert(random_net("6C5-P2-8C3-12", k=1, B=None, ternary=True, seed=2), "nsd")
-    manifest, _ = read_package(export_package(ternary, tmp_path / "pkg"))
-    assert all(entry["thresholds"]["table"] is None for entry in manifest["layers"])
+    manifest, arrays = read_package(export_package(ternary, tmp_path / "pkg"))
+    for entry, layer in zip(manifest["layers"], ternary.layers, strict=True):
+        table = arrays[entry["thresholds"]["table"]]
+        assert table.shape == (layer.channels, layer.count_limit + 1)  # every level up to the count limit
+        live = layer.constant < 0
+        assert np.array_equal(table[live, : layer.table.shape[1]][:, :1], layer.table[live, :1])
     assert manifest["time_steps"] is None
     real = convert(random_net("6C5-P2-8C3-12", k=1, B=2, ternary=False, seed=2), "nsd")
     with pytest.raises(QsnnError, match=r"--ternary.*--format nir"):

@@ -19,8 +19,8 @@ from qsnn.neurons import (
 def table(theta0, step, levels, constant=None, divisor=2**30):
     """Threshold tables T(i) = ceil(theta0 + i step) in fixed point (per channel)."""
     constant = [-1] * len(theta0) if constant is None else constant
-    size = 2**20 if levels is None else levels
-    return Thresholds(
+    size = 2**12 if levels is None else levels
+    return Thresholds.linear(
         torch.round(torch.tensor(theta0, dtype=torch.float64) * divisor).to(torch.int64),
         torch.round(torch.tensor(step, dtype=torch.float64) * divisor).to(torch.int64),
         divisor,

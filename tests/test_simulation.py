@@ -12,7 +12,7 @@ from qsnn.errors import QsnnError
 from qsnn.metrics import ann_macs, fanout_map, layer_costs, total_macs
 from qsnn.reporting import summarize, summary_table, write_simulation
 from qsnn.simulation import NoiseDraws, SimulationResult, simulate, simulate_batch
-from tests.helpers import random_net, random_pixels
+from tests.helpers import linear_tables, random_net, random_pixels
 
 
 def brute_force_fanout(layer, sender_shape):
@@ -301,7 +301,7 @@ def test_count_kernels_at_every_threshold_tie(dtype, dense):
     from qsnn import engine
     from qsnn.neurons import Thresholds, target_count, threshold
 
-    th = Thresholds(
+    th = Thresholds.linear(
         offset=torch.tensor([5, -9, 0, 13, 7, 3, 21], dtype=torch.int64),
         step=torch.tensor([7, 3, 0, 11, 5, 2, 9], dtype=torch.int64),
         divisor=7,
@@ -336,11 +336,11 @@ def test_checked_counts_report_every_neuron_the_binary_neurons_count_otherwise(d
     from qsnn import engine
     from qsnn.neurons import Thresholds, target_count
 
-    th = Thresholds(
+    th = Thresholds.linear(
         offset=torch.tensor([5, -9, 0, 13], dtype=torch.int64), step=torch.tensor([7, 3, 0, 11], dtype=torch.int64),
         divisor=7, size=torch.tensor([1, 4, 16, 9], dtype=torch.int64), constant=torch.tensor([-1, -1, -1, -1]),
     )
-    other = th._replace(offset=th.offset + torch.tensor([0, 1, 7, -3]))  # ties move on three channels
+    other = Thresholds.linear(th.offset + torch.tensor([0, 1, 7, -3]), th.step, th.divisor, th.size, th.constant)  # ties move on three channels
     generator = torch.Generator().manual_seed(2)
     membrane = torch.randint(-20, 40, (5, 4, 1 if dense else 30), generator=generator).to(torch.float64)
     if dense:
@@ -389,8 +389,8 @@ def test_sg_counts_where_it_departs_from_the_ann_as_it_counts():
 
     net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, ternary=True, seed=4), "sg")
     hidden = net.layers[1]
-    shifted = (hidden.offset + hidden.step // 2 + 1, hidden.step.copy(), hidden.divisor)
-    net = replace(net, layers=[net.layers[0], replace(hidden, ann_thresholds=shifted), *net.layers[2:]])
+    shifted = replace(hidden, ann_thresholds=linear_tables(hidden, hidden.offset + hidden.step // 2 + 1, hidden.step))
+    net = replace(net, layers=[net.layers[0], shifted, *net.layers[2:]])
     pixels, labels = random_pixels(30, seed=4), torch.randint(0, 10, (30,))
     fast = simulate(net, pixels, labels, steps=None, batch_size=7)
     slow = simulate(net, pixels, labels, steps=None, batch_size=7, simulator=simulate_batch)

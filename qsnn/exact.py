@@ -1,0 +1,351 @@
+"""The quantized ANN's decisions in exact arithmetic, from the model's own parameters.
+
+Every float32 (and float64) parameter is a dyadic rational, so a hidden block's rule
+(ALGORITHMS.md §1)
+
+    count >= i + 1   <=>   2^k * (gamma (z - mu) / sqrt(var + eps) + beta) >= i + 1/2
+
+can be decided without rounding: with r = (i + 1/2) / 2^k - beta and q = var + eps it reads
+gamma (z - mu) >= r sqrt(q), and a comparison x >= r sqrt(q) of rationals x, r is decided
+by signs and squares (x^2 against r^2 q). ``eps`` is the block's own ``norm.eps`` (the
+float64 1e-5 by default) taken as the exact value it holds.
+
+This module gives
+- :class:`ChannelRule`: one channel's rule, with its exact count for a rational z and
+  the least integer membrane that reaches a level (the spiking thresholds, in integers);
+- :func:`threshold_table`: a layer's exact integer threshold table;
+- :func:`round_half_up` etc.: exact roundings used for the INT paper's scaled thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+MEMBRANE_LIMIT = 2**53  # no membrane reaches this (the integer grid keeps them below)
+PRECISION_BITS = 128  # fixed-point bits of the fast table pass (see threshold_table)
+
+
+def _floor_sqrt(value: Fraction) -> int:
+    """floor(sqrt(value)) for a rational value >= 0, exactly."""
+    n, d = value.numerator, value.denominator
+    return math.isqrt(n * d) // d
+
+
+def _at_most(a: Fraction, sign: int, square: Fraction, t: Fraction | int) -> bool:
+    """Whether a + sign * sqrt(square) <= t, exactly (square >= 0, sign in -1, 0, 1)."""
+    u = t - a
+    if sign == 0 or square == 0:
+        return u >= 0
+    if sign > 0:  # sqrt(square) <= u
+        return u >= 0 and square <= u * u
+    return u >= 0 or square >= u * u  # -sqrt(square) <= u
+
+
+def ceil_of(a: Fraction, sign: int, square: Fraction) -> int:
+    """ceil(a + sign * sqrt(square)), exactly: the least integer t with a + sign*sqrt(square) <= t."""
+    root = _floor_sqrt(square) if sign else 0
+    t = math.floor(a) + sign * root  # within 2 of the answer
+    while not _at_most(a, sign, square, t):
+        t += 1
+    while _at_most(a, sign, square, t - 1):
+        t -= 1
+    return t
+
+
+def floor_of(a: Fraction, sign: int, square: Fraction) -> int:
+    """floor(a + sign * sqrt(square)), exactly."""
+    return -ceil_of(-a, -sign, square)
+
+
+def round_half_up(a: Fraction, sign: int, square: Fraction) -> int:
+    """floor(a + sign * sqrt(square) + 1/2), exactly."""
+    return floor_of(a + Fraction(1, 2), sign, square)
+
+
+@dataclass(frozen=True)
+class ChannelRule:
+    """The quantized ReLU of one channel: count n(z) = min(floor(2^k relu(y) + 1/2), N),
+    y = gamma (z - mu) / sqrt(var + eps) + beta, every parameter an exact rational."""
+
+    gamma: Fraction
+    beta: Fraction
+    mean: Fraction
+    var: Fraction
+    eps: Fraction
+    k: int
+    levels: int | None  # N = 2^k B, or None when unbounded
+
+    @classmethod
+    def from_floats(cls, gamma, beta, mean, var, eps, k: int, levels: int | None) -> ChannelRule:
+        return cls(Fraction(float(gamma)), Fraction(float(beta)), Fraction(float(mean)), Fraction(float(var)),
+                   Fraction(float(eps)), k, levels)
+
+    @property
+    def q(self) -> Fraction:
+        return self.var + self.eps
+
+    def _r(self, level: int) -> Fraction:
+        return Fraction(2 * level + 1, 2 << self.k) - self.beta
+
+    def reaches(self, z: Fraction, level: int) -> bool:
+        """Whether pre-activation z gives a count above ``level`` (bound ignored), exactly."""
+        x = self.gamma * (z - self.mean)
+        r = self._r(level)
+        if r <= 0:
+            return x >= 0 or x * x <= r * r * self.q
+        return x >= 0 and x * x >= r * r * self.q
+
+    def constant_count(self) -> int | None:
+        """The count of a channel with gamma == 0 (it ignores its input), else None."""
+        if self.gamma != 0:
+            return None
+        count = max(0, math.floor(self.beta * (1 << self.k) + Fraction(1, 2)))
+        return count if self.levels is None else min(count, self.levels)
+
+    def count(self, z: Fraction) -> int:
+        """The exact count n(z) of the definition (the independent reference for tests)."""
+        fixed = self.constant_count()
+        if fixed is not None:
+            return fixed
+        y = float(self.gamma * (z - self.mean)) / math.sqrt(float(self.q)) + float(self.beta)
+        level = max(0, math.floor(y * (1 << self.k) + 0.5) - 2)  # a guess below the answer
+        while level > 0 and not self.reaches(z, level - 1):
+            level -= 1
+        while (self.levels is None or level < self.levels) and self.reaches(z, level):
+            level += 1
+        return level
+
+    def threshold_terms(self, per_unit: Fraction, level: int) -> tuple[Fraction, int, Fraction]:
+        """(a, sign, square) with the threshold of ``level`` in membrane units V = z * per_unit
+        (z * per_unit * sign(gamma): a channel with gamma < 0 has its weights negated)
+        being a + sign * sqrt(square). Needs gamma != 0."""
+        g = abs(self.gamma)
+        mean = self.mean if self.gamma > 0 else -self.mean
+        r = self._r(level)
+        a = per_unit * mean
+        square = per_unit * per_unit * r * r * self.q / (g * g)
+        return a, (r > 0) - (r < 0), square
+
+    def least_membrane(self, per_unit: Fraction, level: int) -> int:
+        """T(level): the least integer membrane (in units of 1 / per_unit, sign-folded) whose
+        count is above ``level``."""
+        return ceil_of(*self.threshold_terms(per_unit, level))
+
+    def base_and_spacing(self, per_unit: Fraction) -> tuple[tuple[Fraction, int, Fraction], Fraction]:
+        """theta_i = theta_0 + i * d in membrane units: theta_0 as (a, sign, square), and d^2."""
+        g = abs(self.gamma)
+        spacing_square = per_unit * per_unit * self.q / (g * g * (1 << (2 * self.k)))
+        return self.threshold_terms(per_unit, 0), spacing_square
+
+
+def threshold_table(rules: list[ChannelRule], per_unit: Fraction, size_cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact integer threshold table of a layer: (table int64 [C, width], size int64 [C]).
+
+    table[c, i] = T(i), the least integer membrane of channel c whose count is above i,
+    for i < size[c]; size[c] is ``size_cap`` (the bound 2^k B, or an unbounded layer's
+    count limit + 1), or less where T(i) reaches MEMBRANE_LIMIT (no membrane gets there).
+    A constant channel (gamma == 0) is reached by every membrane at its first
+    ``constant_count`` levels and never beyond. Thresholds below -MEMBRANE_LIMIT are
+    written as -MEMBRANE_LIMIT (every membrane reaches them).
+
+    theta_i = theta_0 + i d. A fixed-point pass with G = 2^128 takes lo_i = floor(G theta_0)
+    + i floor(G d), so G theta_i lies in [lo_i, lo_i + i + 1): where no integer multiple of
+    G lies strictly inside (the ceiling is then the same across that interval), T(i) =
+    ceil(lo_i / G); otherwise (a threshold on or within 2^-100 of an integer) T(i) is
+    decided by :func:`ceil_of` in exact arithmetic.
+    """
+    scale = 1 << PRECISION_BITS
+    columns: list[list[int]] = []
+    for rule in rules:
+        values: list[int] = []
+        if rule.gamma == 0:  # reached by every membrane up to the constant count, then never
+            values = [-MEMBRANE_LIMIT] * min(rule.constant_count(), size_cap)
+        else:
+            (a, sign, square), spacing_square = rule.base_and_spacing(per_unit)
+            base = floor_of(a * scale, sign, square * scale * scale)
+            spacing = _floor_sqrt(spacing_square * scale * scale)
+            for level in range(size_cap):
+                low = base + level * spacing
+                value = -((-low) // scale)  # ceil(low / G)
+                if low + level + 1 > value * scale:  # an integer may lie inside: decide exactly
+                    value = rule.least_membrane(per_unit, level)
+                if value >= MEMBRANE_LIMIT:
+                    break
+                values.append(max(value, -MEMBRANE_LIMIT))  # (every membrane reaches those)
+        columns.append(values)
+    width = max((len(values) for values in columns), default=0)
+    table = np.full((len(rules), max(width, 1)), MEMBRANE_LIMIT, np.int64)
+    for channel, values in enumerate(columns):
+        table[channel, : len(values)] = values
+    size = np.array([len(values) for values in columns], np.int64)
+    return table, size
+
+
+# --- the exact quantized ANN ------------------------------------------------------------
+
+PIXEL_SCALE = 255  # x = p / 255
+FLOAT_SLACK = 2.0**-36  # relative margin around every level boundary decided in float64
+
+
+def _integer_grid(weight: np.ndarray) -> tuple[np.ndarray, int]:
+    """Float weights (exact dyadic values) as W = W_int 2^-s with integers W_int (an int64
+    array, or an object array of Python ints where int64 is too narrow) and s the smallest
+    exponent that makes every weight an integer."""
+    nonzero = weight[weight != 0]
+    if nonzero.size == 0:
+        return np.zeros(weight.shape, np.int64), 0
+    mantissa, exponent = np.frexp(nonzero)
+    digits = np.abs(mantissa * 2.0**53).astype(np.int64)  # exact: 53-bit integer mantissas
+    trailing = np.log2((digits & -digits).astype(np.float64)).round().astype(np.int64)
+    s = int((53 - exponent - trailing).max())
+    if float(np.abs(nonzero).max()) * 2.0**s < 2.0**62:  # a float times 2^s is exact
+        return (weight * 2.0**s).astype(np.int64), s
+    values = [int(Fraction(float(w)) * Fraction(2) ** s) for w in weight.reshape(-1).tolist()]
+    return np.array(values, dtype=object).reshape(weight.shape), s
+
+
+def _split(scaled: np.ndarray, bits: int) -> list[np.ndarray]:
+    """Integers as sum_j parts[j] 2^(bits j), every part below 2^bits in magnitude (float64)."""
+    magnitude, sign = np.abs(scaled), np.where(scaled < 0, -1, 1)
+    parts = []
+    while True:
+        parts.append((sign * (magnitude % (1 << bits))).astype(np.float64))
+        magnitude = magnitude >> bits
+        if not np.any(magnitude != 0):
+            return parts
+
+
+def _combine(sums: list, bound: float, bits: int):
+    """sum_j sums[j] 2^(bits j), exactly: an int64 tensor where it fits, else a nested
+    list of Python ints. ``sums``: float64 tensors of exact integers; ``bound``: the
+    largest magnitude of any of them."""
+    import torch
+
+    if bound * 2.0 ** (bits * (len(sums) - 1)) * 2 < 2.0**62:
+        total = torch.zeros(sums[0].shape, dtype=torch.int64)
+        for j, m in enumerate(sums):
+            total += m.to(torch.int64) << (bits * j)
+        return total
+    flat = [m.reshape(-1).to(torch.int64).tolist() for m in sums]
+    return [sum(part[i] << (bits * j) for j, part in enumerate(flat)) for i in range(len(flat[0]))]
+
+
+@dataclass
+class ExactResult:
+    """The exact quantized ANN on a batch: every block's counts, the logits, the prediction."""
+
+    counts: list  # int64 tensors (images, *block output shape)
+    logits: object  # float64 tensor (images, classes): exact logits, rounded to float64 for display
+    predictions: object  # int64 tensor (images,): argmax of the exact logits (the first among ties)
+    decided_exactly: int  # neurons that sat within float64's reach of a boundary, decided in fractions
+
+
+class ExactANN:
+    """The quantized ANN of a trained :class:`qsnn.models.QuantizedNet`, evaluated exactly
+    from its own parameters (ALGORITHMS.md §1), independently of any conversion.
+
+    A block's pre-activation z = W x is computed as an exact integer membrane in the
+    model's own weight grid (integer weights split into parts narrow enough that every
+    sum of products is a float64 integer below 2^53); y and the count follow in float64, and every neuron
+    whose 2^k y + 1/2 lies within a margin of a level boundary (2^-36 relative, far
+    beyond float64's rounding) is decided again in exact rational arithmetic
+    (:meth:`ChannelRule.count`). The logits are exact integers in the classifier's grid,
+    and the prediction their argmax. Inputs: raw integer pixel values 0..255 (x = p / 255).
+    """
+
+    def __init__(self, model) -> None:
+        import torch
+
+        if not model.quantized:
+            raise ValueError("a full-precision network has no exact quantized ANN")
+        self.model = model
+        self.blocks = []
+        for block in model.blocks:
+            weight = block.effective_weight().detach().cpu().to(torch.float64).numpy()
+            scaled, s = _integer_grid(weight)
+            norm = block.norm
+            levels = None if block.bound is None else (1 << block.k) * block.bound
+            rules = [
+                ChannelRule.from_floats(*values, norm.eps, block.k, levels)
+                for values in zip(*(t.detach().cpu().to(torch.float64).tolist()
+                                    for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var)), strict=True)
+            ]
+            gamma = np.array([float(r.gamma) for r in rules])
+            sigma = np.sqrt(np.array([float(r.var) for r in rules]) + float(norm.eps))
+            self.blocks.append((block, scaled, s, rules, gamma, sigma, levels))
+        self.output = _integer_grid(model.classifier.detach().cpu().to(torch.float64).numpy())
+        self._parts: dict = {}
+
+    def _parts_for(self, key, scaled: np.ndarray, largest_input: float):
+        """``scaled`` split into parts whose every sum of products with inputs up to
+        ``largest_input`` is a float64 integer below 2^53: (parts as tensors, bits)."""
+        import torch
+
+        fan_in = int(np.prod(scaled.shape[1:]))
+        bits = max(1, min(40, 52 - math.ceil(math.log2(largest_input * fan_in + 1))))
+        if (key, bits) not in self._parts:
+            self._parts[key, bits] = [torch.from_numpy(p) for p in _split(scaled, bits)]
+        return self._parts[key, bits], bits
+
+    def __call__(self, pixels) -> ExactResult:
+        import torch
+        import torch.nn.functional as F
+
+        x = pixels.cpu()
+        if x.is_floating_point() and not torch.equal(x, x.round()):
+            raise ValueError("the exact ANN takes raw integer pixels 0..255, not noisy (fractional) ones")
+        x = x.to(torch.float64)
+        counts, decided = [], 0
+        per_unit = Fraction(PIXEL_SCALE)  # z = V / per_unit, V the membrane in the block's own grid
+        for index, (block, scaled, s, rules, gamma, sigma, levels) in enumerate(self.blocks):
+            per_unit = per_unit * Fraction(2) ** s
+            parts, bits = self._parts_for(index, scaled, float(x.abs().max()) if x.numel() else 0.0)
+            if block.layer.kind == "conv":
+                sums = [F.conv2d(x, p, stride=block.layer.stride, padding=block.layer.padding) for p in parts]
+            else:
+                sums = [F.linear(x.flatten(1), p) for p in parts]
+            membrane = sum(m * 2.0 ** (bits * j) for j, m in enumerate(sums))  # (rounded: for decisions only)
+            z = membrane / float(per_unit)
+            shape = (1, -1) + (1,) * (z.dim() - 2)
+            g = torch.from_numpy(gamma).view(shape)
+            sg = torch.from_numpy(sigma).view(shape)
+            mu = torch.tensor([float(r.mean) for r in rules], dtype=torch.float64).view(shape)
+            beta = torch.tensor([float(r.beta) for r in rules], dtype=torch.float64).view(shape)
+            scale = float(1 << block.k)
+            u = (g * (z - mu) / sg + beta) * scale + 0.5  # count = floor(u), clamped
+            n = torch.floor(u)
+            margin = FLOAT_SLACK * ((g / sg).abs() * (z.abs() + mu.abs()) * scale + beta.abs() * scale + 1.0)
+            near = ((u - n) <= margin) | ((n + 1 - u) <= margin)
+            n = n.clamp(min=0)
+            if levels is not None:
+                n = n.clamp(max=levels)
+            n = n.to(torch.int64)
+            where = near.nonzero()
+            if len(where):
+                picked = [m[tuple(where.T)] for m in sums]
+                exact = _combine(picked, max(float(p.abs().max()) for p in picked), bits)
+                exact = exact.tolist() if isinstance(exact, torch.Tensor) else exact
+                for position, value in zip(where.tolist(), exact, strict=True):
+                    n[tuple(position)] = rules[position[1]].count(Fraction(value) / per_unit)
+            decided += len(where)
+            counts.append(n)
+            x = n.to(torch.float64)
+            per_unit = Fraction(1 << block.k)
+        scaled, s = self.output
+        parts, bits = self._parts_for("output", scaled, float(x.max()) if x.numel() else 0.0)
+        sums = [F.linear(x.flatten(1), part) for part in parts]
+        logits = _combine(sums, max(float(m.abs().max()) for m in sums), bits)
+        if isinstance(logits, torch.Tensor):
+            predictions = logits.argmax(dim=1)  # (the first index among ties)
+            rows = logits.tolist()
+        else:
+            classes = sums[0].shape[1]
+            rows = [logits[b * classes : (b + 1) * classes] for b in range(sums[0].shape[0])]
+            predictions = torch.tensor([max(range(classes), key=lambda c, r=r: (r[c], -c)) for r in rows], dtype=torch.int64)
+        denominator = Fraction(2) ** s * per_unit
+        values = torch.tensor([[float(Fraction(v) / denominator) for v in row] for row in rows], dtype=torch.float64)
+        return ExactResult(counts, values, predictions, decided)

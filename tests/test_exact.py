@@ -1,0 +1,230 @@
+"""Exact ties: thresholds derived in exact arithmetic, checked against the model's own
+definition evaluated with ``fractions`` (ALGORITHMS.md §1-§2), never against the converter."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qsnn.conversion import applicable_schemes, convert
+from qsnn.exact import ChannelRule, ceil_of, floor_of, threshold_table
+from qsnn.models import NetSpec, QuantizedNet
+from qsnn.quantization import Precision
+from qsnn.simulation import EventSimulator, simulate_batch
+
+HALF = Fraction(1, 2)
+
+
+# --- the definition, in fractions (square roots exact: var + eps = s^2, s dyadic) --------
+
+
+def defined_count(z: Fraction, gamma, beta, mean, s: Fraction, k: int, levels: int | None) -> int:
+    """n = min(floor(2^k relu(y) + 1/2), N), y = gamma (z - mu) / s + beta, in fractions."""
+    y = Fraction(gamma) * (z - Fraction(mean)) / s + Fraction(beta)
+    n = math.floor(max(y, 0) * (1 << k) + HALF)
+    return n if levels is None else min(n, levels)
+
+
+def defined_counts(model: QuantizedNet, pixels: torch.Tensor) -> tuple[list[np.ndarray], list[set]]:
+    """Every block's counts for every image, in fractions, for nets whose blocks are 1x1
+    convolutions or dense layers with var + eps a perfect square; and, per block, the
+    levels i at which some neuron sat exactly on its boundary (2^k y = i + 1/2)."""
+    x = [[Fraction(int(p), 255) for p in image.reshape(-1).tolist()] for image in pixels]
+    counts, ties = [], []
+    for block in model.blocks:
+        w = block.effective_weight().detach().double().reshape(block.weight.shape[0], -1).tolist()
+        norm = block.norm
+        s = [Fraction(math.isqrt(int(v * 2**40)), 2**20) for v in (norm.running_var + norm.eps).tolist()]
+        assert all(si * si == Fraction(v) + Fraction(norm.eps) for si, v in zip(s, norm.running_var.tolist(), strict=True))
+        levels = None if block.bound is None else (1 << block.k) * block.bound
+        out_c = block.layer.out_shape[0]
+        positions = math.prod(block.layer.out_shape[1:]) if block.layer.kind == "conv" else 1
+        layer_counts, hit = [], set()
+        for image in x:
+            values = []
+            for c in range(out_c):
+                gamma, beta, mean = (float(t[c]) for t in (norm.weight.detach(), norm.bias.detach(), norm.running_mean))
+                for p in range(positions):
+                    if block.layer.kind == "conv":  # 1x1: input channel j at the same position
+                        z = sum(Fraction(w[c][j]) * image[j * positions + p] for j in range(len(w[c])))
+                    else:
+                        z = sum(Fraction(wj) * xj for wj, xj in zip(w[c], image, strict=True) if wj)
+                    n = defined_count(z, gamma, beta, mean, s[c], block.k, levels)
+                    u = (Fraction(gamma) * (z - Fraction(mean)) / s[c] + Fraction(beta)) * (1 << block.k)
+                    if u - HALF == math.floor(u - HALF) and u > 0 and (levels is None or u < levels):
+                        hit.add(int(u - HALF))
+                    values.append(n)
+            layer_counts.append(values)
+        counts.append(np.array(layer_counts, np.int64))
+        ties.append(hit)
+        x = [[Fraction(n, 1 << block.k) for n in row] for row in layer_counts]
+    return counts, ties
+
+
+# --- a net with a tie at every level of every block ----------------------------------------
+
+
+def tie_net(k: int, B: int | None, negative: bool, channels: int = 3) -> QuantizedNet:
+    """1x1 encoding convolution, 1x1 hidden convolution, hidden dense layer; every pixel
+    value of the images of :func:`tie_pixels` puts neurons exactly on a boundary.
+
+    Encoding: w = 255/256, so z = p / 256; gamma = +-4, var = 1/4 (eps = 0): 2^k y =
+    2^k p / 32 (or 2^k (8 - p/32)), a tie at p = 2^(4-k) (2i + 1) for every level i.
+    Hidden: w = 1 from one input, gamma = +-1/2, var = 1/4, beta_j = (j m - 1/2) / 2^k:
+    2^k y = n - 1/2 + j m, a tie at every input count n, channel j covering levels
+    j m - 1 .. from there on (m = the encoding's largest count)."""
+    precision = Precision(k=k, B=B, ternary=True)
+    model = QuantizedNet(NetSpec(f"{channels}C1-{channels}C1-{channels}", (1, 2, 2), 4, "valid", precision))
+    top = (1 << k) * (B if B is not None else 8)  # the encoding's largest count
+    sign = -1.0 if negative else 1.0
+    with torch.no_grad():
+        for index, block in enumerate(model.blocks):
+            block.norm.eps = 0.0
+            block.norm.running_var.fill_(0.25)
+            block.weight.zero_()
+            if index == 0:
+                block.weight.fill_(255 / 256)
+                block.norm.weight.fill_(4.0 * sign)
+                block.norm.running_mean.fill_(1.0 if negative else 0.0)
+                block.norm.bias.zero_()
+                continue
+            block.norm.weight.fill_(0.5 * sign)
+            for j in range(channels):
+                block.norm.bias[j] = (j * top - 0.5) / (1 << k)
+                if block.layer.kind == "conv":
+                    block.weight[j, j] = 1.0
+                else:  # neuron j reads input channel j at position 0
+                    block.weight[j, j * 4] = 1.0
+            block.norm.running_mean.fill_(top / (1 << k) if negative else 0.0)
+        model.classifier.copy_(torch.linspace(-1, 1, model.classifier.numel()).reshape(model.classifier.shape))
+    return model.eval()
+
+
+def tie_pixels() -> torch.Tensor:
+    """256 images, image p with every pixel p."""
+    return torch.arange(256, dtype=torch.uint8).reshape(256, 1, 1, 1).expand(256, 1, 2, 2).contiguous()
+
+
+def spiking_counts(net, pixels) -> list[list[np.ndarray]]:
+    """Final counts per layer, by the reference simulator and by the fast engine."""
+    reference = simulate_batch(net, pixels, None).counts
+    if net.scheme == "sg":
+        engine = EventSimulator(net)(net, pixels, None).counts
+    else:
+        engine = EventSimulator(net)._event_driven(net, pixels, None)[0].counts
+    return [[c.reshape(len(pixels), -1).numpy() for c in counts] for counts in (reference, engine)]
+
+
+@pytest.mark.parametrize("negative", [False, True])
+@pytest.mark.parametrize("B", [1, 2, 3, None])
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_ties_at_every_level_are_decided_as_the_model_defines(k, B, negative):
+    model = tie_net(k, B, negative)
+    pixels = tie_pixels()
+    expected, ties = defined_counts(model, pixels)
+    top = (1 << k) * (B if B is not None else 8)
+    for index, hit in enumerate(ties):  # the test is not vacuous: every level is tied
+        wanted = set(range(top))
+        assert wanted <= hit, f"block {index + 1}: levels {sorted(wanted - hit)} never tied"
+    for scheme in applicable_schemes(model):
+        net = convert(model, scheme)
+        for found in spiking_counts(net, pixels):
+            for index, (snn, ann) in enumerate(zip(found, expected, strict=True)):
+                differing = int((snn != ann).sum())
+                assert differing == 0, f"{scheme} k={k} B={B}: {differing} counts differ in layer {index + 1}"
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_zero_gamma_channels_take_their_half_up_constant(k):
+    """gamma = 0: the count is floor(2^k relu(beta) + 1/2), ties included (beta = (2i+1)/2^(k+1))."""
+    model = tie_net(k, 3, False, channels=4)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.norm.weight.zero_()
+            block.norm.bias.copy_(torch.tensor([0.5, 1.5, 2.5, -0.5]) / (1 << k))
+    pixels = tie_pixels()[::17]
+    expected, _ = defined_counts(model, pixels)
+    assert expected[0][0].tolist()[::4] == [1, 2, 3, 0]
+    for scheme in applicable_schemes(model):
+        for found in spiking_counts(convert(model, scheme), pixels):
+            assert all(np.array_equal(s, a) for s, a in zip(found, expected, strict=True)), scheme
+
+
+def test_the_reported_tie_at_level_one_is_decided_upwards():
+    """The case that was decided wrongly: a 1x1 encoding layer with w = 255/256, mean 0.5,
+    gamma 0.8, beta 0.75, var 0.3 (eps 1e-5: an irrational sigma); pixel 128 gives z = mu
+    exactly, so 2^k y = 1.5 and the count is 2 (half-up), not 1."""
+    precision = Precision(k=1, B=2, ternary=True)
+    model = QuantizedNet(NetSpec("4C1-P2-16", (1, 28, 28), 10, "valid", precision))
+    with torch.no_grad():
+        block = model.blocks[0]
+        block.weight.fill_(255 / 256)
+        block.norm.running_mean.fill_(0.5)
+        block.norm.weight.copy_(torch.tensor([0.8, 0.6, 1.1, 0.9]))
+        block.norm.bias.copy_(torch.tensor([0.75, 0.25, 1.25, 0.75]))
+        block.norm.running_var.copy_(torch.tensor([0.3, 0.7, 0.11, 1.9]))
+    model.eval()
+    rule = ChannelRule.from_floats(0.8, 0.75, 0.5, float(torch.tensor(0.3)), 1e-5, 1, 4)
+    assert rule.count(Fraction(1, 2)) == 2 and rule.count(Fraction(1, 2) - Fraction(1, 10**30)) == 1
+    pixels = torch.full((1, 1, 28, 28), 128, dtype=torch.uint8)
+    for scheme in ("nsd", "sg", "int"):
+        net = convert(model, scheme)
+        layer = net.layers[0]
+        membrane = int(layer.weight[0].sum()) * 128  # V = W_int p, exactly: z = mu
+        # 2^k y at z = mu is 2 beta = 1.5, 0.5, 2.5, 1.5: each channel's tie is its T(level)
+        assert [layer.table[c, i] for c, i in ((0, 1), (1, 0), (2, 2), (3, 1))] == [membrane] * 4
+        for found in spiking_counts(net, pixels):
+            assert found[0].reshape(4, -1)[:, 0].tolist() == [2, 1, 3, 2]
+
+
+# --- the exact primitives, against fractions --------------------------------------------
+
+
+dyadic = st.integers(-(2**12), 2**12).map(lambda n: Fraction(n, 2**6))
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=dyadic, root=st.integers(0, 2**10), scale=st.integers(0, 8), sign=st.sampled_from([-1, 0, 1]))
+def test_ceil_and_floor_of_a_sum_with_a_square_root(a, root, scale, sign):
+    """With square = (root / 2^scale)^2 the square root is exact, so the answer is plain."""
+    r = Fraction(root, 2**scale)
+    value = a + sign * r
+    assert ceil_of(a, sign, r * r) == math.ceil(value)
+    assert floor_of(a, sign, r * r) == math.floor(value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    gamma=st.integers(-64, 64).map(lambda n: n / 16),
+    beta=st.integers(-64, 64).map(lambda n: n / 32),
+    mean=st.integers(-512, 512).map(lambda n: n / 64),
+    s=st.integers(1, 64).map(lambda n: n / 16),
+    k=st.integers(0, 3),
+    B=st.sampled_from([1, 2, 3, None]),
+    exponent=st.integers(0, 12),
+)
+def test_threshold_tables_are_the_least_membranes_of_the_definition(gamma, beta, mean, s, k, B, exponent):
+    """For random dyadic parameters (var = s^2, eps = 0, so sigma is exact), every table
+    entry T(i) is the least integer membrane V whose count, by the definition evaluated
+    in fractions with z = V / P, is above i (with the sign folding of gamma < 0)."""
+    levels = None if B is None else (1 << k) * B
+    rule = ChannelRule.from_floats(gamma, beta, mean, s * s, 0.0, k, levels)
+    per_unit = Fraction(2) ** exponent
+    table, size = threshold_table([rule], per_unit, levels if levels is not None else 12)
+    if gamma == 0:
+        assert table[0, : size[0]].tolist() == [-(2**53)] * rule.constant_count()
+        return
+    sign = 1 if gamma > 0 else -1
+
+    def count(v: int) -> int:
+        return defined_count(sign * Fraction(v) / per_unit, gamma, beta, mean, Fraction(s), k, levels)
+
+    for i in range(int(size[0])):
+        t = int(table[0, i])
+        assert count(t) > i and count(t - 1) <= i, (i, t)
