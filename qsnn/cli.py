@@ -185,8 +185,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     test = data.load(dataset, "test", args.data_dir)
     if args.limit:
         test = test.subset(args.limit)
-    accuracy = evaluate(model, test, device=args.device)
-    print(f"{model.spec.describe()} on {dataset} test ({len(test):,} images): {accuracy:.2f}%")
+    if not model.quantized:
+        accuracy = evaluate(model, test, device=args.device)
+        print(f"{model.spec.describe()} on {dataset} test ({len(test):,} images): {accuracy:.2f}%")
+        return 0
+    from qsnn.exact import evaluate_exact
+
+    pixels = data.prepare(test.images, dataset, train=False)
+    result = evaluate_exact(model, pixels, test.labels, progress=not args.quiet)
+    print(
+        f"{model.spec.describe()} on {dataset} test ({len(test):,} images): {result.accuracy:.2f}% "
+        f"(the quantized ANN evaluated exactly)"
+    )
+    print(
+        f"float32 model: {result.float32_accuracy:.2f}%; {result.differing_counts:,} neuron counts on "
+        f"{result.differing_images:,} image{'s' if result.differing_images != 1 else ''} differ from the exact ANN "
+        "(float32 rounding near a level boundary)"
+    )
     return 0
 
 
@@ -255,7 +270,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     pixels, labels = load_test_pixels(dataset, args.data_dir, args.limit)
     result = simulate(
         net, pixels, labels, steps=args.steps, noise=args.noise, batch_size=args.batch_size,
-        device=args.device, seed=args.seed, progress=not args.quiet,
+        device=args.device, seed=args.seed, progress=not args.quiet, verify=args.verify,
     )
     summary = summarize(
         result, net, dataset=dataset, seed=args.seed, e_add=args.energy_add, e_mac=args.energy_mac
@@ -269,6 +284,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"{summary['images']:,} images ({100 * summary['agreement_fraction']:.2f}%), "
         f"{summary['count_mismatches']:,} neuron counts differ; results in {out}"
     )
+    if summary["verified_images"]:
+        print(
+            f"Checked against the exact ANN of the trained model (its own parameters, not the converted "
+            f"tables) on {summary['verified_images']:,} images: {summary['verified_count_mismatches']:,} "
+            f"neuron counts and {summary['verified_disagreements']:,} predictions differ"
+        )
     return 0
 
 
@@ -543,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
     p.add_argument("--limit", type=_positive_int, help="only the first N test images")
     p.add_argument("--device", type=_device, default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("convert", help="convert a checkpoint into a spiking network file")
@@ -567,6 +589,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--energy-add", type=_energy, default=ENERGY_PER_ADD_PJ, help="pJ per addition (SNN)")
     p.add_argument("--energy-mac", type=_energy, default=ENERGY_PER_MAC_PJ, help="pJ per MAC (ANN)")
+    p.add_argument(
+        "--verify", choices=("sample", "all", "none"), default="sample",
+        help="images also checked against the exact ANN of the trained model: the first of every batch "
+        "(default), all (about one more ANN pass), or none",
+    )
     p.add_argument("--out", help="results folder (default: next to FILE)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_simulate)

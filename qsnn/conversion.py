@@ -6,21 +6,24 @@ convolution output) satisfies, for gamma > 0,
 
     z >= zeta_i = ((i + 1/2) / 2^k - beta) * sigma / gamma + mu,    sigma = sqrt(var + eps)
 
-i.e. zeta_i = zeta_0 + i * delta with delta = sigma / (gamma 2^k). A channel with gamma < 0
-has its incoming weights and mu negated (z' = -z) and uses |gamma|; a channel with
-gamma == 0 has a constant count (its input is ignored and its weights are zeroed).
+A channel with gamma < 0 has its incoming weights and mu negated (z' = -z) and uses
+|gamma|; a channel with gamma == 0 has a constant count (its input is ignored and its
+weights are zeroed).
 
 Exactness. Each layer's weights are put on an integer grid, W = W_int * 2^-s, with s as
 large as the layer allows while every membrane sum stays below 2^53 (float64 integers are
 exact there). For float32 weights that grid almost always holds them exactly; otherwise
 only bits below 2^-s are dropped (recorded as ``snapped``). A hidden block's membrane
 is then the exact integer V = W_int * n (n: the previous block's integer counts), the
-encoding block's is V = W_int * p with p the raw 0..255 pixels (x = p / 255), and the
-thresholds become integer tables T(i) = ceil((A + i D) / S) (see :mod:`qsnn.neurons`):
-for integer V, V >= theta <=> V >= ceil(theta). The spiking network and the reference
-quantized ANN (:func:`reference_counts`) both compare exact integers with these tables,
-which makes "lossless" a theorem, not a statistic. Unbounded layers carry a count limit
-(2^24 at most) that the simulator enforces, so exactness can never fail silently.
+encoding block's is V = W_int * p with p the raw 0..255 pixels (x = p / 255), and each
+channel's table T(i) is the least integer membrane that reaches level i, derived from
+the checkpoint's parameters in exact arithmetic (:mod:`qsnn.exact`): for integer V,
+V >= theta <=> V >= ceil(theta). The spiking network and the reference quantized ANN
+(:func:`reference_counts`) both compare exact integers with these tables. The converted
+network also carries the trained model's own parameters, so that the exact ANN of the
+model (:class:`qsnn.exact.ExactANN`) can check a simulation independently of the tables.
+Unbounded layers carry a count limit (COUNT_LIMIT) that the simulator enforces, so
+exactness can never fail silently.
 """
 
 from __future__ import annotations
@@ -139,6 +142,18 @@ class SpikingNet:
     spec: NetSpec
     threshold_scale: int | None = None
     source: dict = field(default_factory=dict)  # checkpoint path, sha256, dataset, accuracy
+    # the trained model's own parameters (its state_dict): the definition that the exact
+    # ANN (qsnn.exact.ExactANN) evaluates, independently of the tables above
+    model_state: dict[str, np.ndarray] = field(default_factory=dict)
+    model_eps: list[float] = field(default_factory=list)  # each block's batch-norm eps
+
+    def source_model(self) -> QuantizedNet:
+        """The trained quantized network this SNN was converted from (eval mode, CPU)."""
+        model = QuantizedNet(self.spec)
+        model.load_state_dict({key: torch.from_numpy(np.array(value)) for key, value in self.model_state.items()})
+        for block, eps in zip(model.blocks, self.model_eps, strict=True):
+            block.norm.eps = eps
+        return model.eval()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -178,6 +193,8 @@ class SpikingNet:
                 arrays[f"layer{index}.ann_table"], arrays[f"layer{index}.ann_size"] = ann_table, ann_size
                 meta["ann_divisor"] = divisor
         arrays["output.weight"] = self.output.weight
+        for key, value in self.model_state.items():
+            arrays[f"model.{key}"] = value
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -185,6 +202,7 @@ class SpikingNet:
             "threshold_scale": self.threshold_scale,
             "net": self.spec.to_dict(),
             "source": self.source,
+            "model_eps": self.model_eps,
             "layers": layers,
             "output": {
                 "exponent": self.output.exponent,
@@ -287,6 +305,14 @@ class SpikingNet:
         expected = (self.output.classes, math.prod(previous)) if previous is not None else None
         if expected is None or tuple(self.output.weight.shape) != expected:
             return f"the output layer's weights have shape {tuple(self.output.weight.shape)}, expected {expected}"
+        wanted = QuantizedNet(self.spec).state_dict()
+        if len(self.model_eps) != len(self.layers) or not all(0 <= eps < math.inf for eps in self.model_eps):
+            return "the batch-norm eps of the trained model it carries are missing or out of range"
+        if set(self.model_state) != set(wanted):
+            return "the trained model's parameters it carries are incomplete"
+        for key, value in self.model_state.items():
+            if tuple(value.shape) != tuple(wanted[key].shape):
+                return f"the trained model's parameter {key} has shape {tuple(value.shape)}, expected {tuple(wanted[key].shape)}"
         return None
 
     @classmethod
@@ -334,6 +360,8 @@ class SpikingNet:
             spec=NetSpec.from_dict(manifest["net"]),
             threshold_scale=manifest["threshold_scale"],
             source=manifest["source"],
+            model_state={key[len("model."):]: value for key, value in arrays.items() if key.startswith("model.")},
+            model_eps=[float(eps) for eps in manifest["model_eps"]],
         )
 
 
@@ -619,7 +647,9 @@ def convert(
     out_int, out_exponent, out_limit, out_snapped = _grid(model.classifier.detach(), input_bound)
     output = OutputLayer(out_int, out_exponent, min(out_limit, input_count_limit), out_snapped)
     model.train(was_training)
-    return SpikingNet(scheme, layers, output, model.spec, threshold_scale, dict(source or {}))
+    state = {key: value.detach().cpu().numpy().copy() for key, value in model.state_dict().items()}
+    eps = [float(block.norm.eps) for block in model.blocks]
+    return SpikingNet(scheme, layers, output, model.spec, threshold_scale, dict(source or {}), state, eps)
 
 
 def _convert_checkpoint(path: Path, scheme: str, threshold_scale: int | None) -> SpikingNet:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+from numba import njit, prange
 
 MEMBRANE_LIMIT = 2**53  # no membrane reaches this (the integer grid keeps them below)
 PRECISION_BITS = 128  # fixed-point bits of the fast table pass (see threshold_table)
@@ -244,17 +245,79 @@ class ExactResult:
     decided_exactly: int  # neurons that sat within float64's reach of a boundary, decided in fractions
 
 
+UNIT_ROUNDOFF32 = 2.0**-24
+
+
+@njit(parallel=True, cache=True)
+def _decide_kernel(estimate, error, slope, mean, shift, inverse, levels, counts, near):
+    """counts[b, n] = clamp(floor(u), 0, levels), u = slope (z - mean) + shift with z =
+    estimate * inverse (per channel, channel-first rows), and near[b, n] where an integer
+    may lie within the float error of u (``error``: the estimate's, per neuron; levels < 0:
+    unbounded)."""
+    images, neurons = estimate.shape
+    channels = slope.shape[0]
+    plane = neurons // channels
+    for b in prange(images):
+        for c in range(channels):
+            a, m, h = slope[c], mean[c], shift[c]
+            for p in range(c * plane, (c + 1) * plane):
+                z = estimate[b, p] * inverse
+                u = a * (z - m) + h
+                margin = abs(a) * error[b, p] * inverse + FLOAT_SLACK * (abs(a) * (abs(z) + abs(m)) + abs(h) + 1.0)
+                n = math.floor(u)
+                doubt = (u - n <= margin) or (n + 1 - u <= margin)
+                if n < 0:
+                    n = 0
+                    doubt = doubt and u > -margin
+                if levels >= 0 and n >= levels:
+                    doubt = doubt and u < levels + 1 + margin
+                    n = levels
+                counts[b, p] = n
+                near[b, p] = doubt
+CHUNK_IMAGES = 64  # images whose patches are unfolded at once for exact recomputation
+
+
+def _float32_is_ieee() -> bool:
+    """Whether float32 convolutions and matrix products on the CPU round as IEEE float32
+    (no bfloat16 or TF32 shortcuts switched on by the user)."""
+    import torch
+
+    conv = getattr(getattr(torch.backends.mkldnn, "conv", None), "fp32_precision", "none")
+    matmul = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none")
+    return conv in ("none", "ieee") and matmul in ("none", "ieee") and torch.get_float32_matmul_precision() == "highest"
+
+
+@dataclass
+class _Block:
+    """One block of the exact ANN: the layer, its integer weights W = W_int 2^-s, its
+    channels' rules, and float64 copies of what the first pass needs."""
+
+    block: object
+    scaled: np.ndarray  # W_int
+    exponent: int  # s
+    rules: list[ChannelRule]
+    levels: int | None
+    weight32: object  # the float32 weights the model computes with (tensor)
+    row_sum: float  # max over output neurons of sum |W|
+    slope: object  # float64 [C]: 2^k gamma / sigma
+    mean: object  # float64 [C]
+    shift: object  # float64 [C]: 2^k beta + 1/2
+
+
 class ExactANN:
     """The quantized ANN of a trained :class:`qsnn.models.QuantizedNet`, evaluated exactly
     from its own parameters (ALGORITHMS.md §1), independently of any conversion.
 
-    A block's pre-activation z = W x is computed as an exact integer membrane in the
-    model's own weight grid (integer weights split into parts narrow enough that every
-    sum of products is a float64 integer below 2^53); y and the count follow in float64, and every neuron
-    whose 2^k y + 1/2 lies within a margin of a level boundary (2^-36 relative, far
-    beyond float64's rounding) is decided again in exact rational arithmetic
-    (:meth:`ChannelRule.count`). The logits are exact integers in the classifier's grid,
-    and the prediction their argmax. Inputs: raw integer pixel values 0..255 (x = p / 255).
+    For each block, a first pass computes z = W x in float32 (the model's own weights; x
+    the integer pixels or counts, so the only rounding is the summation's, at most
+    gamma_n sum |W x| for n terms in any order) and u = 2^k y + 1/2 in float64 from it.
+    Neurons whose u may lie within that error (plus a 2^-36 relative margin for the
+    float64 steps) of an integer are recomputed: their exact membrane in the model's
+    integer weight grid (integer weights split into parts narrow enough that every sum
+    of products is a float64 integer below 2^53), then, if still near, the count in
+    exact rational arithmetic (:meth:`ChannelRule.count`). The logits are exact integers
+    in the classifier's grid and the prediction their argmax (the first among ties).
+    Inputs: raw integer pixel values 0..255 (x = p / 255).
     """
 
     def __init__(self, model) -> None:
@@ -263,26 +326,28 @@ class ExactANN:
         if not model.quantized:
             raise ValueError("a full-precision network has no exact quantized ANN")
         self.model = model
-        self.blocks = []
+        self.blocks: list[_Block] = []
         for block in model.blocks:
-            weight = block.effective_weight().detach().cpu().to(torch.float64).numpy()
-            scaled, s = _integer_grid(weight)
+            weight = block.effective_weight().detach().cpu()
+            scaled, exponent = _integer_grid(weight.to(torch.float64).numpy())
             norm = block.norm
             levels = None if block.bound is None else (1 << block.k) * block.bound
-            rules = [
-                ChannelRule.from_floats(*values, norm.eps, block.k, levels)
-                for values in zip(*(t.detach().cpu().to(torch.float64).tolist()
-                                    for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var)), strict=True)
-            ]
-            gamma = np.array([float(r.gamma) for r in rules])
-            sigma = np.sqrt(np.array([float(r.var) for r in rules]) + float(norm.eps))
-            self.blocks.append((block, scaled, s, rules, gamma, sigma, levels))
+            columns = [t.detach().cpu().to(torch.float64).tolist()
+                       for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var)]
+            rules = [ChannelRule.from_floats(*values, norm.eps, block.k, levels) for values in zip(*columns, strict=True)]
+            gamma, beta, mean, var = (torch.tensor(c, dtype=torch.float64) for c in columns)
+            scale = float(1 << block.k)
+            self.blocks.append(_Block(
+                block, scaled, exponent, rules, levels, weight.to(torch.float32).contiguous(),
+                float(weight.to(torch.float64).abs().reshape(weight.shape[0], -1).sum(dim=1).max()),
+                scale * gamma / torch.sqrt(var + float(norm.eps)), mean, scale * beta + 0.5,
+            ))
         self.output = _integer_grid(model.classifier.detach().cpu().to(torch.float64).numpy())
         self._parts: dict = {}
 
     def _parts_for(self, key, scaled: np.ndarray, largest_input: float):
         """``scaled`` split into parts whose every sum of products with inputs up to
-        ``largest_input`` is a float64 integer below 2^53: (parts as tensors, bits)."""
+        ``largest_input`` is a float64 integer below 2^53: (parts as float64 tensors, bits)."""
         import torch
 
         fan_in = int(np.prod(scaled.shape[1:]))
@@ -293,48 +358,141 @@ class ExactANN:
 
     def __call__(self, pixels) -> ExactResult:
         import torch
-        import torch.nn.functional as F
 
         x = pixels.cpu()
         if x.is_floating_point() and not torch.equal(x, x.round()):
             raise ValueError("the exact ANN takes raw integer pixels 0..255, not noisy (fractional) ones")
-        x = x.to(torch.float64)
         counts, decided = [], 0
-        per_unit = Fraction(PIXEL_SCALE)  # z = V / per_unit, V the membrane in the block's own grid
-        for index, (block, scaled, s, rules, gamma, sigma, levels) in enumerate(self.blocks):
-            per_unit = per_unit * Fraction(2) ** s
-            parts, bits = self._parts_for(index, scaled, float(x.abs().max()) if x.numel() else 0.0)
-            if block.layer.kind == "conv":
-                sums = [F.conv2d(x, p, stride=block.layer.stride, padding=block.layer.padding) for p in parts]
-            else:
-                sums = [F.linear(x.flatten(1), p) for p in parts]
-            membrane = sum(m * 2.0 ** (bits * j) for j, m in enumerate(sums))  # (rounded: for decisions only)
-            z = membrane / float(per_unit)
-            shape = (1, -1) + (1,) * (z.dim() - 2)
-            g = torch.from_numpy(gamma).view(shape)
-            sg = torch.from_numpy(sigma).view(shape)
-            mu = torch.tensor([float(r.mean) for r in rules], dtype=torch.float64).view(shape)
-            beta = torch.tensor([float(r.beta) for r in rules], dtype=torch.float64).view(shape)
-            scale = float(1 << block.k)
-            u = (g * (z - mu) / sg + beta) * scale + 0.5  # count = floor(u), clamped
-            n = torch.floor(u)
-            margin = FLOAT_SLACK * ((g / sg).abs() * (z.abs() + mu.abs()) * scale + beta.abs() * scale + 1.0)
-            near = ((u - n) <= margin) | ((n + 1 - u) <= margin)
-            n = n.clamp(min=0)
-            if levels is not None:
-                n = n.clamp(max=levels)
-            n = n.to(torch.int64)
-            where = near.nonzero()
-            if len(where):
-                picked = [m[tuple(where.T)] for m in sums]
-                exact = _combine(picked, max(float(p.abs().max()) for p in picked), bits)
-                exact = exact.tolist() if isinstance(exact, torch.Tensor) else exact
-                for position, value in zip(where.tolist(), exact, strict=True):
-                    n[tuple(position)] = rules[position[1]].count(Fraction(value) / per_unit)
-            decided += len(where)
+        inputs_per_unit = Fraction(PIXEL_SCALE)  # x = inputs / inputs_per_unit
+        for index, layer in enumerate(self.blocks):
+            n, recomputed = self._block(index, layer, x.to(torch.float64), inputs_per_unit)
             counts.append(n)
-            x = n.to(torch.float64)
-            per_unit = Fraction(1 << block.k)
+            decided += recomputed
+            x = n
+            inputs_per_unit = Fraction(1 << layer.block.k)
+        return self._logits(counts, inputs_per_unit, decided)
+
+    def _block(self, index: int, layer: _Block, x, inputs_per_unit: Fraction):
+        """(counts, neurons decided beyond the first pass) of one block for integer inputs x."""
+        import torch
+        import torch.nn.functional as F
+
+        block = layer.block
+        largest = float(x.abs().max()) if x.numel() else 0.0
+        kind, stride, padding = block.layer.kind, block.layer.stride, block.layer.padding
+
+        def linear(inputs, weight):
+            if kind == "conv":
+                return F.conv2d(inputs, weight, stride=stride, padding=padding)
+            return F.linear(inputs.flatten(1), weight)
+
+        terms = int(np.prod(layer.scaled.shape[1:]))
+        fast = _float32_is_ieee() and largest < 2.0**24 and terms * UNIT_ROUNDOFF32 < 0.5
+        if fast:  # W x with the summation's rounding only (x: exact integers in float32)
+            gamma_n = terms * UNIT_ROUNDOFF32 / (1 - terms * UNIT_ROUNDOFF32)
+            with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round otherwise)
+                x32 = x.to(torch.float32)
+                estimate = linear(x32, layer.weight32).to(torch.float64)
+                # per neuron, |error| <= gamma_n sum |w x| (x >= 0 but for pixels... |x| to be safe)
+                magnitude = linear(x32.abs(), layer.weight32.abs()).to(torch.float64)
+            error = gamma_n * magnitude * (1 + 4 * gamma_n) + 2.0**-100
+        else:
+            parts, bits = self._parts_for(index, layer.scaled, largest)
+            estimate = sum(linear(x, p) * 2.0 ** (bits * j - layer.exponent) for j, p in enumerate(parts))
+            error = torch.zeros_like(estimate)
+        n, near = self._decide(layer, estimate, error, 1.0 / float(inputs_per_unit))
+        where = near.nonzero()
+        if len(where) == 0:
+            return n, 0
+        parts, bits = self._parts_for(index, layer.scaled, largest)
+        exact = self._exact_membranes(layer, parts, bits, x, where)
+        per_unit = inputs_per_unit * Fraction(2) ** layer.exponent  # z = V / per_unit
+        if isinstance(exact, torch.Tensor):  # int64 -> float64 rounds by 2^-53 at most: within the margin
+            zf = exact.to(torch.float64) / float(per_unit)
+            exact = exact.tolist()
+        else:
+            zf = torch.tensor([float(Fraction(v) / per_unit) for v in exact], dtype=torch.float64)
+        channel = where[:, 1]
+        sub, still = self._decide_at(layer, zf, channel)
+        n[tuple(where.T)] = sub
+        for i in still.nonzero()[:, 0].tolist():
+            n[tuple(where[i].tolist())] = layer.rules[int(channel[i])].count(Fraction(exact[i]) / per_unit)
+        return n, len(where)
+
+    @staticmethod
+    def _decide(layer: _Block, estimate, error, inverse: float):
+        """Counts floor(u) from membranes ``estimate`` (float64, z = estimate * inverse,
+        within ``error`` of the exact ones), u = 2^k y + 1/2, and where an integer may lie
+        within the float error of u."""
+        import torch
+
+        images = estimate.shape[0]
+        flat = estimate.reshape(images, -1).contiguous()
+        counts = torch.empty(flat.shape, dtype=torch.int64)
+        near = torch.empty(flat.shape, dtype=torch.bool)
+        _decide_kernel(
+            flat.numpy(), error.reshape(images, -1).contiguous().numpy(), layer.slope.numpy(), layer.mean.numpy(),
+            layer.shift.numpy(), inverse, -1 if layer.levels is None else layer.levels, counts.numpy(), near.numpy(),
+        )
+        return counts.reshape(estimate.shape), near.reshape(estimate.shape)
+
+    def _decide_at(self, layer: _Block, z, channel):
+        slope, mean, shift = layer.slope[channel], layer.mean[channel], layer.shift[channel]
+        u = slope * (z - mean) + shift
+        margin = FLOAT_SLACK * (slope.abs() * (z.abs() + mean.abs()) + shift.abs() + 1.0)
+        return self._counts_of(layer, u, margin)
+
+    @staticmethod
+    def _counts_of(layer: _Block, u, margin):
+        import torch
+
+        n = torch.floor(u)
+        near = ((u - n) <= margin) | ((n + 1 - u) <= margin)
+        n = n.clamp(min=0)
+        if layer.levels is not None:
+            n = n.clamp(max=layer.levels)
+            near &= (u > -margin) & (u < layer.levels + 1 + margin)  # (beyond the ends: clamped anyway)
+        else:
+            near &= u > -margin
+        return n.to(torch.int64), near
+
+    @staticmethod
+    def _exact_membranes(layer: _Block, parts, bits: int, x, where):
+        """W_int x at the neurons ``where`` (rows of (image, channel, ...)): an int64 tensor
+        where every value fits, else a list of Python ints."""
+        import torch
+        import torch.nn.functional as F
+
+        block = layer.block
+        rows = [p.reshape(p.shape[0], -1) for p in parts]
+        sums_all: list[list] = [[] for _ in rows]
+        images = where[:, 0]
+        for start in range(0, len(where), 1 << 16):
+            chunk = where[start : start + (1 << 16)]
+            picked_images = images[start : start + (1 << 16)]
+            if block.layer.kind == "conv":
+                out_w = block.layer.out_shape[2]
+                position = chunk[:, 2] * out_w + chunk[:, 3]
+                unique, inverse = torch.unique(picked_images, return_inverse=True)
+                columns = torch.empty((len(chunk), rows[0].shape[1]), dtype=torch.float64)
+                for at in range(0, len(unique), CHUNK_IMAGES):
+                    group = unique[at : at + CHUNK_IMAGES]
+                    patches = F.unfold(x[group], block.layer.kernel, padding=block.layer.padding, stride=block.layer.stride)
+                    mine = (inverse >= at) & (inverse < at + len(group))
+                    columns[mine] = patches[inverse[mine] - at, :, position[mine]]
+            else:
+                columns = x.flatten(1)[picked_images]
+            channel = chunk[:, 1]
+            for j, r in enumerate(rows):  # float64 integers below 2^53: exact in any order
+                sums_all[j].append((columns * r[channel]).sum(dim=1))
+        sums = [torch.cat(parts_j) for parts_j in sums_all]
+        return _combine(sums, max(float(m.abs().max()) for m in sums), bits)
+
+    def _logits(self, counts, inputs_per_unit: Fraction, decided: int) -> ExactResult:
+        import torch
+        import torch.nn.functional as F
+
+        x = counts[-1].to(torch.float64)
         scaled, s = self.output
         parts, bits = self._parts_for("output", scaled, float(x.max()) if x.numel() else 0.0)
         sums = [F.linear(x.flatten(1), part) for part in parts]
@@ -346,6 +504,57 @@ class ExactANN:
             classes = sums[0].shape[1]
             rows = [logits[b * classes : (b + 1) * classes] for b in range(sums[0].shape[0])]
             predictions = torch.tensor([max(range(classes), key=lambda c, r=r: (r[c], -c)) for r in rows], dtype=torch.int64)
-        denominator = Fraction(2) ** s * per_unit
+        denominator = Fraction(2) ** s * inputs_per_unit
         values = torch.tensor([[float(Fraction(v) / denominator) for v in row] for row in rows], dtype=torch.float64)
         return ExactResult(counts, values, predictions, decided)
+
+
+@dataclass
+class ExactEvaluation:
+    """A trained quantized network on a test set: the exact ANN against the float32 model."""
+
+    images: int
+    correct: int  # the exact quantized ANN's correct predictions
+    float32_correct: int  # the float32 model's (the network as PyTorch evaluates it)
+    differing_counts: int  # neuron counts on which the float32 model departs from the exact ANN
+    differing_images: int  # images with at least one such count
+    decided_exactly: int  # neurons near a level boundary, decided in rational arithmetic
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct / self.images
+
+    @property
+    def float32_accuracy(self) -> float:
+        return 100.0 * self.float32_correct / self.images
+
+
+def evaluate_exact(model, pixels, labels, *, batch_size: int = 500, progress: bool = False) -> ExactEvaluation:
+    """Evaluate ``model`` exactly (:class:`ExactANN`) and as float32 on raw uint8 ``pixels``
+    (already cropped to its input) with ``labels``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    ann = ExactANN(model)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = float_correct = differing = differing_images = decided = 0
+    bar = tqdm(total=len(pixels), desc="exact ANN", unit="img", disable=not progress, leave=False)
+    with torch.no_grad():
+        for start in range(0, len(pixels), batch_size):
+            x = pixels[start : start + batch_size]
+            y = labels[start : start + batch_size]
+            exact = ann(x)
+            floats = model.counts(x.to(device).float() / 255)
+            logits = model(x.to(device).float() / 255)
+            correct += int((exact.predictions == y).sum())
+            float_correct += int((logits.argmax(1).cpu() == y).sum())
+            per_image = sum((a.cpu() != b).reshape(len(x), -1).sum(1) for a, b in zip(floats, exact.counts, strict=True))
+            differing += int(per_image.sum())
+            differing_images += int((per_image > 0).sum())
+            decided += exact.decided_exactly
+            bar.update(len(x))
+    bar.close()
+    model.train(was_training)
+    return ExactEvaluation(len(pixels), correct, float_correct, differing, differing_images, decided)

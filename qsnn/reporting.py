@@ -98,7 +98,11 @@ def summarize(
         "agreement": agreement,
         "agreement_fraction": agreement / images,
         "count_mismatches": sum(result.count_mismatches),
-        "lossless": agreement == images and sum(result.count_mismatches) == 0,
+        "verified_images": result.verified_images,
+        "verified_count_mismatches": sum(result.verified_count_mismatches),
+        "verified_disagreements": result.verified_disagreements,
+        "lossless": agreement == images and sum(result.count_mismatches) == 0
+        and sum(result.verified_count_mismatches) == 0 and result.verified_disagreements == 0,
         "t_lossless": result.t_lossless,
         "per_image": {
             "sops": sops_per_image,

@@ -552,6 +552,10 @@ class SimulationResult:
     spiking_neurons: list[int]  # per layer, summed over images
     count_mismatches: list[int]  # per layer: neurons whose final count differs from the ANN's
     batches: dict[str, list[list[int]]] = field(default_factory=dict)  # per batch, per step
+    # the independent check against the trained model's exact ANN (qsnn.exact.ExactANN):
+    verified_images: int = 0  # images evaluated by it (none under noise)
+    verified_count_mismatches: list[int] = field(default_factory=list)  # per layer, on those images
+    verified_disagreements: int = 0  # of those images, final SNN predictions that differ from it
 
     @property
     def accuracy(self) -> list[float]:
@@ -625,12 +629,17 @@ def simulate(
     seed: int = 0,
     progress: bool = False,
     simulator=None,
+    verify: str = "sample",
 ) -> SimulationResult:
     """Simulate ``net`` on all images, batch by batch, and aggregate the statistics.
 
     ``pixels``: uint8 (N, C, H, W) already cropped to the network's input size.
     ``noise``: NSD/INT multiplicative pixel noise ratio r; SG spike-drop probability r.
     ``steps``: time steps, or None for "auto" (until nothing is in flight).
+    ``verify``: which images the SNN's final counts and prediction are also checked on
+    against the exact ANN of the trained model it was converted from (computed from the
+    model's own parameters, not from the converted tables): "sample" (the first image of
+    every batch), "all", or "none". Clean inputs only (noise 0).
     """
     from tqdm.auto import tqdm
 
@@ -644,6 +653,11 @@ def simulate(
     if not integer_in(batch_size, 1):
         raise QsnnError(f"batch_size must be a positive integer, got {batch_size!r}")
     check_seed(seed)
+    if verify not in VERIFY_CHOICES:
+        raise QsnnError(f"verify must be one of {', '.join(VERIFY_CHOICES)}, got {verify!r}")
+    if verify != "none" and noise > 0:
+        verify = "none"  # (the exact ANN is the model's on clean pixels)
+    verifying: list = []  # (pixels, SNN counts per layer, SNN final predictions) to check
     if simulator is None:
         simulator = EventSimulator(net) if cpu_kernels(torch.empty(0, device=device)) else simulate_batch
     records = []
@@ -678,10 +692,15 @@ def simulate(
                 mismatches[index] += _differences(snn, ann)
         correct = (record.predictions == target[None]).sum(dim=1)
         agree = (record.predictions == reference[None]).sum(dim=1)
+        if verify != "none":
+            keep = slice(None) if verify == "all" else slice(0, 1)
+            verifying.append((clean[keep].cpu().clone(), [c[keep].cpu().clone() for c in record.counts],
+                              record.predictions[-1][keep].cpu().clone()))
         records.append((record._replace(counts=[]), correct, agree))  # counts checked: drop them
         bar.update(len(clean))
     bar.close()
     check_against_reference(net, checks)  # the first image of every batch, evaluated from scratch
+    verified = verify_against_model(net, verifying)
     total_steps = max(r.predictions.shape[0] for r, _, _ in records)
     correct_sum = torch.zeros(total_steps, dtype=torch.int64)
     agree_sum = torch.zeros(total_steps, dtype=torch.int64)
@@ -721,4 +740,35 @@ def simulate(
         spiking_neurons=spiking.tolist(),
         count_mismatches=mismatches,
         batches=per_batch,
+        verified_images=verified[0],
+        verified_count_mismatches=verified[1],
+        verified_disagreements=verified[2],
     )
+
+
+VERIFY_CHOICES = ("sample", "all", "none")
+VERIFY_BATCH = 500
+
+
+def verify_against_model(net: SpikingNet, verifying: list) -> tuple[int, list[int], int]:
+    """Check SNN results against the exact ANN of the trained model (ExactANN, from the
+    model's own parameters that ``net`` carries): ``verifying`` holds (pixels, SNN counts
+    per layer, SNN final predictions). Returns (images, differing counts per layer,
+    differing predictions)."""
+    from qsnn.exact import ExactANN
+
+    layers = len(net.layers)
+    if not verifying:
+        return 0, [0] * layers, 0
+    ann = ExactANN(net.source_model())
+    pixels = torch.cat([v[0] for v in verifying])
+    counts = [torch.cat([v[1][index] for v in verifying]) for index in range(layers)]
+    predictions = torch.cat([v[2] for v in verifying])
+    differing, disagreements = [0] * layers, 0
+    for start in range(0, len(pixels), VERIFY_BATCH):
+        part = slice(start, start + VERIFY_BATCH)
+        exact = ann(pixels[part])
+        for index in range(layers):
+            differing[index] += _differences(counts[index][part], exact.counts[index])
+        disagreements += int((predictions[part] != exact.predictions).sum())
+    return len(pixels), differing, disagreements

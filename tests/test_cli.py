@@ -18,6 +18,19 @@ def test_every_subcommand_has_help(capsys):
         assert f"usage: qsnn {command}" in capsys.readouterr().out
 
 
+def test_eval_reports_the_exact_ann_and_the_float32_model(capsys):
+    """int-lenet's float32 pass rounds 57 neuron counts of image 1..1000 to the other side
+    of a level boundary (a pre-activation 1e-7 below it); the exact ANN decides them."""
+    checkpoint = str(MODELS / "int-lenet.pt")
+    assert main(["eval", checkpoint, "--limit", "1000", "--quiet"]) == 0
+    assert capsys.readouterr().out == (
+        "32C5-P2-64C5-P2-1000 (k=0 B=none (encoding k=0 B=4) ternary) on mnist test (1,000 images): 98.90% "
+        "(the quantized ANN evaluated exactly)\n"
+        "float32 model: 98.90%; 57 neuron counts on 1 image differ from the exact ANN "
+        "(float32 rounding near a level boundary)\n"
+    )
+
+
 def test_eval_checks_the_net_and_the_dataset(capsys, tmp_path):
     checkpoint = str(MODELS / "sg-lenet-k1B2.pt")
     assert main(["eval", checkpoint, "--limit", "200"]) == 0

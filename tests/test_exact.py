@@ -228,3 +228,69 @@ def test_threshold_tables_are_the_least_membranes_of_the_definition(gamma, beta,
     for i in range(int(size[0])):
         t = int(table[0, i])
         assert count(t) > i and count(t - 1) <= i, (i, t)
+
+
+# --- the exact ANN, and the simulator's independent check ------------------------------
+
+
+@pytest.mark.parametrize(("k", "B", "negative"), [(0, 1, False), (1, None, True), (2, 3, False), (3, 2, True)])
+def test_exact_ann_is_the_definition_at_every_tie(k, B, negative):
+    from qsnn.exact import ExactANN
+
+    model = tie_net(k, B, negative)
+    pixels = tie_pixels()
+    expected, _ = defined_counts(model, pixels)
+    result = ExactANN(model)(pixels)
+    for index, (found, wanted) in enumerate(zip(result.counts, expected, strict=True)):
+        assert np.array_equal(found.reshape(len(pixels), -1).numpy(), wanted), f"block {index + 1}"
+    assert result.decided_exactly >= 3 * len(pixels)  # every tie went to the exact decision
+    logits = [[sum(Fraction(float(w)) * Fraction(n, 1 << k) for w, n in zip(row, counts, strict=True))
+               for row in model.classifier.detach().double().tolist()] for counts in expected[-1].tolist()]
+    assert result.predictions.tolist() == [max(range(4), key=lambda c, r=r: (r[c], -c)) for r in logits]
+
+
+@pytest.mark.parametrize(("k", "B", "ternary", "seed"), [(1, 2, True, 3), (2, None, False, 5), (0, 4, True, 1)])
+def test_exact_ann_equals_the_float64_model_and_the_converted_reference(k, B, ternary, seed):
+    """Random nets with adversarial statistics (no neuron within float64's reach of a
+    boundary): the exact ANN, the float64 model and the converted tables' reference agree."""
+    from qsnn.conversion import reference_counts
+    from qsnn.exact import ExactANN
+    from tests.helpers import random_net, random_pixels
+
+    model = random_net("6C5-P2-8C3-12", k=k, B=B, ternary=ternary, seed=seed)
+    pixels = random_pixels(40, seed=seed)
+    exact = ExactANN(model)(pixels)
+    float64 = model.double().counts(pixels.double() / 255)
+    model.float()
+    reference, logits = reference_counts(convert(model, "nsd"), pixels)
+    for a, b, c in zip(exact.counts, float64, reference, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert torch.equal(exact.predictions, logits.argmax(dim=1))
+
+
+def test_the_check_against_the_trained_model_sees_a_table_that_both_sides_share():
+    """A converted net whose table is one unit off at a tie (the kind of error the
+    spiking network and a reference built from the same tables share): the table-based
+    agreement stays perfect, the check against the exact ANN of the trained model does not."""
+    from dataclasses import replace
+
+    from qsnn.reporting import summarize
+    from qsnn.simulation import simulate
+
+    model = tie_net(1, 2, False)
+    net = convert(model, "nsd")
+    encoding = net.layers[0]
+    table = encoding.table.copy()
+    table[:, 1] += 1  # level 1's tie (p = 24) now counts 1, not 2
+    net = replace(net, layers=[replace(encoding, table=table), *net.layers[1:]])
+    pixels, labels = tie_pixels(), torch.zeros(256, dtype=torch.int64)
+    result = simulate(net, pixels, labels, steps=None, verify="all", batch_size=64)
+    assert result.count_mismatches == [0, 0, 0] and result.agree[-1] == 256  # both sides share the table
+    assert result.verified_images == 256
+    assert result.verified_count_mismatches[0] == 3 * 4  # image 24: 3 channels x 4 positions
+    summary = summarize(result, net, dataset="mnist", seed=0, e_add=0.9, e_mac=4.6)
+    assert summary["verified_count_mismatches"] > 0 and summary["lossless"] is False
+    sample = simulate(net, pixels, labels, steps=None, batch_size=64)  # images 0, 64, 128, 192
+    assert sample.verified_images == 4 and sample.verified_count_mismatches == [0, 0, 0]
+    clean = simulate(convert(model, "nsd"), pixels, labels, steps=None, verify="all", batch_size=64)
+    assert clean.verified_count_mismatches == [0, 0, 0] and clean.verified_disagreements == 0
