@@ -657,7 +657,7 @@ def simulate(
         raise QsnnError(f"verify must be one of {', '.join(VERIFY_CHOICES)}, got {verify!r}")
     if verify != "none" and noise > 0:
         verify = "none"  # (the exact ANN is the model's on clean pixels)
-    verifying: list = []  # (pixels, SNN counts per layer, SNN final predictions) to check
+    verifier = ModelCheck(net)
     if simulator is None:
         simulator = EventSimulator(net) if cpu_kernels(torch.empty(0, device=device)) else simulate_batch
     records = []
@@ -694,13 +694,12 @@ def simulate(
         agree = (record.predictions == reference[None]).sum(dim=1)
         if verify != "none":
             keep = slice(None) if verify == "all" else slice(0, 1)
-            verifying.append((clean[keep].cpu().clone(), [c[keep].cpu().clone() for c in record.counts],
-                              record.predictions[-1][keep].cpu().clone()))
+            verifier.add(clean[keep], [c[keep] for c in record.counts], record.predictions[-1][keep])
         records.append((record._replace(counts=[]), correct, agree))  # counts checked: drop them
         bar.update(len(clean))
     bar.close()
     check_against_reference(net, checks)  # the first image of every batch, evaluated from scratch
-    verified = verify_against_model(net, verifying)
+    verifier.flush()
     total_steps = max(r.predictions.shape[0] for r, _, _ in records)
     correct_sum = torch.zeros(total_steps, dtype=torch.int64)
     agree_sum = torch.zeros(total_steps, dtype=torch.int64)
@@ -740,9 +739,9 @@ def simulate(
         spiking_neurons=spiking.tolist(),
         count_mismatches=mismatches,
         batches=per_batch,
-        verified_images=verified[0],
-        verified_count_mismatches=verified[1],
-        verified_disagreements=verified[2],
+        verified_images=verifier.images,
+        verified_count_mismatches=verifier.differing,
+        verified_disagreements=verifier.disagreements,
     )
 
 
@@ -750,25 +749,34 @@ VERIFY_CHOICES = ("sample", "all", "none")
 VERIFY_BATCH = 500
 
 
-def verify_against_model(net: SpikingNet, verifying: list) -> tuple[int, list[int], int]:
-    """Check SNN results against the exact ANN of the trained model (ExactANN, from the
-    model's own parameters that ``net`` carries): ``verifying`` holds (pixels, SNN counts
-    per layer, SNN final predictions). Returns (images, differing counts per layer,
-    differing predictions)."""
-    from qsnn.exact import ExactANN
+class ModelCheck:
+    """SNN results checked against the exact ANN of the trained model (ExactANN, from the
+    model's own parameters that ``net`` carries, not from its tables), in groups of up
+    to VERIFY_BATCH images as they come: images checked, differing counts per layer,
+    differing final predictions."""
 
-    layers = len(net.layers)
-    if not verifying:
-        return 0, [0] * layers, 0
-    ann = ExactANN(net.source_model())
-    pixels = torch.cat([v[0] for v in verifying])
-    counts = [torch.cat([v[1][index] for v in verifying]) for index in range(layers)]
-    predictions = torch.cat([v[2] for v in verifying])
-    differing, disagreements = [0] * layers, 0
-    for start in range(0, len(pixels), VERIFY_BATCH):
-        part = slice(start, start + VERIFY_BATCH)
-        exact = ann(pixels[part])
-        for index in range(layers):
-            differing[index] += _differences(counts[index][part], exact.counts[index])
-        disagreements += int((predictions[part] != exact.predictions).sum())
-    return len(pixels), differing, disagreements
+    def __init__(self, net: SpikingNet) -> None:
+        self.net = net
+        self.ann = None
+        self.pending: list = []
+        self.images = self.disagreements = 0
+        self.differing = [0] * len(net.layers)
+
+    def add(self, pixels: torch.Tensor, counts: list, predictions: torch.Tensor) -> None:
+        self.pending.append((pixels.cpu().clone(), [c.cpu().clone() for c in counts], predictions.cpu().clone()))
+        if sum(len(p[0]) for p in self.pending) >= VERIFY_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        from qsnn.exact import ExactANN
+
+        if self.ann is None:
+            self.ann = ExactANN(self.net.source_model())
+        pending, self.pending = self.pending, []
+        exact = self.ann(torch.cat([p[0] for p in pending]))
+        for index in range(len(self.differing)):
+            self.differing[index] += _differences(torch.cat([p[1][index] for p in pending]), exact.counts[index])
+        self.disagreements += int((torch.cat([p[2] for p in pending]) != exact.predictions).sum())
+        self.images += len(exact.predictions)
