@@ -113,7 +113,9 @@ class ChannelRule:
         if fixed is not None:
             return fixed
         y = float(self.gamma * (z - self.mean)) / math.sqrt(float(self.q)) + float(self.beta)
-        level = max(0, math.floor(y * (1 << self.k) + 0.5) - 2)  # a guess below the answer
+        level = max(0, math.floor(y * (1 << self.k) + 0.5) - 2)  # a guess near the answer
+        if self.levels is not None:
+            level = min(level, self.levels)
         while level > 0 and not self.reaches(z, level - 1):
             level -= 1
         while (self.levels is None or level < self.levels) and self.reaches(z, level):

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qsnn.conversion import applicable_schemes, convert
-from qsnn.exact import ChannelRule, ceil_of, floor_of, threshold_table
+from qsnn.exact import ChannelRule, ExactANN, ceil_of, floor_of, threshold_table
 from qsnn.models import NetSpec, QuantizedNet
 from qsnn.quantization import Precision
 from qsnn.simulation import EventSimulator, simulate_batch
@@ -132,6 +132,8 @@ def test_ties_at_every_level_are_decided_as_the_model_defines(k, B, negative):
     for index, hit in enumerate(ties):  # the test is not vacuous: every level is tied
         wanted = set(range(top))
         assert wanted <= hit, f"block {index + 1}: levels {sorted(wanted - hit)} never tied"
+    exact = [c.reshape(len(pixels), -1).numpy() for c in ExactANN(model)(pixels).counts]
+    assert all(np.array_equal(a, b) for a, b in zip(exact, expected, strict=True))
     for scheme in applicable_schemes(model):
         net = convert(model, scheme)
         for found in spiking_counts(net, pixels):
@@ -151,6 +153,8 @@ def test_zero_gamma_channels_take_their_half_up_constant(k):
     pixels = tie_pixels()[::17]
     expected, _ = defined_counts(model, pixels)
     assert expected[0][0].tolist()[::4] == [1, 2, 3, 0]
+    exact = [c.reshape(len(pixels), -1).numpy() for c in ExactANN(model)(pixels).counts]
+    assert all(np.array_equal(a, b) for a, b in zip(exact, expected, strict=True))
     for scheme in applicable_schemes(model):
         for found in spiking_counts(convert(model, scheme), pixels):
             assert all(np.array_equal(s, a) for s, a in zip(found, expected, strict=True)), scheme
@@ -235,8 +239,6 @@ def test_threshold_tables_are_the_least_membranes_of_the_definition(gamma, beta,
 
 @pytest.mark.parametrize(("k", "B", "negative"), [(0, 1, False), (1, None, True), (2, 3, False), (3, 2, True)])
 def test_exact_ann_is_the_definition_at_every_tie(k, B, negative):
-    from qsnn.exact import ExactANN
-
     model = tie_net(k, B, negative)
     pixels = tie_pixels()
     expected, _ = defined_counts(model, pixels)
@@ -254,7 +256,6 @@ def test_exact_ann_equals_the_float64_model_and_the_converted_reference(k, B, te
     """Random nets with adversarial statistics (no neuron within float64's reach of a
     boundary): the exact ANN, the float64 model and the converted tables' reference agree."""
     from qsnn.conversion import reference_counts
-    from qsnn.exact import ExactANN
     from tests.helpers import random_net, random_pixels
 
     model = random_net("6C5-P2-8C3-12", k=k, B=B, ternary=ternary, seed=seed)
@@ -294,3 +295,20 @@ def test_the_check_against_the_trained_model_sees_a_table_that_both_sides_share(
     assert sample.verified_images == 4 and sample.verified_count_mismatches == [0, 0, 0]
     clean = simulate(convert(model, "nsd"), pixels, labels, steps=None, verify="all", batch_size=64)
     assert clean.verified_count_mismatches == [0, 0, 0] and clean.verified_disagreements == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    gamma=st.integers(-64, 64).map(lambda n: n / 16),
+    beta=st.integers(-64, 64).map(lambda n: n / 32),
+    mean=st.integers(-64, 64).map(lambda n: n / 64),
+    s=st.integers(1, 64).map(lambda n: n / 16),
+    k=st.integers(0, 3),
+    B=st.sampled_from([1, 2, 3, None]),
+    z=st.integers(-(2**14), 2**14).map(lambda n: Fraction(n, 2**10)),
+)
+def test_a_channel_counts_as_the_definition(gamma, beta, mean, s, k, B, z):
+    """ChannelRule.count (the exact ANN's decision near boundaries) equals the definition."""
+    levels = None if B is None else (1 << k) * B
+    rule = ChannelRule.from_floats(gamma, beta, mean, s * s, 0.0, k, levels)
+    assert rule.count(z) == defined_count(z, gamma, beta, mean, Fraction(s), k, levels)
