@@ -41,16 +41,12 @@ def _steps(text: str) -> int | None:
 
 def _device(text: str) -> str:
     """cpu, cuda or cuda:N, and only a GPU that torch can see."""
-    import torch
+    from qsnn.errors import check_device
 
     try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"unsupported device {text!r}: use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"device {text!r} was asked but torch sees no CUDA GPU; use cpu")
+        check_device(text)
+    except QsnnError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return text
 
 
@@ -501,9 +497,10 @@ def cmd_map(args: argparse.Namespace) -> int:
     if args.json:
         _not_the_input(Path(args.json), args.file, "--json")
     report = map_cores(SpikingNet.load(args.file), *parse_core(args.core))
+    if args.json:  # written before anything is printed: a path it cannot write fails alone
+        write_json(args.json, report.to_dict())
     print(format_mapping(report))
     if args.json:
-        write_json(args.json, report.to_dict())
         print(f"wrote {args.json}")
     return 0
 

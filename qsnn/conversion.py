@@ -234,7 +234,7 @@ class SpikingNet:
                     )
                 manifest = json.loads(str(data["manifest"]))
                 arrays = {key: data[key] for key in data.files if key != "manifest"}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        except (OSError, ValueError, KeyError, EOFError, RecursionError, zipfile.BadZipFile) as error:
             raise QsnnError(
                 f"{path} is not a converted qsnn network or is damaged ({type(error).__name__}); "
                 "re-create it with `qsnn convert`"
@@ -247,8 +247,10 @@ class SpikingNet:
                 f"{path} has format version {manifest.get('version')}, this qsnn reads "
                 f"version {FORMAT_VERSION}; re-create it with `qsnn convert`"
             )
-        digest = manifest.get("sha256")  # (files written before it was added have none)
-        if digest is not None and digest != _content_digest(manifest, arrays):
+        digest = manifest.get("sha256")
+        if digest is None:
+            raise QsnnError(f"{path} has no checksum (it was not written by qsnn convert, or was edited); re-create it with `qsnn convert`")
+        if digest != _content_digest(manifest, arrays):
             raise QsnnError(
                 f"{path} is damaged: its contents do not match the checksum written with them; "
                 "re-create it with `qsnn convert`"
@@ -274,8 +276,31 @@ class SpikingNet:
             return "its source record is not a JSON object"
         if not self.layers:
             return "it has no layers"
+        if self.threshold_scale is not None and (self.scheme != "int" or not integer_in(self.threshold_scale, 1)):
+            return f"its threshold scale {self.threshold_scale!r} is not a positive integer of an INT network"
+        if self.spec.num_classes != self.output.classes:
+            return f"it names {self.spec.num_classes} classes but its output layer has {self.output.classes}"
+        integers = [("output weights", self.output.weight)]
+        for number, layer in enumerate(self.layers, start=1):
+            integers += [(f"layer {number}'s {name}", getattr(layer, name)) for name in ("weight", "table", "size", "constant", "offset", "step")]
+        for what, array in integers:
+            if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.integer):
+                return f"its {what} is not an integer array"
+        for key, value in self.model_state.items():
+            if not isinstance(value, np.ndarray) or (value.dtype.kind == "f" and not bool(np.isfinite(value).all())):
+                return f"the trained model's parameter {key} is not finite"
+        if self.scheme == "sg" and any(layer.levels is None for layer in self.layers):
+            return "it is labelled SG but has a layer without an upper bound B"
+        if self.scheme == "int" and any(layer.exponent != 0 or np.abs(layer.weight).max(initial=0) > 1 for layer in self.layers[1:]):
+            return "it is labelled INT but its hidden weights are not ternary"
         previous = None
         for number, layer in enumerate(self.layers, start=1):
+            if not (integer_in(layer.k, 0, 4) and (layer.bound is None or integer_in(layer.bound, 1))
+                    and integer_in(layer.divisor, 1) and integer_in(layer.exponent, -1100, 1100)
+                    and integer_in(layer.count_limit, 0) and layer.input_limit >= 0):
+                return f"layer {number} has k {layer.k!r}, B {layer.bound!r}, divisor {layer.divisor!r}, exponent {layer.exponent!r} or limits out of range"
+            if int(layer.size.min(initial=0)) < 0 or int(layer.constant.min(initial=-1)) < -1:
+                return f"layer {number} has negative table sizes or constants"
             if previous is not None and tuple(layer.in_shape) != tuple(previous):
                 return f"layer {number} takes {tuple(layer.in_shape)} but layer {number - 1} gives {tuple(previous)}"
             if min(layer.kernel, layer.stride) < 1 or layer.padding < 0:
@@ -528,12 +553,22 @@ def _fold_block(block):
 def applicable_schemes(model) -> list[str]:
     """The schemes a trained network converts under: NSD always, SG with every block
     bounded, INT with ternary hidden weights and a bounded encoding block."""
-    schemes = ["nsd"]
-    if all(block.bound is not None for block in model.blocks):
-        schemes.append("sg")
-    if model.spec.precision.ternary and model.blocks[0].bound is not None:
-        schemes.append("int")
-    return schemes
+    return [scheme for scheme in SCHEMES if scheme not in skipped_schemes(model)]
+
+
+def skipped_schemes(model) -> dict[str, str]:
+    """The schemes a trained network does not convert under, each with what it would need."""
+    skipped = {}
+    if any(block.bound is None for block in model.blocks):
+        skipped["sg"] = "SG needs an upper bound B on every block (train with --B 1, 2 or 4)"
+    needs = []
+    if not model.spec.precision.ternary and len(model.blocks) > 1:
+        needs.append("ternary hidden weights (--ternary)")
+    if model.blocks[0].bound is None:
+        needs.append("a bounded encoding block (--B, or --encoding-k 0 --encoding-B 4 as the paper)")
+    if needs:
+        skipped["int"] = "INT needs " + " and ".join(needs)
+    return skipped
 
 
 def convert(
@@ -548,6 +583,8 @@ def convert(
     ``threshold_scale`` (INT only) reproduces the original code's thresholds rounded to
     1/scale instead of the exact integer thresholds; the quantized ANN keeps the exact ones.
     """
+    if not isinstance(scheme, str) or scheme.lower() not in SCHEMES:
+        raise QsnnError(f"unknown scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
     if isinstance(model, str | Path):
         return _convert_checkpoint(Path(model), scheme, threshold_scale)
     if not isinstance(model, QuantizedNet):

@@ -13,12 +13,20 @@ where that is free: an image none of whose neurons spiked in a step can never sp
 again (its currents are zero from then on and no threshold comes closer), so it drops
 out of the computation, and a layer's input current is computed only for images whose
 previous layer spiked in that step.
+
+:func:`load` trusts nothing: it verifies the package's sha256 seal
+(:func:`package_digest`), then checks every field (types, ranges, shapes that chain,
+integer arrays, tables) before anything runs, and refuses a damaged package with one
+line, ``DIR is damaged: <what>; re-export it with `qsnn export ...```.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -35,9 +43,16 @@ WEIGHTS = "weights.npz"
 PLUS_INFINITY = int(np.iinfo(np.int64).max)  # T(i) for levels out of reach
 MINUS_INFINITY = int(np.iinfo(np.int64).min)  # T(i) for levels below 0
 AUTO_MAX_STEPS = 100_000
+MAX_STEPS = AUTO_MAX_STEPS  # the most time steps a package or a run may ask for
 PIXEL_MAX = 255
 SCHEMES = ("nsd", "sg", "int")
-EXPORT_HINT = "re-create it with `qsnn export FILE --format qsnn-int -o DIR`"
+SEAL = "sha256"  # the manifest key of the package's seal (see package_digest)
+# Sanity bounds a package is checked against before anything is allocated:
+MANIFEST_BYTES = 16 * 2**20  # manifest.json size
+MAX_DEPTH = 32  # nesting of lists and objects in manifest.json (an export needs 5)
+MAX_LAYERS = 1000
+MAX_SIDE = 2**16  # any dimension of a shape, kernel or stride
+MAX_NEURONS = 2**26  # values in any input or layer shape
 
 
 # --- the package ----------------------------------------------------------------------
@@ -62,7 +77,7 @@ class PackageLayer:
     divisor: int  # S
     size: np.ndarray  # int64 [C]
     constant: np.ndarray  # int64 [C], -1 = input-driven
-    table: np.ndarray | None  # int64 [C, levels] with sentinels, bounded layers only
+    table: np.ndarray  # int64 [C, levels]: T(0 .. levels - 1), sentinels where out of reach
     input_limit: float  # largest input (count) for which the membrane stays below 2^53
 
     @property
@@ -76,13 +91,8 @@ class PackageLayer:
 
     def thresholds(self, level: np.ndarray | int, channel: np.ndarray) -> np.ndarray:
         """T(level) of neurons in ``channel`` (int64; sentinels below 0 and out of reach)."""
-        level = np.asarray(level, dtype=np.int64)
-        if self.table is not None:  # the explicit table, padded with the two sentinels
-            return self.padded_table[channel, np.clip(level, -1, self.table.shape[1]) + 1]
-        return formula_thresholds(
-            level, self.offset[channel], self.step[channel], self.divisor,
-            self.size[channel], self.constant[channel],
-        )
+        level = np.asarray(level, dtype=np.int64)  # the table, padded with the two sentinels
+        return self.padded_table[channel, np.clip(level, -1, self.table.shape[1]) + 1]
 
     @cached_property
     def padded_table(self) -> np.ndarray:
@@ -203,88 +213,380 @@ class Package:
         return ExactMatrix(self.output_weight)
 
 
+def package_digest(manifest: dict, arrays: dict[str, np.ndarray]) -> str:
+    """The package's seal: sha256 over the manifest (keys sorted, compact JSON as
+    ``json.dumps(..., sort_keys=True)`` writes it, the ``sha256`` key itself left out) and
+    then every array's ``name|dtype.str|shape|`` and bytes (C order), in name order."""
+    digest = hashlib.sha256()
+    described = {key: value for key, value in manifest.items() if key != SEAL}
+    digest.update(json.dumps(described, sort_keys=True).encode())
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def export_hint(folder: str | Path) -> str:
+    return f"re-export it with `qsnn export NET.npz --format qsnn-int -o {folder}`"
+
+
+class _Damage(Exception):
+    """What is wrong with a package: the middle of its "PATH is damaged: ..." message."""
+
+
 def load(package_dir: str | Path) -> Package:
-    """Read a package folder (``manifest.json`` + ``weights.npz``) and check it."""
+    """Read a package folder (``manifest.json`` + ``weights.npz``), verify its seal and
+    check every field, so that a package that loads runs.
+
+    Raises a one-line :class:`QsnnError` ("DIR is damaged: <what>; re-export it with
+    `qsnn export ...`") for anything else: unreadable files, a missing or wrong seal,
+    fields of the wrong type or out of range, shapes that do not chain.
+    """
     folder = Path(package_dir)
     manifest_path, weights_path = folder / MANIFEST, folder / WEIGHTS
+    hint = export_hint(folder)
     if not manifest_path.is_file() or not weights_path.is_file():
-        raise QsnnError(f"{folder} is not a qsnn-int package (needs {MANIFEST} and {WEIGHTS}); {EXPORT_HINT}")
+        raise QsnnError(f"{folder} is not a qsnn-int package (needs {MANIFEST} and {WEIGHTS}); {hint}")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        with np.load(weights_path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as error:
-        raise QsnnError(f"{folder} holds a damaged package ({type(error).__name__}); {EXPORT_HINT}") from None
-    if not isinstance(manifest, dict):
-        raise QsnnError(f"{manifest_path} is not a qsnn-int manifest (not a JSON object); {EXPORT_HINT}")
-    if manifest.get("format") != FORMAT:
-        raise QsnnError(f"{manifest_path} is not a qsnn-int manifest (format {manifest.get('format')!r}); {EXPORT_HINT}")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise QsnnError(
-            f"{manifest_path} has schema version {manifest.get('schema_version')}, this runner "
-            f"reads version {SCHEMA_VERSION}; {EXPORT_HINT}"
-        )
-    try:
-        layers = tuple(_layer(meta, arrays) for meta in manifest["layers"])
-        output = manifest["output"]
-        output_weight = _array(arrays, output["weight"]["key"])
-        package = Package(
-            path=folder,
-            manifest=manifest,
-            scheme=manifest["scheme"],
-            time_steps=manifest["time_steps"],
-            input_shape=tuple(manifest["input"]["shape"]),
-            layers=layers,
-            output_weight=output_weight,
-            output_input_limit=_limit(output.get("input_limit")),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise QsnnError(f"{manifest_path} is incomplete or inconsistent ({error!r}); {EXPORT_HINT}") from None
-    if package.scheme not in SCHEMES:
-        raise QsnnError(f"{manifest_path} names an unknown scheme {package.scheme!r}; {EXPORT_HINT}")
-    if package.scheme == "sg" and any(layer.table is None for layer in layers):
-        raise QsnnError(f"{manifest_path}: an SG layer lacks its threshold table; {EXPORT_HINT}")
-    return package
+        manifest = _read_manifest(manifest_path)
+        if not isinstance(manifest, dict):
+            raise QsnnError(f"{manifest_path} is not a qsnn-int manifest (not a JSON object); {hint}")
+        if manifest.get("format") != FORMAT:
+            raise QsnnError(f"{manifest_path} is not a qsnn-int manifest (format {manifest.get('format')!r}); {hint}")
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise QsnnError(
+                f"{manifest_path} has schema version {manifest.get('schema_version')!r}, this runner "
+                f"reads version {SCHEMA_VERSION}; {hint}"
+            )
+        arrays = _read_arrays(weights_path)
+        seal = manifest.get(SEAL)
+        if seal is None:
+            raise QsnnError(
+                f"{folder} is not sealed: {MANIFEST} has no {SEAL!r} seal over the package's contents "
+                f"(it was edited, or written before packages were sealed); {hint}"
+            )
+        if seal != package_digest(manifest, arrays):
+            raise _Damage(f"its contents do not match the {SEAL} seal in {MANIFEST} (a weight or a field was changed)")
+        return _package(folder, manifest, arrays)
+    except _Damage as damage:
+        raise QsnnError(f"{folder} is damaged: {damage}; {hint}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, MemoryError) as error:
+        what = " ".join(str(error).split())[:200]  # (one line, whatever the exception says)
+        raise QsnnError(f"{folder} is damaged: it is inconsistent ({type(error).__name__}: {what}); {hint}") from None
 
 
-def _array(arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
-    if key not in arrays:
-        raise KeyError(f"{WEIGHTS} has no array {key!r}")
-    values = arrays[key]
+def _read_manifest(path: Path):
+    try:
+        size = path.stat().st_size
+        if size > MANIFEST_BYTES:
+            raise _Damage(f"{MANIFEST} is {size:,} bytes, more than any package manifest ({MANIFEST_BYTES:,})")
+        text = path.read_bytes().decode("utf-8")
+        manifest = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise _Damage(f"{MANIFEST} is nested too deeply to be a package manifest") from None
+    except UnicodeDecodeError:
+        raise _Damage(f"{MANIFEST} is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise _Damage(f"{MANIFEST} is not valid JSON ({error.msg}, line {error.lineno})") from None
+    except ValueError as error:  # a non-finite number, or an integer of thousands of digits
+        raise _Damage(f"{MANIFEST} holds {' '.join(str(error).split())[:120]}") from None
+    except OSError as error:
+        raise _Damage(f"{MANIFEST} cannot be read ({error.strerror or type(error).__name__})") from None
+    if _too_deep(manifest):
+        raise _Damage(f"{MANIFEST} is nested more than {MAX_DEPTH} levels deep, deeper than a package manifest")
+    return manifest
+
+
+def _no_constant(name: str):
+    raise ValueError(f"the number {name}, which a package never holds")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]}, beyond float64")
+    return value
+
+
+def _too_deep(value) -> bool:
+    """Whether lists and objects nest more than MAX_DEPTH deep in a parsed JSON value
+    (checked without recursion; json.dumps, which the seal uses, recurses)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_DEPTH:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise _Damage(f"{WEIGHTS} is not an .npz archive of arrays")
+        with data:
+            return {key: data[key] for key in data.files}
+    except _Damage:
+        raise
+    except MemoryError:
+        raise _Damage(f"{WEIGHTS} holds arrays too large for memory") from None
+    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error) as error:
+        detail = " ".join(str(error).split())[:120]
+        raise _Damage(f"{WEIGHTS} cannot be read ({type(error).__name__}{': ' + detail if detail else ''})") from None
+
+
+# --- checking every field (after the seal, so also a re-sealed, hand-made package) ---
+
+
+def _at(where: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{where}[{key}]"
+    return f"{where}.{key}" if where else key
+
+
+def _get(obj: dict, key: str, where: str):
+    if key not in obj:
+        raise _Damage(f"{_at(where, key)} is missing")
+    return obj[key]
+
+
+def _object(obj: dict, key: str, where: str) -> dict:
+    value = _get(obj, key, where)
+    if not isinstance(value, dict):
+        raise _Damage(f"{_at(where, key)} is {_show(value)} (must be a JSON object)")
+    return value
+
+
+def _show(value) -> str:
+    """A field's value for a message: short JSON, or what kind of container it is."""
+    if isinstance(value, dict):
+        return "an object"
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int(obj: dict, key: str, where: str, low: int, high: int, *, null: bool = False) -> int | None:
+    value = _get(obj, key, where)
+    if (value is None and null) or integer_in(value, low, high):
+        return value
+    also = " or null" if null else ""
+    raise _Damage(f"{_at(where, key)} is {_show(value)} (must be an integer from {low} to {high}{also})")
+
+
+def _text(obj: dict, key: str, where: str, choices: tuple[str, ...] | None = None, *, null: bool = False) -> str | None:
+    value = _get(obj, key, where)
+    if value is None and null:
+        return value
+    if not isinstance(value, str) or (choices is not None and value not in choices):
+        wanted = "a string" if choices is None else " or ".join(json.dumps(choice) for choice in choices)
+        raise _Damage(f"{_at(where, key)} is {_show(value)} (must be {wanted})")
+    return value
+
+
+def _limit(obj: dict, key: str, where: str) -> float:
+    value = _get(obj, key, where)
+    if value is None:
+        return float("inf")
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf:
+        return float(value)
+    raise _Damage(f"{_at(where, key)} is {_show(value)} (must be a number >= 0 or null)")
+
+
+def _shape(obj: dict, key: str, where: str, dims: tuple[int, ...]) -> tuple[int, ...]:
+    value = _get(obj, key, where)
+    if not (
+        isinstance(value, list) and len(value) in dims and all(integer_in(n, 1, MAX_SIDE) for n in value)
+        and math.prod(value) <= MAX_NEURONS
+    ):
+        rank = " or ".join(str(d) for d in dims)
+        raise _Damage(
+            f"{_at(where, key)} is {_show(value)} (must be a list of {rank} integers from 1 to {MAX_SIDE}, "
+            f"{MAX_NEURONS:,} values at most)"
+        )
+    return tuple(value)
+
+
+def _array(arrays: dict[str, np.ndarray], obj: dict, key: str, where: str, shape: tuple | None = None) -> np.ndarray:
+    """The integer array ``obj[key]`` names, as int64 (checked against ``shape``: None for
+    any, -1 for any length along that axis)."""
+    name = _text(obj, key, where)
+    if name not in arrays:
+        raise _Damage(f"{_at(where, key)} names the array {name!r}, which {WEIGHTS} lacks")
+    values = arrays[name]
     if values.dtype.kind != "i":
-        raise ValueError(f"array {key!r} is {values.dtype}, not a signed integer type")
+        raise _Damage(f"the array {name!r} is {values.dtype}, not a signed integer type")
+    if shape is not None and (
+        values.ndim != len(shape) or any(want not in (-1, got) for want, got in zip(shape, values.shape, strict=True))
+    ):
+        expected = "(" + ", ".join("any" if n == -1 else str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+        raise _Damage(f"the array {name!r} has shape {values.shape}, expected {expected}")
     return values.astype(np.int64)
 
 
-def _limit(value) -> float:
-    return float("inf") if value is None else float(value)
+def _weight(arrays: dict[str, np.ndarray], obj: dict, where: str, expected: tuple[int, ...]) -> np.ndarray:
+    meta = _object(obj, "weight", where)
+    where = _at(where, "weight")
+    weight = _array(arrays, meta, "key", where)
+    name = meta["key"]
+    dtype = _text(meta, "dtype", where, ("int8", "int16", "int32", "int64"))
+    if arrays[name].dtype.name != dtype:
+        raise _Damage(f"{where}.dtype is {dtype!r} but the array {name!r} is {arrays[name].dtype}")
+    listed = _get(meta, "shape", where)
+    if listed != list(weight.shape):
+        raise _Damage(f"{where}.shape is {_show(listed)} but the array {name!r} has shape {weight.shape}")
+    _int(meta, "exponent", where, -(2**31), 2**31)
+    if weight.shape != expected:
+        raise _Damage(f"the array {name!r} has shape {weight.shape}, expected {expected}")
+    return weight
 
 
-def _layer(meta: dict, arrays: dict[str, np.ndarray]) -> PackageLayer:
-    th = meta["thresholds"]
-    table_key = th.get("table")
-    layer = PackageLayer(
-        name=meta["name"],
-        kind=meta["kind"],
-        role=meta["role"],
-        in_shape=tuple(meta["in_shape"]),
-        out_shape=tuple(meta["out_shape"]),
-        kernel=int(meta["kernel"]),
-        stride=int(meta["stride"]),
-        padding=int(meta["padding"]),
-        levels=meta["levels"],
-        weight=_array(arrays, meta["weight"]["key"]),
-        offset=_array(arrays, th["offset"]),
-        step=_array(arrays, th["step"]),
-        divisor=int(th["divisor"]),
-        size=_array(arrays, th["size"]),
-        constant=_array(arrays, th["constant"]),
-        table=None if table_key is None else _array(arrays, table_key),
-        input_limit=_limit(meta.get("input_limit")),
+def _check_range(weight: np.ndarray, largest: int, where: str) -> None:
+    """Refuse weights whose membranes could leave int64: the largest sum of |W| over one
+    output times the largest input (255 for pixels, else the sender's table length, which
+    no count exceeds) must stay below 2^62. (Exported packages stay below 2^53 or so.)"""
+    if not weight.size:
+        return
+    rows = np.abs(weight.reshape(weight.shape[0], -1).astype(np.float64)).sum(axis=1)
+    reach = float(rows.max()) * largest
+    if not reach < 2.0**62:
+        raise _Damage(
+            f"{where} times its largest input ({largest}) reaches {reach:.3g}, beyond 2^62 "
+            "(int64 membranes could overflow)"
+        )
+
+
+def _package(folder: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> Package:
+    """Check every field of a (sealed) manifest against the arrays; the loaded package."""
+    scheme = _text(manifest, "scheme", "", SCHEMES)
+    time_steps = _int(manifest, "time_steps", "", 1, MAX_STEPS, null=True)
+    if scheme == "sg" and time_steps != 1:
+        raise _Damage(f"time_steps is {_show(time_steps)} (SG takes exactly 1 step)")
+    _text(manifest, "time_steps_note", "")
+    sentinels = _object(manifest, "sentinels", "")
+    if sentinels != {"plus_infinity": PLUS_INFINITY, "minus_infinity": MINUS_INFINITY}:
+        raise _Damage("sentinels are not int64 max and int64 min")
+    _object(manifest, "neuron_model", "")
+    _int(manifest, "threshold_scale", "", 1, PLUS_INFINITY, null=True)
+    _object(manifest, "net", "")
+    _object(manifest, "source", "")
+    _text(manifest, "qsnn_version", "")
+    _text(manifest, "spec", "")
+    pixels = _object(manifest, "input", "")
+    input_shape = _shape(pixels, "shape", "input", (3,))
+    _text(pixels, "layout", "input", ("CHW",))
+    _text(pixels, "dtype", "input", ("uint8",))
+    if _get(pixels, "range", "input") != [0, PIXEL_MAX]:
+        raise _Damage(f"input.range is {_show(pixels['range'])} (must be [0, {PIXEL_MAX}])")
+    _text(pixels, "dataset", "input", null=True)
+    _text(pixels, "preprocessing", "input")
+    entries = _get(manifest, "layers", "")
+    if not isinstance(entries, list) or not entries:
+        raise _Damage(f"layers is {_show(entries)} (must be a non-empty list of layers)")
+    if len(entries) > MAX_LAYERS:
+        raise _Damage(f"layers holds {len(entries)} layers (at most {MAX_LAYERS})")
+    layers, previous, source, largest = [], input_shape, "input.shape", PIXEL_MAX
+    for index, meta in enumerate(entries):
+        where = _at("layers", index)
+        if not isinstance(meta, dict):
+            raise _Damage(f"{where} is {_show(meta)} (must be a JSON object)")
+        layers.append(_layer(meta, where, index, arrays, previous, source))
+        _check_range(layers[-1].weight, largest, f"{where}.weight")
+        previous, source = layers[-1].out_shape, f"{where}.out_shape"
+        largest = layers[-1].table.shape[1]  # no count passes the last table level
+    output = _object(manifest, "output", "")
+    _text(output, "kind", "output", ("dense",))
+    features = math.prod(previous)
+    if _get(output, "in_features", "output") != features:
+        raise _Damage(f"output.in_features is {_show(output['in_features'])}, but the last layer gives {features}")
+    classes = _int(output, "classes", "output", 1, MAX_SIDE)
+    output_weight = _weight(arrays, output, "output", (classes, features))
+    _check_range(output_weight, largest, "output.weight")
+    _text(output, "rule", "output")
+    return Package(
+        path=folder,
+        manifest=manifest,
+        scheme=scheme,
+        time_steps=time_steps,
+        input_shape=input_shape,
+        layers=tuple(layers),
+        output_weight=output_weight,
+        output_input_limit=_limit(output, "input_limit", "output"),
     )
-    if layer.kind not in ("conv", "dense") or layer.divisor < 1:
-        raise ValueError(f"layer {layer.name}: kind {layer.kind!r}, divisor {layer.divisor}")
-    return layer
+
+
+def _layer(
+    meta: dict, where: str, index: int, arrays: dict[str, np.ndarray], previous: tuple[int, ...], source: str
+) -> PackageLayer:
+    _text(meta, "name", where)
+    kind = _text(meta, "kind", where, ("conv", "dense"))
+    _text(meta, "role", where, ("encoding",) if index == 0 else ("hidden",))
+    in_shape = _shape(meta, "in_shape", where, (3,) if kind == "conv" else (1, 3))
+    if in_shape != previous:
+        raise _Damage(f"{where}.in_shape {list(in_shape)} does not match {source} {list(previous)}")
+    out_shape = _shape(meta, "out_shape", where, (3,) if kind == "conv" else (1,))
+    kernel = _int(meta, "kernel", where, 1, MAX_SIDE)
+    stride = _int(meta, "stride", where, 1, MAX_SIDE)
+    padding = _int(meta, "padding", where, 0, kernel - 1)
+    if kind == "conv":
+        channels, height, width = in_shape
+        if min(height, width) + 2 * padding < kernel:
+            raise _Damage(f"{where}.kernel {kernel} is larger than its input {height} x {width} padded by {padding}")
+        sides = tuple((n + 2 * padding - kernel) // stride + 1 for n in (height, width))
+        expected_weight = (out_shape[0], channels, kernel, kernel)
+        if out_shape[1:] != sides:
+            raise _Damage(
+                f"{where}.out_shape {list(out_shape)} does not match its geometry (kernel {kernel}, stride "
+                f"{stride}, padding {padding} on {list(in_shape)} gives {out_shape[0]} x {sides[0]} x {sides[1]})"
+            )
+    else:
+        if (kernel, stride, padding) != (1, 1, 0):
+            raise _Damage(f"{where} is dense but has kernel {kernel}, stride {stride}, padding {padding} (must be 1, 1, 0)")
+        expected_weight = (out_shape[0], math.prod(in_shape))
+    k = _int(meta, "k", where, 0, 62)
+    bound = _int(meta, "B", where, 1, 2**31, null=True)
+    levels = _int(meta, "levels", where, 1, 2**31, null=True)
+    if (levels is None) != (bound is None) or (bound is not None and levels != 2**k * bound):
+        raise _Damage(f"{where}.levels is {_show(levels)}, but 2^k * B = {'null' if bound is None else 2**k * bound}")
+    count_limit = _int(meta, "count_limit", where, 0, 2**31)
+    weight = _weight(arrays, meta, where, expected_weight)
+    channels = out_shape[0]
+    th = _object(meta, "thresholds", where)
+    th_where = _at(where, "thresholds")
+    _text(th, "formula", th_where)
+    _int(th, "threshold_scale", th_where, 1, PLUS_INFINITY, null=True)
+    divisor = _int(th, "divisor", th_where, 1, PLUS_INFINITY)
+    if int(_array(arrays, th, "divisor_key", th_where, ())) != divisor:
+        raise _Damage(f"{th_where}.divisor {divisor} differs from the array {th['divisor_key']!r}")
+    offset, step, size, constant = (_array(arrays, th, key, th_where, (channels,)) for key in ("offset", "step", "size", "constant"))
+    width = levels if levels is not None else count_limit + 1
+    table = _array(arrays, th, "table", th_where, (channels, width))
+    if bool((table[:, 1:] < table[:, :-1]).any()):
+        raise _Damage(f"the threshold table {th['table']!r} is not non-decreasing along its levels")
+    if bool(((size < 0) | (size > width)).any()) or bool(((constant < -1) | (constant > width)).any()):
+        raise _Damage(f"the arrays {th['size']!r} / {th['constant']!r} hold levels outside 0 .. {width}")
+    _text(meta, "neuron", where)
+    return PackageLayer(
+        name=meta["name"],
+        kind=kind,
+        role=meta["role"],
+        in_shape=in_shape,
+        out_shape=out_shape,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        levels=levels,
+        weight=weight,
+        offset=offset,
+        step=step,
+        divisor=divisor,
+        size=size,
+        constant=constant,
+        table=table,
+        input_limit=_limit(meta, "input_limit", where),
+    )
 
 
 # --- running --------------------------------------------------------------------------
@@ -340,8 +642,8 @@ def run(
             f"got {tuple(pixels.shape)}; crop them as the manifest's input section says"
         )
     steps = package.time_steps if steps is None else steps
-    if steps is not None and not integer_in(steps, 1):
-        raise QsnnError(f"steps must be a positive integer or None, got {steps!r}")
+    if steps is not None and not integer_in(steps, 1, MAX_STEPS):
+        raise QsnnError(f"steps must be an integer from 1 to {MAX_STEPS} or None, got {steps!r}")
     if not integer_in(batch_size, 1):
         raise QsnnError(f"batch_size must be a positive integer, got {batch_size!r}")
     parts = [

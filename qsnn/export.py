@@ -29,7 +29,9 @@ from qsnn.deploy import (
     MINUS_INFINITY,
     PLUS_INFINITY,
     SCHEMA_VERSION,
+    SEAL,
     WEIGHTS,
+    package_digest,
 )
 from qsnn.errors import QsnnError, integer_in
 from qsnn.io import atomic_path, write_bytes, write_json
@@ -185,8 +187,21 @@ def _input_entry(net: SpikingNet) -> dict:
     }
 
 
+def _plain(value):
+    """JSON for the NumPy values and paths a manifest may hold (as qsnn.io writes them)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
 def package_contents(net: SpikingNet, steps: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-    """The manifest (JSON-ready dict) and arrays of the qsnn-int package of ``net``."""
+    """The manifest (JSON-ready dict, sealed) and arrays of the qsnn-int package of ``net``.
+
+    The seal ``manifest["sha256"]`` (:func:`qsnn.deploy.package_digest`) is computed over
+    the manifest as it reads back from JSON, so a reader recomputes the same digest.
+    """
     from qsnn import __version__
 
     check_integral(net)
@@ -215,6 +230,8 @@ def package_contents(net: SpikingNet, steps: int | None = None) -> tuple[dict, d
         "qsnn_version": __version__,
         "spec": "docs/EXPORT.md",
     }
+    manifest = json.loads(json.dumps(manifest, default=_plain))  # (as it reads back)
+    manifest[SEAL] = package_digest(manifest, arrays)
     return manifest, arrays
 
 
@@ -222,7 +239,8 @@ def export_package(net: SpikingNet, out_dir: str | os.PathLike, *, steps: int | 
     """Write the qsnn-int package of ``net`` into ``out_dir``; returns the folder.
 
     ``steps``: time steps for NSD/INT (None: run until no neuron spikes). The weights
-    file is written first, the manifest last, so a manifest means a complete package.
+    file is written first, the manifest (with the seal over both) last, so a manifest
+    means a complete package; :func:`qsnn.deploy.load` verifies the seal.
     """
     manifest, arrays = package_contents(net, steps)
     folder = Path(out_dir)

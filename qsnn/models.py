@@ -47,6 +47,8 @@ class NetSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> NetSpec:
+        if not isinstance(data, dict) or not isinstance(data.get("precision"), dict):
+            raise QsnnError(f"a network description must be a JSON object with its precision, got {str(data)[:60]!r}")
         return cls(
             notation=data["notation"],
             input_shape=tuple(data["input_shape"]),
@@ -133,13 +135,20 @@ class QuantizedNet(nn.Module):
         ]
 
     def check_finite(self, what: str) -> None:
-        """Refuse a network with non-finite values; ``what`` names it in the message."""
+        """Refuse a network with non-finite values or negative batch-norm variances; ``what``
+        names it in the message."""
         broken = self.non_finite()
         if broken:
             raise QsnnError(
                 f"{what} holds non-finite values in {', '.join(broken[:3])}{' and more' if len(broken) > 3 else ''} "
                 "(a diverged training); retrain it with a lower --lr"
             )
+        for index, block in enumerate(self.blocks):
+            if bool((block.norm.running_var + block.norm.eps <= 0).any()) or not block.norm.eps >= 0:
+                raise QsnnError(
+                    f"{what} has a negative batch-norm variance in block {index + 1} (a damaged file); "
+                    "re-create it with qsnn train"
+                )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:

@@ -23,12 +23,20 @@ from dataclasses import dataclass, field
 from qsnn.errors import QsnnError
 
 _TOKEN = re.compile(
-    r"^(?:(?P<filters>[1-9]\d*)C(?P<kernel>[1-9]\d*)(?P<pad>[sv]?)"
+    r"(?:(?P<filters>[1-9]\d*)C(?P<kernel>[1-9]\d*)(?P<pad>[sv]?)"
     r"|P(?P<pool>[1-9]\d*)"
     r"|(?P<units>[1-9]\d*))"
-    r"(?:\*(?P<repeat>[1-9]\d*))?$"
+    r"(?:\*(?P<repeat>[1-9]\d*))?"
 )
 _EXAMPLES = "expected items like 32C5, 32C5s, P2, 500 or 64C3*2, joined by '-'"
+
+# Limits that keep a typo from allocating the machine away (all far beyond the papers' nets)
+MAX_WIDTH = 65536  # filters or units of one item
+MAX_KERNEL = 64  # kernel or P size
+MAX_REPEAT = 256  # *n
+MAX_ITEMS = 512  # items after repetition
+MAX_PARAMETERS = 2 * 10**9  # weights of a whole net (8 GB in float32)
+MAX_ACTIVATIONS = 10**8  # neurons of a whole net, per image
 
 
 @dataclass(frozen=True)
@@ -75,23 +83,38 @@ def parse(notation: str) -> list[Item]:
     if not isinstance(notation, str) or not notation.strip():
         raise QsnnError(f"empty network notation: {_EXAMPLES}")
     text = notation.strip()
+    if len(text) > 4096:
+        raise QsnnError(f"bad network notation of {len(text):,} characters: too long ({_EXAMPLES})")
     items: list[Item] = []
     position = 0
     for number, token in enumerate(text.split("-"), start=1):
-        match = _TOKEN.match(token)
+        match = _TOKEN.fullmatch(token)
         if match is None:
             raise QsnnError(
-                f"bad network notation {text!r}: item {number} {token!r} at character "
+                f"bad network notation {text[:80]!r}: item {number} {token[:40]!r} at character "
                 f"{position + 1} is not understood ({_EXAMPLES})"
             )
+
+        def number_of(group: str, limit: int, what: str, token=token, number=number, match=match) -> int:
+            digits = match[group]
+            if len(digits) > 9 or int(digits) > limit:
+                raise QsnnError(
+                    f"bad network notation {text[:80]!r}: item {number} {token[:40]!r} asks for "
+                    f"{digits[:12]}{'...' if len(digits) > 12 else ''} {what}; qsnn takes at most {limit:,}"
+                )
+            return int(digits)
+
         if match["filters"]:
             padding = {"s": "same", "v": "valid", "": None}[match["pad"]]
-            item: Item = Conv(int(match["filters"]), int(match["kernel"]), padding)
+            item: Item = Conv(number_of("filters", MAX_WIDTH, "filters"), number_of("kernel", MAX_KERNEL, "as kernel size"), padding)
         elif match["pool"]:
-            item = Pool(int(match["pool"]))
+            item = Pool(number_of("pool", MAX_KERNEL, "as P size"))
         else:
-            item = Dense(int(match["units"]))
-        items.extend([item] * int(match["repeat"] or 1))
+            item = Dense(number_of("units", MAX_WIDTH, "units"))
+        repeat = number_of("repeat", MAX_REPEAT, "repetitions") if match["repeat"] else 1
+        if len(items) + repeat > MAX_ITEMS:
+            raise QsnnError(f"bad network notation {text[:80]!r}: more than {MAX_ITEMS} items once repeated; qsnn takes at most {MAX_ITEMS}")
+        items.extend([item] * repeat)
         position += len(token) + 1
     return items
 
@@ -260,11 +283,11 @@ def build_plan(
             out_h = (height + 2 * padding - kernel) // stride + 1
             out_w = (width + 2 * padding - kernel) // stride + 1
             if out_h < 1 or out_w < 1:
-                raise QsnnError(
-                    f"{where} needs at least a {kernel}x{kernel} input but gets "
-                    f"{height}x{width}; remove a layer or use 'same' padding (e.g. "
-                    f"{item.token().rstrip('sv')}s)"
+                fix = (
+                    f"remove a layer or use 'same' padding (e.g. {item.token().rstrip('sv')}s)"
+                    if isinstance(item, Conv) else "remove a layer or give a larger input"
                 )
+                raise QsnnError(f"{where} needs at least a {kernel}x{kernel} input but gets {height}x{width}; {fix}")
             layer = Layer(
                 "conv", shape, (out_channels, out_h, out_w), kernel, stride, padding,
                 token=item.token(),
@@ -272,6 +295,13 @@ def build_plan(
         layers.append(layer)
         shape = layer.out_shape
     layers.append(Layer("dense", shape, (num_classes,), hidden=False, token=str(num_classes)))
+    parameters = sum(math.prod(layer.weight_shape) for layer in layers)
+    activations = sum(math.prod(layer.out_shape) for layer in layers)
+    if parameters > MAX_PARAMETERS or activations > MAX_ACTIVATIONS:
+        raise QsnnError(
+            f"{notation!r} on {'x'.join(map(str, input_shape))} inputs has {parameters:,} weights and "
+            f"{activations:,} neurons per image; qsnn takes at most {MAX_PARAMETERS:,} and {MAX_ACTIVATIONS:,}"
+        )
     return Plan(notation, tuple(input_shape), num_classes, tuple(layers))
 
 
@@ -329,10 +359,13 @@ def resolve_net(net: str) -> tuple[str, Preset | None]:
     preset = PRESETS.get(net)
     if preset is not None:
         return preset.notation, preset
-    if any(char.islower() for char in net):
-        names = ", ".join(PRESETS)
-        raise QsnnError(
-            f"unknown net {net!r}: give notation like 20C5-P2-50C5-P2-500 or a preset ({names})"
-        )
-    parse(net)
-    return net, None
+    try:
+        parse(net)
+    except QsnnError:
+        if isinstance(net, str) and any(char.islower() and char not in "sv" for char in net):
+            names = ", ".join(PRESETS)
+            raise QsnnError(
+                f"unknown net {net[:80]!r}: give notation like 20C5-P2-50C5-P2-500 or a preset ({names})"
+            ) from None
+        raise
+    return net.strip(), None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,7 @@ def execute(
     so an interrupted run continues where it stopped.
     """
     from qsnn import data as qdata
-    from qsnn.conversion import applicable_schemes, convert, file_sha256
+    from qsnn.conversion import applicable_schemes, convert, file_sha256, skipped_schemes
     from qsnn.reporting import summarize, write_simulation
     from qsnn.simulation import simulate
     from qsnn.training import load_checkpoint, train
@@ -154,6 +155,9 @@ def execute(
         test_set = test_set.subset(spec.test_limit)
     pixels = qdata.prepare(test_set.images, dataset, train=False)
     schemes = spec.schemes or applicable_schemes(model)
+    if not spec.schemes:
+        for scheme, reason in skipped_schemes(model).items():
+            print(f"[{spec.tag()}] {scheme} skipped: {reason}", file=sys.stderr)
     source = {
         "checkpoint": str(checkpoint),
         "sha256": file_sha256(checkpoint),
@@ -179,6 +183,7 @@ def execute(
                 "checkpoint_sha256": source["sha256"], "scheme": scheme, "threshold_scale": scale,
                 "noise": noise, "steps": spec.steps, "images": len(pixels), "seed": spec.seed,
                 "dataset": dataset, "noise_draws": "per image",  # how noise is drawn (changed once)
+                "thresholds": "exact tables", "verified": "exact ANN",  # (changed once: not reused from before)
             }
             previous = _previous_result(sim_dir / "result.json")
             if previous is not None and previous.get("fingerprint") == fingerprint:

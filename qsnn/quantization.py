@@ -19,6 +19,7 @@ import torch
 from qsnn.errors import QsnnError, integer_in
 
 MAX_K = 4
+MAX_BOUND = 64  # 2^k B levels per neuron stay within a table of 1,024
 TERNARY_DELTA = 0.7
 
 
@@ -32,8 +33,8 @@ def check_bound(bound: int | None, what: str = "B") -> int | None:
     """B is a positive integer, or None for no upper bound."""
     if bound is None:
         return None
-    if not integer_in(bound, 1):
-        raise QsnnError(f"{what} must be a positive integer or 'none', got {bound!r}")
+    if not integer_in(bound, 1, MAX_BOUND):
+        raise QsnnError(f"{what} must be an integer from 1 to {MAX_BOUND} or 'none', got {bound!r}")
     return bound
 
 
@@ -44,9 +45,12 @@ def parse_bound(text: str | int | None) -> int | None:
     if text.strip().lower() in ("none", "inf", "no"):
         return None
     try:
-        return check_bound(int(text))
+        value = int(text) if len(text.strip()) <= 20 else None
     except ValueError:
-        raise QsnnError(f"B must be a positive integer or 'none', got {text!r}") from None
+        value = None
+    if value is None:
+        raise QsnnError(f"B must be an integer from 1 to {MAX_BOUND} or 'none', got {text[:40]!r}")
+    return check_bound(value)
 
 
 def max_count(k: int, bound: int | None) -> int | None:
@@ -163,6 +167,8 @@ class Precision:
 
     @classmethod
     def from_dict(cls, data: dict) -> Precision:
+        if not isinstance(data, dict) or not {"k", "B"} <= set(data):
+            raise QsnnError(f"a precision must be a JSON object with k and B, got {str(data)[:60]!r}")
         return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
 
 

@@ -17,6 +17,7 @@ batches and aggregates the statistics into a :class:`SimulationResult`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -35,7 +36,7 @@ from qsnn.conversion import (
     layer_weight,
     reference_counts,
 )
-from qsnn.errors import QsnnError, check_seed, integer_in
+from qsnn.errors import QsnnError, check_device, check_seed, integer_in
 from qsnn.metrics import fanout_maps, replication
 from qsnn.neurons import (
     adaptive_init,
@@ -643,7 +644,15 @@ def simulate(
     """
     from tqdm.auto import tqdm
 
-    if not 0 <= noise <= 1:  # also refuses NaN
+    if isinstance(net, str | Path):
+        net = SpikingNet.load(net)
+    if not isinstance(net, SpikingNet):
+        raise QsnnError(
+            f"simulate() takes a converted network (qsnn.convert(...), or the path of a .npz that "
+            f"`qsnn convert` wrote), got {type(net).__name__}"
+        )
+    device = check_device(device)
+    if not isinstance(noise, int | float) or not 0 <= noise <= 1:  # also refuses NaN
         raise QsnnError(f"--noise must be between 0 and 1, got {noise}")
     pixels, labels = checked_inputs(net, pixels, labels)
     if steps is not None and not integer_in(steps, 1):

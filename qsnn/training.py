@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
 import pickle
 import signal
@@ -47,7 +48,7 @@ from torch import nn
 from tqdm import tqdm
 
 from qsnn import data as qdata
-from qsnn.errors import QsnnError, check_seed, integer_in
+from qsnn.errors import QsnnError, check_device, check_seed, integer_in
 from qsnn.io import provenance, read_json, torch_save, write_csv, write_json
 from qsnn.models import NetSpec, QuantizedNet
 from qsnn.notation import resolve_net
@@ -105,8 +106,10 @@ class TrainConfig:
             if value is not None and not integer_in(value, minimum):
                 raise QsnnError(f"{name} must be an integer >= {minimum}, got {value!r}")
         check_seed(self.seed)
-        if not self.lr > 0:
-            raise QsnnError(f"lr must be positive, got {self.lr!r}")
+        if not (isinstance(self.lr, int | float) and 0 < self.lr <= 10):
+            raise QsnnError(f"lr must be a number above 0 and at most 10 (the papers: 1e-3), got {self.lr!r}")
+        if self.batch_size is not None and self.batch_size > MAX_BATCH:
+            raise QsnnError(f"batch_size must be at most {MAX_BATCH:,}, got {self.batch_size:,}")
         if not self.checkpoint_interval >= 0:
             raise QsnnError(
                 f"checkpoint_interval must be >= 0 seconds, got {self.checkpoint_interval!r}"
@@ -135,6 +138,18 @@ class TrainConfig:
         )
         spec.plan()  # raises a QsnnError if the net does not fit the input
         return spec
+
+    def check_memory(self, spec: NetSpec) -> None:
+        """Refuse a batch whose activations alone would not fit in this machine's memory."""
+        activations = sum(math.prod(layer.out_shape) for layer in spec.plan().layers)
+        needed = 4 * 4 * activations * self.resolved_batch_size()  # float32: values, gradients, masks
+        total = _physical_memory()
+        if total and needed > total // 2:
+            raise QsnnError(
+                f"a batch of {self.resolved_batch_size():,} images of {spec.notation} needs about "
+                f"{needed / 2**30:.1f} GB of activations, over half of this machine's {total / 2**30:.1f} GB; "
+                "use a smaller --batch-size"
+            )
 
     def resolved_batch_size(self) -> int:
         if self.batch_size is not None:
@@ -392,6 +407,17 @@ def evaluate(
 # ----------------------------------------------------------------------------- run plumbing
 
 
+MAX_BATCH = 65536
+
+
+def _physical_memory() -> int:
+    """This machine's memory in bytes (0 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 @dataclass
 class _Dist:
     """Where this process stands in a (possibly one-process) distributed run."""
@@ -428,13 +454,8 @@ def _setup_distributed(device_name: str) -> _Dist:
 
 
 def _setup_device(name: str, ddp: _Dist) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise QsnnError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    device = check_device(name)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise QsnnError(f"device {name!r} was asked but torch sees no CUDA GPU; use cpu")
         if ddp.active:
             device = torch.device("cuda", ddp.local_rank)
         elif device.index is None:
@@ -599,6 +620,7 @@ def _train(
     save_rank_weights: bool,
 ) -> dict[str, Any]:
     spec = config.spec()
+    config.check_memory(spec)
     device = _setup_device(config.device, ddp)
     batch_size = config.resolved_batch_size()
     per_rank = batch_size // ddp.world

@@ -1,5 +1,7 @@
 """The command line: every subcommand has --help, bad input is one line and exit 2."""
 
+import os
+
 import pytest
 
 from qsnn.cli import build_parser, main
@@ -99,6 +101,18 @@ def test_bad_values_and_unwritable_paths_are_one_line_errors(capsys, tmp_path):
     assert "--threshold-scale compares the INT paper's rounded thresholds, but this run has no INT scheme" in capsys.readouterr().err
 
 
+def test_run_says_which_schemes_it_skips_and_what_they_need(capsys, tmp_path):
+    assert main(["run", "--checkpoint", str(MODELS / "nsd-lenet-k1.pt"), "--limit", "20",
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if "skipped" in line] == [
+        "[mnist-20C5-P2-50C5-P2-500-k1-Bnone] sg skipped: SG needs an upper bound B on every block (train with --B 1, 2 or 4)",
+        "[mnist-20C5-P2-50C5-P2-500-k1-Bnone] int skipped: INT needs ternary hidden weights (--ternary) and a bounded encoding block "
+        "(--B, or --encoding-k 0 --encoding-B 4 as the paper)",
+    ]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.is_dir() and p.name in ("nsd", "sg", "int")) == ["nsd"]
+
+
 def _error(capsys, argv) -> str:
     """Run the command line, insist on exit status 2 and one line; return that line."""
     assert main(argv) == 2
@@ -135,6 +149,16 @@ def test_an_output_that_is_the_input_or_no_file_is_refused(capsys, tmp_path):
     )
     assert _error(capsys, ["map", str(net), "--json", str(tmp_path)]).startswith(f"{tmp_path} is a directory")
     assert capsys.readouterr().out == ""  # (refused before the table)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # (root writes anywhere)
+            assert "locked" in _error(capsys, ["map", str(net), "--json", str(locked / "map.json")])
+            assert capsys.readouterr().out == ""  # the table is not printed before the failure
+    finally:
+        locked.chmod(0o700)
+        locked.rmdir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.pt", "sg.npz"]  # nothing else written
     package = tmp_path / "pkg"
     package.mkdir()  # a package goes into a folder, new or not

@@ -177,14 +177,19 @@ def test_loading_something_else_is_a_clear_error(tmp_path):
         SpikingNet.load(junk)
 
 
-def _rewritten(path, change) -> None:
-    """Rewrite the .npz at ``path`` with ``change(arrays, manifest)`` applied (a hand edit)."""
+def _rewritten(path, change, reseal: bool = False) -> None:
+    """Rewrite the .npz at ``path`` with ``change(arrays, manifest)`` applied (a hand edit);
+    with ``reseal``, the checksum recomputed over the edit (a forger's edit)."""
     import json
+
+    from qsnn.conversion import _content_digest
 
     with np.load(path) as data:
         arrays = {key: data[key] for key in data.files}
     manifest = json.loads(str(arrays["manifest"]))
     change(arrays, manifest)
+    if reseal:
+        manifest["sha256"] = _content_digest(manifest, {k: v for k, v in arrays.items() if k != "manifest"})
     arrays["manifest"] = np.array(json.dumps(manifest))
     np.savez(path, **arrays)
 
@@ -216,11 +221,16 @@ def test_a_damaged_network_file_is_caught_by_its_checksum_and_its_shapes(tmp_pat
     with pytest.raises(QsnnError, match="its contents do not match the checksum"):
         SpikingNet.load(path)
 
-    def unsealed(arrays, manifest):  # (a file written before the checksum, or one edited with care)
+    def unsealed(arrays, manifest):  # an edit that takes the seal away with it
         del manifest["sha256"]
+        arrays["layer2.weight"] = arrays["layer2.weight"] * 2
 
     _rewritten(path, unsealed)
-    assert np.array_equal(SpikingNet.load(path).layers[2].weight.flat[1:], net.layers[2].weight.flat[1:])
+    with pytest.raises(QsnnError) as refused:
+        SpikingNet.load(path)
+    assert str(refused.value) == (
+        f"{path} has no checksum (it was not written by qsnn convert, or was edited); re-create it with `qsnn convert`"
+    )
     cut = replace(net, output=replace(net.output, weight=net.output.weight[:, :-1]))
     cut.save(path)
     with pytest.raises(QsnnError) as refused:
@@ -240,22 +250,70 @@ def test_a_damaged_network_file_is_caught_by_its_checksum_and_its_shapes(tmp_pat
         SpikingNet.load(path)
     net.save(path)
 
-    def flat(arrays, manifest):  # hand edits that would break arithmetic, unsealed
-        del manifest["sha256"]
+    def flat(arrays, manifest):  # hand edits that would break arithmetic, resealed
         manifest["layers"][0]["in_shape"] = [1, 28]
 
-    _rewritten(path, flat)
+    _rewritten(path, flat, reseal=True)
     with pytest.raises(QsnnError, match=r"is damaged: its manifest or arrays are incomplete \(ValueError"):
         SpikingNet.load(path)
     net.save(path)
 
     def no_stride(arrays, manifest):
-        del manifest["sha256"]
         manifest["layers"][1]["stride"] = 0
 
-    _rewritten(path, no_stride)
+    _rewritten(path, no_stride, reseal=True)
     with pytest.raises(QsnnError, match="is damaged: layer 2 has kernel 2, stride 0, padding 0"):
         SpikingNet.load(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda a, m: a.__setitem__("layer2.weight", a["layer2.weight"].astype(np.float64)), "its layer 3's weight is not an integer array"),
+        (lambda a, m: a.__setitem__("layer1.table", a["layer1.table"].astype(str)), "its layer 2's table is not an integer array"),
+        (lambda a, m: m["layers"][1].__setitem__("divisor", 0), "layer 2 has k 1, B 2, divisor 0"),
+        (lambda a, m: m["layers"][2].__setitem__("count_limit", -3), "layer 3 has k 1, B 2"),
+        (lambda a, m: m["layers"][0].__setitem__("input_limit", float("nan")), "layer 1 has k 1, B 2"),
+        (lambda a, m: m.__setitem__("threshold_scale", "abc"), "its threshold scale 'abc' is not a positive integer"),
+        (lambda a, m: m["net"].__setitem__("num_classes", 7), "it names 7 classes but its output layer has 10"),
+        (lambda a, m: a.__setitem__("model.blocks.0.norm.running_var", a["model.blocks.0.norm.running_var"] * np.nan),
+         "the trained model's parameter blocks.0.norm.running_var is not finite"),
+        (lambda a, m: a.pop("model.classifier"), "the trained model's parameters it carries are incomplete"),
+        (lambda a, m: a.__setitem__("layer1.size", a["layer1.size"] - 10), "layer 2 has negative table sizes"),
+    ],
+)
+def test_a_resealed_forgery_is_still_refused(tmp_path, edit, message):
+    """Edits whose checksum was recomputed: types, ranges and consistency are checked too."""
+    net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, seed=5), "nsd")
+    path = tmp_path / "net.npz"
+    net.save(path)
+    _rewritten(path, edit, reseal=True)
+    with pytest.raises(QsnnError) as refused:
+        SpikingNet.load(path)
+    assert str(refused.value).startswith(f"{path} is damaged: ") and message in str(refused.value)
+
+
+def test_a_relabelled_scheme_and_a_deep_manifest_are_refused(tmp_path):
+    unbounded = convert(random_net("6C5-P2-8C3-12", k=1, B=None, seed=5), "nsd")
+    path = tmp_path / "net.npz"
+    unbounded.save(path)
+    _rewritten(path, lambda a, m: m.__setitem__("scheme", "sg"), reseal=True)
+    with pytest.raises(QsnnError, match="is damaged: it is labelled SG but has a layer without an upper bound B"):
+        SpikingNet.load(path)
+    real = convert(random_net("6C5-P2-8C3-12", k=1, B=2, seed=5), "nsd")
+    real.save(path)
+    _rewritten(path, lambda a, m: m.__setitem__("scheme", "int"), reseal=True)
+    with pytest.raises(QsnnError, match="is damaged: it is labelled INT but its hidden weights are not ternary"):
+        SpikingNet.load(path)
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["manifest"] = np.array("[" * 100000)
+    np.savez(path, **arrays)
+    with pytest.raises(QsnnError) as refused:
+        SpikingNet.load(path)
+    assert str(refused.value) == (
+        f"{path} is not a converted qsnn network or is damaged (RecursionError); re-create it with `qsnn convert`"
+    )
 
 
 def test_a_diverged_network_is_not_converted():

@@ -1,5 +1,6 @@
 """The NumPy reference runner of a qsnn-int package equals the simulator, bit for bit."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -132,6 +133,8 @@ def test_bad_inputs_and_damaged_packages_are_refused(tmp_path):
         deploy.run(folder, pixels[:, :, :20])
     with pytest.raises(QsnnError, match="steps"):
         deploy.run(folder, pixels, steps=0)
+    with pytest.raises(QsnnError, match=r"^steps must be an integer from 1 to 100000 or None, got 1000000000000$"):
+        deploy.run(folder, pixels, steps=10**12)
     with pytest.raises(QsnnError, match="batch_size"):
         deploy.run(folder, pixels, batch_size=0)
     with pytest.raises(QsnnError, match="engine"):
@@ -143,18 +146,316 @@ def test_bad_inputs_and_damaged_packages_are_refused(tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(QsnnError, match="schema version 99"):
         deploy.load(folder)
-    manifest["schema_version"] = 1
-    del manifest["layers"][1]["thresholds"]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(QsnnError, match="incomplete"):
-        deploy.load(folder)
     (folder / "manifest.json").write_text("[1]")
     with pytest.raises(QsnnError, match=r"manifest.json is not a qsnn-int manifest \(not a JSON object\)"):
         deploy.load(folder)
+    manifest["schema_version"] = 1
     (folder / "manifest.json").write_text(json.dumps(manifest))
     (folder / "weights.npz").write_bytes(b"")
-    with pytest.raises(QsnnError, match=r"holds a damaged package \(EOFError\)"):
+    assert_refused(folder, "weights.npz cannot be read (EOFError: No data left in file)")
+
+
+# --- the seal and the checks on load ----------------------------------------------------
+
+
+def seal_of(manifest, arrays):
+    """The seal as docs/EXPORT.md defines it, written out here independently of qsnn."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({key: value for key, value in manifest.items() if key != "sha256"}, sort_keys=True).encode())
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def read_package(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    with np.load(folder / "weights.npz", allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    return manifest, arrays
+
+
+def write_package(folder, manifest, arrays, *, seal=True):
+    """Write a (changed) package back; ``seal``: recompute the seal, as an attacker could."""
+    if seal:
+        manifest["sha256"] = seal_of(manifest, arrays)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    np.savez(folder / "weights.npz", **arrays)
+
+
+def refusal(folder, what):
+    return f"{folder} is damaged: {what}; re-export it with `qsnn export NET.npz --format qsnn-int -o {folder}`"
+
+
+def assert_refused(folder, what, *, exact=None):
+    with pytest.raises(QsnnError) as caught:
         deploy.load(folder)
+    message = str(caught.value)
+    assert message == (exact if exact is not None else refusal(folder, what))
+    assert "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def small_int_net():
+    """6C5-P2-8C3-12, INT, k = 1, B = 2: conv layers with kernel 5, 2 and 3, a dense layer."""
+    return convert(random_net("6C5-P2-8C3-12", k=1, B=2, ternary=True, seed=12), "int")
+
+
+@pytest.fixture
+def package(tmp_path, small_int_net):
+    return export_package(small_int_net, tmp_path / "pkg", steps=5)
+
+
+def test_an_untouched_package_is_sealed_loads_and_runs(package, small_int_net):
+    manifest, arrays = read_package(package)
+    assert manifest["sha256"] == seal_of(manifest, arrays) == deploy.package_digest(manifest, arrays)
+    pixels = random_pixels(8, seed=12)
+    loaded = deploy.load(package)
+    assert loaded.time_steps == 5 and [layer.table.shape for layer in loaded.layers] == [(6, 4), (6, 4), (8, 4), (12, 4)]
+    assert_same(simulate_batch(small_int_net, pixels, 5), deploy.run(loaded, pixels.numpy()))
+
+
+def test_a_flipped_weight_or_field_breaks_the_seal(package):
+    manifest, arrays = read_package(package)
+    flipped = dict(arrays)
+    flipped["layer2.weight"] = arrays["layer2.weight"].copy()
+    flipped["layer2.weight"].flat[0] = -flipped["layer2.weight"].flat[0] if flipped["layer2.weight"].flat[0] else 1
+    write_package(package, dict(manifest), flipped, seal=False)
+    broken = "its contents do not match the sha256 seal in manifest.json (a weight or a field was changed)"
+    assert_refused(package, broken)
+    edited = dict(manifest, time_steps=6)  # a valid value, but not the one sealed
+    write_package(package, edited, arrays, seal=False)
+    assert_refused(package, broken)
+    write_package(package, dict(manifest, sha256="0" * 64), arrays, seal=False)
+    assert_refused(package, broken)
+    write_package(package, dict(manifest, sha256=7), arrays, seal=False)
+    assert_refused(package, broken)
+    write_package(package, manifest, arrays, seal=False)  # the original contents: accepted again
+    deploy.load(package)
+
+
+def test_a_flipped_byte_in_the_weights_file_is_refused(package):
+    raw = bytearray((package / "weights.npz").read_bytes())
+    raw[raw.index(b"\x93NUMPY", raw.index(b"layer2.weight.npy")) + 130] ^= 1  # a weight of layer 2
+    (package / "weights.npz").write_bytes(bytes(raw))
+    assert_refused(package, "weights.npz cannot be read (BadZipFile: Bad CRC-32 for file 'layer2.weight.npy')")
+
+
+def test_a_package_without_its_seal_is_refused(package):
+    manifest, arrays = read_package(package)
+    del manifest["sha256"]
+    write_package(package, manifest, arrays, seal=False)
+    assert_refused(
+        package,
+        None,
+        exact=f"{package} is not sealed: manifest.json has no 'sha256' seal over the package's contents "
+        f"(it was edited, or written before packages were sealed); re-export it with "
+        f"`qsnn export NET.npz --format qsnn-int -o {package}`",
+    )
+
+
+def _set(path, value):
+    """An edit of the manifest: set the field at ``path`` (keys and list indices)."""
+
+    def edit(manifest, arrays):
+        target = manifest
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return edit
+
+
+def _delete(path):
+    def edit(manifest, arrays):
+        target = manifest
+        for key in path[:-1]:
+            target = target[key]
+        del target[path[-1]]
+
+    return edit
+
+
+def _array(name, change, shape_in_manifest=None):
+    """An edit of the arrays: replace ``name`` by ``change(old)`` (and its listed shape)."""
+
+    def edit(manifest, arrays):
+        arrays[name] = change(arrays[name])
+        if shape_in_manifest is not None:
+            shape_in_manifest(manifest)[:] = list(arrays[name].shape)
+
+    return edit
+
+
+RESEALED = [
+    ("stride 0", _set(["layers", 1, "stride"], 0), "layers[1].stride is 0 (must be an integer from 1 to 65536)"),
+    ("padding -1", _set(["layers", 0, "padding"], -1), "layers[0].padding is -1 (must be an integer from 0 to 4)"),
+    ("kernel 0", _set(["layers", 2, "kernel"], 0), "layers[2].kernel is 0 (must be an integer from 1 to 65536)"),
+    ("stride as text", _set(["layers", 1, "stride"], "2"), 'layers[1].stride is "2" (must be an integer from 1 to 65536)'),
+    ("no layers", _set(["layers"], []), "layers is [] (must be a non-empty list of layers)"),
+    ("layers not a list", _set(["layers"], {}), "layers is an object (must be a non-empty list of layers)"),
+    ("huge time_steps", _set(["time_steps"], 10**12), "time_steps is 1000000000000 (must be an integer from 1 to 100000 or null)"),
+    ("zero time_steps", _set(["time_steps"], 0), "time_steps is 0 (must be an integer from 1 to 100000 or null)"),
+    ("boolean time_steps", _set(["time_steps"], True), "time_steps is true (must be an integer from 1 to 100000 or null)"),
+    ("unknown scheme", _set(["scheme"], "ann"), 'scheme is "ann" (must be "nsd" or "sg" or "int")'),
+    ("unknown kind", _set(["layers", 1, "kind"], "pool"), 'layers[1].kind is "pool" (must be "conv" or "dense")'),
+    ("missing thresholds", _delete(["layers", 1, "thresholds"]), "layers[1].thresholds is missing"),
+    (
+        "input shape of rank 4",
+        _set(["input", "shape"], [1, 28, 28, 1]),
+        "input.shape is [1, 28, 28, 1] (must be a list of 3 integers from 1 to 65536, 67,108,864 values at most)",
+    ),
+    (
+        "input shape too large",
+        _set(["input", "shape"], [1, 65536, 65536]),
+        "input.shape is [1, 65536, 65536] (must be a list of 3 integers from 1 to 65536, 67,108,864 values at most)",
+    ),
+    (
+        "input shape that does not chain",
+        _set(["input", "shape"], [1, 28, 27]),
+        "layers[0].in_shape [1, 28, 28] does not match input.shape [1, 28, 27]",
+    ),
+    (
+        "in_shape that does not chain",
+        _set(["layers", 2, "in_shape"], [6, 12, 13]),
+        "layers[2].in_shape [6, 12, 13] does not match layers[1].out_shape [6, 12, 12]",
+    ),
+    (
+        "out_shape against the geometry",
+        _set(["layers", 0, "out_shape"], [6, 24, 25]),
+        "layers[0].out_shape [6, 24, 25] does not match its geometry "
+        "(kernel 5, stride 1, padding 0 on [1, 28, 28] gives 6 x 24 x 24)",
+    ),
+    (
+        "kernel beyond the input",
+        lambda m, a: m["layers"][2].update(kernel=40, padding=0),
+        "layers[2].kernel 40 is larger than its input 12 x 12 padded by 0",
+    ),
+    (
+        "a dense layer with a kernel",
+        _set(["layers", 3, "kernel"], 3),
+        "layers[3] is dense but has kernel 3, stride 1, padding 0 (must be 1, 1, 0)",
+    ),
+    (
+        "wrong weight shape",
+        _array("layer3.weight", lambda w: w[..., :2], lambda m: m["layers"][2]["weight"]["shape"]),
+        "the array 'layer3.weight' has shape (8, 6, 3, 2), expected (8, 6, 3, 3)",
+    ),
+    (
+        "listed weight shape differs from the array",
+        _set(["layers", 2, "weight", "shape"], [8, 6, 3, 2]),
+        "layers[2].weight.shape is [8, 6, 3, 2] but the array 'layer3.weight' has shape (8, 6, 3, 3)",
+    ),
+    (
+        "float weights",
+        _array("layer2.weight", lambda w: w.astype(np.float64)),
+        "the array 'layer2.weight' is float64, not a signed integer type",
+    ),
+    (
+        "NaN weights",
+        _array("layer1.weight", lambda w: np.full(w.shape, np.nan)),
+        "the array 'layer1.weight' is float64, not a signed integer type",
+    ),
+    (
+        "unsigned weights",
+        _array("output.weight", lambda w: np.abs(w).astype(np.uint64)),
+        "the array 'output.weight' is uint64, not a signed integer type",
+    ),
+    (
+        "a weight dtype that is not the array's",
+        _set(["layers", 1, "weight", "dtype"], "int64"),
+        "layers[1].weight.dtype is 'int64' but the array 'layer2.weight' is int8",
+    ),
+    (
+        "a missing array",
+        _set(["layers", 1, "thresholds", "table"], "layer9.thresholds"),
+        "layers[1].thresholds.table names the array 'layer9.thresholds', which weights.npz lacks",
+    ),
+    (
+        "float thresholds",
+        _array("layer2.thresholds", lambda t: t.astype(np.float64)),
+        "the array 'layer2.thresholds' is float64, not a signed integer type",
+    ),
+    (
+        "a threshold table of the wrong shape",
+        _array("layer2.thresholds", lambda t: t[:, :3]),
+        "the array 'layer2.thresholds' has shape (6, 3), expected (6, 4)",
+    ),
+    (
+        "a decreasing threshold table",
+        _array("layer3.thresholds", lambda t: np.sort(t, axis=1)[:, ::-1].copy()),
+        "the threshold table 'layer3.thresholds' is not non-decreasing along its levels",
+    ),
+    (
+        "levels that are not 2^k B",
+        _set(["layers", 1, "levels"], 5),
+        "layers[1].levels is 5, but 2^k * B = 4",
+    ),
+    (
+        "divisor 0",
+        _set(["layers", 1, "thresholds", "divisor"], 0),
+        "layers[1].thresholds.divisor is 0 (must be an integer from 1 to 9223372036854775807)",
+    ),
+    (
+        "classes that are not the output weights'",
+        _set(["output", "classes"], 9),
+        "the array 'output.weight' has shape (10, 12), expected (9, 12)",
+    ),
+    (
+        "output features",
+        _set(["output", "in_features"], 13),
+        "output.in_features is 13, but the last layer gives 12",
+    ),
+    (
+        "weights that could overflow int64",
+        _array("output.weight", lambda w: np.full(w.shape, 2**58, np.int64)),
+        "output.weight times its largest input (4) reaches 1.38e+19, beyond 2^62 (int64 membranes could overflow)",
+    ),
+    (
+        "a negative input limit",
+        _set(["layers", 2, "input_limit"], -1.0),
+        "layers[2].input_limit is -1.0 (must be a number >= 0 or null)",
+    ),
+    (
+        "other sentinels",
+        _set(["sentinels", "plus_infinity"], 2**53),
+        "sentinels are not int64 max and int64 min",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edit", "what"), [case[1:] for case in RESEALED], ids=[case[0] for case in RESEALED])
+def test_a_resealed_package_with_bad_fields_is_refused(package, edit, what):
+    manifest, arrays = read_package(package)
+    edit(manifest, arrays)
+    write_package(package, manifest, arrays)
+    assert_refused(package, what)
+
+
+def test_sg_packages_take_one_step(tmp_path):
+    net = convert(random_net("20-16", k=1, B=2, ternary=True, seed=13), "sg")
+    folder = export_package(net, tmp_path / "sg")
+    manifest, arrays = read_package(folder)
+    manifest["time_steps"] = None
+    write_package(folder, manifest, arrays)
+    assert_refused(folder, "time_steps is null (SG takes exactly 1 step)")
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("[" * 100_000, "manifest.json is nested too deeply to be a package manifest"),
+        ("[" * 50 + "]" * 50, "manifest.json is nested more than 32 levels deep, deeper than a package manifest"),
+        ('{"format": "qsnn-int", "time_steps": NaN}', "manifest.json holds the number NaN, which a package never holds"),
+        ('{"format": "qsnn-int", "time_steps": 1e999}', "manifest.json holds the number 1e999, beyond float64"),
+        ('{"format": "qsnn-int", ', "manifest.json is not valid JSON (Expecting property name enclosed in double quotes, line 1)"),
+    ],
+    ids=["deep", "nested", "nan", "overflow", "truncated"],
+)
+def test_a_manifest_that_does_not_parse_is_refused_in_one_line(package, text, what):
+    (package / "manifest.json").write_text(text)
+    assert_refused(package, what)
 
 
 def test_int_net_with_the_papers_rounded_thresholds(tmp_path):

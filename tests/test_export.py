@@ -1,5 +1,6 @@
 """The qsnn-int package (contents, dtypes, thresholds, refusals) and the NIR export."""
 
+import hashlib
 import json
 import os
 import stat
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from qsnn import deploy
 from qsnn.conversion import convert
 from qsnn.errors import QsnnError
 from qsnn.export import (
@@ -16,6 +18,7 @@ from qsnn.export import (
     export_nir,
     export_package,
     nir_thresholds,
+    package_contents,
     smallest_int_dtype,
 )
 from qsnn.neurons import BIG, threshold
@@ -62,6 +65,27 @@ def test_manifest_describes_every_layer_with_the_smallest_dtypes(tmp_path):
     assert hidden == [np.int8] * 3  # ternary
     assert arrays["output.weight"].dtype.itemsize >= 4
     assert manifest["output"]["classes"] == 10 and manifest["output"]["in_features"] == 12
+
+
+def test_the_package_is_sealed_over_its_manifest_and_every_array(tmp_path):
+    """docs/EXPORT.md's seal: sha256 of the manifest without "sha256" (json.dumps, keys
+    sorted), then of each array's "name|dtype.str|shape|" and bytes, in name order."""
+    net = convert(random_net("20-16", k=1, B=2, ternary=True, seed=7), "sg")
+    net.source = {"dataset": "mnist", "path": tmp_path / "net.npz"}  # (a Path: written as text)
+    folder = export_package(net, tmp_path / "pkg")
+    manifest, arrays = read_package(folder)
+    digest = hashlib.sha256(json.dumps({k: v for k, v in manifest.items() if k != "sha256"}, sort_keys=True).encode())
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode() + array.tobytes())
+    assert manifest["sha256"] == digest.hexdigest() == deploy.package_digest(manifest, arrays)
+    assert manifest["source"]["path"] == str(tmp_path / "net.npz")
+    assert package_contents(net)[0] == manifest  # the sealed manifest is what is written
+    assert deploy.load(folder).manifest == manifest
+    changed = dict(arrays, **{"layer2.weight": arrays["layer2.weight"].view(np.uint8)})  # same bytes
+    assert deploy.package_digest(manifest, changed) != manifest["sha256"]
+    assert deploy.package_digest(dict(manifest, time_steps=2), arrays) != manifest["sha256"]
+    assert deploy.package_digest(dict(manifest, sha256="other"), arrays) == manifest["sha256"]
 
 
 def test_tables_equal_the_simulator_thresholds(tmp_path):

@@ -75,11 +75,34 @@ def test_macs_are_exact_at_the_borders():
         ("0C5-500", "item 1 '0C5' at character 1 is not understood"),
         ("20C5*0", "item 1 '20C5*0' at character 1 is not understood"),
         ("2P2-10", "item 1 '2P2' at character 1 is not understood"),
+        ("P2s-10", "item 1 'P2s' at character 1 is not understood"),
+        ("20C5\n-500", "item 1 '20C5\\n' at character 1 is not understood"),
+        ("500*99999999999", "bad network notation '500*99999999999': item 1 '500*99999999999' asks for 99999999999 repetitions; qsnn takes at most 256"),
+        ("P2*99999999999", "asks for 99999999999 repetitions; qsnn takes at most 256"),
+        ("1C1*10000000", "item 1 '1C1*10000000' asks for 10000000 repetitions; qsnn takes at most 256"),
+        ("9" * 5000, "bad network notation of 5,000 characters: too long"),
+        ("9" * 30, "asks for 999999999999... units; qsnn takes at most 65,536"),
+        ("20C65-10", "asks for 65 as kernel size; qsnn takes at most 64"),
+        ("-".join(["8C1*200"] * 3), "more than 512 items once repeated; qsnn takes at most 512"),
     ],
 )
 def test_bad_notation_names_the_token_and_position(notation, message):
     with pytest.raises(QsnnError, match=re.escape(message)):
         resolve_net(notation)
+
+
+@pytest.mark.parametrize("notation", ["20C5s-P2-500", "16C5s-16C5-P2-32C5-P2-256", "16C5v-P2-10", "  20C5-500 "])
+def test_padding_suffixes_are_notation_not_preset_names(notation):
+    assert resolve_net(notation) == (notation.strip(), None)
+
+
+def test_nets_too_large_for_a_machine_are_refused_before_anything_is_built():
+    with pytest.raises(QsnnError) as refused:
+        build_plan("60000-60000-60000", (1, 28, 28), 10, "valid")
+    assert str(refused.value) == (
+        "'60000-60000-60000' on 1x28x28 inputs has 7,247,640,000 weights and 180,010 neurons per image; "
+        "qsnn takes at most 2,000,000,000 and 100,000,000"
+    )
 
 
 def test_nets_that_do_not_fit_the_input_are_explained():
@@ -89,6 +112,9 @@ def test_nets_that_do_not_fit_the_input_are_explained():
         build_plan("500-20C5", (1, 28, 28), 10, "valid")
     with pytest.raises(QsnnError, match="'same' padding needs an odd kernel size"):
         build_plan("8C4s", (1, 28, 28), 10, "valid")
+    with pytest.raises(QsnnError) as refused:  # (no 'same' padding for a P block to suggest)
+        build_plan("8C5-P2-P2-P2-P2-P2", (1, 28, 28), 10, "valid")
+    assert str(refused.value).endswith("needs at least a 2x2 input but gets 1x1; remove a layer or give a larger input")
 
 
 def test_qsnn_nets_prints_layers_shapes_and_parameters(capsys):

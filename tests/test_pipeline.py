@@ -103,7 +103,7 @@ def test_bad_grids_and_reports_are_explained(tmp_path):
         parse_grid(["k"])
     with pytest.raises(QsnnError, match="cannot sweep over 'lr'"):
         parse_grid(["lr=1,2"])
-    with pytest.raises(QsnnError, match="B must be a positive integer or 'none', got 'x'"):
+    with pytest.raises(QsnnError, match="B must be an integer from 1 to 64 or 'none', got 'x'"):
         parse_grid(["B=x"])
     with pytest.raises(QsnnError, match="no run.json under"):
         report_rows([tmp_path])

@@ -119,10 +119,10 @@ def test_bad_k_is_a_one_line_error(k: object) -> None:
 def test_bad_b_is_a_one_line_error(bound: object) -> None:
     with pytest.raises(QsnnError) as caught:
         Precision(B=bound)  # type: ignore[arg-type]
-    assert str(caught.value) == f"B must be a positive integer or 'none', got {bound!r}"
+    assert str(caught.value) == f"B must be an integer from 1 to 64 or 'none', got {bound!r}"
     with pytest.raises(QsnnError) as caught:
         Precision(encoding_B=0)
-    assert str(caught.value) == "encoding B must be a positive integer or 'none', got 0"
+    assert str(caught.value) == "encoding B must be an integer from 1 to 64 or 'none', got 0"
 
 
 def test_parse_bound() -> None:
@@ -134,10 +134,10 @@ def test_parse_bound() -> None:
     assert check_bound(None) is None
     with pytest.raises(QsnnError) as caught:
         parse_bound("two")
-    assert str(caught.value) == "B must be a positive integer or 'none', got 'two'"
+    assert str(caught.value) == "B must be an integer from 1 to 64 or 'none', got 'two'"
     with pytest.raises(QsnnError) as caught:
         parse_bound("0")
-    assert str(caught.value) == "B must be a positive integer or 'none', got 0"
+    assert str(caught.value) == "B must be an integer from 1 to 64 or 'none', got 0"
 
 
 def test_precision_blocks_and_round_trip() -> None:

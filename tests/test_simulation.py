@@ -686,3 +686,27 @@ def test_convert_takes_a_network_or_a_checkpoint_only():
         "convert() takes a qsnn QuantizedNet or the path of a checkpoint, got OrderedDict; "
         "load a checkpoint with qsnn.load_checkpoint"
     )
+
+
+def test_the_python_api_refuses_what_it_cannot_take_in_one_line(tmp_path):
+    """simulate() and convert() name a missing GPU, an unknown device, a network that is
+    not one and an unknown scheme; simulate() also takes the path of a converted file."""
+    model = random_net("6C5-P2-8C3-12", k=1, B=2, seed=3)
+    net = convert(model, "nsd")
+    pixels, labels = random_pixels(3, seed=3), torch.zeros(3, dtype=torch.int64)
+    cases = [
+        (lambda: simulate(net, pixels, labels, steps=None, device="foo"), "unknown device 'foo': use cpu, cuda or cuda:N"),
+        (lambda: simulate(None, pixels, labels, steps=None),
+         "simulate() takes a converted network (qsnn.convert(...), or the path of a .npz that `qsnn convert` wrote), got NoneType"),
+        (lambda: convert(model, None), "unknown scheme None: use one of nsd, sg, int"),
+        (lambda: convert(str(tmp_path / "x.pt"), None), "unknown scheme None: use one of nsd, sg, int"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((lambda: simulate(net, pixels, labels, steps=None, device="cuda"),
+                      "device 'cuda' was asked but torch sees no CUDA GPU; use cpu"))
+    for call, message in cases:
+        with pytest.raises(QsnnError) as refused:
+            call()
+        assert str(refused.value) == message
+    net.save(tmp_path / "net.npz")
+    assert simulate(str(tmp_path / "net.npz"), pixels, labels, steps=None).agree == simulate(net, pixels, labels, steps=None).agree

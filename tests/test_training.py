@@ -338,6 +338,14 @@ def test_load_checkpoint_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert error(tmp_path) == (
         f"checkpoint {tmp_path} is not a file; give the path of a .pt file"
     )
+    broken = QuantizedNet(spec)
+    with torch.no_grad():
+        broken.blocks[0].norm.running_var[3] = -1.0
+    save_checkpoint(tmp_path / "negative.pt", broken, None, epoch=1)
+    assert error(tmp_path / "negative.pt") == (
+        f"checkpoint {tmp_path / 'negative.pt'} has a negative batch-norm variance in block 1 (a damaged file); "
+        "re-create it with qsnn train"
+    )
     (tmp_path / "text.pt").write_text("not a checkpoint\n")
     assert error(tmp_path / "text.pt") == (
         f"{tmp_path / 'text.pt'} is not a qsnn checkpoint (not a PyTorch archive); "
@@ -425,10 +433,13 @@ def test_config_defaults_and_schedule() -> None:
     ("changes", "message"),
     [
         ({"k": 7}, "k must be an integer from 0 to 4, got 7"),
-        ({"B": "x"}, "B must be a positive integer or 'none', got 'x'"),
+        ({"B": "x"}, "B must be an integer from 1 to 64 or 'none', got 'x'"),
         ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),
         ({"batch_size": -5}, "batch_size must be an integer >= 1, got -5"),
-        ({"lr": 0.0}, "lr must be positive, got 0.0"),
+        ({"lr": 0.0}, "lr must be a number above 0 and at most 10 (the papers: 1e-3), got 0.0"),
+        ({"lr": float("inf")}, "lr must be a number above 0 and at most 10 (the papers: 1e-3), got inf"),
+        ({"B": 65}, "B must be an integer from 1 to 64 or 'none', got 65"),
+        ({"batch_size": 70000}, "batch_size must be at most 65,536, got 70,000"),
         ({"encoding_k": "one"}, "encoding k must be an integer from 0 to 4 or 'same', got 'one'"),
     ],
 )
