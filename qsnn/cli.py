@@ -258,21 +258,23 @@ def load_test_pixels(dataset: str, data_dir: str | None, limit: int | None):
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from qsnn.conversion import SpikingNet
+    from qsnn.io import folder_lock
     from qsnn.reporting import summarize, summary_table, write_simulation
     from qsnn.simulation import simulate
 
     net = SpikingNet.load(args.file)
     dataset = _own_dataset(args.file, net.source.get("dataset"), args.dataset)
     pixels, labels = load_test_pixels(dataset, args.data_dir, args.limit)
-    result = simulate(
-        net, pixels, labels, steps=args.steps, noise=args.noise, batch_size=args.batch_size,
-        device=args.device, seed=args.seed, progress=not args.quiet, verify=args.verify,
-    )
-    summary = summarize(
-        result, net, dataset=dataset, seed=args.seed, e_add=args.energy_add, e_mac=args.energy_mac
-    )
     out = Path(args.out or Path(args.file).with_suffix("").with_suffix("").as_posix() + f"-{net.scheme}-sim")
-    write_simulation(out, summary, result)
+    with folder_lock(out):  # (held from the start: a second simulation into it is refused at once)
+        result = simulate(
+            net, pixels, labels, steps=args.steps, noise=args.noise, batch_size=args.batch_size,
+            device=args.device, seed=args.seed, progress=not args.quiet, verify=args.verify,
+        )
+        summary = summarize(
+            result, net, dataset=dataset, seed=args.seed, e_add=args.energy_add, e_mac=args.energy_mac
+        )
+        write_simulation(out, summary, result)
     print(summary_table([summary]))
     verdict = "LOSSLESS" if summary["lossless"] else "NOT lossless"
     print(

@@ -244,7 +244,7 @@ class SpikingNet:
             raise QsnnError(f"{path} is not a converted qsnn network (format {found!r})")
         if manifest.get("version") != FORMAT_VERSION:
             raise QsnnError(
-                f"{path} has format version {manifest.get('version')}, this qsnn reads "
+                f"{path} has format version {manifest.get('version')!r}, this qsnn reads "
                 f"version {FORMAT_VERSION}; re-create it with `qsnn convert`"
             )
         digest = manifest.get("sha256")
@@ -296,14 +296,14 @@ class SpikingNet:
         previous = None
         for number, layer in enumerate(self.layers, start=1):
             if not (integer_in(layer.k, 0, 4) and (layer.bound is None or integer_in(layer.bound, 1))
-                    and integer_in(layer.divisor, 1) and integer_in(layer.exponent, -1100, 1100)
-                    and integer_in(layer.count_limit, 0) and layer.input_limit >= 0):
+                    and integer_in(layer.divisor, 1, 2**62) and integer_in(layer.exponent, -1100, 1100)
+                    and integer_in(layer.count_limit, 0, 2**40) and layer.input_limit >= 0):
                 return f"layer {number} has k {layer.k!r}, B {layer.bound!r}, divisor {layer.divisor!r}, exponent {layer.exponent!r} or limits out of range"
             if int(layer.size.min(initial=0)) < 0 or int(layer.constant.min(initial=-1)) < -1:
                 return f"layer {number} has negative table sizes or constants"
             if previous is not None and tuple(layer.in_shape) != tuple(previous):
                 return f"layer {number} takes {tuple(layer.in_shape)} but layer {number - 1} gives {tuple(previous)}"
-            if min(layer.kernel, layer.stride) < 1 or layer.padding < 0:
+            if not (integer_in(layer.kernel, 1, 4096) and integer_in(layer.stride, 1, 4096) and integer_in(layer.padding, 0, 4096)):
                 return f"layer {number} has kernel {layer.kernel}, stride {layer.stride}, padding {layer.padding}"
             if layer.kind == "conv":
                 channels, height, width = layer.in_shape

@@ -1426,3 +1426,12 @@ def _chunks(images: int) -> int:
 
 def threads() -> int:
     return numba.get_num_threads()
+
+
+def compiled_on_disk() -> bool:
+    """Whether numba's on-disk cache already holds the simulation kernel for this source
+    (else the first run compiles the kernels, which takes about a minute)."""
+    try:
+        return bool(_simulate._cache._cache_file._load_index())
+    except (AttributeError, OSError, EOFError, ValueError):  # (numba internals moved: do not guess)
+        return True

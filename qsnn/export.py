@@ -34,7 +34,7 @@ from qsnn.deploy import (
     package_digest,
 )
 from qsnn.errors import QsnnError, integer_in
-from qsnn.io import atomic_path, write_bytes, write_json
+from qsnn.io import atomic_path, folder_lock, write_bytes, write_json
 
 NIR_FORMAT = "qsnn-nir"
 NIR_HUGE = 2.0**62  # NIR threshold of a level that never fires (or, negated, always fires)
@@ -240,7 +240,9 @@ def export_package(net: SpikingNet, out_dir: str | os.PathLike, *, steps: int | 
 
     ``steps``: time steps for NSD/INT (None: run until no neuron spikes). The weights
     file is written first, the manifest (with the seal over both) last, so a manifest
-    means a complete package; :func:`qsnn.deploy.load` verifies the seal.
+    means a complete package; :func:`qsnn.deploy.load` verifies the seal. The folder is
+    locked while they are written (:func:`qsnn.io.folder_lock`): two exports into it at
+    once would mix the weights of one with the manifest of the other.
     """
     manifest, arrays = package_contents(net, steps)
     folder = Path(out_dir)
@@ -248,8 +250,9 @@ def export_package(net: SpikingNet, out_dir: str | os.PathLike, *, steps: int | 
         raise QsnnError(f"{folder} is a file; give a folder for the package (-o DIR)")
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    write_bytes(folder / WEIGHTS, buffer.getvalue())
-    write_json(folder / MANIFEST, manifest)
+    with folder_lock(folder, option="-o"):
+        write_bytes(folder / WEIGHTS, buffer.getvalue())
+        write_json(folder / MANIFEST, manifest)
     return folder
 
 

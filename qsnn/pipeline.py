@@ -14,6 +14,10 @@ draws the figures and writes a report. Everything lands in one folder::
 A *sweep* is a grid of runs in one folder, resumable: finished runs are skipped.
 :func:`report_rows` builds the papers' table (Quantization, Network, Epochs, ANN, SNN,
 Time Steps) plus agreement, SOPs and spikes from any number of runs.
+
+A run holds its folder locked (:func:`qsnn.io.folder_lock`) while it works, and a sweep
+each cell while it runs it, so the cells of one sweep may run as separate jobs at once
+(e.g. one ``qsnn sweep`` per value of k into the same --out), but never one cell twice.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from pathlib import Path
 import torch
 
 from qsnn.errors import QsnnError
-from qsnn.io import provenance, read_json, write_csv, write_json, write_text
+from qsnn.io import folder_lock, provenance, read_json, write_csv, write_json, write_text
 from qsnn.quantization import SAME, bound_text, parse_bound
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+RESUME_RUN = "run the same command again to resume"  # (run and sweep reuse what is done)
+SUMMARY_WAIT = 120.0  # seconds a sweep waits for another to finish writing their folder's report
 MODELS = ASSETS / "models"
 
 
@@ -110,16 +116,23 @@ def execute(
     """Train (or reuse), convert, simulate, plot and report one run; returns run.json.
 
     Parts already done (a finished training, an existing simulation result) are reused,
-    so an interrupted run continues where it stopped.
+    so an interrupted run continues where it stopped. ``out_dir`` is locked while the run
+    works: another process running into it meanwhile is refused (a QsnnError).
     """
+    with folder_lock(out_dir):
+        return _execute(spec, Path(out_dir), data_dir=data_dir, device=device, progress=progress, test_set=test_set)
+
+
+def _execute(
+    spec: RunSpec, out: Path, *, data_dir: str | None, device: str, progress: bool, test_set=None,
+) -> dict:
+    """:func:`execute` in a folder this process holds."""
     from qsnn import data as qdata
     from qsnn.conversion import applicable_schemes, convert, file_sha256, skipped_schemes
     from qsnn.reporting import summarize, write_simulation
     from qsnn.simulation import simulate
     from qsnn.training import load_checkpoint, train
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     record: dict = {"spec": spec.to_dict(), "provenance": provenance(spec.seed), "simulations": []}
 
@@ -132,7 +145,7 @@ def execute(
         train_dir = out / "train"
         resume = (train_dir / "last.pt").exists()
         _log(progress, f"[{spec.tag()}] training {config.net} on {config.dataset} ({config.epochs} epochs)")
-        summary = train(config, train_dir, resume=resume, progress=progress)
+        summary = train(config, train_dir, resume=resume, progress=progress, retry=RESUME_RUN)
         checkpoint = train_dir / "last.pt"
         record["training"] = {"checkpoint": str(checkpoint), "reused": False, **summary}
     model, payload = load_checkpoint(checkpoint)
@@ -358,7 +371,12 @@ def sweep(
     progress: bool = True,
 ) -> list[dict]:
     """Run every combination of ``grid`` (e.g. {"k": [0, 1], "B": [1, 2, 4]}) on top of
-    ``base``; a cell whose run.json exists is skipped, so an interrupted sweep resumes."""
+    ``base``; a cell whose run.json exists is skipped, so an interrupted sweep resumes.
+
+    Each cell's folder is locked while it is run or checked: a cell another process is
+    running is refused (a QsnnError). The sweep's own files (sweep.json, plots, report)
+    are written holding ``out_dir``, waiting up to SUMMARY_WAIT seconds for a sweep that
+    writes them at the same time."""
     unknown = [key for key in grid if key not in RunSpec.__dataclass_fields__]
     if unknown:
         raise QsnnError(f"cannot sweep over {', '.join(unknown)}: use fields like k, B, schemes, noise, seed")
@@ -375,18 +393,20 @@ def sweep(
         name = "-".join(f"{key}={_grid_text(value)}" for key, value in zip(keys, values, strict=True))
         cell = dataclasses.replace(base, **dict(zip(keys, values, strict=True)), name=name)
         folder = out / name
-        if (folder / "run.json").exists():
-            done = read_json(folder / "run.json")
-            _check_same_run(folder, done, cell)
-            _log(progress, f"[{cell.tag()}] done before, skipped")
-            records.append(done)
-            continue
-        records.append(execute(cell, folder, data_dir=data_dir, device=device, progress=progress))
-    write_json(out / "sweep.json", {"base": base.to_dict(), "grid": grid, "runs": [r["spec"] for r in records]})
+        with folder_lock(folder):  # (checked holding it: a cell finished meanwhile is not run again)
+            if (folder / "run.json").exists():
+                done = read_json(folder / "run.json")
+                _check_same_run(folder, done, cell)
+                _log(progress, f"[{cell.tag()}] done before, skipped")
+                records.append(done)
+                continue
+            records.append(_execute(cell, folder, data_dir=data_dir, device=device, progress=progress))
     from qsnn.plots import plot_runs
 
-    plot_runs([out], out / "plots")
-    write_report(out, [out])
+    with folder_lock(out, wait=SUMMARY_WAIT):
+        write_json(out / "sweep.json", {"base": base.to_dict(), "grid": grid, "runs": [r["spec"] for r in records]})
+        plot_runs([out], out / "plots")
+        write_report(out, [out])
     return records
 
 
@@ -502,13 +522,14 @@ def run_default(out_dir: str | Path, *, device: str = "cpu", progress: bool = Tr
     out = Path(out_dir)
     test_set = embedded_mnist_test()
     records = []
-    for spec in embedded_runs():
-        spec.test_limit = test_limit
-        records.append(execute(spec, out / spec.tag(), device=device, progress=progress, test_set=test_set))
-    from qsnn.plots import plot_runs
+    with folder_lock(out):
+        for spec in embedded_runs():
+            spec.test_limit = test_limit
+            records.append(execute(spec, out / spec.tag(), device=device, progress=progress, test_set=test_set))
+        from qsnn.plots import plot_runs
 
-    plot_runs([out], out / "plots")
-    write_report(out, [out])
+        plot_runs([out], out / "plots")
+        write_report(out, [out])
     return records
 
 

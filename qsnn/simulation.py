@@ -16,6 +16,7 @@ batches and aggregates the statistics into a :class:`SimulationResult`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -669,6 +670,8 @@ def simulate(
     verifier = ModelCheck(net)
     if simulator is None:
         simulator = EventSimulator(net) if cpu_kernels(torch.empty(0, device=device)) else simulate_batch
+    if progress and isinstance(simulator, EventSimulator) and not simulator.engine.compiled_on_disk():
+        print("qsnn: compiling the simulator's kernels (first run only, about a minute)", file=sys.stderr, flush=True)
     records = []
     ann_correct = ann_correct_clean = 0
     mismatches = [0] * len(net.layers)

@@ -18,6 +18,12 @@ Files in ``out_dir`` (only rank 0 writes them):
                     and on interruption; ``resume=True`` continues from it
 * ``best.pt``       the weights with the best test accuracy so far
 
+An epoch's end is written in that order: ``best.pt`` (if it improved), ``last.pt``, then
+the metrics, so the metrics never hold an epoch that ``last.pt`` lacks: a run whose
+checkpoint could not be written (a full disk) resumes from the epoch the metrics end at.
+The run holds ``out_dir`` locked (:func:`qsnn.io.folder_lock`, rank 0): a second run into
+the same folder is refused while it lasts.
+
 Distributed: run under ``torchrun`` (``torchrun --nproc_per_node 2 -m qsnn.training ...``);
 each step's batch is split across the processes, which average their gradients
 (DistributedDataParallel, gloo on the CPU, nccl on GPUs).
@@ -49,7 +55,16 @@ from tqdm import tqdm
 
 from qsnn import data as qdata
 from qsnn.errors import QsnnError, check_device, check_seed, integer_in
-from qsnn.io import provenance, read_json, torch_save, write_csv, write_json
+from qsnn.io import (
+    RESUME,
+    RUN_AGAIN,
+    folder_lock,
+    provenance,
+    read_json,
+    torch_save,
+    write_csv,
+    write_json,
+)
 from qsnn.models import NetSpec, QuantizedNet
 from qsnn.notation import resolve_net
 from qsnn.quantization import SAME, Precision, bound_text, parse_bound
@@ -193,12 +208,15 @@ def _plain(value: Any) -> Any:
 
 
 def save_checkpoint(
-    path: str | os.PathLike, model: nn.Module, config: TrainConfig | None, **state: Any
+    path: str | os.PathLike, model: nn.Module, config: TrainConfig | None, *, retry: str = RUN_AGAIN,
+    **state: Any,
 ) -> None:
     """Write a checkpoint atomically: format, NetSpec, config, weights, provenance and ``state``.
 
     ``state`` holds the rest (optimizer state, epoch, step, metrics...); it must be plain
     data and tensors so that the file loads with ``torch.load(weights_only=True)``.
+    A failed write (a full disk...) is a one-line QsnnError naming ``path`` that ends in
+    ``retry`` (what to do once the cause is fixed).
     """
     net = _unwrap(model)
     payload = {
@@ -210,7 +228,7 @@ def save_checkpoint(
         "provenance": _plain(provenance(None if config is None else config.seed)),
         **_plain(state),
     }
-    torch_save(path, payload)
+    torch_save(path, payload, retry=retry)
 
 
 def _spec_key(spec: NetSpec) -> dict[str, Any]:
@@ -590,24 +608,62 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
     save_rank_weights: bool = False,
+    retry: str = RESUME,
 ) -> dict[str, Any]:
     """Train ``config`` into ``out_dir`` (see the module docstring) and return a summary.
 
     ``resume``: continue from ``out_dir/last.pt`` exactly where it stopped.
     ``on_step(epoch, step)``: called after every finished step (0-based epoch, steps done).
     ``save_rank_weights``: every process also writes ``rank{r}_weights.pt`` at the end.
-    A KeyboardInterrupt or SIGTERM saves ``last.pt`` and is then re-raised.
+    ``retry``: how the message of a checkpoint that could not be written (a full disk)
+    says to continue, e.g. "resume with --resume".
+    A KeyboardInterrupt or SIGTERM saves ``last.pt`` and is then re-raised. Another run
+    that holds ``out_dir`` (:func:`qsnn.io.folder_lock`) makes it a QsnnError.
     """
     out_dir = Path(out_dir)
     ddp = _setup_distributed(config.device)
     try:
-        summary = _train(config, out_dir, ddp, resume, progress, on_step, save_rank_weights)
-        if ddp.owns_group:  # every rank done before any closes its connections (gloo aborts a
-            dist.barrier()  # process whose peer hangs up while it still reads)
+        with contextlib.ExitStack() as hold:  # (the folder lock, released when the run ends)
+            summary = _train(config, out_dir, ddp, resume, progress, on_step, save_rank_weights, retry, hold)
+            if ddp.owns_group:  # every rank done before any closes its connections (gloo aborts a
+                dist.barrier()  # process whose peer hangs up while it still reads)
         return summary
     finally:
         if ddp.owns_group:
             dist.destroy_process_group()
+
+
+def _lock_out_dir(out_dir: Path, ddp: _Dist, device: torch.device, hold: contextlib.ExitStack) -> None:
+    """Rank 0 locks ``out_dir`` for the run (into ``hold``); every rank learns whether it
+    could, so that a refused run ends on all of them instead of leaving them waiting."""
+    refusal = None
+    if ddp.main:
+        try:
+            hold.enter_context(folder_lock(out_dir))
+        except QsnnError as error:
+            refusal = str(error)
+    if ddp.active:  # (a collective: every rank calls it, at the same point)
+        shared = [refusal]
+        dist.broadcast_object_list(shared, src=0, device=device)
+        refusal = shared[0]
+    if refusal is not None:
+        raise QsnnError(refusal)
+
+
+def _write_metrics(out_dir: Path, metrics: list[dict[str, Any]], retry: str) -> None:
+    write_json(out_dir / "metrics.json", metrics, retry=retry)
+    write_csv(out_dir / "metrics.csv", metrics, retry=retry)
+
+
+def _sync_metrics(out_dir: Path, metrics: list[dict[str, Any]], retry: str) -> None:
+    """Make the metrics files say what ``last.pt`` says (a run stopped after writing its
+    checkpoint but before its metrics, by a full disk say, is behind)."""
+    try:
+        same = read_json(out_dir / "metrics.json") == metrics and (out_dir / "metrics.csv").is_file()
+    except (OSError, QsnnError):
+        same = False
+    if not same:
+        _write_metrics(out_dir, metrics, retry)
 
 
 def _train(
@@ -618,6 +674,8 @@ def _train(
     progress: bool,
     on_step: Callable[[int, int], None] | None,
     save_rank_weights: bool,
+    retry: str,
+    hold: contextlib.ExitStack,
 ) -> dict[str, Any]:
     spec = config.spec()
     config.check_memory(spec)
@@ -627,6 +685,7 @@ def _train(
     if per_rank < 1:
         raise QsnnError(f"batch size {batch_size} is smaller than the {ddp.world} processes")
     global_batch = per_rank * ddp.world
+    _lock_out_dir(out_dir, ddp, device, hold)
     show = progress and ddp.main
 
     def log(message: str) -> None:
@@ -653,6 +712,8 @@ def _train(
         state = {key: checkpoint[key] for key in ("epoch", "step", "best_acc", "best_epoch")}
         state["metrics"] = list(checkpoint["metrics"])
         state["running"] = dict(checkpoint["running"])  # its sums are tensors on device
+        if ddp.main:
+            _sync_metrics(out_dir, state["metrics"], retry)
         if state["step"] > 0 and checkpoint.get("world_size", 1) != ddp.world:
             raise QsnnError(
                 f"cannot resume {out_dir} in the middle of an epoch with {ddp.world} processes: "
@@ -716,7 +777,7 @@ def _train(
         _check_finite(model, state, config, out_dir)
         if ddp.main:
             save_checkpoint(
-                last_path, model, config,
+                last_path, model, config, retry=retry,
                 optimizer=optimizer.state_dict(), world_size=ddp.world,
                 **{key: state[key] for key in ("epoch", "step", "best_acc", "best_epoch")},
                 metrics=state["metrics"], running=state["running"],
@@ -808,15 +869,14 @@ def _train(
                     if improved:
                         state["best_acc"], state["best_epoch"] = test_acc, epoch + 1
                     state.update(epoch=epoch + 1, step=0, running=_fresh_running(device))
-                    if ddp.main:
-                        write_json(out_dir / "metrics.json", state["metrics"])
-                        write_csv(out_dir / "metrics.csv", state["metrics"])
-                        save_last()
-                        if improved:
+                    if ddp.main:  # checkpoints first: the metrics never hold an epoch last.pt lacks
+                        if improved:  # (before last.pt, whose best_epoch names it)
                             save_checkpoint(
-                                best_path, model, config, epoch=epoch + 1, test_acc=test_acc,
+                                best_path, model, config, retry=retry, epoch=epoch + 1, test_acc=test_acc,
                                 metrics=state["metrics"],
                             )
+                        save_last()
+                        _write_metrics(out_dir, state["metrics"], retry)
                 log(
                     f"epoch {epoch + 1}/{config.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
                     f"train {row['train_acc']:.2f}%, test {test_acc:.2f}%"
@@ -832,7 +892,7 @@ def _train(
             raise
 
     if save_rank_weights:
-        torch_save(out_dir / f"rank{ddp.rank}_weights.pt", model.state_dict())
+        torch_save(out_dir / f"rank{ddp.rank}_weights.pt", model.state_dict(), retry=retry)
     return _summary(out_dir, state, already_done=False)
 
 

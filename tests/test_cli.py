@@ -1,11 +1,15 @@
 """The command line: every subcommand has --help, bad input is one line and exit 2."""
 
+import contextlib
+import errno
 import os
 
 import pytest
 
 from qsnn.cli import build_parser, main
+from qsnn.io import folder_lock
 from qsnn.pipeline import MODELS
+from tests.test_io import dot_files, fail_writes, in_use
 
 COMMANDS = ["nets", "data", "train", "eval", "convert", "simulate", "run", "sweep", "report", "export", "map", "plot"]
 
@@ -93,7 +97,7 @@ def test_bad_values_and_unwritable_paths_are_one_line_errors(capsys, tmp_path):
         assert message in err and err.count("\n") == 1
     assert main(["simulate", str(net), "--limit", "10", "--quiet", "--out", "/dev/null/x"]) == 2
     err = capsys.readouterr().err
-    assert err == "qsnn: error: /dev/null is not a folder, so /dev/null/x/result.json cannot be created; choose another path\n"
+    assert err == "qsnn: error: /dev/null is not a folder, so /dev/null/x cannot be created; choose another --out\n"
     assert main(["run", "--checkpoint", checkpoint, "--k", "0", "--limit", "10"]) == 2
     assert "which does not match --k 0; drop the option (the checkpoint decides)" in capsys.readouterr().err
     assert main(["run", "--checkpoint", str(MODELS / "nsd-lenet-k1.pt"), "--threshold-scale", "10000",
@@ -171,6 +175,61 @@ def test_an_output_that_is_the_input_or_no_file_is_refused(capsys, tmp_path):
     )
     assert main(["export", str(net), "--format", "qsnn-int", "--steps", "1", "-o", str(package)]) == 0  # its one step
     capsys.readouterr()
+
+
+def test_an_output_folder_in_use_is_refused_by_every_command_that_fills_one(capsys, tmp_path, shared_datasets):
+    checkpoint = str(MODELS / "sg-lenet-k1B2.pt")
+    net = tmp_path / "sg.npz"
+    assert main(["convert", checkpoint, "--scheme", "sg", "-o", str(net)]) == 0
+    capsys.readouterr()
+    busy, cell = tmp_path / "busy", tmp_path / "sweep" / "noise=0"
+    train = ["train", "--net", "64-32", "--dataset", "mnist", "--data-dir", str(shared_datasets), "--epochs", "1",
+             "--batch-size", "100", "--train-limit", "200", "--test-limit", "100", "--quiet"]
+    with contextlib.ExitStack() as other_process:
+        other_process.enter_context(folder_lock(busy))
+        other_process.enter_context(folder_lock(cell))
+        for argv, folder, option in [
+            ([*train, "--out", str(busy)], busy, "--out"),
+            ([*train, "--out", str(busy), "--resume"], busy, "--out"),
+            (["run", "--checkpoint", checkpoint, "--limit", "10", "--quiet", "--out", str(busy)], busy, "--out"),
+            (["sweep", "--checkpoint", checkpoint, "--grid", "noise=0", "--limit", "10", "--quiet",
+              "--out", str(tmp_path / "sweep")], cell, "--out"),
+            (["simulate", str(net), "--limit", "10", "--quiet", "--out", str(busy)], busy, "--out"),
+            (["export", str(net), "--format", "qsnn-int", "-o", str(busy)], busy, "-o"),
+        ]:
+            assert _error(capsys, argv) == in_use(folder, os.getpid(), option), argv[0]
+        assert sorted(p.name for p in busy.iterdir()) == [".qsnn.lock"]  # nothing written
+        assert sorted(p.name for p in cell.iterdir()) == [".qsnn.lock"]
+    assert main(["export", str(net), "--format", "qsnn-int", "-o", str(busy)]) == 0
+    assert main([*train, "--out", str(busy)]) == 0
+    assert sorted(p.name for p in busy.iterdir()) == [
+        "best.pt", "config.json", "last.pt", "manifest.json", "metrics.csv", "metrics.json", "weights.npz",
+    ]
+    assert not (tmp_path / "sweep").exists()  # (the folders the holder made, empty, went with it)
+
+
+def test_a_full_disk_or_a_refused_write_is_one_line_naming_the_file(capsys, tmp_path, monkeypatch):
+    checkpoint = str(MODELS / "sg-lenet-k1B2.pt")
+    net = tmp_path / "sg.npz"
+    fail_writes(monkeypatch)
+    assert _error(capsys, ["convert", checkpoint, "--scheme", "sg", "-o", str(net)]) == (
+        f"cannot write {net}: No space left on device; free some space and run the command again"
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert main(["convert", checkpoint, "--scheme", "sg", "-o", str(net)]) == 0
+    capsys.readouterr()
+    fail_writes(monkeypatch, errno.EACCES)
+    assert _error(capsys, ["map", str(net), "--json", str(tmp_path / "map.json")]) == (
+        f"cannot write {tmp_path / 'map.json'}: Permission denied; check that you may write to {tmp_path} "
+        "and run the command again, or choose another folder"
+    )
+    assert capsys.readouterr().out == ""
+    fail_writes(monkeypatch, errno.EIO, name="manifest.json")
+    assert _error(capsys, ["export", str(net), "--format", "qsnn-int", "-o", str(tmp_path / "pkg")]) == (
+        f"cannot write {tmp_path / 'pkg' / 'manifest.json'}: Input/output error; check the disk and run the command again"
+    )
+    assert sorted(p.name for p in (tmp_path / "pkg").iterdir()) == ["weights.npz"]  # no manifest: no package
+    assert dot_files(tmp_path) == []
 
 
 def test_a_network_file_that_is_not_one_is_named_so(capsys, tmp_path):

@@ -203,16 +203,19 @@ def test_ceil_and_floor_of_a_sum_with_a_square_root(a, root, scale, sign):
     assert floor_of(a, sign, r * r) == math.floor(value)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
+# a channel's dyadic parameters, var = s^2 (eps 0: sigma exact)
+CHANNEL = dict(
     gamma=st.integers(-64, 64).map(lambda n: n / 16),
     beta=st.integers(-64, 64).map(lambda n: n / 32),
     mean=st.integers(-512, 512).map(lambda n: n / 64),
     s=st.integers(1, 64).map(lambda n: n / 16),
     k=st.integers(0, 3),
     B=st.sampled_from([1, 2, 3, None]),
-    exponent=st.integers(0, 12),
 )
+
+
+@settings(max_examples=60, deadline=None)
+@given(**CHANNEL, exponent=st.integers(0, 12))
 def test_threshold_tables_are_the_least_membranes_of_the_definition(gamma, beta, mean, s, k, B, exponent):
     """For random dyadic parameters (var = s^2, eps = 0, so sigma is exact), every table
     entry T(i) is the least integer membrane V whose count, by the definition evaluated
@@ -298,15 +301,7 @@ def test_the_check_against_the_trained_model_sees_a_table_that_both_sides_share(
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    gamma=st.integers(-64, 64).map(lambda n: n / 16),
-    beta=st.integers(-64, 64).map(lambda n: n / 32),
-    mean=st.integers(-64, 64).map(lambda n: n / 64),
-    s=st.integers(1, 64).map(lambda n: n / 16),
-    k=st.integers(0, 3),
-    B=st.sampled_from([1, 2, 3, None]),
-    z=st.integers(-(2**14), 2**14).map(lambda n: Fraction(n, 2**10)),
-)
+@given(**CHANNEL, z=st.integers(-(2**14), 2**14).map(lambda n: Fraction(n, 2**10)))
 def test_a_channel_counts_as_the_definition(gamma, beta, mean, s, k, B, z):
     """ChannelRule.count (the exact ANN's decision near boundaries) equals the definition."""
     levels = None if B is None else (1 << k) * B

@@ -10,7 +10,9 @@ import torch
 
 from qsnn.cli import main
 from qsnn.errors import QsnnError
+from qsnn.io import folder_lock
 from qsnn.pipeline import RunSpec, execute, markdown_table, parse_grid, report_rows, sweep
+from tests.test_io import dot_files, in_use
 
 NET = "4C5-P2-8C5-P2-16"
 
@@ -199,3 +201,35 @@ def test_results_are_reused_only_for_the_same_question(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path.parent)
     (row,) = report_rows([Path(tmp_path.name) / "run"])
     assert row["Agreement"] == "30/30"
+
+
+def test_sweep_cells_run_as_separate_jobs_but_never_twice(tmp_path, shared_datasets, monkeypatch):
+    import qsnn.pipeline as pipeline
+    import qsnn.plots
+    from qsnn.pipeline import MODELS
+
+    monkeypatch.setattr(qsnn.plots, "plot_runs", lambda runs, out: [])  # (figures are not the point: seconds)
+    spec = RunSpec(net="x", dataset="mnist", checkpoint=str(MODELS / "sg-lenet-k1B2.pt"), schemes=["sg"], test_limit=20)
+    grid = parse_grid(["noise=0,0.1"])
+    data = dict(data_dir=str(shared_datasets), progress=False)
+    pid = os.getpid()
+    with folder_lock(tmp_path / "noise=0.1"):  # another job runs this cell
+        sweep(spec, parse_grid(["noise=0"]), tmp_path, **data)  # another cell runs meanwhile
+        with pytest.raises(QsnnError) as refused:
+            sweep(spec, grid, tmp_path, **data)
+        assert str(refused.value) == in_use(tmp_path / "noise=0.1", pid)
+    stamp = (tmp_path / "noise=0" / "run.json").stat().st_mtime_ns
+    records = sweep(spec, grid, tmp_path, **data)
+    assert [r["spec"]["name"] for r in records] == ["noise=0", "noise=0.1"]
+    assert (tmp_path / "noise=0" / "run.json").stat().st_mtime_ns == stamp  # done before: skipped
+    monkeypatch.setattr(pipeline, "SUMMARY_WAIT", 0.2)
+    with folder_lock(tmp_path):  # another sweep writes the report: waited for, then refused
+        with pytest.raises(QsnnError) as refused:
+            sweep(spec, grid, tmp_path, **data)
+        assert str(refused.value) == in_use(tmp_path, pid)
+    with folder_lock(tmp_path / "run"):
+        with pytest.raises(QsnnError) as refused:
+            execute(spec, tmp_path / "run", **data)
+        assert str(refused.value) == in_use(tmp_path / "run", pid)
+    assert dot_files(tmp_path) == []
+    assert not (tmp_path / "run").exists()

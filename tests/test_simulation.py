@@ -710,3 +710,15 @@ def test_the_python_api_refuses_what_it_cannot_take_in_one_line(tmp_path):
         assert str(refused.value) == message
     net.save(tmp_path / "net.npz")
     assert simulate(str(tmp_path / "net.npz"), pixels, labels, steps=None).agree == simulate(net, pixels, labels, steps=None).agree
+
+
+def test_the_first_run_says_that_it_compiles_the_kernels(monkeypatch, capsys):
+    from qsnn import engine
+
+    net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, seed=3), "nsd")
+    pixels, labels = random_pixels(2, seed=3), torch.zeros(2, dtype=torch.int64)
+    monkeypatch.setattr(engine, "compiled_on_disk", lambda: False)
+    simulate(net, pixels, labels, steps=None, progress=True)
+    assert "qsnn: compiling the simulator's kernels (first run only, about a minute)\n" in capsys.readouterr().err
+    simulate(net, pixels, labels, steps=None, progress=False)  # quiet: nothing said
+    assert "compiling" not in capsys.readouterr().err

@@ -17,6 +17,7 @@ import torch
 
 from qsnn import data as qdata
 from qsnn.errors import QsnnError
+from qsnn.io import folder_lock
 from qsnn.models import NetSpec, QuantizedNet
 from qsnn.quantization import Precision
 from qsnn.training import (
@@ -28,6 +29,7 @@ from qsnn.training import (
     save_checkpoint,
     train,
 )
+from tests.test_io import dot_files, fail_writes, in_use
 
 NET = "8C5-P2-16C5-P2-32"
 ROW_KEYS = ["epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds"]
@@ -409,6 +411,79 @@ def test_a_diverging_training_stops_before_writing_a_checkpoint(tmp_path: Path, 
     assert len(json.loads((tmp_path / "metrics.json").read_text())) == 1
 
 
+def metric_epochs(out: Path) -> tuple[list[int], list[int]]:
+    """The epochs metrics.json and metrics.csv record."""
+    with open(out / "metrics.csv", newline="") as handle:
+        table = [int(row["epoch"]) for row in csv.DictReader(handle)]
+    return [row["epoch"] for row in json.loads((out / "metrics.json").read_text())], table
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_resume_continues(
+    tmp_path: Path, data_dir: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qsnn.cli import main as qsnn
+
+    train(config(data_dir), tmp_path / "whole", progress=False)
+    out = tmp_path / "full"
+    argv = [
+        "train", "--net", NET, "--dataset", "mnist", "--data-dir", data_dir, "--epochs", "2",
+        "--batch-size", "50", "--lr", "0.01", "--train-limit", "600", "--test-limit", "300",
+        "--out", str(out), "--quiet",
+    ]
+    opened = fail_writes(monkeypatch, name="last.pt", nth=2)  # the disk is full at epoch 2's checkpoint
+    assert qsnn(argv) == 2
+    assert capsys.readouterr().err == (
+        f"qsnn: error: cannot write {out / 'last.pt'}: No space left on device; "
+        "free some space and resume with --resume\n"
+    )
+    assert len(opened) == 2
+    assert checkpoint(out / "last.pt")["epoch"] == 1
+    assert metric_epochs(out) == ([1], [1])  # no epoch without its checkpoint
+    assert dot_files(out) == []  # no temporary file, no lock left behind
+
+    assert qsnn([*argv, "--resume"]) == 0
+    assert metric_epochs(out) == ([1, 2], [1, 2])
+    assert_same_run(tmp_path / "whole", out)
+
+
+def test_metrics_that_could_not_be_written_catch_up_on_resume(
+    tmp_path: Path, data_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config(data_dir, epochs=1, train_limit=200)
+    fail_writes(monkeypatch, name="metrics.csv")  # after last.pt and metrics.json
+    with pytest.raises(QsnnError) as caught:
+        train(cfg, tmp_path, progress=False)
+    assert str(caught.value) == (
+        f"cannot write {tmp_path / 'metrics.csv'}: No space left on device; free some space and resume with --resume"
+    )
+    assert checkpoint(tmp_path / "last.pt")["epoch"] == 1 and not (tmp_path / "metrics.csv").exists()
+    assert train(cfg, tmp_path, resume=True, progress=False)["already_done"]
+    assert metric_epochs(tmp_path) == ([1], [1])
+    assert dot_files(tmp_path) == []
+
+
+def test_a_folder_another_run_holds_is_refused(tmp_path: Path, data_dir: str) -> None:
+    cfg = config(data_dir, epochs=1, train_limit=200)
+    with folder_lock(tmp_path):
+        with pytest.raises(QsnnError) as refused:
+            train(cfg, tmp_path, progress=False)
+        assert str(refused.value) == in_use(tmp_path, os.getpid())
+        with pytest.raises(QsnnError) as refused:
+            train(cfg, tmp_path, resume=True, progress=False)
+        assert str(refused.value) == in_use(tmp_path, os.getpid())
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".qsnn.lock"]  # nothing written
+
+    def second_writer(epoch: int, step: int) -> None:
+        if step == 1:  # while the run works, the folder is its own
+            with pytest.raises(QsnnError, match="is in use by another qsnn process"), folder_lock(tmp_path):
+                pass
+
+    train(cfg, tmp_path, progress=False, on_step=second_writer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.pt", "config.json", "last.pt", "metrics.csv", "metrics.json",
+    ]
+
+
 # ----------------------------------------------------------------------------- config and CLI
 
 
@@ -581,3 +656,17 @@ def test_an_extended_run_keeps_its_schedule_and_can_be_made_again(tmp_path: Path
     train(config(data_dir, epochs=4, lr_decay_epoch=1), tmp_path / "once", progress=False)
     assert_same_tensors(checkpoint(tmp_path / "extended" / "last.pt")["model"],
                         checkpoint(tmp_path / "once" / "last.pt")["model"])
+
+
+@pytest.mark.slow
+def test_torchrun_into_a_held_folder_ends_on_every_rank(tmp_path: Path, data_dir: str) -> None:
+    """Only rank 0 locks; the others learn it was refused instead of waiting for it."""
+    out = tmp_path / "ddp"
+    with folder_lock(out):
+        done = subprocess.run(
+            torchrun(out, data_dir, 400), capture_output=True, text=True, timeout=300, env=TORCHRUN_ENV,
+        )
+    assert done.returncode != 0
+    # (each rank says it, rank 0 first hand; their lines may interleave)
+    assert done.stderr.count(f"qsnn: error: {in_use(out, os.getpid())}") == 2, done.stderr[-3000:]
+    assert not out.exists()
