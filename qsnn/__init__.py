@@ -29,6 +29,8 @@ _API = {
     "SpikingNet": "qsnn.conversion",
     "convert": "qsnn.conversion",
     "reference_counts": "qsnn.conversion",
+    "ExactANN": "qsnn.exact",
+    "evaluate_exact": "qsnn.exact",
     "simulate": "qsnn.simulation",
     "SimulationResult": "qsnn.simulation",
     "summarize": "qsnn.reporting",
