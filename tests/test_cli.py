@@ -153,16 +153,16 @@ def test_an_output_that_is_the_input_or_no_file_is_refused(capsys, tmp_path):
     )
     assert _error(capsys, ["map", str(net), "--json", str(tmp_path)]).startswith(f"{tmp_path} is a directory")
     assert capsys.readouterr().out == ""  # (refused before the table)
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if not os.access(locked, os.W_OK):  # (root writes anywhere)
-            assert "locked" in _error(capsys, ["map", str(net), "--json", str(locked / "map.json")])
-            assert capsys.readouterr().out == ""  # the table is not printed before the failure
-    finally:
-        locked.chmod(0o700)
-        locked.rmdir()
+    import errno
+
+    from tests.test_io import fail_writes
+
+    with pytest.MonkeyPatch.context() as patch:  # a write the file system refuses
+        fail_writes(patch, errno.EACCES)
+        assert _error(capsys, ["map", str(net), "--json", str(tmp_path / "map.json")]).startswith(
+            f"cannot write {tmp_path / 'map.json'}: Permission denied"
+        )
+        assert capsys.readouterr().out == ""  # the table is not printed before the failure
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.pt", "sg.npz"]  # nothing else written
     package = tmp_path / "pkg"
     package.mkdir()  # a package goes into a folder, new or not

@@ -348,6 +348,10 @@ def test_load_checkpoint_errors_are_one_clear_line(tmp_path: Path) -> None:
         f"checkpoint {tmp_path / 'negative.pt'} has a negative batch-norm variance in block 1 (a damaged file); "
         "re-create it with qsnn train"
     )
+    payload = torch.load(tmp_path / "net.pt", weights_only=False)
+    payload["spec"]["precision"] = "garbage"
+    torch.save(payload, tmp_path / "garbage.pt")
+    assert "has a damaged network description" in error(tmp_path / "garbage.pt")  # (not read as k=1)
     (tmp_path / "text.pt").write_text("not a checkpoint\n")
     assert error(tmp_path / "text.pt") == (
         f"{tmp_path / 'text.pt'} is not a qsnn checkpoint (not a PyTorch archive); "
