@@ -44,8 +44,14 @@ import torch
 import torch.nn.functional as F
 
 from qsnn.errors import QsnnError, integer_in
-from qsnn.exact import MEMBRANE_LIMIT, ChannelRule, round_half_up, threshold_table
-from qsnn.io import write_bytes
+from qsnn.exact import (
+    ChannelRule,
+    float32_is_ieee,
+    linear_table,
+    round_half_up,
+    threshold_table,
+)
+from qsnn.io import content_digest, write_bytes
 from qsnn.models import NetSpec, QuantizedNet
 from qsnn.neurons import Thresholds, target_count
 from qsnn.quantization import max_count
@@ -212,7 +218,7 @@ class SpikingNet:
             },
         }
         manifest = json.loads(json.dumps(manifest, default=_json_number))  # (as it reads back)
-        manifest["sha256"] = _content_digest(manifest, arrays)
+        manifest["sha256"] = content_digest(manifest, arrays)
         arrays["manifest"] = np.array(json.dumps(manifest))
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
@@ -250,7 +256,7 @@ class SpikingNet:
         digest = manifest.get("sha256")
         if digest is None:
             raise QsnnError(f"{path} has no checksum (it was not written by qsnn convert, or was edited); re-create it with `qsnn convert`")
-        if digest != _content_digest(manifest, arrays):
+        if digest != content_digest(manifest, arrays):
             raise QsnnError(
                 f"{path} is damaged: its contents do not match the checksum written with them; "
                 "re-create it with `qsnn convert`"
@@ -390,19 +396,6 @@ class SpikingNet:
         )
 
 
-def _content_digest(manifest: dict, arrays: dict[str, np.ndarray]) -> str:
-    """sha256 over the manifest (keys sorted, its own checksum left out) and every array's
-    name, dtype, shape and bytes, in name order."""
-    digest = hashlib.sha256()
-    described = {key: value for key, value in manifest.items() if key != "sha256"}
-    digest.update(json.dumps(described, sort_keys=True).encode())
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 def _json_number(value):
     if isinstance(value, np.integer | np.floating):
         return value.item()
@@ -509,10 +502,7 @@ def formula_table(offset: np.ndarray, step: np.ndarray, divisor: int, size_cap: 
     """The table ceil((A + i D) / S), i < size_cap, cut where it reaches MEMBRANE_LIMIT."""
     if size_cap and float(np.max(np.abs(offset) + size_cap * step.astype(np.float64))) >= 2.0**62:
         raise QsnnError(f"{where}: thresholds do not fit 64-bit integers at scale {divisor}; use exact thresholds")
-    level = np.arange(max(size_cap, 1), dtype=np.int64)[None, :]
-    table = -((-(offset[:, None] + level * step[:, None])) // divisor)
-    size = np.minimum((table < MEMBRANE_LIMIT).sum(axis=1), size_cap).astype(np.int64)
-    return np.minimum(table, MEMBRANE_LIMIT), size
+    return linear_table(offset, step, divisor, size_cap)
 
 
 # --- conversion --------------------------------------------------------------------------
@@ -815,14 +805,6 @@ def exact_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float) ->
 UNIT_ROUNDOFF32 = 2.0**-24
 
 
-def _float32_is_ieee() -> bool:
-    """Whether float32 convolutions and matrix products on the CPU round as IEEE float32
-    (no bfloat16 or TF32 shortcuts switched on by the user)."""
-    conv = getattr(getattr(torch.backends.mkldnn, "conv", None), "fp32_precision", "none")
-    matmul = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none")
-    return conv in ("none", "ieee") and matmul in ("none", "ieee") and torch.get_float32_matmul_precision() == "highest"
-
-
 def counting_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float) -> torch.Tensor:
     """The layer's membrane, good for counting by its spiking and its ANN tables: exact
     wherever a threshold is near, and elsewhere between the same two thresholds as the
@@ -837,7 +819,7 @@ def counting_membrane(layer: SpikingLayer, inputs: torch.Tensor, largest: float)
     """
     rowabs = layer.largest_row_sum
     exact_in_float32 = rowabs * largest < FLOAT32_EXACT
-    if not cpu_kernels(inputs) or inputs.is_floating_point() or exact_in_float32 or not _float32_is_ieee():
+    if not cpu_kernels(inputs) or inputs.is_floating_point() or exact_in_float32 or not float32_is_ieee():
         return exact_membrane(layer, inputs, largest)
     from qsnn import engine
 

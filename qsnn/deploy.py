@@ -22,7 +22,6 @@ line, ``DIR is damaged: <what>; re-export it with `qsnn export ...```.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import zipfile
@@ -35,6 +34,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from qsnn.errors import QsnnError, integer_in
+from qsnn.io import SEAL, content_digest
 
 FORMAT = "qsnn-int"
 SCHEMA_VERSION = 1
@@ -46,7 +46,6 @@ AUTO_MAX_STEPS = 100_000
 MAX_STEPS = AUTO_MAX_STEPS  # the most time steps a package or a run may ask for
 PIXEL_MAX = 255
 SCHEMES = ("nsd", "sg", "int")
-SEAL = "sha256"  # the manifest key of the package's seal (see package_digest)
 # Sanity bounds a package is checked against before anything is allocated:
 MANIFEST_BYTES = 16 * 2**20  # manifest.json size
 MAX_DEPTH = 32  # nesting of lists and objects in manifest.json (an export needs 5)
@@ -214,17 +213,8 @@ class Package:
 
 
 def package_digest(manifest: dict, arrays: dict[str, np.ndarray]) -> str:
-    """The package's seal: sha256 over the manifest (keys sorted, compact JSON as
-    ``json.dumps(..., sort_keys=True)`` writes it, the ``sha256`` key itself left out) and
-    then every array's ``name|dtype.str|shape|`` and bytes (C order), in name order."""
-    digest = hashlib.sha256()
-    described = {key: value for key, value in manifest.items() if key != SEAL}
-    digest.update(json.dumps(described, sort_keys=True).encode())
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+    """The package's seal (:func:`qsnn.io.content_digest`, as converted networks have)."""
+    return content_digest(manifest, arrays)
 
 
 def export_hint(folder: str | Path) -> str:

@@ -188,6 +188,16 @@ def threshold_table(rules: list[ChannelRule], per_unit: Fraction, size_cap: int)
     return table, size
 
 
+def linear_table(offset: np.ndarray, step: np.ndarray, divisor: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The table ceil((A + i D) / S) of every channel for i < levels (int64 [C, levels]),
+    and each channel's size: ``levels``, or fewer where the table reaches MEMBRANE_LIMIT.
+    (The INT paper's rounded thresholds, and hand-made neurons.)"""
+    level = np.arange(max(levels, 1), dtype=np.int64)[None, :]
+    table = -((-(offset[:, None] + level * step[:, None])) // divisor)
+    size = np.minimum((table < MEMBRANE_LIMIT).sum(axis=1), levels).astype(np.int64)
+    return np.minimum(table, MEMBRANE_LIMIT), size
+
+
 # --- the exact quantized ANN ------------------------------------------------------------
 
 PIXEL_SCALE = 255  # x = p / 255
@@ -279,7 +289,7 @@ def _decide_kernel(estimate, error, slope, mean, shift, inverse, levels, counts,
 CHUNK_IMAGES = 64  # images whose patches are unfolded at once for exact recomputation
 
 
-def _float32_is_ieee() -> bool:
+def float32_is_ieee() -> bool:
     """Whether float32 convolutions and matrix products on the CPU round as IEEE float32
     (no bfloat16 or TF32 shortcuts switched on by the user)."""
     import torch
@@ -389,7 +399,7 @@ class ExactANN:
             return F.linear(inputs.flatten(1), weight)
 
         terms = int(np.prod(layer.scaled.shape[1:]))
-        fast = _float32_is_ieee() and largest < 2.0**24 and terms * UNIT_ROUNDOFF32 < 0.5
+        fast = float32_is_ieee() and largest < 2.0**24 and terms * UNIT_ROUNDOFF32 < 0.5
         if fast:  # W x with the summation's rounding only (x: exact integers in float32)
             gamma_n = terms * UNIT_ROUNDOFF32 / (1 - terms * UNIT_ROUNDOFF32)
             with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round otherwise)

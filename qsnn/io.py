@@ -381,3 +381,25 @@ def provenance(seed: int | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "seed": seed,
     }
+
+
+SEAL = "sha256"  # the manifest key of a sealed file's checksum
+
+
+def content_digest(manifest: dict, arrays: Mapping) -> str:
+    """The seal of a file made of a JSON manifest and NumPy arrays (converted networks,
+    qsnn-int packages): sha256 over the manifest (keys sorted, as ``json.dumps(...,
+    sort_keys=True)`` writes it, its own ``sha256`` key left out), then every array's
+    ``name|dtype.str|shape|`` and bytes (C order), in name order."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    described = {key: value for key, value in manifest.items() if key != SEAL}
+    digest.update(json.dumps(described, sort_keys=True).encode())
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 import torch
 
+from qsnn.exact import linear_table
+
 BIG = float(2**54)  # beyond any reachable membrane (|V| < 2^53 by construction)
 
 
@@ -45,9 +47,8 @@ class Thresholds(NamedTuple):
         """Tables that are exactly T(i) = ceil((A + i D) / S) for i < size (hand-made
         neurons, and the INT paper's rounded thresholds)."""
         offset, step, size, constant = (torch.as_tensor(v, dtype=torch.int64) for v in (offset, step, size, constant))
-        level = torch.arange(max(int(size.max()) if size.numel() else 1, 1), dtype=torch.int64)
-        table = -torch.div(-(offset[:, None] + level[None, :] * step[:, None]), divisor, rounding_mode="floor")
-        return cls(offset, step, divisor, size, constant, table)
+        table, _ = linear_table(offset.numpy(), step.numpy(), divisor, int(size.max()) if size.numel() else 1)
+        return cls(offset, step, divisor, size, constant, torch.from_numpy(table))
 
     def to(self, device: torch.device | str) -> Thresholds:
         return self._replace(

@@ -182,14 +182,14 @@ def _rewritten(path, change, reseal: bool = False) -> None:
     with ``reseal``, the checksum recomputed over the edit (a forger's edit)."""
     import json
 
-    from qsnn.conversion import _content_digest
+    from qsnn.io import content_digest
 
     with np.load(path) as data:
         arrays = {key: data[key] for key in data.files}
     manifest = json.loads(str(arrays["manifest"]))
     change(arrays, manifest)
     if reseal:
-        manifest["sha256"] = _content_digest(manifest, {k: v for k, v in arrays.items() if k != "manifest"})
+        manifest["sha256"] = content_digest(manifest, {k: v for k, v in arrays.items() if k != "manifest"})
     arrays["manifest"] = np.array(json.dumps(manifest))
     np.savez(path, **arrays)
 

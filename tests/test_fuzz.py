@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qsnn.cli import main
-from qsnn.conversion import SpikingNet, _content_digest, convert
+from qsnn.conversion import SpikingNet, convert
 from qsnn.errors import QsnnError
+from qsnn.io import content_digest
 from qsnn.simulation import simulate
 from tests.helpers import random_net, random_pixels
 
@@ -135,7 +136,7 @@ def test_a_forged_manifest_field_loads_and_simulates_or_is_refused(tmp_path_fact
         holder = holder[key]
     holder[target[-1]] = new
     try:
-        manifest["sha256"] = _content_digest(manifest, arrays)
+        manifest["sha256"] = content_digest(manifest, arrays)
         text = json.dumps(manifest)
     except (TypeError, ValueError):  # (not JSON: no file could hold it)
         return
