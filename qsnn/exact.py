@@ -159,26 +159,14 @@ def threshold_table(rules: list[ChannelRule], per_unit: Fraction, size_cap: int)
     + i floor(G d), so G theta_i lies in [lo_i, lo_i + i + 1): where no integer multiple of
     G lies strictly inside (the ceiling is then the same across that interval), T(i) =
     ceil(lo_i / G); otherwise (a threshold on or within 2^-100 of an integer) T(i) is
-    decided by :func:`ceil_of` in exact arithmetic.
+    decided by :func:`ceil_of` in exact arithmetic (see :func:`_channel_table`).
     """
-    scale = 1 << PRECISION_BITS
-    columns: list[list[int]] = []
+    columns: list = []  # per channel: a list or array of its T(i)
     for rule in rules:
-        values: list[int] = []
         if rule.gamma == 0:  # reached by every membrane up to the constant count, then never
             values = [-MEMBRANE_LIMIT] * min(rule.constant_count(), size_cap)
         else:
-            (a, sign, square), spacing_square = rule.base_and_spacing(per_unit)
-            base = floor_of(a * scale, sign, square * scale * scale)
-            spacing = _floor_sqrt(spacing_square * scale * scale)
-            for level in range(size_cap):
-                low = base + level * spacing
-                value = -((-low) // scale)  # ceil(low / G)
-                if low + level + 1 > value * scale:  # an integer may lie inside: decide exactly
-                    value = rule.least_membrane(per_unit, level)
-                if value >= MEMBRANE_LIMIT:
-                    break
-                values.append(max(value, -MEMBRANE_LIMIT))  # (every membrane reaches those)
+            values = _channel_table(rule, per_unit, *fixed_point_terms(rule, per_unit), size_cap)
         columns.append(values)
     width = max((len(values) for values in columns), default=0)
     table = np.full((len(rules), max(width, 1)), MEMBRANE_LIMIT, np.int64)
@@ -186,6 +174,61 @@ def threshold_table(rules: list[ChannelRule], per_unit: Fraction, size_cap: int)
         table[channel, : len(values)] = values
     size = np.array([len(values) for values in columns], np.int64)
     return table, size
+
+
+def fixed_point_terms(rule: ChannelRule, per_unit: Fraction) -> tuple[int, int]:
+    """(floor(G theta_0), floor(G d)) of a channel with gamma != 0, G = 2^PRECISION_BITS."""
+    scale = 1 << PRECISION_BITS
+    (a, sign, square), spacing_square = rule.base_and_spacing(per_unit)
+    return floor_of(a * scale, sign, square * scale * scale), _floor_sqrt(spacing_square * scale * scale)
+
+
+def _channel_table(rule: ChannelRule, per_unit: Fraction, base: int, spacing: int, size_cap: int):
+    """One channel's T(i) from lo_i = base + i spacing (see :func:`threshold_table`), up
+    to the first that reaches MEMBRANE_LIMIT (an int64 array).
+
+    With base = qb G + rb and spacing = qs G + rs, ceil(lo_i / G) = qb + i qs + ceil(f_i)
+    for f_i = (rb + i rs) / G, and an integer lies in [lo_i, lo_i + i + 1) / G exactly when
+    ceil(f_i) - f_i < (i + 1) / G. f_i is computed in float64 (error below 2^-40 for i
+    below 2^10); levels whose f_i comes within 2^-30 of an integer are taken the exact
+    way (Python integers, and :meth:`ChannelRule.least_membrane` where an integer lies
+    inside), all others are settled by the float: their ceiling is that of the float and
+    no integer lies inside."""
+    scale = 1 << PRECISION_BITS
+    quotient_base, rest_base = divmod(base, scale)
+    quotient_spacing, rest_spacing = divmod(spacing, scale)  # (spacing >= 0)
+    if abs(quotient_base) >= 2**61 or quotient_spacing * size_cap >= 2**61 or size_cap > 2**10:
+        return np.array(_channel_table_exact(rule, per_unit, base, spacing, size_cap), np.int64)
+    level = np.arange(size_cap, dtype=np.int64)
+    fraction = rest_base / scale + level * (rest_spacing / scale)
+    ceiling = np.ceil(fraction)
+    doubt = (ceiling - fraction < 2.0**-30) | (fraction - np.floor(fraction) < 2.0**-30)
+    table = quotient_base + level * quotient_spacing + ceiling.astype(np.int64)
+    for i in np.flatnonzero(doubt).tolist():
+        table[i] = min(_exact_level(rule, per_unit, base, spacing, i), MEMBRANE_LIMIT)
+    beyond = np.flatnonzero(table >= MEMBRANE_LIMIT)
+    table = table[: beyond[0]] if len(beyond) else table
+    return np.maximum(table, -MEMBRANE_LIMIT)  # (every membrane reaches those)
+
+
+def _exact_level(rule: ChannelRule, per_unit: Fraction, base: int, spacing: int, level: int) -> int:
+    scale = 1 << PRECISION_BITS
+    low = base + level * spacing
+    value = -((-low) // scale)  # ceil(low / G)
+    if low + level + 1 > value * scale:  # an integer may lie inside: decide exactly
+        value = rule.least_membrane(per_unit, level)
+    return value
+
+
+def _channel_table_exact(rule: ChannelRule, per_unit: Fraction, base: int, spacing: int, size_cap: int) -> list[int]:
+    """:func:`_channel_table` level by level in Python integers."""
+    values: list[int] = []
+    for level in range(size_cap):
+        value = _exact_level(rule, per_unit, base, spacing, level)
+        if value >= MEMBRANE_LIMIT:
+            break
+        values.append(max(value, -MEMBRANE_LIMIT))
+    return values
 
 
 def linear_table(offset: np.ndarray, step: np.ndarray, divisor: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -261,21 +304,32 @@ UNIT_ROUNDOFF32 = 2.0**-24
 
 
 @njit(parallel=True, cache=True)
-def _decide_kernel(estimate, error, slope, mean, shift, inverse, levels, counts, near):
-    """counts[b, n] = clamp(floor(u), 0, levels), u = slope (z - mean) + shift with z =
-    estimate * inverse (per channel, channel-first rows), and near[b, n] where an integer
-    may lie within the float error of u (``error``: the estimate's, per neuron; levels < 0:
-    unbounded)."""
-    images, neurons = estimate.shape
-    channels = slope.shape[0]
-    plane = neurons // channels
+def _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inverse, levels, counts, inputs, near):
+    """counts[b, c, p] = clamp(floor(u), 0, levels), u = slope (z - mean) + shift with
+    z = first[b, c, p] * inverse, as int64 and as float32 (``inputs``, the next block's),
+    and near[b, c, p] where an integer may lie within the float error of u. ``first``:
+    (images, C, plane) membranes, exact when ``box`` is empty; else within gamma_n
+    sum |w x| <= gamma_n largest_weight[c] box[b, 0, p] (float32 summation; box: the sum
+    of the inputs in the neuron's receptive field). levels < 0: unbounded.
+
+    u is computed as alpha first + beta (alpha = slope inverse, beta = shift - slope mean):
+    its rounding, like that of every float64 step here, is far inside the FLOAT_SLACK
+    margin."""
+    images, channels, plane = first.shape
+    bounded = box.shape[0] > 0
     for b in prange(images):
         for c in range(channels):
             a, m, h = slope[c], mean[c], shift[c]
-            for p in range(c * plane, (c + 1) * plane):
-                z = estimate[b, p] * inverse
-                u = a * (z - m) + h
-                margin = abs(a) * error[b, p] * inverse + FLOAT_SLACK * (abs(a) * (abs(z) + abs(m)) + abs(h) + 1.0)
+            alpha, beta = a * inverse, h - a * m
+            per_input = abs(alpha) * FLOAT_SLACK
+            per_box = abs(alpha) * gamma_n * (1 + 4 * gamma_n) * np.float64(largest_weight[c]) if bounded else 0.0
+            constant = FLOAT_SLACK * (abs(a) * abs(m) + abs(h) + 1.0) + abs(alpha) * 2.0**-100
+            for p in range(plane):
+                f = np.float64(first[b, c, p])
+                u = alpha * f + beta
+                margin = per_input * abs(f) + constant
+                if bounded:
+                    margin += per_box * np.float64(box[b, 0, p])
                 n = math.floor(u)
                 doubt = (u - n <= margin) or (n + 1 - u <= margin)
                 if n < 0:
@@ -284,9 +338,12 @@ def _decide_kernel(estimate, error, slope, mean, shift, inverse, levels, counts,
                 if levels >= 0 and n >= levels:
                     doubt = doubt and u < levels + 1 + margin
                     n = levels
-                counts[b, p] = n
-                near[b, p] = doubt
-CHUNK_IMAGES = 64  # images whose patches are unfolded at once for exact recomputation
+                counts[b, c, p] = n
+                inputs[b, c, p] = n
+                near[b, c, p] = doubt
+
+
+GATHER_ELEMENTS = 1 << 22  # inputs gathered at once for the exact recomputation of near neurons
 
 
 def float32_is_ieee() -> bool:
@@ -310,6 +367,9 @@ class _Block:
     rules: list[ChannelRule]
     levels: int | None
     weight32: object  # the float32 weights the model computes with (tensor)
+    window32: object  # conv: ones (1, 1, k, k), to sum the inputs in each receptive field (tensor)
+    largest_weight32: np.ndarray  # float32 [C]: max |w| per output channel
+    largest_scaled: float  # max |W_int|
     row_sum: float  # max over output neurons of sum |W|
     slope: object  # float64 [C]: 2^k gamma / sigma
     mean: object  # float64 [C]
@@ -349,8 +409,11 @@ class ExactANN:
             rules = [ChannelRule.from_floats(*values, norm.eps, block.k, levels) for values in zip(*columns, strict=True)]
             gamma, beta, mean, var = (torch.tensor(c, dtype=torch.float64) for c in columns)
             scale = float(1 << block.k)
+            weight32 = weight.to(torch.float32).contiguous()
             self.blocks.append(_Block(
-                block, scaled, exponent, rules, levels, weight.to(torch.float32).contiguous(),
+                block, scaled, exponent, rules, levels, weight32, torch.ones((1, 1, *weight32.shape[2:])),
+                weight32.abs().flatten(1).max(dim=1).values.numpy(),
+                float(np.abs(scaled).max()) if scaled.size else 0.0,
                 float(weight.to(torch.float64).abs().reshape(weight.shape[0], -1).sum(dim=1).max()),
                 scale * gamma / torch.sqrt(var + float(norm.eps)), mean, scale * beta + 0.5,
             ))
@@ -376,21 +439,22 @@ class ExactANN:
             raise ValueError("the exact ANN takes raw integer pixels 0..255, not noisy (fractional) ones")
         counts, decided = [], 0
         inputs_per_unit = Fraction(PIXEL_SCALE)  # x = inputs / inputs_per_unit
+        x = x.to(torch.float32)  # (pixels and counts: integers far below 2^24, exact)
         for index, layer in enumerate(self.blocks):
-            n, recomputed = self._block(index, layer, x.to(torch.float64), inputs_per_unit)
+            n, x, recomputed = self._block(index, layer, x, inputs_per_unit)
             counts.append(n)
             decided += recomputed
-            x = n
             inputs_per_unit = Fraction(1 << layer.block.k)
         return self._logits(counts, inputs_per_unit, decided)
 
     def _block(self, index: int, layer: _Block, x, inputs_per_unit: Fraction):
-        """(counts, neurons decided beyond the first pass) of one block for integer inputs x."""
+        """(counts, the same as float32, neurons decided beyond the first pass) of one
+        block for inputs x: integers 0 <= x < 2^24 (pixels or counts), as float32."""
         import torch
         import torch.nn.functional as F
 
         block = layer.block
-        largest = float(x.abs().max()) if x.numel() else 0.0
+        largest = float(x.max()) if x.numel() else 0.0
         kind, stride, padding = block.layer.kind, block.layer.stride, block.layer.padding
 
         def linear(inputs, weight):
@@ -399,25 +463,48 @@ class ExactANN:
             return F.linear(inputs.flatten(1), weight)
 
         terms = int(np.prod(layer.scaled.shape[1:]))
-        fast = float32_is_ieee() and largest < 2.0**24 and terms * UNIT_ROUNDOFF32 < 0.5
-        if fast:  # W x with the summation's rounding only (x: exact integers in float32)
-            gamma_n = terms * UNIT_ROUNDOFF32 / (1 - terms * UNIT_ROUNDOFF32)
-            with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round otherwise)
-                x32 = x.to(torch.float32)
-                estimate = linear(x32, layer.weight32).to(torch.float64)
-                # per neuron, |error| <= gamma_n sum |w x| (x >= 0 but for pixels... |x| to be safe)
-                magnitude = linear(x32.abs(), layer.weight32.abs()).to(torch.float64)
-            error = gamma_n * magnitude * (1 + 4 * gamma_n) + 2.0**-100
-        else:
-            parts, bits = self._parts_for(index, layer.scaled, largest)
-            estimate = sum(linear(x, p) * 2.0 ** (bits * j - layer.exponent) for j, p in enumerate(parts))
-            error = torch.zeros_like(estimate)
-        n, near = self._decide(layer, estimate, error, 1.0 / float(inputs_per_unit))
+        ieee = float32_is_ieee() and largest < 2.0**24
+        channels = layer.scaled.shape[0]
+        # every partial sum of W_int x an integer below 2^24: float32 sums exactly in any order
+        exact_first = ieee and layer.largest_scaled * largest * terms < 2.0**24
+        box = torch.empty((0, 1, 1), dtype=torch.float32)
+        with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round otherwise)
+            if exact_first:
+                first = linear(x, layer.weight32)
+            elif ieee and terms * UNIT_ROUNDOFF32 < 0.5:
+                # W x with the summation's rounding only, at most gamma_n sum |w x| (x >= 0)
+                first = linear(x, layer.weight32)
+                if kind == "conv":
+                    box = F.conv2d(x.sum(dim=1, keepdim=True), layer.window32, stride=stride, padding=padding)
+                else:
+                    box = x.flatten(1).sum(dim=1)
+                box = box.reshape(len(x), 1, -1)
+            else:
+                parts, bits = self._parts_for(index, layer.scaled, largest)
+                x64 = x.to(torch.float64)
+                first = sum(linear(x64, p) * 2.0 ** (bits * j - layer.exponent) for j, p in enumerate(parts))
+                exact_first = True
+        images = first.shape[0]
+        shape = (images, *block.layer.out_shape)
+        counts = torch.empty(shape, dtype=torch.int64)
+        inputs = torch.empty(shape, dtype=torch.float32)
+        near = torch.empty(shape, dtype=torch.bool)
+        gamma_n = terms * UNIT_ROUNDOFF32 / (1 - terms * UNIT_ROUNDOFF32)
+        _decide_kernel(
+            first.reshape(images, channels, -1).numpy(), box.numpy(), layer.largest_weight32, gamma_n,
+            layer.slope.numpy(), layer.mean.numpy(), layer.shift.numpy(), 1.0 / float(inputs_per_unit),
+            -1 if layer.levels is None else layer.levels,
+            counts.reshape(images, channels, -1).numpy(), inputs.reshape(images, channels, -1).numpy(),
+            near.reshape(images, channels, -1).numpy(),
+        )
         where = near.nonzero()
         if len(where) == 0:
-            return n, 0
-        parts, bits = self._parts_for(index, layer.scaled, largest)
-        exact = self._exact_membranes(layer, parts, bits, x, where)
+            return counts, inputs, 0
+        if exact_first:  # the first pass's membranes are exact: W_int x = first 2^s
+            exact = (first[tuple(where.T)].to(torch.float64) * 2.0**layer.exponent).to(torch.int64)
+        else:
+            parts, bits = self._parts_for(index, layer.scaled, largest)
+            exact = self._exact_membranes(layer, parts, bits, x, where)
         per_unit = inputs_per_unit * Fraction(2) ** layer.exponent  # z = V / per_unit
         if isinstance(exact, torch.Tensor):  # int64 -> float64 rounds by 2^-53 at most: within the margin
             zf = exact.to(torch.float64) / float(per_unit)
@@ -426,27 +513,11 @@ class ExactANN:
             zf = torch.tensor([float(Fraction(v) / per_unit) for v in exact], dtype=torch.float64)
         channel = where[:, 1]
         sub, still = self._decide_at(layer, zf, channel)
-        n[tuple(where.T)] = sub
+        counts[tuple(where.T)] = sub
         for i in still.nonzero()[:, 0].tolist():
-            n[tuple(where[i].tolist())] = layer.rules[int(channel[i])].count(Fraction(exact[i]) / per_unit)
-        return n, len(where)
-
-    @staticmethod
-    def _decide(layer: _Block, estimate, error, inverse: float):
-        """Counts floor(u) from membranes ``estimate`` (float64, z = estimate * inverse,
-        within ``error`` of the exact ones), u = 2^k y + 1/2, and where an integer may lie
-        within the float error of u."""
-        import torch
-
-        images = estimate.shape[0]
-        flat = estimate.reshape(images, -1).contiguous()
-        counts = torch.empty(flat.shape, dtype=torch.int64)
-        near = torch.empty(flat.shape, dtype=torch.bool)
-        _decide_kernel(
-            flat.numpy(), error.reshape(images, -1).contiguous().numpy(), layer.slope.numpy(), layer.mean.numpy(),
-            layer.shift.numpy(), inverse, -1 if layer.levels is None else layer.levels, counts.numpy(), near.numpy(),
-        )
-        return counts.reshape(estimate.shape), near.reshape(estimate.shape)
+            counts[tuple(where[i].tolist())] = layer.rules[int(channel[i])].count(Fraction(exact[i]) / per_unit)
+        inputs[tuple(where.T)] = counts[tuple(where.T)].to(torch.float32)
+        return counts, inputs, len(where)
 
     def _decide_at(self, layer: _Block, z, channel):
         slope, mean, shift = layer.slope[channel], layer.mean[channel], layer.shift[channel]
@@ -478,22 +549,21 @@ class ExactANN:
         block = layer.block
         rows = [p.reshape(p.shape[0], -1) for p in parts]
         sums_all: list[list] = [[] for _ in rows]
-        images = where[:, 0]
-        for start in range(0, len(where), 1 << 16):
-            chunk = where[start : start + (1 << 16)]
-            picked_images = images[start : start + (1 << 16)]
-            if block.layer.kind == "conv":
-                out_w = block.layer.out_shape[2]
-                position = chunk[:, 2] * out_w + chunk[:, 3]
-                unique, inverse = torch.unique(picked_images, return_inverse=True)
-                columns = torch.empty((len(chunk), rows[0].shape[1]), dtype=torch.float64)
-                for at in range(0, len(unique), CHUNK_IMAGES):
-                    group = unique[at : at + CHUNK_IMAGES]
-                    patches = F.unfold(x[group], block.layer.kernel, padding=block.layer.padding, stride=block.layer.stride)
-                    mine = (inverse >= at) & (inverse < at + len(group))
-                    columns[mine] = patches[inverse[mine] - at, :, position[mine]]
+        step = max(1, GATHER_ELEMENTS // rows[0].shape[1])  # neurons whose inputs are gathered at once
+        if block.layer.kind == "conv":
+            kernel, stride, pad = block.layer.kernel, block.layer.stride, block.layer.padding
+            padded = F.pad(x, (pad, pad, pad, pad)) if pad else x
+            offsets = torch.arange(kernel)
+            in_channels = torch.arange(x.shape[1])[None, :, None, None]
+        for start in range(0, len(where), step):
+            chunk = where[start : start + step]
+            if block.layer.kind == "conv":  # each neuron's receptive field, (neurons, C, k, k)
+                top = (chunk[:, 2] * stride)[:, None] + offsets
+                left = (chunk[:, 3] * stride)[:, None] + offsets
+                patches = padded[chunk[:, 0, None, None, None], in_channels, top[:, None, :, None], left[:, None, None, :]]
+                columns = patches.reshape(len(chunk), -1).to(torch.float64)
             else:
-                columns = x.flatten(1)[picked_images]
+                columns = x.flatten(1)[chunk[:, 0]].to(torch.float64)
             channel = chunk[:, 1]
             for j, r in enumerate(rows):  # float64 integers below 2^53: exact in any order
                 sums_all[j].append((columns * r[channel]).sum(dim=1))
@@ -509,14 +579,18 @@ class ExactANN:
         parts, bits = self._parts_for("output", scaled, float(x.max()) if x.numel() else 0.0)
         sums = [F.linear(x.flatten(1), part) for part in parts]
         logits = _combine(sums, max(float(m.abs().max()) for m in sums), bits)
+        denominator = Fraction(2) ** s * inputs_per_unit
+        power_of_two = denominator.denominator == 1 and denominator.numerator.bit_count() == 1
         if isinstance(logits, torch.Tensor):
             predictions = logits.argmax(dim=1)  # (the first index among ties)
+            if power_of_two and denominator < 2**1000 and (not logits.numel() or int(logits.abs().max()) < 2**53):
+                # exact in float64, and so is the division by a power of two
+                return ExactResult(counts, logits.to(torch.float64) / float(denominator), predictions, decided)
             rows = logits.tolist()
         else:
             classes = sums[0].shape[1]
             rows = [logits[b * classes : (b + 1) * classes] for b in range(sums[0].shape[0])]
             predictions = torch.tensor([max(range(classes), key=lambda c, r=r: (r[c], -c)) for r in rows], dtype=torch.int64)
-        denominator = Fraction(2) ** s * inputs_per_unit
         values = torch.tensor([[float(Fraction(v) / denominator) for v in row] for row in rows], dtype=torch.float64)
         return ExactResult(counts, values, predictions, decided)
 
