@@ -277,15 +277,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         write_simulation(out, summary, result)
     print(summary_table([summary]))
     verdict = "LOSSLESS" if summary["lossless"] else "NOT lossless"
+    every = summary["verified_images"] == summary["images"]
+    reference = (
+        "the exact quantized ANN of the trained model (from its own parameters, not the converted tables)"
+        if every else "the quantized ANN of the converted tables"
+    )
     print(
-        f"{verdict}: SNN agrees with the quantized ANN on {summary['agreement']:,} of "
+        f"{verdict}: SNN agrees with {reference} on {summary['agreement']:,} of "
         f"{summary['images']:,} images ({100 * summary['agreement_fraction']:.2f}%), "
         f"{summary['count_mismatches']:,} neuron counts differ; results in {out}"
     )
-    if summary["verified_images"]:
+    if summary["verified_images"] and not every:
         print(
             f"Checked against the exact ANN of the trained model (its own parameters, not the converted "
-            f"tables) on {summary['verified_images']:,} images: {summary['verified_count_mismatches']:,} "
+            f"tables) on {summary['verified_images']:,} image{'s' if summary['verified_images'] != 1 else ''}: "
+            f"{summary['verified_count_mismatches']:,} "
             f"neuron counts and {summary['verified_disagreements']:,} predictions differ"
         )
     return 0
@@ -589,9 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy-add", type=_energy, default=ENERGY_PER_ADD_PJ, help="pJ per addition (SNN)")
     p.add_argument("--energy-mac", type=_energy, default=ENERGY_PER_MAC_PJ, help="pJ per MAC (ANN)")
     p.add_argument(
-        "--verify", choices=("sample", "all", "none"), default="sample",
-        help="images also checked against the exact ANN of the trained model: the first of every batch "
-        "(default), all (about one more ANN pass), or none",
+        "--verify", choices=("all", "sample", "none"), default="all",
+        help="the reference the SNN is compared with: all (default): the exact ANN of the trained model, "
+        "computed from its own parameters, on every image; sample: the converted tables' ANN, and the "
+        "trained model's exact ANN on the first image of every batch; none: the tables' ANN only",
     )
     p.add_argument("--out", help="results folder (default: next to FILE)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

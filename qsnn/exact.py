@@ -633,7 +633,9 @@ def evaluate_exact(model, pixels, labels, *, batch_size: int = 500, progress: bo
             y = labels[start : start + batch_size]
             exact = ann(x)
             floats = model.counts(x.to(device).float() / 255)
-            logits = model(x.to(device).float() / 255)
+            # the model's forward pass ends with the last block's n / 2^k times the classifier
+            last = floats[-1].flatten(1).float() * (1.0 / (1 << model.blocks[-1].k))
+            logits = torch.nn.functional.linear(last, model.classifier)
             correct += int((exact.predictions == y).sum())
             float_correct += int((logits.argmax(1).cpu() == y).sum())
             per_image = sum((a.cpu() != b).reshape(len(x), -1).sum(1) for a, b in zip(floats, exact.counts, strict=True))

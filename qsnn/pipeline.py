@@ -112,19 +112,25 @@ def execute(
     device: str = "cpu",
     progress: bool = True,
     test_set=None,
+    figures: bool = True,
 ) -> dict:
     """Train (or reuse), convert, simulate, plot and report one run; returns run.json.
 
     Parts already done (a finished training, an existing simulation result) are reused,
     so an interrupted run continues where it stopped. ``out_dir`` is locked while the run
     works: another process running into it meanwhile is refused (a QsnnError).
+    ``figures`` False: no plots/ folder (a caller that draws several runs together).
     """
     with folder_lock(out_dir):
-        return _execute(spec, Path(out_dir), data_dir=data_dir, device=device, progress=progress, test_set=test_set)
+        return _execute(
+            spec, Path(out_dir), data_dir=data_dir, device=device, progress=progress, test_set=test_set,
+            figures=figures,
+        )
 
 
 def _execute(
     spec: RunSpec, out: Path, *, data_dir: str | None, device: str, progress: bool, test_set=None,
+    figures: bool = True,
 ) -> dict:
     """:func:`execute` in a folder this process holds."""
     from qsnn import data as qdata
@@ -158,7 +164,7 @@ def _execute(
     )
     if not model.quantized:
         _log(progress, f"[{spec.tag()}] full-precision baseline: no spiking network to convert")
-        return _finish(out, record, started, progress)
+        return _finish(out, record, started, figures)
 
     # 2. convert, 3. simulate
     dataset = spec.dataset
@@ -195,9 +201,9 @@ def _execute(
             fingerprint = {
                 "checkpoint_sha256": source["sha256"], "scheme": scheme, "threshold_scale": scale,
                 "noise": noise, "steps": spec.steps, "images": len(pixels), "seed": spec.seed,
-                "dataset": dataset, "noise_draws": "per image",  # how noise is drawn (changed once)
-                "thresholds": "exact tables", "verified": "exact ANN",  # (changed once: not reused from before)
-            }
+                "dataset": dataset, "noise_draws": "per image", "thresholds": "exact tables",
+                "reference": "the model's exact ANN on every image",
+            }  # (a result whose fingerprint differs in any of these is simulated again)
             previous = _previous_result(sim_dir / "result.json")
             if previous is not None and previous.get("fingerprint") == fingerprint:
                 summary = previous
@@ -224,15 +230,15 @@ def _execute(
                     "result": (sim_dir / "result.json").relative_to(out).as_posix(),
                 }
             )
-    return _finish(out, record, started, progress)
+    return _finish(out, record, started, figures)
 
 
-def _finish(out: Path, record: dict, started: float, progress: bool) -> dict:
+def _finish(out: Path, record: dict, started: float, figures: bool) -> dict:
     from qsnn.plots import plot_runs
 
     record["seconds"] = time.monotonic() - started
     write_json(out / "run.json", record)
-    if record["simulations"]:
+    if record["simulations"] and figures:
         plot_runs([out], out / "plots")
     write_report(out, [out])
     return record
@@ -525,8 +531,10 @@ def run_default(out_dir: str | Path, *, device: str = "cpu", progress: bool = Tr
     with folder_lock(out):
         for spec in embedded_runs():
             spec.test_limit = test_limit
-            records.append(execute(spec, out / spec.tag(), device=device, progress=progress, test_set=test_set))
-        from qsnn.plots import plot_runs
+            records.append(execute(
+                spec, out / spec.tag(), device=device, progress=progress, test_set=test_set, figures=False,
+            ))
+        from qsnn.plots import plot_runs  # one set of figures with every run
 
         plot_runs([out], out / "plots")
         write_report(out, [out])

@@ -631,7 +631,7 @@ def simulate(
     seed: int = 0,
     progress: bool = False,
     simulator=None,
-    verify: str = "sample",
+    verify: str = "all",
 ) -> SimulationResult:
     """Simulate ``net`` on all images, batch by batch, and aggregate the statistics.
 
@@ -668,6 +668,7 @@ def simulate(
     if verify != "none" and noise > 0:
         verify = "none"  # (the exact ANN is the model's on clean pixels)
     verifier = ModelCheck(net)
+    against_model = verify == "all"
     if simulator is None:
         simulator = EventSimulator(net) if cpu_kernels(torch.empty(0, device=device)) else simulate_batch
     if progress and isinstance(simulator, EventSimulator) and not simulator.engine.compiled_on_disk():
@@ -683,34 +684,39 @@ def simulate(
         draws = NoiseDraws(seed, first_image=start)
         inputs = noisy_pixels(clean, noise, draws) if net.scheme != "sg" and noise > 0 else clean
         noise_here = noise if net.scheme == "sg" else 0.0  # pixel noise is in ``inputs`` already
-        if isinstance(simulator, EventSimulator):
+        if against_model:  # the reference is the trained model's exact ANN, on every image
+            exact = verifier.ann(clean.cpu())
+            counts, logits = exact.counts, exact.logits
+            record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
+        elif isinstance(simulator, EventSimulator):
             record, counts, logits = simulator.against_ann(
                 net, inputs, steps, noise=noise_here, draws=draws, checks=checks
             )
         else:
             counts, logits = reference_counts(net, inputs)
             record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
-        reference = logits.argmax(dim=1)
+        reference = logits.argmax(dim=1).to(record.predictions.device)
         if net.scheme != "sg" and noise > 0:
             _, clean_logits = reference_counts(net, clean)
             ann_correct_clean += int((clean_logits.argmax(dim=1) == target).sum())
         else:
             ann_correct_clean += int((reference == target).sum())
         ann_correct += int((reference == target).sum())
-        if record.mismatches is not None:  # the simulator compared them as it counted
+        if record.mismatches is not None and not against_model:  # the simulator compared them as it counted
             mismatches = [a + b for a, b in zip(mismatches, record.mismatches, strict=True)]
         else:
-            for index, (snn, ann) in enumerate(zip(record.counts, counts, strict=True)):
-                mismatches[index] += _differences(snn, ann)
+            mismatches_here = [_differences(snn, ann) for snn, ann in zip(record.counts, counts, strict=True)]
+            mismatches = [a + b for a, b in zip(mismatches, mismatches_here, strict=True)]
         correct = (record.predictions == target[None]).sum(dim=1)
         agree = (record.predictions == reference[None]).sum(dim=1)
-        if verify != "none":
-            keep = slice(None) if verify == "all" else slice(0, 1)
-            verifier.add(clean[keep], [c[keep] for c in record.counts], record.predictions[-1][keep])
+        if against_model:
+            verifier.record(mismatches_here, int((record.predictions[-1] != reference).sum()), len(clean))
+        elif verify == "sample":
+            verifier.add(clean[:1], [c[:1] for c in record.counts], record.predictions[-1][:1])
         records.append((record._replace(counts=[]), correct, agree))  # counts checked: drop them
         bar.update(len(clean))
     bar.close()
-    check_against_reference(net, checks)  # the first image of every batch, evaluated from scratch
+    check_against_reference(net, checks)  # (against_ann: the first image of every batch, from scratch)
     verifier.flush()
     total_steps = max(r.predictions.shape[0] for r, _, _ in records)
     correct_sum = torch.zeros(total_steps, dtype=torch.int64)
@@ -763,16 +769,30 @@ VERIFY_BATCH = 500
 
 class ModelCheck:
     """SNN results checked against the exact ANN of the trained model (ExactANN, from the
-    model's own parameters that ``net`` carries, not from its tables), in groups of up
-    to VERIFY_BATCH images as they come: images checked, differing counts per layer,
-    differing final predictions."""
+    model's own parameters that ``net`` carries, not from its tables): images checked,
+    differing counts per layer, differing final predictions. Either every image, as the
+    simulation's reference (:meth:`record`), or a sample added as it comes and evaluated
+    in groups of up to VERIFY_BATCH images (:meth:`add`)."""
 
     def __init__(self, net: SpikingNet) -> None:
         self.net = net
-        self.ann = None
+        self._ann = None
         self.pending: list = []
         self.images = self.disagreements = 0
         self.differing = [0] * len(net.layers)
+
+    @property
+    def ann(self):
+        from qsnn.exact import ExactANN
+
+        if self._ann is None:
+            self._ann = ExactANN(self.net.source_model())
+        return self._ann
+
+    def record(self, differing: list[int], disagreements: int, images: int) -> None:
+        self.differing = [a + b for a, b in zip(self.differing, differing, strict=True)]
+        self.disagreements += disagreements
+        self.images += images
 
     def add(self, pixels: torch.Tensor, counts: list, predictions: torch.Tensor) -> None:
         self.pending.append((pixels.cpu().clone(), [c.cpu().clone() for c in counts], predictions.cpu().clone()))
@@ -782,13 +802,9 @@ class ModelCheck:
     def flush(self) -> None:
         if not self.pending:
             return
-        from qsnn.exact import ExactANN
-
-        if self.ann is None:
-            self.ann = ExactANN(self.net.source_model())
         pending, self.pending = self.pending, []
         exact = self.ann(torch.cat([p[0] for p in pending]))
-        for index in range(len(self.differing)):
-            self.differing[index] += _differences(torch.cat([p[1][index] for p in pending]), exact.counts[index])
-        self.disagreements += int((torch.cat([p[2] for p in pending]) != exact.predictions).sum())
-        self.images += len(exact.predictions)
+        differing = [_differences(torch.cat([p[1][index] for p in pending]), exact.counts[index])
+                     for index in range(len(self.differing))]
+        disagreements = int((torch.cat([p[2] for p in pending]) != exact.predictions).sum())
+        self.record(differing, disagreements, len(exact.predictions))

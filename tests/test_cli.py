@@ -61,7 +61,18 @@ def test_convert_simulate_export_and_map_from_the_command_line(capsys, tmp_path)
     assert f"written to {net}" in capsys.readouterr().out
     assert main(["simulate", str(net), "--limit", "100", "--quiet", "--out", str(tmp_path / "sim")]) == 0
     out = capsys.readouterr().out
-    assert "LOSSLESS: SNN agrees with the quantized ANN on 100 of 100 images (100.00%), 0 neuron counts differ" in out
+    assert (
+        "LOSSLESS: SNN agrees with the exact quantized ANN of the trained model (from its own parameters, not the "
+        "converted tables) on 100 of 100 images (100.00%), 0 neuron counts differ" in out
+    )
+    assert "Checked against" not in out
+    assert main(["simulate", str(net), "--limit", "100", "--quiet", "--verify", "sample", "--out", str(tmp_path / "s2")]) == 0
+    out = capsys.readouterr().out
+    assert "LOSSLESS: SNN agrees with the quantized ANN of the converted tables on 100 of 100 images (100.00%)" in out
+    assert (
+        "Checked against the exact ANN of the trained model (its own parameters, not the converted tables) on 1 "
+        "image: 0 neuron counts and 0 predictions differ" in out
+    )
     assert sorted(p.name for p in (tmp_path / "sim").iterdir()) == [
         "accuracy.txt", "layers.csv", "per_step.csv", "result.json", "sop_num.txt", "spike_collect.txt", "spike_num.txt",
     ]

@@ -237,6 +237,32 @@ def test_threshold_tables_are_the_least_membranes_of_the_definition(gamma, beta,
         assert count(t) > i and count(t - 1) <= i, (i, t)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    gamma=st.one_of(CHANNEL["gamma"], st.floats(-8, 8, width=32)).filter(lambda g: g != 0),
+    beta=st.one_of(CHANNEL["beta"], st.floats(-4, 4, width=32)),
+    mean=st.one_of(CHANNEL["mean"], st.floats(-16, 16, width=32)),
+    var=st.one_of(CHANNEL["s"].map(lambda s: s * s), st.floats(2.0**-20, 64, width=32)),
+    eps=st.sampled_from([0.0, 1e-5]),
+    k=st.integers(0, 3),
+    B=st.sampled_from([1, 2, 3, None]),
+    exponent=st.integers(0, 44),
+)
+def test_the_vectorised_table_equals_the_level_by_level_one(gamma, beta, mean, var, eps, k, B, exponent):
+    """threshold_table settles most levels in float64 (numpy) and the rest in integers: it
+    equals the level-by-level integer computation at every level, ties (dyadic parameters)
+    and unbounded layers' 1,024 levels included."""
+    from qsnn.exact import _channel_table, _channel_table_exact, fixed_point_terms
+
+    levels = None if B is None else (1 << k) * B
+    rule = ChannelRule.from_floats(gamma, beta, mean, var, eps, k, levels)
+    per_unit = Fraction(2) ** exponent
+    cap = levels if levels is not None else 1024
+    base, spacing = fixed_point_terms(rule, per_unit)
+    fast = _channel_table(rule, per_unit, base, spacing, cap)
+    assert list(fast) == _channel_table_exact(rule, per_unit, base, spacing, cap)
+
+
 # --- the exact ANN, and the simulator's independent check ------------------------------
 
 
@@ -274,8 +300,10 @@ def test_exact_ann_equals_the_float64_model_and_the_converted_reference(k, B, te
 
 def test_the_check_against_the_trained_model_sees_a_table_that_both_sides_share():
     """A converted net whose table is one unit off at a tie (the kind of error the
-    spiking network and a reference built from the same tables share): the table-based
-    agreement stays perfect, the check against the exact ANN of the trained model does not."""
+    spiking network and a reference built from the same tables share). Measured against
+    the exact ANN of the trained model (the default) the simulation shows it, count by
+    count; against the tables' own ANN (verify="sample") the agreement stays perfect and
+    only the sampled images are checked against the model."""
     from dataclasses import replace
 
     from qsnn.reporting import summarize
@@ -288,16 +316,18 @@ def test_the_check_against_the_trained_model_sees_a_table_that_both_sides_share(
     table[:, 1] += 1  # level 1's tie (p = 24) now counts 1, not 2
     net = replace(net, layers=[replace(encoding, table=table), *net.layers[1:]])
     pixels, labels = tie_pixels(), torch.zeros(256, dtype=torch.int64)
-    result = simulate(net, pixels, labels, steps=None, verify="all", batch_size=64)
-    assert result.count_mismatches == [0, 0, 0] and result.agree[-1] == 256  # both sides share the table
+    result = simulate(net, pixels, labels, steps=None, batch_size=64)
     assert result.verified_images == 256
-    assert result.verified_count_mismatches[0] == 3 * 4  # image 24: 3 channels x 4 positions
+    assert result.count_mismatches[0] == 3 * 4  # image 24: 3 channels x 4 positions
+    assert result.verified_count_mismatches == result.count_mismatches
+    assert result.agree[-1] == 256 - result.verified_disagreements
     summary = summarize(result, net, dataset="mnist", seed=0, e_add=0.9, e_mac=4.6)
     assert summary["verified_count_mismatches"] > 0 and summary["lossless"] is False
-    sample = simulate(net, pixels, labels, steps=None, batch_size=64)  # images 0, 64, 128, 192
-    assert sample.verified_images == 4 and sample.verified_count_mismatches == [0, 0, 0]
-    clean = simulate(convert(model, "nsd"), pixels, labels, steps=None, verify="all", batch_size=64)
-    assert clean.verified_count_mismatches == [0, 0, 0] and clean.verified_disagreements == 0
+    tables = simulate(net, pixels, labels, steps=None, verify="sample", batch_size=64)  # images 0, 64, 128, 192
+    assert tables.count_mismatches == [0, 0, 0] and tables.agree[-1] == 256  # both sides share the table
+    assert tables.verified_images == 4 and tables.verified_count_mismatches == [0, 0, 0]
+    clean = simulate(convert(model, "nsd"), pixels, labels, steps=None, batch_size=64)
+    assert clean.count_mismatches == [0, 0, 0] and clean.verified_disagreements == 0 and clean.agree[-1] == 256
 
 
 @settings(max_examples=200, deadline=None)
@@ -307,3 +337,24 @@ def test_a_channel_counts_as_the_definition(gamma, beta, mean, s, k, B, z):
     levels = None if B is None else (1 << k) * B
     rule = ChannelRule.from_floats(gamma, beta, mean, s * s, 0.0, k, levels)
     assert rule.count(z) == defined_count(z, gamma, beta, mean, Fraction(s), k, levels)
+
+
+@pytest.mark.parametrize(("notation", "k", "B", "ternary"), [("6C5-P2-8C3-12", 1, None, False), ("6C5-P2-12", 2, 2, True)])
+def test_evaluate_exact_counts_what_it_says(notation, k, B, ternary):
+    """evaluate_exact: the exact ANN's correct predictions, the float32 model's (its own
+    forward pass), and the counts on which the two differ, image by image."""
+    from qsnn.exact import evaluate_exact
+    from tests.helpers import random_net, random_pixels
+
+    model = random_net(notation, k=k, B=B, ternary=ternary, seed=3)
+    pixels, labels = random_pixels(40, seed=3), torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(3))
+    found = evaluate_exact(model, pixels, labels, batch_size=16)
+    exact = ExactANN(model)(pixels)
+    with torch.no_grad():
+        floats = model.counts(pixels.float() / 255)
+        logits = model(pixels.float() / 255)
+    per_image = sum((a != b).reshape(40, -1).sum(1) for a, b in zip(floats, exact.counts, strict=True))
+    assert found.images == 40
+    assert found.correct == int((exact.predictions == labels).sum())
+    assert found.float32_correct == int((logits.argmax(1) == labels).sum())
+    assert (found.differing_counts, found.differing_images) == (int(per_image.sum()), int((per_image > 0).sum()))

@@ -182,7 +182,8 @@ def test_default_run_uses_the_embedded_models_offline(tmp_path, monkeypatch):
     rows = report_rows([tmp_path])
     assert sorted(r["Scheme"] for r in rows) == ["INT", "NSD", "SG"]
     assert all(r["Agreement"] == "100/100" and r["Lossless"] for r in rows)
-    assert Path(tmp_path / "plots" / "accuracy.png").exists()
+    assert Path(tmp_path / "plots" / "accuracy.png").exists()  # one set of figures, with every run
+    assert not any((tmp_path / name / "plots").exists() for name in names)
 
 
 def test_results_are_reused_only_for_the_same_question(tmp_path, monkeypatch):

@@ -365,15 +365,15 @@ def test_sg_skips_its_own_pass_only_where_the_binary_neurons_agree_with_the_ann(
 
     net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, ternary=False, seed=8), "sg")
     pixels, labels = random_pixels(12, seed=8), torch.randint(0, 10, (12,))
-    slow = simulate(net, pixels, labels, steps=None, batch_size=5, simulator=simulate_batch)
+    slow = simulate(net, pixels, labels, steps=None, verify="sample", batch_size=5, simulator=simulate_batch)
     second_passes = []
     original = EventSimulator._scatter_gather
     monkeypatch.setattr(EventSimulator, "_scatter_gather", lambda self, *a: second_passes.append(1) or original(self, *a))
-    fast = simulate(net, pixels, labels, steps=None, batch_size=5)
+    fast = simulate(net, pixels, labels, steps=None, verify="sample", batch_size=5)
     assert second_passes == []
     checked = engine.checked_counts
     monkeypatch.setattr(engine, "checked_counts", lambda th, m: (checked(th, m)[0], 1 if m.shape[1] == 8 else 0))
-    again = simulate(net, pixels, labels, steps=None, batch_size=5)
+    again = simulate(net, pixels, labels, steps=None, verify="sample", batch_size=5)
     assert second_passes == [1, 1, 1]  # one per batch
     for run in (fast, again):
         for name in ("correct", "agree", "positive", "negative", "sops", "spiking_neurons", "count_mismatches"):
@@ -392,8 +392,8 @@ def test_sg_counts_where_it_departs_from_the_ann_as_it_counts():
     shifted = replace(hidden, ann_thresholds=linear_tables(hidden, hidden.offset + hidden.step // 2 + 1, hidden.step))
     net = replace(net, layers=[net.layers[0], shifted, *net.layers[2:]])
     pixels, labels = random_pixels(30, seed=4), torch.randint(0, 10, (30,))
-    fast = simulate(net, pixels, labels, steps=None, batch_size=7)
-    slow = simulate(net, pixels, labels, steps=None, batch_size=7, simulator=simulate_batch)
+    fast = simulate(net, pixels, labels, steps=None, verify="sample", batch_size=7)
+    slow = simulate(net, pixels, labels, steps=None, verify="sample", batch_size=7, simulator=simulate_batch)
     assert fast.count_mismatches == slow.count_mismatches
     assert fast.count_mismatches[0] == 0 and fast.count_mismatches[1] > 0
     for name in ("correct", "agree", "positive", "negative", "sops", "spiking_neurons"):
@@ -540,7 +540,7 @@ def test_the_ann_read_off_the_simulation_is_checked(monkeypatch, corruption, bat
 
     monkeypatch.setattr(engine, "run", corrupted)
     with pytest.raises(QsnnError, match="internal error: the ANN read off the simulation differs from the exact ANN in layer 2"):
-        simulate(net, pixels, labels, steps=None, batch_size=batch_size)
+        simulate(net, pixels, labels, steps=None, verify="sample", batch_size=batch_size)
     assert len(calls) == -(-len(pixels) // batch_size)
 
 
