@@ -13,7 +13,7 @@ draws the figures and writes a report. Everything lands in one folder::
 
 A *sweep* is a grid of runs in one folder, resumable: finished runs are skipped.
 :func:`report_rows` builds the papers' table (Quantization, Network, Epochs, ANN, SNN,
-Time Steps) plus agreement, SOPs and spikes from any number of runs.
+Time Steps, as T (paper) beside T_lossless) plus agreement, SOPs and spikes from any number of runs.
 
 A run holds its folder locked (:func:`qsnn.io.folder_lock`) while it works, and a sweep
 each cell while it runs it, so the cells of one sweep may run as separate jobs at once
@@ -290,7 +290,9 @@ def _run_rows(run_file: Path) -> list[dict]:
         "Epochs": training.get("epochs"),
     }
     if not run["simulations"]:
-        return [{**base, "Scheme": "-", "ANN": training.get("test_accuracy"), "SNN": None, "Time Steps": None}]
+        return [{
+            **base, "Scheme": "-", "ANN": training.get("test_accuracy"), "SNN": None, "T (paper)": None, "T_lossless": None,
+        }]
     rows = []
     for sim in run["simulations"]:
         result_path = run_file.parent / sim["result"]  # stored relative to the run folder
@@ -306,7 +308,8 @@ def _run_rows(run_file: Path) -> list[dict]:
                 "Noise": s["noise"],
                 "ANN": s["ann_accuracy_clean"],
                 "SNN": s["snn_accuracy"],
-                "Time Steps": s["t_lossless"] if s["t_lossless"] is not None else s["steps"],
+                "T (paper)": s.get("t_paper", s["steps"]),
+                "T_lossless": s["t_lossless"],
                 "Agreement": f"{s['agreement']:,}/{s['images']:,}",
                 "Lossless": s["lossless"],
                 "SOPs/img": round(per_image["sops"]),
@@ -350,8 +353,10 @@ def write_report(out_dir: str | Path, paths: list[str | Path]) -> Path:
         "# qsnn report",
         "",
         "ANN: the quantized ANN's test accuracy (evaluated exactly, on clean images). SNN: the",
-        "spiking network's accuracy after its last step. Time Steps: T_lossless, the first step",
-        "from which the SNN predicts like the ANN on every test image (else the steps simulated).",
+        "spiking network's accuracy after its last step. T (paper): the papers' time steps, the",
+        "first step from which the SNN's accuracy stays at its final value. T_lossless: the first",
+        "step from which the SNN predicts like the ANN on every test image (N/A: not within the",
+        "steps simulated).",
         "Agreement: images on which SNN and ANN predict the same. SOPs and spikes are per image.",
         "",
         markdown_table(rows),

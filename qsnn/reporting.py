@@ -104,6 +104,7 @@ def summarize(
         "lossless": agreement == images and sum(result.count_mismatches) == 0
         and sum(result.verified_count_mismatches) == 0 and result.verified_disagreements == 0,
         "t_lossless": result.t_lossless,
+        "t_paper": result.t_paper,
         "per_image": {
             "sops": sops_per_image,
             "ann_macs": macs,
@@ -163,7 +164,7 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 def summary_table(summaries: list[dict]) -> str:
     """The short table `qsnn simulate` and `qsnn run` print, one row per simulation."""
     header = [
-        "scheme", "net", "precision", "T", "ANN %", "SNN %", "agree", "T_lossless",
+        "scheme", "net", "precision", "T", "ANN %", "SNN %", "agree", "T (paper)", "T_lossless",
         "SOPs/img", "ANN ops/img", "spikes/img (+/-)", "energy SNN/ANN",
     ]
     rows = []
@@ -178,6 +179,7 @@ def summary_table(summaries: list[dict]) -> str:
                 _fmt(s["ann_accuracy"]),
                 _fmt(s["snn_accuracy"]),
                 f"{s['agreement']:,}/{s['images']:,}",
+                _fmt(s.get("t_paper")),
                 _fmt(s["t_lossless"]),
                 _fmt(per_image["sops"], 0),
                 _fmt(per_image["ann_ops"]),

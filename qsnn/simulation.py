@@ -564,6 +564,16 @@ class SimulationResult:
         return [100.0 * c / self.images for c in self.correct]
 
     @property
+    def t_paper(self) -> int:
+        """The papers' T: the first step from which the accuracy stays at its final value
+        (their figures' and tables' time steps; an image may still change its prediction
+        after it, as long as the number of correct ones does not change)."""
+        first = self.steps
+        while first > 1 and self.correct[first - 2] == self.correct[-1]:
+            first -= 1
+        return first
+
+    @property
     def t_lossless(self) -> int | None:
         """First step from which every image agrees with the ANN, or None."""
         first = None

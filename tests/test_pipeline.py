@@ -164,7 +164,7 @@ def test_command_line_run_and_report(tmp_path, shared_datasets, capsys):
     assert printed.count("| k=1 B=1 |") == 2 and f"report, figures and results in {out}" in printed
     assert main(["report", str(out), "-o", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "report.csv").read_text().splitlines()[0].startswith(
-        "Quantization,Network,Dataset,Epochs,Scheme,Noise,ANN,SNN,Time Steps,Agreement"
+        "Quantization,Network,Dataset,Epochs,Scheme,Noise,ANN,SNN,T (paper),T_lossless,Agreement"
     )
     assert main(["run", "--net", NET]) == 2
     assert "give --net and --dataset (or --checkpoint)" in capsys.readouterr().err

@@ -97,6 +97,20 @@ def test_t_lossless_is_the_first_step_of_the_final_agreement():
     assert result([10, 9]).t_lossless is None
 
 
+def test_the_papers_t_is_the_first_step_of_the_final_accuracy():
+    """The papers' T: from it on the number of correct images stays at its final value,
+    even while predictions still change (agreement below 100%)."""
+
+    def result(correct, agree):
+        return SimulationResult("nsd", len(correct), 10, 0.0, correct, agree, 9, 9, [[0]], [[0]], [[0]], [0], [0])
+
+    swapped = result([2, 9, 9, 9], [2, 8, 9, 10])  # steps 2-3: one image right, another wrong
+    assert (swapped.t_paper, swapped.t_lossless) == (2, 4)
+    assert result([5, 9, 8, 9], [5, 9, 9, 10]).t_paper == 4
+    assert result([9], [10]).t_paper == 1
+    assert result([3, 4], [6, 7]).t_paper == 2 and result([3, 4], [6, 7]).t_lossless is None
+
+
 def test_dataset_simulation_is_independent_of_the_batch_size(tmp_path):
     model = random_net("6C5-P2-8C3-12", k=1, B=2, ternary=True, seed=7)
     net = convert(model, "nsd")
