@@ -269,7 +269,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     with folder_lock(out):  # (held from the start: a second simulation into it is refused at once)
         result = simulate(
             net, pixels, labels, steps=args.steps, noise=args.noise, batch_size=args.batch_size,
-            device=args.device, seed=args.seed, progress=not args.quiet, verify=args.verify,
+            device=args.device, seed=args.seed, progress=not args.quiet, verify=args.verify, sg_drop=args.sg_drop,
         )
         summary = summarize(
             result, net, dataset=dataset, seed=args.seed, e_add=args.energy_add, e_mac=args.energy_mac
@@ -592,6 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, help="only the first N test images")
     p.add_argument("--device", type=_device, default="cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument(
+        "--sg-drop", choices=("encoding", "every-layer"), default="encoding",
+        help="SG under --noise: drop spikes in the encoding layer only (default, the SG paper's model) "
+        "or in every layer",
+    )
     p.add_argument("--energy-add", type=_energy, default=ENERGY_PER_ADD_PJ, help="pJ per addition (SNN)")
     p.add_argument("--energy-mac", type=_energy, default=ENERGY_PER_MAC_PJ, help="pJ per MAC (ANN)")
     p.add_argument(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from qsnn.conversion import SpikingLayer, SpikingNet
@@ -107,6 +108,75 @@ def ann_macs(net: SpikingNet) -> int:
 def total_macs(net: SpikingNet) -> int:
     """All MACs of the ANN forward pass, the encoding layer included."""
     return net.spec.plan().macs
+
+
+@dataclass(frozen=True)
+class PaperConvention:
+    """How one original code base counts spikes and SOPs (its text files and figures),
+    relative to qsnn's SOPs of each layer's spikes (``result.sops[l]``: layer l's spikes
+    times their exact fan-out; the last layer's into the output accumulator).
+
+    - ``encoding_spikes``: whether the encoding layer's spikes are in spike_num;
+    - ``encoding_weight``: SOPs per synapse of an encoding spike (INT: 2^k, its magnitude);
+    - ``classifier``: whether the output accumulator's additions are counted;
+    - ``factor``: a multiplier on the total (SG: 2);
+    - ``files``: the text files the original writes.
+    """
+
+    encoding_spikes: bool
+    encoding_weight: int
+    classifier: bool
+    factor: int
+    files: tuple[str, ...]
+
+    def sops(self, per_layer: list[float]) -> float:
+        """The original's SOPs from qsnn's SOPs of each layer's spikes."""
+        last = len(per_layer) - 1
+        total = sum(
+            value * (self.encoding_weight if index == 0 else 1)
+            for index, value in enumerate(per_layer) if index < last or self.classifier
+        )
+        return self.factor * total
+
+    def spikes(self, per_layer: list[float]) -> float:
+        """The original's spike count from qsnn's spikes of each layer."""
+        return sum(value for index, value in enumerate(per_layer) if index > 0 or self.encoding_spikes)
+
+
+NSD_FILES = ("accuracy.txt", "spike_num.txt", "spike_collect.txt", "sop_num.txt")
+CIFAR_LIKE = ("cifar10", "cifar100")
+
+
+def paper_convention(scheme: str, k: int, dataset: str | None) -> PaperConvention:
+    """The convention of the original code of ``scheme`` (ALGORITHMS.md §4), for a net
+    with activation level ``k`` on ``dataset``:
+
+    - NSD (Spiking_Networks_with_Negative_Spike_Dynamics): every layer's spikes, the
+      encoding layer's included; SOPs as qsnn counts them, accumulator included.
+    - SG (Spatio_temporal_SNNs): spikes of every layer; SOPs twice qsnn's, without the
+      accumulator; no spike_collect.txt.
+    - INT (ALL_INT_SNN): the encoding layer's spikes left out of the spike counts, each
+      of them 2^k SOPs per synapse; the accumulator counted for MNIST-sized data, not for
+      CIFAR; also abs_spike.txt and sum_spike.txt.
+    """
+    if scheme == "sg":
+        return PaperConvention(True, 1, False, 2, ("accuracy.txt", "spike_num.txt", "sop_num.txt"))
+    if scheme == "int":
+        return PaperConvention(
+            False, 1 << k, dataset not in CIFAR_LIKE, 1, (*NSD_FILES, "abs_spike.txt", "sum_spike.txt"),
+        )
+    return PaperConvention(True, 1, True, 1, NSD_FILES)
+
+
+def nominal_ann_macs(net: SpikingNet, classifier: bool = True) -> int:
+    """The papers' ANN MACs: every layer after the encoding one, and the classifier when
+    ``classifier``, each output neuron times its full fan-in (borders ignored, as the
+    original code counts)."""
+    total = 0
+    for layer in net.layers[1:]:
+        fan_in = int(np.prod(layer.weight.shape[1:]))
+        total += layer.neurons * fan_in
+    return total + (net.classes * net.layers[-1].neurons if classifier else 0)
 
 
 def energy(sops: float, macs: float, e_add: float = ENERGY_PER_ADD_PJ, e_mac: float = ENERGY_PER_MAC_PJ) -> dict:

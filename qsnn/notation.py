@@ -341,9 +341,11 @@ PRESETS: dict[str, Preset] = {
             "the original code adds a same-padded 16C5 first and widens the second conv to 32",
         ),
         Preset(
-            "sg-vgg", "64C3*2-P2-128C3*2-P2-256C3*2-P2-512C3-512", "cifar10", "SG",
+            "sg-vgg", "64C3*3-P2-128C3*2-P2-256C3*2-P2-512C3-512", "cifar10", "SG",
             "64C3*2-P2-128C3*2-P2-256C3*2-P2-512C3-512",
-            "CIFAR-10 and CIFAR-100 (use --dataset cifar100)",
+            "CIFAR-10 and CIFAR-100 (use --dataset cifar100); the original code (vgg_cifar10.py, "
+            "Spiking_VGG_CIFAR10.py) has a full-precision 64C3 encoding layer before the paper's two: "
+            "12 convolutions",
         ),
         Preset("int-lenet", "32C5-P2-64C5-P2-1000", "mnist", "INT", "32C5-P2-64C5-P2-1000"),
         Preset(

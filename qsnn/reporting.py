@@ -3,22 +3,36 @@
 :func:`summarize` turns a :class:`~qsnn.simulation.SimulationResult` into one JSON-ready
 dict (``result.json``): accuracy per step, agreement with the quantized ANN, T_lossless,
 spikes (positive and negative), SOPs against ANN ops, firing sparsity, energy, and the
-per-layer breakdown. :func:`write_simulation` saves it with a per-step CSV and the
-original code's four text files (one line per batch, one value per step):
+per-layer breakdown, and beside qsnn's SOPs those of the scheme's original code
+(:func:`qsnn.metrics.paper_convention`). :func:`write_simulation` saves it with per-step
+and per-layer CSVs and the original code's text files, in its layout so that its figure
+scripts read them unchanged: one number per line, one line per (batch, step), batch by
+batch, every value summed over the batch, in the original's number format:
 
-* ``accuracy.txt``      correct predictions of the batch at each step
-* ``spike_num.txt``     spikes of the batch at each step, sum of |s| over all layers
-* ``spike_collect.txt`` signed spikes (positive minus negative) at each step
-* ``sop_num.txt``       synaptic operations of the batch at each step
+* ``accuracy.txt``      correct predictions of the batch at step t (int)
+* ``spike_num.txt``     spikes since t = 0, sum of |s| over the original's layers (SG: float)
+* ``spike_collect.txt`` signed spikes (positive minus negative) since t = 0 (float, "123.0";
+  NSD and INT)
+* ``sop_num.txt``       synaptic operations since t = 0, the original's convention (SG: float)
+* ``abs_spike.txt``, ``sum_spike.txt`` (INT) the spikes of step t alone, |s| and signed
 """
 
 from __future__ import annotations
 
+from itertools import accumulate
 from pathlib import Path
 
 from qsnn.conversion import SpikingNet
 from qsnn.io import provenance, write_csv, write_json, write_text
-from qsnn.metrics import ENERGY_PER_ADD_PJ, ENERGY_PER_MAC_PJ, energy, layer_costs
+from qsnn.metrics import (
+    ENERGY_PER_ADD_PJ,
+    ENERGY_PER_MAC_PJ,
+    PaperConvention,
+    energy,
+    layer_costs,
+    nominal_ann_macs,
+    paper_convention,
+)
 from qsnn.quantization import bound_text
 from qsnn.simulation import SimulationResult
 
@@ -80,6 +94,9 @@ def summarize(
         )
     precision = net.spec.precision
     sops_per_image = sum(sops) / images
+    paper = paper_convention(net.scheme, net.spec.precision.k, dataset)
+    paper_sops = paper.sops(sops) / images
+    paper_macs = nominal_ann_macs(net, classifier=paper.classifier)
     return {
         "scheme": net.scheme,
         "threshold_scale": net.threshold_scale,
@@ -92,6 +109,7 @@ def summarize(
         "images": images,
         "steps": result.steps,
         "noise": result.noise,
+        "sg_drop": result.sg_drop,
         "ann_accuracy": 100.0 * result.ann_correct / images,
         "ann_accuracy_clean": 100.0 * result.ann_correct_clean / images,
         "snn_accuracy": result.accuracy[-1],
@@ -119,6 +137,17 @@ def summarize(
             "spiking_neurons": sum(result.spiking_neurons) / images,
         },
         "energy": energy(sops_per_image, macs, e_add, e_mac),
+        "paper_convention": {  # the scheme's original code's way of counting (qsnn.metrics.paper_convention)
+            "sops_per_image": paper_sops,
+            "ann_ops_per_image": 3 * paper_macs,
+            "sops_over_ann_ops": paper_sops / (3 * paper_macs) if paper_macs else None,
+            "spikes_per_image": paper.spikes([p + n for p, n in zip(positive, negative, strict=True)]) / images,
+            "energy": energy(paper_sops, paper_macs, e_add, e_mac),
+            "encoding_spikes_counted": paper.encoding_spikes,
+            "encoding_sop_weight": paper.encoding_weight,
+            "accumulator_counted": paper.classifier,
+            "factor": paper.factor,
+        },
         "layers": layers,
         "per_step": per_step,
         "source": net.source,
@@ -132,15 +161,36 @@ def write_simulation(out_dir: str | Path, summary: dict, result: SimulationResul
     write_json(out / "result.json", summary)
     write_csv(out / "per_step.csv", summary["per_step"])
     write_csv(out / "layers.csv", summary["layers"])
-    for name, key in (
-        ("accuracy.txt", "correct"),
-        ("spike_num.txt", "spike_num"),
-        ("spike_collect.txt", "spike_collect"),
-        ("sop_num.txt", "sops"),
-    ):
-        lines = [" ".join(str(value) for value in row) for row in result.batches[key]]
-        write_text(out / name, "\n".join(lines) + "\n")
+    convention = paper_convention(summary["scheme"], summary["k"], summary["dataset"])
+    for name, lines in original_text_files(result, convention, summary["scheme"]).items():
+        write_text(out / name, "".join(f"{line}\n" for line in lines))
     return out
+
+
+def original_text_files(result: SimulationResult, convention: PaperConvention, scheme: str) -> dict[str, list[str]]:
+    """The original code's text files as lines (see the module docstring): per batch,
+    per step t, the batch's values; spikes and SOPs accumulated since t = 0."""
+    as_float = scheme == "sg"  # (SG's counts are float arrays: "2442406.0")
+    files: dict[str, list[str]] = {name: [] for name in convention.files}
+    batches = result.batches
+    for correct, positive, negative, sops in zip(
+        batches["correct"], batches["positive"], batches["negative"], batches["sops"], strict=True,
+    ):
+        steps = range(len(correct))
+        spikes = [convention.spikes([p[t] + n[t] for p, n in zip(positive, negative, strict=True)]) for t in steps]
+        signed = [convention.spikes([p[t] - n[t] for p, n in zip(positive, negative, strict=True)]) for t in steps]
+        operations = [convention.sops([layer[t] for layer in sops]) for t in steps]
+        values = {
+            "accuracy.txt": [str(int(c)) for c in correct],
+            "spike_num.txt": [str(float(v) if as_float else int(v)) for v in accumulate(spikes)],
+            "spike_collect.txt": [str(float(v)) for v in accumulate(signed)],
+            "sop_num.txt": [str(float(v) if as_float else int(v)) for v in accumulate(operations)],
+            "abs_spike.txt": [str(int(v)) for v in spikes],
+            "sum_spike.txt": [str(int(v)) for v in signed],
+        }
+        for name in files:
+            files[name].extend(values[name])
+    return files
 
 
 def _fmt(value, digits: int = 2) -> str:

@@ -76,15 +76,23 @@ def _mix(value: int) -> int:
     return value ^ (value >> 31)
 
 
+SG_DROPS = ("encoding", "every-layer")  # where SG's noise drops spikes; the first is the paper's
+
+
 class NoiseDraws:
     """The random numbers of a noisy run: one stream per (seed, image, stage), so that an
     image's noise depends on the seed and on its position in the dataset only, never on
     how the images are split into batches. Stage 0 is the pixel noise (NSD, INT); stage
-    l + 1 the spikes dropped in SG layer l."""
+    l + 1 the spikes dropped in SG layer l. ``sg_drop``: the SG layers that drop spikes,
+    "encoding" (the SG paper's model: its noise reaches conv1 only) or "every-layer"."""
 
-    def __init__(self, seed: int, first_image: int = 0) -> None:
+    def __init__(self, seed: int, first_image: int = 0, sg_drop: str = "encoding") -> None:
         self.seed = seed
         self.first_image = first_image
+        self.sg_drop = sg_drop
+
+    def drops_in(self, layer: int) -> bool:
+        return self.sg_drop == "every-layer" or layer == 0
 
     def generator(self, image: int, stage: int) -> torch.Generator:
         """The CPU generator of image ``image`` of this batch (0-based) at ``stage``."""
@@ -106,10 +114,11 @@ def noisy_pixels(pixels: torch.Tensor, ratio: float, draws: NoiseDraws) -> torch
 
 
 def _dropped(counts: torch.Tensor, ratio: float, draws: NoiseDraws | None, layer: int) -> torch.Tensor:
-    """SG's spike drop, image by image from each image's own stream."""
-    if ratio <= 0:
-        return counts
+    """SG's spike drop, image by image from each image's own stream, in the layers the
+    drop model names (the encoding layer only, by default)."""
     draws = draws if draws is not None else NoiseDraws(0)
+    if ratio <= 0 or not draws.drops_in(layer):
+        return counts
     return torch.cat([
         drop_spikes(counts[image : image + 1], ratio, draws.generator(image, layer + 1))
         for image in range(counts.shape[0])
@@ -553,11 +562,12 @@ class SimulationResult:
     sops: list[list[int]]
     spiking_neurons: list[int]  # per layer, summed over images
     count_mismatches: list[int]  # per layer: neurons whose final count differs from the ANN's
-    batches: dict[str, list[list[int]]] = field(default_factory=dict)  # per batch, per step
+    batches: dict[str, list] = field(default_factory=dict)  # per batch (see simulate)
     # the independent check against the trained model's exact ANN (qsnn.exact.ExactANN):
     verified_images: int = 0  # images evaluated by it (none under noise)
     verified_count_mismatches: list[int] = field(default_factory=list)  # per layer, on those images
     verified_disagreements: int = 0  # of those images, final SNN predictions that differ from it
+    sg_drop: str | None = None  # SG under noise: where spikes were dropped (SG_DROPS)
 
     @property
     def accuracy(self) -> list[float]:
@@ -642,11 +652,14 @@ def simulate(
     progress: bool = False,
     simulator=None,
     verify: str = "all",
+    sg_drop: str = "encoding",
 ) -> SimulationResult:
     """Simulate ``net`` on all images, batch by batch, and aggregate the statistics.
 
     ``pixels``: uint8 (N, C, H, W) already cropped to the network's input size.
-    ``noise``: NSD/INT multiplicative pixel noise ratio r; SG spike-drop probability r.
+    ``noise``: NSD/INT multiplicative pixel noise ratio r; SG spike-drop probability r,
+    in the encoding layer (``sg_drop="encoding"``, the SG paper's model) or in every
+    layer (``sg_drop="every-layer"``).
     ``steps``: time steps, or None for "auto" (until nothing is in flight).
     ``verify``: which images the SNN's final counts and prediction are also checked on
     against the exact ANN of the trained model it was converted from (computed from the
@@ -673,6 +686,8 @@ def simulate(
     if not integer_in(batch_size, 1):
         raise QsnnError(f"batch_size must be a positive integer, got {batch_size!r}")
     check_seed(seed)
+    if sg_drop not in SG_DROPS:
+        raise QsnnError(f"sg_drop must be one of {', '.join(SG_DROPS)}, got {sg_drop!r}")
     if verify not in VERIFY_CHOICES:
         raise QsnnError(f"verify must be one of {', '.join(VERIFY_CHOICES)}, got {verify!r}")
     if verify != "none" and noise > 0:
@@ -691,7 +706,7 @@ def simulate(
     for start in range(0, len(pixels), batch_size):
         clean = pixels[start : start + batch_size].to(device)
         target = labels[start : start + batch_size].to(device)
-        draws = NoiseDraws(seed, first_image=start)
+        draws = NoiseDraws(seed, first_image=start, sg_drop=sg_drop)
         inputs = noisy_pixels(clean, noise, draws) if net.scheme != "sg" and noise > 0 else clean
         noise_here = noise if net.scheme == "sg" else 0.0  # pixel noise is in ``inputs`` already
         if against_model:  # the reference is the trained model's exact ANN, on every image
@@ -736,7 +751,9 @@ def simulate(
     negative = torch.zeros_like(positive)
     sops = torch.zeros_like(positive)
     spiking = torch.zeros(layers, dtype=torch.int64)
-    per_batch: dict[str, list[list[int]]] = {"correct": [], "spike_num": [], "spike_collect": [], "sops": []}
+    # per batch: correct per step, and per layer per step the batch's positive and negative
+    # spikes and SOPs (step increments; what the original code's text files are made of)
+    per_batch: dict[str, list] = {"correct": [], "positive": [], "negative": [], "sops": []}
     for record, correct, agree in records:
         have = record.predictions.shape[0]
         pad = total_steps - have
@@ -749,14 +766,14 @@ def simulate(
         spiking += record.spiking_neurons
         zeros = [0] * pad
         per_batch["correct"].append(correct.tolist())
-        per_batch["spike_num"].append((record.positive + record.negative).sum(0).tolist() + zeros)
-        per_batch["spike_collect"].append((record.positive - record.negative).sum(0).tolist() + zeros)
-        per_batch["sops"].append(record.sops.sum(0).tolist() + zeros)
+        for key, values in (("positive", record.positive), ("negative", record.negative), ("sops", record.sops)):
+            per_batch[key].append([row + zeros for row in values.tolist()])
     return SimulationResult(
         scheme=net.scheme,
         steps=total_steps,
         images=len(pixels),
         noise=noise,
+        sg_drop=sg_drop if net.scheme == "sg" and noise > 0 else None,
         correct=correct_sum.tolist(),
         agree=agree_sum.tolist(),
         ann_correct=ann_correct,

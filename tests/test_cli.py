@@ -74,7 +74,7 @@ def test_convert_simulate_export_and_map_from_the_command_line(capsys, tmp_path)
         "image: 0 neuron counts and 0 predictions differ" in out
     )
     assert sorted(p.name for p in (tmp_path / "sim").iterdir()) == [
-        "accuracy.txt", "layers.csv", "per_step.csv", "result.json", "sop_num.txt", "spike_collect.txt", "spike_num.txt",
+        "accuracy.txt", "layers.csv", "per_step.csv", "result.json", "sop_num.txt", "spike_num.txt",  # (SG's three)
     ]
     assert main(["export", str(net), "--format", "qsnn-int", "-o", str(tmp_path / "pkg")]) == 0
     assert (tmp_path / "pkg" / "manifest.json").exists()

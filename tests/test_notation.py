@@ -1,6 +1,7 @@
 """The papers' notation: every net of the tables parses, presets match the original code,
 property-based round trips, and errors that point at the offending token."""
 
+import math
 import re
 
 import pytest
@@ -175,3 +176,63 @@ def test_plans_chain_shapes(convs, dense):
     for before, after in zip(plan.layers, plan.layers[1:], strict=False):
         assert after.in_shape == before.out_shape
     assert plan.macs == sum(layer.macs for layer in plan.layers) > 0
+
+
+# Every preset's layers as the original code builds them: (output channels, output size,
+# fan-in) per layer, the classifier last. "P2" is a learned 2x2 stride-2 convolution, and a
+# dense layer over a map is the original's unpadded convolution as large as the map.
+ORIGINAL_LAYERS = {
+    # Spiking_Networks_with_Negative_Spike_Dynamics/MNIST/Quant_LeNet_MNIST.py (bcnn1..bcnn4, fc1, bout)
+    "nsd-lenet": [(20, 24, 25), (20, 12, 80), (50, 8, 500), (50, 4, 200), (500, 1, 800), (10, 1, 500)],
+    # .../FashionMNIST/MLP/Quant_MLP_FashionMNIST.py (a 28x28 conv of 400 filters, a 1x1 conv, the output)
+    "nsd-fmnist-mlp": [(400, 1, 784), (400, 1, 400), (10, 1, 400)],
+    # .../FashionMNIST/LeNet/Quant__LeNet_FashionMNIST.py
+    "nsd-fmnist-lenet": [(32, 24, 25), (32, 12, 128), (64, 8, 800), (64, 4, 256), (1024, 1, 1024), (10, 1, 1024)],
+    # .../CIFAR10/CNN_1/tensorlayer/models/cnn1_cifar10.py (conv0..conv9, SAME but conv8 VALID; 24x24 crops)
+    "nsd-cifar10-cnn1": [
+        (96, 24, 27), (256, 24, 864), (256, 12, 1024), (384, 12, 2304), (384, 6, 1536), (384, 6, 3456),
+        (256, 6, 3456), (256, 3, 1024), (1024, 1, 2304), (1024, 1, 1024), (10, 1, 1024),
+    ],
+    # .../CIFAR10/CNN_2/tensorlayer/models/cnn2_cifar10.py
+    "nsd-cifar10-cnn2": [
+        (128, 24, 27), (256, 24, 1152), (256, 12, 1024), (512, 12, 2304), (512, 6, 2048), (1024, 6, 4608),
+        (512, 6, 9216), (512, 3, 2048), (1024, 1, 4608), (512, 1, 1024), (10, 1, 512),
+    ],
+    # Spatio_temporal_SNNs/LeNet/Quant_LeNet_MNIST.py (bcnn0 SAME, bcnn1..bcnn4, dense as a 4x4 conv, bout)
+    "sg-lenet": [(16, 28, 25), (16, 24, 400), (16, 12, 64), (32, 8, 400), (32, 4, 128), (256, 1, 512), (10, 1, 256)],
+    # Spatio_temporal_SNNs/VGG/CIFAR10/tensorlayer/models/vgg_cifar10.py (conv00, conv0..conv10; conv10 VALID)
+    "sg-vgg": [
+        (64, 24, 27), (64, 24, 576), (64, 24, 576), (64, 12, 256), (128, 12, 576), (128, 12, 1152),
+        (128, 6, 512), (256, 6, 1152), (256, 6, 2304), (256, 3, 1024), (512, 3, 2304), (512, 1, 4608), (10, 1, 512),
+    ],
+    # ALL_INT_SNN/MNIST/Quant_LeNet_MNIST.py
+    "int-lenet": [(32, 24, 25), (32, 12, 128), (64, 8, 800), (64, 4, 256), (1000, 1, 1024), (10, 1, 1000)],
+    # ALL_INT_SNN/CIFAR10/tensorlayer/models/cnn1_cifar10.py (NSD's CNN 1)
+    "int-cifar10-cnn1": [
+        (96, 24, 27), (256, 24, 864), (256, 12, 1024), (384, 12, 2304), (384, 6, 1536), (384, 6, 3456),
+        (256, 6, 3456), (256, 3, 1024), (1024, 1, 2304), (1024, 1, 1024), (10, 1, 1024),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_its_original_codes_net(name):
+    from qsnn.data import dataset_info
+
+    preset = PRESETS[name]
+    info = dataset_info(preset.dataset)
+    plan = build_plan(preset.notation, info.input_shape, info.num_classes, info.default_padding)
+    found = []
+    for layer in plan.layers:
+        size = layer.out_shape[1] if len(layer.out_shape) == 3 else 1
+        fan_in = math.prod(layer.in_shape) if layer.kind == "dense" else layer.in_shape[0] * layer.kernel**2
+        found.append((layer.out_shape[0], size, fan_in))
+    assert found == ORIGINAL_LAYERS[name]
+
+
+def test_sg_vgg_has_the_original_twelve_convolutions():
+    from qsnn.data import dataset_info
+
+    info = dataset_info("cifar10")
+    plan = build_plan(PRESETS["sg-vgg"].notation, info.input_shape, 100, info.default_padding)
+    assert len(plan.hidden) == 12 and plan.classifier.out_shape == (100,)

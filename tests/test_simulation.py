@@ -121,17 +121,20 @@ def test_dataset_simulation_is_independent_of_the_batch_size(tmp_path):
     for name in ("correct", "agree", "positive", "negative", "sops", "spiking_neurons", "count_mismatches"):
         assert getattr(one, name) == getattr(three, name), name
     assert one.agree[-1] == 30 and one.count_mismatches == [0, 0, 0, 0]
-    assert len(three.batches["correct"]) == 5 and all(len(row) == three.steps for row in three.batches["sops"])
+    assert len(three.batches["correct"]) == 5
+    assert all(len(layer) == three.steps for batch in three.batches["sops"] for layer in batch)
     summary = summarize(three, net, dataset="random")
     assert summary["lossless"] and summary["t_lossless"] == three.t_lossless
     assert summary["per_image"]["ann_ops"] == 3 * ann_macs(net)
     assert summary["per_image"]["sops"] == sum(map(sum, three.sops)) / 30
     out = write_simulation(tmp_path / "sim", summary, three)
-    lines = (out / "accuracy.txt").read_text().splitlines()
-    assert len(lines) == 5 and [len(line.split()) for line in lines] == [three.steps] * 5
-    assert sum(int(line.split()[-1]) for line in lines) == three.correct[-1]
-    spike_num = sum(int(v) for line in (out / "spike_num.txt").read_text().splitlines() for v in line.split())
-    assert spike_num == sum(map(sum, three.positive)) + sum(map(sum, three.negative))
+    lines = (out / "accuracy.txt").read_text().splitlines()  # a line per (batch, step)
+    assert len(lines) == 5 * three.steps
+    assert sum(int(lines[b * three.steps + three.steps - 1]) for b in range(5)) == three.correct[-1]
+    spike_num = (out / "spike_num.txt").read_text().splitlines()  # accumulated since t = 0
+    assert sum(int(spike_num[b * three.steps + three.steps - 1]) for b in range(5)) == (
+        sum(map(sum, three.positive)) + sum(map(sum, three.negative))
+    )
     saved = json.loads((out / "result.json").read_text())
     assert saved["agreement"] == 30 and saved["provenance"]["seed"] == 0
     assert (out / "per_step.csv").read_text().splitlines()[0].startswith("step,accuracy,correct,agree")
@@ -149,6 +152,29 @@ def test_noise_keeps_nsd_lossless_against_the_noisy_ann_and_sg_drops_spikes():
     dropped = simulate(sg, pixels, labels, steps=1, noise=0.5, seed=2)
     assert clean.positive == none_dropped.positive
     assert sum(map(sum, dropped.positive)) < sum(map(sum, clean.positive))
+    assert dropped.sg_drop == "encoding" and clean.sg_drop is None
+
+
+def test_sg_drops_spikes_in_the_encoding_layer_only_unless_asked_for_every_layer():
+    """The SG paper's noise reaches conv1 only (its noise_ratio is given to the first
+    Conv2d alone); dropping in every layer is the named alternative. Both draw the
+    encoding layer's drops from the same streams."""
+    from qsnn.simulation import _dropped
+
+    model = random_net("6C5-P2-8C3-12", k=1, B=2, seed=8)
+    pixels, labels = random_pixels(20, seed=8), torch.randint(0, 10, (20,))
+    sg = convert(model, "sg")
+    paper = simulate(sg, pixels, labels, steps=1, noise=0.5, seed=2)
+    every = simulate(sg, pixels, labels, steps=1, noise=0.5, seed=2, sg_drop="every-layer")
+    clean = simulate(sg, pixels, labels, steps=1)
+    assert paper.positive[0] == every.positive[0] and paper.positive[0][0] < clean.positive[0][0]
+    later = [sum(map(sum, run.positive[1:])) for run in (every, paper)]
+    assert later[0] < later[1]
+    counts = torch.full((2, 3), 4)
+    assert _dropped(counts, 0.5, NoiseDraws(1), 1) is counts  # hidden layers keep their spikes
+    assert not torch.equal(_dropped(counts, 0.5, NoiseDraws(1, sg_drop="every-layer"), 1), counts)
+    with pytest.raises(QsnnError, match="sg_drop must be one of encoding, every-layer, got 'all'"):
+        simulate(sg, pixels, labels, steps=1, noise=0.5, sg_drop="all")
 
 
 def test_sg_neurons_and_synapses_are_multiplied():
