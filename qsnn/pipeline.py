@@ -279,6 +279,8 @@ def report_rows(paths: list[str | Path]) -> list[dict]:
 
 def _run_rows(run_file: Path) -> list[dict]:
     """The rows of one run.json (see :func:`report_rows`)."""
+    from qsnn.plots import ratio_text  # the one rounding rule for ratios, shared with the figures
+
     run = read_json(run_file)
     if not isinstance(run, dict) or "spec" not in run or "simulations" not in run:
         raise QsnnError(f"{run_file} is not a qsnn run record; give folders written by `qsnn run`")
@@ -316,7 +318,7 @@ def _run_rows(run_file: Path) -> list[dict]:
                 "ANN ops/img": per_image["ann_ops"],
                 "Spikes/img (+)": round(per_image["positive_spikes"]),
                 "Spikes/img (-)": round(per_image["negative_spikes"]),
-                "Energy SNN/ANN": round(s["energy"]["ratio"], 3),
+                "Energy SNN/ANN": ratio_text(s["energy"]["ratio"]),  # as the figures write it
             }
         )
     return rows

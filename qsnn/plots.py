@@ -5,21 +5,30 @@ Every figure function takes a list of summaries (the dicts
 atomically: ``<name>.png`` (200 dpi), ``<name>.svg`` and ``<name>.csv``, the numbers the
 figure shows, so any figure can be re-made or re-styled elsewhere. They return the paths.
 
-* :func:`plot_accuracy` accuracy versus time step, the quantized ANN as a dashed line,
-  T_lossless marked on each curve.
-* :func:`plot_sops`     synaptic operations per image against the ANN's ops (3 x MACs),
+* :func:`plot_accuracy`      accuracy versus time step, the quantized ANN as dashed lines,
+  T (paper) and T_lossless marked on each curve; a second panel zoomed on the band of
+  the ANN accuracies, each ANN line labelled with its value.
+* :func:`plot_sops`          synaptic operations per image against the ANN's ops (3 x MACs),
   with the energy estimate in a second panel.
-* :func:`plot_sparsity` positive and negative spikes per image against the number of
-  neurons, and spikes per neuron layer by layer.
-* :func:`plot_noise`    accuracy versus noise ratio, one curve per configuration.
-* :func:`plot_runs`     loads result.json files and folders and draws every figure that applies
-  (what ``qsnn plot RUN...`` calls).
+* :func:`plot_sops_per_step` SOPs per image accumulated over the time steps, one curve per
+  run, each net's ANN ops per image as a dashed line.
+* :func:`plot_sparsity`      positive and negative spikes per image against the number of
+  neurons, and spikes per neuron layer by layer (layers named by what they are).
+* :func:`plot_noise`         accuracy versus noise ratio, one curve per configuration.
+* :func:`plot_runs`          loads result.json files and folders and draws every figure that
+  applies (what ``qsnn plot RUN...`` calls).
+
+:func:`build_figure` draws one of them without saving (the Figure and its CSV rows).
 
 The figures are drawn on :class:`matplotlib.figure.Figure` objects directly (Agg, no
 pyplot; the style is applied with ``rc_context`` only while drawing), in the Okabe-Ito
-colour-blind-safe palette with distinct markers, fonts of 9 pt and more at the saved size.
-A figure is :func:`figure_size` inches, so its PNG is that times :data:`DPI` pixels. The
-PNG and SVG bytes are reproducible (no dates, a fixed SVG id salt).
+colour-blind-safe palette, one fixed colour per scheme (:func:`scheme_color`; runs of one
+scheme differ by marker and line style, bars by shade), fonts of 9 pt and more at the saved
+size. After the layout is settled no two tick labels overlap (long ones are turned upright,
+crowded ones thinned) and the labels the figures place themselves (T, ANN values) are moved
+until none overlaps another. Ratios to the ANN are written by :func:`ratio_text`, as in the
+printed tables. A figure is :func:`figure_size` inches, so its PNG is that times :data:`DPI`
+pixels. The PNG and SVG bytes are reproducible (no dates, a fixed SVG id salt).
 """
 
 from __future__ import annotations
@@ -29,17 +38,20 @@ import json
 import math
 import os
 import textwrap
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib as mpl
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, MaxNLocator
-from matplotlib.transforms import offset_copy
+from matplotlib.text import Annotation, Text
+from matplotlib.ticker import FixedLocator, Formatter, FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.transforms import Bbox, offset_copy
 
 from qsnn.errors import QsnnError
 from qsnn.io import write_bytes, write_csv
@@ -49,9 +61,16 @@ FORMATS = ("png", "svg")
 
 # Okabe-Ito, the colour-blind-safe palette; the pale yellow last. The ANN is dark grey, dashed or hatched.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+# One colour per scheme, whatever else differs (a threshold scale included); other schemes by name.
+SCHEME_COLORS = {"nsd": "#0072B2", "sg": "#009E73", "int": "#D55E00"}
+OTHER_COLORS = ("#CC79A7", "#E69F00", "#56B4E9", "#000000")
+# Run markers (the filled diamond marks T (paper), the open circle T_lossless).
+MARKERS = ("o", "s", "^", "v", "P", "X", "*", "h")
+SCHEME_MARKERS = {"nsd": "o", "sg": "^", "int": "s"}
 LINESTYLES = ("-", "--", "-.", ":")
 ANN_COLOR = "#555555"
+ANN_DASHES = (0, (5, 3))
+T_PAPER_MARKER = "D"
 REQUIRED_KEYS = ("scheme", "net", "precision", "images", "steps", "per_step", "per_image", "energy", "layers")
 
 _STYLE = {
@@ -138,12 +157,61 @@ def _wrap(label: str, width: int = 30) -> str:
     return "\n".join(textwrap.wrap(label, width, break_long_words=False)) or label
 
 
-def _style(index: int) -> dict[str, Any]:
-    return {
-        "color": PALETTE[index % len(PALETTE)],
-        "marker": MARKERS[index % len(MARKERS)],
-        "linestyle": LINESTYLES[(index // len(PALETTE)) % len(LINESTYLES)],
-    }
+def scheme_color(scheme: str) -> str:
+    """The fixed colour of a scheme: NSD blue, SG bluish green, INT vermilion; any other
+    scheme one of the remaining Okabe-Ito colours, chosen by its name."""
+    key = str(scheme).lower()
+    if key in SCHEME_COLORS:
+        return SCHEME_COLORS[key]
+    return OTHER_COLORS[zlib.crc32(key.encode()) % len(OTHER_COLORS)]
+
+
+def _shade(color: str, rank: int) -> tuple[float, float, float]:
+    """``color`` for the ``rank``-th bar of its scheme: itself, then darker, lighter, ..."""
+    if rank == 0:
+        return mpl.colors.to_rgb(color)
+    amount = (0.35, 0.4, 0.55, 0.6)[(rank - 1) % 4] * (0.9 ** ((rank - 1) // 4))
+    target = 0.0 if rank % 2 else 1.0
+    return tuple(c + (target - c) * amount for c in mpl.colors.to_rgb(color))  # type: ignore[return-value]
+
+
+def run_styles(summaries: Sequence[dict]) -> list[dict[str, Any]]:
+    """How each run is drawn: the colour of its scheme (:func:`scheme_color`); the runs of one
+    scheme, in order, take the next marker and line style (curves) or shade (bars)."""
+    seen: dict[str, int] = {}
+    styles = []
+    for summary in summaries:
+        scheme = str(summary["scheme"]).lower()
+        rank = seen.get(scheme, 0)
+        seen[scheme] = rank + 1
+        color = scheme_color(scheme)
+        first = MARKERS.index(SCHEME_MARKERS.get(scheme, MARKERS[zlib.crc32(scheme.encode()) % len(MARKERS)]))
+        styles.append({
+            "color": color,
+            "marker": MARKERS[(first + rank) % len(MARKERS)],
+            "linestyle": LINESTYLES[rank % len(LINESTYLES)],
+            "shade": _shade(color, rank),
+        })
+    return styles
+
+
+def ratio_text(value: float | None) -> str:
+    """A ratio (SNN/ANN energy or ops) to two significant digits: 0.10, 0.53, 0.0046, 1.1, 12.
+
+    The one rounding rule for ratios: the printed tables (``qsnn simulate``, the report) and
+    the figures' '× ANN' labels all write them with this, so they always show the same digits.
+    None, NaN and infinity are '-'.
+    """
+    if value is None:
+        return "-"
+    value = float(value)
+    if not math.isfinite(value):
+        return "-"
+    if value == 0:
+        return "0"
+    if abs(value) >= 9.95:  # two significant digits of a number of 10 or more: a whole number
+        return f"{float(f'{value:.2g}'):.0f}"
+    return f"{value:#.2g}"
 
 
 def _number(value: float) -> str:
@@ -155,7 +223,7 @@ def _si(value: float) -> str:
     """A count in engineering notation: 950, 12.3k, 1.24M, 3.1G."""
     magnitude = abs(value)
     for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if magnitude >= limit:
+        if magnitude >= limit * 0.9995:  # 999,999.9 is 1M, not 1e+03k
             scaled = value / limit
             return f"{scaled:.3g}{suffix}"
     return f"{value:.3g}"
@@ -164,11 +232,6 @@ def _si(value: float) -> str:
 def _plain(value: float) -> str:
     """A number for an axis or a bar label: 0.07, 3.5, 244, 1,270."""
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
-def _ratio(value: float) -> str:
-    """A ratio to the ANN: 0.33×, 1.10×, 0.0046×."""
-    return f"{value:.2f}×" if value >= 0.1 else f"{value:.2g}×"
 
 
 DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
@@ -187,17 +250,21 @@ def _title(summaries: Sequence[dict]) -> str:
     return ", ".join(parts)
 
 
+
 # --- figures and saving ----------------------------------------------------------------------
 
 
 def figure_size(name: str, entries: int) -> tuple[float, float]:
     """The figure's size in inches; the PNG is this times :data:`DPI` pixels.
 
-    ``entries``: for 'accuracy' and 'noise' the number of curves (the legend below grows
-    with them), for 'sops' the number of bars, for 'sparsity' the number of runs.
+    ``entries``: for 'accuracy', 'sops_per_step' and 'noise' the number of curves (the
+    legend below grows with them), for 'sops' the number of bars, for 'sparsity' the
+    number of runs.
     """
-    if name in ("accuracy", "noise"):
-        return (6.4, 4.0 + 0.2 * math.ceil((entries + 2) / 2))
+    if name == "accuracy":
+        return (9.6, 4.2 + 0.22 * math.ceil((entries + 3) / 3))
+    if name in ("noise", "sops_per_step"):
+        return (7.2 if name == "sops_per_step" else 6.4, 4.0 + 0.2 * math.ceil((entries + 2) / 2))
     if name == "sops":
         return (10.0, max(3.0, 1.3 + 0.42 * entries))
     if name == "sparsity":
@@ -244,9 +311,250 @@ def _zoom(values: Iterable[float]) -> tuple[float, float]:
     return low - margin, 100.0 + margin
 
 
+def data_limits(values: Iterable[float], *, pad: float = 0.2, min_span: float = 0.5) -> tuple[float, float]:
+    """Accuracy limits chosen from the data: the values' range widened by ``pad`` of it on
+    each side, at least ``min_span`` percentage points, kept within 0-100 % (plus a margin of
+    2 % of the span, so markers at 0 or 100 % are not clipped) by shifting, not shrinking."""
+    values = [float(v) for v in values]
+    low, high = min(values), max(values)
+    span = min(max((high - low) * (1 + 2 * pad), min_span), 104.0)
+    edge = 0.02 * min(span, 100.0)
+    middle = (low + high) / 2
+    low, high = middle - span / 2, middle + span / 2
+    if high > 100.0 + edge:
+        low, high = low - (high - 100.0 - edge), 100.0 + edge
+    if low < -edge:
+        low, high = -edge, high + (-edge - low)
+    return low, high
+
+
 def _legend_below(figure: Figure, handles: list, names: list[str], columns: int) -> None:
-    figure.legend(handles, [_wrap(n, 36) for n in names], loc="outside lower center",
-                  ncols=columns, frameon=False, handlelength=2.4, columnspacing=1.6)
+    """The legend under the axes, in ``columns`` columns or as many fewer as it needs to fit
+    the figure's width."""
+    width = figure.get_figwidth() * figure.dpi
+    for ncols in range(columns, 0, -1):
+        legend = figure.legend(handles, [_wrap(n, 36) for n in names], loc="outside lower center",
+                               ncols=ncols, frameon=False, handlelength=2.4, columnspacing=1.6)
+        if ncols == 1 or legend.get_window_extent().width <= 0.98 * width:
+            return
+        legend.remove()
+
+
+# --- tick labels that do not collide ---------------------------------------------------------
+
+
+class _Thinned(Formatter):
+    """Another formatter's labels at the kept tick positions only (the others blank)."""
+
+    def __init__(self, inner: Formatter, keep: Sequence[float]):
+        self.inner = inner
+        self.keep = list(keep)
+
+    def _kept(self, value: float) -> bool:
+        return any(math.isclose(value, k, rel_tol=1e-9, abs_tol=1e-12) for k in self.keep)
+
+    def __call__(self, x, pos=None):
+        return self.inner(x, pos) if self._kept(x) else ""
+
+    def format_ticks(self, values):
+        labels = self.inner.format_ticks(values)
+        return [label if self._kept(v) else "" for v, label in zip(values, labels)]
+
+    def get_offset(self):
+        return self.inner.get_offset()
+
+    def set_locs(self, locs):
+        self.inner.set_locs(locs)
+
+
+def tick_labels(axis: Axis) -> list[tuple[float, Text]]:
+    """The tick labels ``axis`` draws: (position, label) of every visible, non-empty label of
+    a tick inside the view, major and minor, in order of position."""
+    axis.get_majorticklabels()  # (these bring the ticks' positions and texts up to date)
+    axis.get_minorticklabels()
+    low, high = sorted(axis.get_view_interval())
+    tolerance = 1e-9 * max(1.0, abs(low), abs(high))
+    found = []
+    for locs, ticks in (
+        (axis.get_majorticklocs(), axis.get_major_ticks),
+        (axis.get_minorticklocs(), axis.get_minor_ticks),
+    ):
+        locs = list(locs)
+        for loc, tick in zip(locs, ticks(len(locs))):
+            if not low - tolerance <= loc <= high + tolerance:
+                continue
+            for label in (tick.label1, tick.label2):
+                if label.get_visible() and label.get_text().strip():
+                    found.append((float(loc), label))
+    return sorted(found, key=lambda item: item[0])
+
+
+def _overlap(a: Bbox, b: Bbox, pad: float = 0.0) -> bool:
+    """Whether two boxes overlap (or come closer than ``pad`` pixels)."""
+    return a.x0 < b.x1 + pad and b.x0 < a.x1 + pad and a.y0 < b.y1 + pad and b.y0 < a.y1 + pad
+
+
+def _any_overlap(boxes: Sequence[Bbox], pad: float = 0.0) -> bool:
+    return any(_overlap(boxes[i], boxes[j], pad) for i in range(len(boxes)) for j in range(i + 1, len(boxes)))
+
+
+def _relieve(axis: Axis, labels: list[tuple[float, Text]]) -> None:
+    """One step against colliding labels: minor labels off; category labels (words, set with
+    the ticks) on one line, upright on the x axis, wrapped wider on the y axis; then keep
+    only every k-th label, the smallest k at which the kept ones no longer collide."""
+    minor = axis.get_minor_formatter()
+    if set(axis.get_minorticklocs()) & {loc for loc, _ in labels} and not isinstance(minor, NullFormatter):
+        axis.set_minor_formatter(NullFormatter())
+        return
+    formatter = axis.get_major_formatter()
+    inner = formatter.inner if isinstance(formatter, _Thinned) else formatter
+    locator = axis.get_major_locator()
+    if isinstance(locator, FixedLocator) and not getattr(axis, "_qsnn_flat", False):
+        locs = list(locator.locs)
+        texts = [str(text) for text in inner.format_ticks(locs)]
+        if any(char.isalpha() or char == "\n" for text in texts for char in text):
+            axis._qsnn_flat = True  # type: ignore[attr-defined]
+            flat = [" ".join(text.split("\n")) for text in texts]
+            if axis.axis_name == "y":
+                flat = [_wrap(text, 60) for text in flat]
+            else:
+                axis.set_tick_params(labelrotation=90)
+            table = dict(zip(locs, flat))
+            axis.set_major_formatter(FuncFormatter(lambda value, _pos: table.get(value, "")))
+            return
+    boxes = [label.get_window_extent() for _, label in labels]
+    step = len(labels)
+    for candidate in range(2, len(labels)):
+        if not _any_overlap(boxes[::candidate], 2.0):
+            step = candidate
+            break
+    axis.set_major_formatter(_Thinned(inner, [loc for loc, _ in labels[::step]]))
+
+
+def _settle(figure: Figure, rounds: int = 6) -> None:
+    """Lay the figure out, relieve colliding tick labels until none overlap, then freeze the
+    layout (so the labels placed afterwards, and the saved files, keep these positions).
+    Only the layout is computed here, not a whole draw (the saving draws)."""
+    engine = figure.get_layout_engine()
+    for _ in range(rounds):
+        engine.execute(figure)
+        crowded = []
+        for ax in figure.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                labels = tick_labels(axis)
+                if _any_overlap([label.get_window_extent() for _, label in labels], 2.0):
+                    crowded.append((axis, labels))
+        if not crowded:
+            break
+        for axis, labels in crowded:
+            _relieve(axis, labels)
+    figure.set_layout_engine("none")
+
+
+# --- labels placed by hand -------------------------------------------------------------------
+
+
+def _text_box(text: Text) -> Bbox:
+    """The box of a text alone, where it is now (an annotation's arrow left out)."""
+    if isinstance(text, Annotation):
+        text.get_window_extent()  # moves the text to the annotation's current offset
+    return Text.get_window_extent(text)
+
+
+def _label_column(ax: Axes, items: Sequence[tuple[float, str, Any]]) -> list[Annotation]:
+    """Labels just right of the axes at the data heights of ``items`` (value, text, colour);
+    :func:`_stagger` moves them apart once the layout is settled."""
+    annotations = []
+    for value, text, color in items:
+        annotations.append(ax.annotate(
+            text, (1.0, value), xycoords=("axes fraction", "data"), xytext=(5, 0), textcoords="offset points",
+            ha="left", va="center", fontsize=9, color=color, annotation_clip=False,
+            arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.6, "shrinkA": 0, "shrinkB": 0},
+        ))
+    return annotations
+
+
+def _stagger(annotations: Sequence[Annotation], gap: float = 1.5) -> None:
+    """Move a column of :func:`_label_column` labels apart vertically until no two overlap,
+    the group centred on the lines it labels (a thin line leads from each line's end to its
+    label)."""
+    if not annotations:
+        return
+    scale = 72.0 / annotations[0].figure.dpi
+    entries = []
+    for annotation in annotations:
+        ax = annotation.axes
+        edge = mpl.transforms.blended_transform_factory(ax.transAxes, ax.transData)
+        y = float(edge.transform((1.0, annotation.xy[1]))[1])  # the line's height in pixels
+        entries.append((y, _text_box(annotation).height, annotation))
+    entries.sort(key=lambda entry: entry[0])
+
+    def spread(targets: list[float]) -> list[float]:
+        for i in range(1, len(targets)):
+            targets[i] = max(targets[i], targets[i - 1] + (entries[i - 1][1] + entries[i][1]) / 2 + gap)
+        return targets
+
+    placed = spread([y for y, _, _ in entries])
+    shift = sum(y - p for (y, _, _), p in zip(entries, placed)) / len(entries)
+    placed = spread([p + shift for p in placed])
+    frame = entries[0][2].axes.get_window_extent()  # within the axes' height (clear of the title)
+    over = placed[-1] + entries[-1][1] / 2 - frame.y1
+    if over > 0:
+        placed = [p - over for p in placed]
+    under = frame.y0 - (placed[0] - entries[0][1] / 2)
+    if under > 0:
+        placed = [p + under for p in placed]
+    for (y, _, annotation), target in zip(entries, placed):
+        annotation.xyann = (5, (target - y) * scale)
+
+
+def _place_labels(ax: Axes, marks: Sequence[tuple[float, float, str, Any]], obstacles: Sequence[Bbox] = ()) -> list[Text]:
+    """Write each mark's label (x, y, text, colour) near its mark where it overlaps no other
+    label, no mark and nothing in ``obstacles``, inside the axes; the nearest such place
+    wins (right and below first). A label set away from its mark gets a thin leader line."""
+    figure = ax.figure
+    scale = figure.dpi / 72.0
+    frame = ax.get_window_extent()
+    points = [ax.transData.transform((x, y)) for x, y, _, _ in marks]
+    radius = 7.0 * scale
+    mark_boxes = [Bbox.from_extents(px - radius, py - radius, px + radius, py + radius) for px, py in points]
+    taken: list[Bbox] = list(obstacles)
+    texts: list[Text] = []
+    for index, (x, y, text, color) in enumerate(marks):
+        others = [box for j, box in enumerate(mark_boxes) if j != index]
+        label = ax.annotate(text, (x, y), xytext=(10, -13), textcoords="offset points", ha="left", va="center",
+                            color=color, fontsize=9, fontweight="bold", zorder=6, annotation_clip=False,
+                            bbox={"boxstyle": "square,pad=0.05", "facecolor": "white", "edgecolor": "none",
+                                  "alpha": 0.75})
+        best, best_cost = (10.0, -13.0), math.inf
+        for dx, dy in _CANDIDATES:
+            label.set_horizontalalignment("left" if dx > 0 else "right")
+            label.xyann = (dx, dy)
+            box = _text_box(label)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            clashes = sum(_overlap(box, other, 3.0) for other in taken) + sum(_overlap(box, m) for m in others)
+            cost = clashes * 1000 + (0 if inside else 500) + math.hypot(dx, dy)
+            if cost < best_cost:
+                best, best_cost = (dx, dy), cost
+            if not clashes and inside:
+                break
+        label.set_horizontalalignment("left" if best[0] > 0 else "right")
+        label.xyann = best
+        taken.append(_text_box(label))
+        if math.hypot(*best) > 24:
+            ax.annotate("", (x, y), xytext=best, textcoords="offset points", annotation_clip=False,
+                        arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.6, "shrinkA": 2, "shrinkB": 6})
+        texts.append(label)
+    return texts
+
+
+# Label offsets (points) from a mark, nearest first, below before above (the curves rise from
+# below to a plateau), beside it (on the curve) last; right before left.
+_CANDIDATES = sorted(
+    ((dx, dy) for dx in (10, -10, 34, -34, 64, -64, 100, -100)
+     for dy in [0.0] + [sign * 12.5 * k for k in range(1, 15) for sign in (-1, 1)]),
+    key=lambda d: (math.hypot(d[0], d[1]) + (50 if d[1] > 0 else 0) + (120 if d[1] == 0 else 0), d[0] < 0),
+)
 
 
 # --- accuracy versus time step -------------------------------------------------------------
@@ -262,53 +570,113 @@ def _accuracy_limits(summaries: Sequence[dict]) -> tuple[float, float]:
     return _zoom(values)
 
 
-def plot_accuracy(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:
-    """Accuracy (%) versus time step, one curve per run, the ANN's accuracy as a dashed line.
+def ann_band(values: Iterable[float]) -> tuple[float, float]:
+    """The zoom panel's accuracy range around the ANN accuracies ``values``: from
+    min(95, lowest - 1) to 100 %; when every ANN is above 98 %, from a quarter point at least
+    0.25 below the lowest to one at least 0.25 above the highest (at most 100 %)."""
+    values = [float(v) for v in values]
+    lowest, highest = min(values), max(values)
+    if lowest > 98.0:
+        low = math.floor(4 * (lowest - 0.25)) / 4
+        high = min(100.0, math.ceil(4 * (highest + 0.25)) / 4)
+    else:
+        low, high = max(0.0, min(95.0, math.floor(lowest - 1.0))), 100.0
+    return low, high
 
-    T_lossless (the first step from which every prediction equals the quantized ANN's) is
-    circled and labelled 'T=…'. A run with one step (SG) is a single marker. The y-axis is
-    zoomed on the steps >= 2 and the ANN lines; a value below it is a triangle on the
-    bottom edge, and is written out in the lower right corner.
-    CSV: one row per (run, step).
-    """
+
+def _time_axis(ax: Axes, max_step: int, nbins: int = 10) -> None:
+    """Time steps 1..max_step on the x axis (logarithmic from 60 steps)."""
+    if max_step >= 60:
+        ax.set_xscale("log")
+        ax.set_xlim(0.85, max_step * 1.15)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        ax.set_xlim(0.5, max_step + 0.5)
+        if max_step <= nbins:
+            ax.set_xticks(range(1, max_step + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=nbins))
+    ax.grid(axis="x", which="both", alpha=0.15)
+    ax.set_xlabel("time step t")
+
+
+def _ann_lines(summaries: Sequence[dict], styles: Sequence[dict]) -> list[tuple[float, str, Any]]:
+    """One dashed ANN line per distinct ANN accuracy: (value, label, colour), the colour of
+    its runs' scheme, dark grey when runs of several schemes share it."""
+    lines: dict[str, tuple[float, set]] = {}
+    for summary, style in zip(summaries, styles):
+        value = float(summary["ann_accuracy"])
+        text = f"{value:.2f}"
+        lines.setdefault(text, (value, set()))[1].add(style["color"])
+    return [
+        (value, f"ANN {text}", next(iter(colors)) if len(colors) == 1 else ANN_COLOR)
+        for text, (value, colors) in sorted(lines.items(), key=lambda item: item[1][0])
+    ]
+
+
+def _t_marks(ax: Axes, steps: list[int], accuracy: list[float], summary: dict, color, floor: float,
+             clip: bool) -> list[tuple[float, float, str, Any]]:
+    """Draw T (paper) (a filled diamond) and T_lossless (an open circle) on a curve; return
+    the labels to write: (step, accuracy, 'T=..' / 'T_lossless=..' / both at once, colour)."""
+    labels = []
+    t_paper, t_lossless = summary.get("t_paper"), summary.get("t_lossless")
+    for t, marker in ((t_lossless, "lossless"), (t_paper, "paper")):
+        if t is None or t not in steps:
+            continue
+        y = accuracy[steps.index(t)]
+        if clip and y < floor:
+            continue
+        y = max(y, floor)
+        if marker == "lossless":
+            ax.plot([t], [y], marker="o", markersize=12, markerfacecolor="none", markeredgecolor=color,
+                    markeredgewidth=1.5, linestyle="none", zorder=4, clip_on=clip)
+        else:
+            ax.plot([t], [y], marker=T_PAPER_MARKER, markersize=6.5, color=color, markeredgecolor="white",
+                    markeredgewidth=0.7, linestyle="none", zorder=5, clip_on=clip)
+    if t_paper is not None and t_paper == t_lossless and t_paper in steps:
+        labels.append((t_paper, max(accuracy[steps.index(t_paper)], floor), f"T=T_lossless={t_paper}", color))
+    else:
+        for t, text in ((t_paper, "T"), (t_lossless, "T_lossless")):
+            if t is not None and t in steps:
+                labels.append((t, max(accuracy[steps.index(t)], floor), f"{text}={t}", color))
+    return labels
+
+
+def _accuracy_figure(summaries: Sequence[dict]) -> tuple[Figure, list[dict]]:
     summaries = _check(summaries, "accuracy")
     labels = run_labels(summaries)
+    styles = run_styles(summaries)
     figure = _figure("accuracy", len(summaries))
     rows: list[dict] = []
     with mpl.rc_context(_STYLE):
-        ax = figure.add_subplot()
+        main, zoom = figure.subplots(1, 2, width_ratios=[1.85, 1])
         low, high = _accuracy_limits(summaries)
+        band = ann_band(float(s["ann_accuracy"]) for s in summaries)
         max_step = max(int(p["step"]) for s in summaries for p in s["per_step"])
-        marks: list[tuple[int, float, int]] = []
-        below: list[tuple[int, str]] = []
-        for index, (summary, label) in enumerate(zip(summaries, labels)):
-            style = _style(index)
+        marks: list[tuple[float, float, str, Any]] = []
+        below: list[tuple[Any, str]] = []
+        for summary, label, style in zip(summaries, labels, styles):
+            color = style["color"]
             steps = [int(p["step"]) for p in summary["per_step"]]
             accuracy = [float(p["accuracy"]) for p in summary["per_step"]]
             many = len(steps) > 1
-            ax.plot(
-                steps, accuracy, label=label, color=style["color"],
-                linestyle=style["linestyle"] if many else "none", marker=style["marker"],
-                markersize=4.5 if many else 8, linewidth=1.6, markevery=0.04 if len(steps) > 25 else None,
-                zorder=3,
-            )
-            ax.axhline(float(summary["ann_accuracy"]), color=style["color"], linestyle=(0, (5, 3)),
-                       linewidth=1.0, alpha=0.85, zorder=2)
-            t_lossless = summary.get("t_lossless")
-            if t_lossless is not None and t_lossless in steps:
-                y = accuracy[steps.index(t_lossless)]
-                ax.plot([t_lossless], [max(y, low)], marker="o", markersize=12, markerfacecolor="none",
-                        markeredgecolor=style["color"], markeredgewidth=1.5, linestyle="none", zorder=4,
-                        clip_on=False)
-                marks.append((t_lossless, max(y, low), index))
+            look = {
+                "color": color, "linestyle": style["linestyle"] if many else "none", "marker": style["marker"],
+                "markersize": 4.5 if many else 8, "linewidth": 1.6, "zorder": 3,
+                "markevery": 0.04 if len(steps) > 25 else None,
+            }
+            main.plot(steps, accuracy, label=label, **look)
+            zoom.plot(steps, accuracy, **look)
+            marks += _t_marks(main, steps, accuracy, summary, color, low, clip=False)
+            _t_marks(zoom, steps, accuracy, summary, color, band[0], clip=True)
             hidden = [(step, value) for step, value in zip(steps, accuracy) if value < low]
-            shift = offset_copy(ax.transData, figure, x=5.0 * len(below), units="points")  # no overlap
+            shift = offset_copy(main.transData, figure, x=5.0 * len(below), units="points")  # no overlap
             for step, _value in hidden:
-                ax.plot([step], [low], marker="v", color=style["color"], markersize=7, linestyle="none",
-                        clip_on=False, zorder=5, transform=shift)
+                main.plot([step], [low], marker="v", color=color, markersize=7, linestyle="none",
+                          clip_on=False, zorder=5, transform=shift)
             if hidden:
                 shown = ", ".join(f"t={step} {value:.1f}%" for step, value in hidden[:3])
-                below.append((index, f"{label}: {shown}{', …' if len(hidden) > 3 else ''}"))
+                below.append((color, f"{label}: {shown}{', …' if len(hidden) > 3 else ''}"))
             for step, value, point in zip(steps, accuracy, summary["per_step"]):
                 rows.append({
                     "run": label,
@@ -321,64 +689,72 @@ def plot_accuracy(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list
                     "accuracy": value,
                     "agree_fraction": point.get("agree_fraction"),
                     "ann_accuracy": summary["ann_accuracy"],
-                    "t_lossless": t_lossless,
+                    "t_paper": summary.get("t_paper"),
+                    "t_lossless": summary.get("t_lossless"),
                 })
-        ax.set_ylim(low, high)
-        if max_step >= 60:
-            ax.set_xscale("log")
-            ax.set_xlim(0.85, max_step * 1.15)
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        else:
-            ax.set_xlim(0.5, max_step + 0.5)
-            if max_step <= 10:
-                ax.set_xticks(range(1, max_step + 1))
-            else:
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
-        ax.grid(axis="x", which="both", alpha=0.15)
-        ax.set_xlabel("time step t")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"SNN accuracy versus time step ({_title(summaries)})")
-        _note_below(ax, below)
-        handles, names = ax.get_legend_handles_labels()
-        handles.append(Line2D([], [], color=ANN_COLOR, linestyle=(0, (5, 3)), linewidth=1.0))
-        names.append("quantized ANN (dashed)")
-        if marks:
+        ann = _ann_lines(summaries, styles)
+        for value, _, color in ann:
+            for ax in (main, zoom):
+                ax.axhline(value, color=color, linestyle=ANN_DASHES, linewidth=1.0, alpha=0.85, zorder=2)
+        ann_labels = _label_column(zoom, ann)
+        main.set_ylim(low, high)
+        margin = 0.02 * (band[1] - band[0])
+        zoom.set_ylim(band[0] - margin, band[1] + margin)
+        _time_axis(main, max_step)
+        _time_axis(zoom, max_step, nbins=5)
+        zoom.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+        main.set_ylabel("test accuracy (%)")
+        main.set_title("SNN accuracy versus time step")
+        zoom.set_title("zoom on the ANN accuracies")
+        figure.suptitle(f"Accuracy versus time step ({_title(summaries)})", fontsize=10.5)
+        notes = _note_below(main, below)
+        handles, names = main.get_legend_handles_labels()
+        handles.append(Line2D([], [], color=ANN_COLOR, linestyle=ANN_DASHES, linewidth=1.0))
+        names.append("quantized ANN (dashed; value at the right)")
+        if any(s.get("t_paper") is not None for s in summaries):
+            handles.append(Line2D([], [], color=ANN_COLOR, marker=T_PAPER_MARKER, markersize=6.5, linestyle="none"))
+            names.append("T (paper): accuracy final from here")
+        if any(s.get("t_lossless") is not None for s in summaries):
             handles.append(Line2D([], [], color=ANN_COLOR, marker="o", markersize=10, markerfacecolor="none",
                                   linestyle="none"))
-            names.append("T_lossless (SNN = ANN on every image from here)")
-        _legend_below(figure, handles, names, 2)
-        figure.draw_without_rendering()
-        _label_marks(ax, marks)
-        return _save(figure, out_dir, "accuracy", rows)
+            names.append("T_lossless: SNN = ANN on every image from here")
+        _legend_below(figure, handles, names, 3)
+        _settle(figure)
+        _stagger(ann_labels)
+        _place_labels(main, marks, [_text_box(note) for note in notes])
+    return figure, rows
 
 
-def _note_below(ax: Axes, below: list[tuple[int, str]]) -> None:
+def _note_below(ax: Axes, below: list[tuple[Any, str]]) -> list[Text]:
     """List the values under the y-limit in the lower right corner, one line per run."""
     if not below:
-        return
-    lines = [(ANN_COLOR, "▼ below the axis:")] + [(_style(index)["color"], text) for index, text in below]
+        return []
+    lines = [(ANN_COLOR, "▼ below the axis:"), *below]
+    notes = []
     for row, (color, text) in enumerate(reversed(lines)):
-        ax.annotate(_wrap(text, 48).replace("\n", " "), (1.0, 0.0), xycoords="axes fraction",
-                    xytext=(-4, 4 + 12 * row), textcoords="offset points", ha="right", va="bottom",
-                    fontsize=9, color=color,
-                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+        notes.append(ax.annotate(
+            _wrap(text, 48).replace("\n", " "), (1.0, 0.0), xycoords="axes fraction",
+            xytext=(-4, 4 + 12 * row), textcoords="offset points", ha="right", va="bottom", fontsize=9, color=color,
+            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+        ))
+    return notes
 
 
-def _label_marks(ax: Axes, marks: list[tuple[int, float, int]]) -> None:
-    """Write 'T=…' beside each T_lossless circle, moving labels that would overlap."""
-    placed: list[tuple[float, float]] = []
-    scale = 72.0 / ax.figure.dpi
-    for step, value, index in marks:
-        x, y = ax.transData.transform((step, value)) * scale
-        dx, dy = 8.0, -15.0
-        for attempt in range(12):
-            dy = -15.0 - 11.0 * attempt
-            if all(abs(x + dx - px) > 26 or abs(y + dy - py) > 10.5 for px, py in placed):
-                break
-        placed.append((x + dx, y + dy))
-        ax.annotate(f"T={step}", (step, value), xytext=(dx, dy), textcoords="offset points",
-                    color=_style(index)["color"], fontsize=9, fontweight="bold", zorder=6,
-                    bbox={"boxstyle": "square,pad=0.05", "facecolor": "white", "edgecolor": "none", "alpha": 0.7})
+def plot_accuracy(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:
+    """Accuracy (%) versus time step, one curve per run, each ANN accuracy a dashed line.
+
+    Left, the whole range: T (paper) (the first step from which the accuracy stays at its
+    final value) is a filled diamond, T_lossless (the first step from which every prediction
+    equals the quantized ANN's) an open circle, labelled 'T=..', 'T_lossless=..' (or
+    'T=T_lossless=..' where they coincide) where no label overlaps another. A run with one
+    step (SG) is a single marker. The y-axis is zoomed on the steps >= 2 and the ANN lines;
+    a value below it is a triangle on the bottom edge, written out in the lower right corner.
+    Right, narrower: the band of the ANN accuracies (:func:`ann_band`), each ANN line's value
+    written at its right end. One colour per scheme (:func:`run_styles`).
+    CSV: one row per (run, step), with the run's T (paper) and T_lossless.
+    """
+    figure, rows = _accuracy_figure(summaries)
+    return _save(figure, out_dir, "accuracy", rows)
 
 
 # --- synaptic operations and energy --------------------------------------------------------
@@ -412,16 +788,22 @@ def _energy_unit(smallest: float) -> tuple[float, str]:
     return 1.0, "pJ"
 
 
-def plot_sops(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:
-    """Synaptic operations per image of every run against the ANN's ops (3 x MACs) per image.
+def _ratio_to_ann(summary: dict, ann: Sequence[dict], ops: bool) -> float | None:
+    """The ratio an SNN bar is labelled with: the summary's own (SOPs over its net's ANN ops,
+    or the energy ratio the tables print), computed from the bars only for older results."""
+    ratio = summary["per_image"].get("sops_over_ann_ops") if ops else summary["energy"].get("ratio")
+    if ratio is not None:
+        return float(ratio)
+    reference = _reference(summary, ann, ops)
+    if not reference:
+        return None
+    return (float(summary["per_image"]["sops"]) if ops else float(summary["energy"]["snn_pj"])) / reference
 
-    Left: SOPs per image, one bar per run and one grey hatched bar per distinct net for
-    the ANN; each SNN bar is labelled with its fraction of its net's ANN ops. Right: the
-    energy estimate per image (SNN additions against ANN MACs), labelled with the ratio.
-    CSV: one row per bar.
-    """
+
+def _sops_figure(summaries: Sequence[dict]) -> tuple[Figure, list[dict]]:
     summaries = _check(summaries, "SOPs")
     labels = run_labels(summaries)
+    styles = run_styles(summaries)
     ann = _ann_nets(summaries)
     names = labels + [f"quantized ANN {s['net']}" if len(ann) > 1 else "quantized ANN (3 × MACs)" for s in ann]
     figure = _figure("sops", len(names))
@@ -429,7 +811,7 @@ def plot_sops(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Pat
     with mpl.rc_context(_STYLE):
         left, right = figure.subplots(1, 2, sharey=True)
         positions = [float(i) for i in range(len(summaries))] + [len(summaries) + 0.3 + i for i in range(len(ann))]
-        colors = [_style(i)["color"] for i in range(len(summaries))] + [ANN_COLOR] * len(ann)
+        colors = [style["shade"] for style in styles] + [mpl.colors.to_rgb(ANN_COLOR)] * len(ann)
         sops = [float(s["per_image"]["sops"]) for s in summaries] + [float(s["per_image"]["ann_ops"]) for s in ann]
         pj = [float(s["energy"]["snn_pj"]) for s in summaries] + [float(s["energy"]["ann_pj"]) for s in ann]
         factor, unit = _energy_unit(min([v for v in pj if v > 0], default=1.0))
@@ -454,10 +836,9 @@ def plot_sops(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Pat
             for index, (position, value) in enumerate(zip(positions, values)):
                 note = text(value) if ops else f"{text(value)} {unit}"
                 if index < len(summaries):
-                    reference = _reference(summaries[index], ann, ops)
-                    if reference:
-                        raw = sops[index] if ops else pj[index]
-                        note += f"  ({_ratio(raw / reference)} ANN)"
+                    ratio = _ratio_to_ann(summaries[index], ann, ops)
+                    if ratio is not None:
+                        note += f"  ({ratio_text(ratio)}× ANN)"
                 ax.annotate(note, (value, position), xytext=(4, 0), textcoords="offset points",
                             ha="left", va="center", fontsize=9)
         left.set_yticks(positions, [_wrap(n, 28) for n in names])
@@ -478,7 +859,21 @@ def plot_sops(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Pat
                 "precision": "", "noise": "", "ops_per_image": summary["per_image"]["ann_ops"],
                 "energy_pj": summary["energy"]["ann_pj"], "ratio_to_ann_ops": 1.0, "energy_ratio": 1.0,
             })
-        return _save(figure, out_dir, "sops", rows)
+        _settle(figure)
+    return figure, rows
+
+
+def plot_sops(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:
+    """Synaptic operations per image of every run against the ANN's ops (3 x MACs) per image.
+
+    Left: SOPs per image, one bar per run and one grey hatched bar per distinct net for
+    the ANN; each SNN bar is labelled with its fraction of its net's ANN ops. Right: the
+    energy estimate per image (SNN additions against ANN MACs), labelled with the energy
+    ratio. Ratios are written by :func:`ratio_text`, as in the printed tables.
+    CSV: one row per bar.
+    """
+    figure, rows = _sops_figure(summaries)
+    return _save(figure, out_dir, "sops", rows)
 
 
 def _reference(summary: dict, ann: Sequence[dict], ops: bool) -> float | None:
@@ -490,10 +885,100 @@ def _reference(summary: dict, ann: Sequence[dict], ops: bool) -> float | None:
     return None
 
 
+# --- SOPs accumulated over the time steps ----------------------------------------------------
+
+
+def cumulative_sops(summary: dict) -> list[float] | None:
+    """SOPs per image accumulated up to each step: the summary's ``cumulative_sops_per_image``,
+    or summed from each step's ``sops`` (older results); None when it has neither."""
+    per_step = summary["per_step"]
+    if all("cumulative_sops_per_image" in p for p in per_step):
+        return [float(p["cumulative_sops_per_image"]) for p in per_step]
+    if all("sops" in p for p in per_step):
+        total, values = 0.0, []
+        for point in per_step:
+            total += float(point["sops"])
+            values.append(total / float(summary["images"]))
+        return values
+    return None
+
+
+def _sops_per_step_figure(summaries: Sequence[dict]) -> tuple[Figure, list[dict]]:
+    summaries = _check(summaries, "SOPs per step")
+    if all(cumulative_sops(s) is None for s in summaries):
+        raise QsnnError("nothing to plot: no result has SOPs per time step (re-run 'qsnn simulate')")
+    labels = run_labels(summaries)
+    styles = run_styles(summaries)
+    figure = _figure("sops_per_step", len(summaries))
+    rows: list[dict] = []
+    with mpl.rc_context(_STYLE):
+        ax = figure.add_subplot()
+        values: list[float] = []
+        max_step = 1
+        for summary, label, style in zip(summaries, labels, styles):
+            cumulative = cumulative_sops(summary)
+            if cumulative is None:
+                continue
+            steps = [int(p["step"]) for p in summary["per_step"]]
+            max_step = max(max_step, *steps)
+            many = len(steps) > 1
+            ax.plot(steps, cumulative, label=label, color=style["color"], marker=style["marker"],
+                    linestyle=style["linestyle"] if many else "none", markersize=4.5 if many else 8, linewidth=1.6,
+                    markevery=0.04 if len(steps) > 25 else None, zorder=3)
+            values += cumulative
+            for step, total, point in zip(steps, cumulative, summary["per_step"]):
+                rows.append({
+                    "run": label, "scheme": summary["scheme"], "net": summary["net"],
+                    "precision": summary["precision"], "dataset": summary.get("dataset"),
+                    "noise": summary.get("noise"), "step": step, "sops": point.get("sops"),
+                    "cumulative_sops_per_image": total, "ann_ops_per_image": summary["per_image"].get("ann_ops"),
+                })
+        nets = _ann_nets(summaries)
+        lines = []
+        for summary in nets:
+            ops = float(summary["per_image"].get("ann_ops") or 0.0)
+            if ops <= 0:
+                continue
+            values.append(ops)
+            ax.axhline(ops, color=ANN_COLOR, linestyle=ANN_DASHES, linewidth=1.0, zorder=2)
+            text = f"ANN {_si(ops)}" + (f"\n{_wrap(summary['net'], 22)}" if len(nets) > 1 else "")
+            lines.append((ops, text, ANN_COLOR))
+        ann_labels = _label_column(ax, lines)
+        positive = [v for v in values if v > 0]
+        if positive and max(positive) / min(positive) > 30:
+            ax.set_yscale("log")
+            ax.set_ylim(min(positive) / 1.6, max(positive) * 1.6)
+        else:
+            ax.set_ylim(0, max(positive, default=1.0) * 1.08)
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v) if v else "0"))
+        _time_axis(ax, max_step)
+        ax.set_ylabel("SOPs per image, accumulated to step t")
+        ax.set_title(f"Synaptic operations over the time steps ({_title(summaries)})")
+        handles, names = ax.get_legend_handles_labels()
+        handles.append(Line2D([], [], color=ANN_COLOR, linestyle=ANN_DASHES, linewidth=1.0))
+        names.append("quantized ANN ops per image (3 × MACs), per net")
+        _legend_below(figure, handles, names, 2)
+        _settle(figure)
+        _stagger(ann_labels)
+    return figure, rows
+
+
+def plot_sops_per_step(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:
+    """SOPs per image accumulated over the time steps, one curve per run (SG's one step a
+    single marker), each distinct net's ANN ops per image (3 x MACs) a dashed line labelled
+    with its value. Logarithmic y axis when the values span more than a factor 30.
+    CSV: one row per (run, step): the step's SOPs summed over the images, the SOPs per image
+    accumulated up to it, and the net's ANN ops per image.
+    """
+    figure, rows = _sops_per_step_figure(summaries)
+    return _save(figure, out_dir, "sops_per_step", rows)
+
+
 # --- firing sparsity -----------------------------------------------------------------------
 
 
-def _lighter(color: str, amount: float = 0.6) -> tuple[float, float, float]:
+def _lighter(color, amount: float = 0.6) -> tuple[float, float, float]:
     """``color`` mixed with white (negative spikes are drawn in the lighter shade, hatched)."""
     r, g, b = mpl.colors.to_rgb(color)
     return (r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount)
@@ -502,22 +987,50 @@ def _lighter(color: str, amount: float = 0.6) -> tuple[float, float, float]:
 NEURON_COLOR = "#333333"
 
 
-def plot_sparsity(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:
-    """Firing sparsity: spikes per image against neurons, and spikes per neuron per layer.
+def _net_items(net: str, count: int) -> list[str] | None:
+    """The notation item of each of a net's ``count`` spiking layers ('20C5', 'P2', '500'),
+    or None when the notation does not give one item per layer."""
+    from qsnn.notation import format_items, parse
 
-    Left: for each run, positive (solid) and negative (light, hatched) spikes per image
-    stacked, the number of neurons as a dark bar beneath, labelled with spikes per neuron.
-    Right: spikes per neuron in each layer, positive and negative stacked, one bar per run.
-    CSV: a 'total' row per run, then one row per (run, layer).
-    """
+    try:
+        items = [format_items([item]) for item in parse(net)]
+    except (QsnnError, ValueError, TypeError, AttributeError):
+        return None
+    return items if len(items) == count else None
+
+
+def layer_labels(summary: dict, *, neurons: bool = False) -> list[str]:
+    """What each layer of a run is: its notation item and its output shape ('20C5' above
+    '20×24×24'; a dense layer '500' above 'dense'), from ``summary['net']`` and
+    ``summary['layers'][i]['layer']``, with the number of neurons below when ``neurons``."""
+    layers = summary["layers"]
+    items = _net_items(str(summary["net"]), len(layers))
+    texts = []
+    for index, layer in enumerate(layers):
+        name = str(layer["layer"])
+        name = name.partition(":")[2] or name
+        kind = name.rstrip("0123456789x")
+        shape = name[len(kind):].replace("x", "×")
+        if kind == "conv" or not kind:
+            lines = [items[index] if items else kind or name, shape if kind else ""]
+        else:  # 'dense' (and any other kind): the item is its width already
+            lines = [items[index], kind] if items else [f"{kind} {shape}".strip()]
+        if neurons:
+            lines.append(f"({_si(float(layer['neurons']))})")
+        texts.append("\n".join(line for line in lines if line))
+    return texts
+
+
+def _sparsity_figure(summaries: Sequence[dict]) -> tuple[Figure, list[dict]]:
     summaries = _check(summaries, "sparsity")
     labels = run_labels(summaries)
+    styles = run_styles(summaries)
     figure = _figure("sparsity", len(summaries))
     rows: list[list[dict]] = [[] for _ in summaries]  # per run: its total, then its layers
     with mpl.rc_context(_STYLE):
         left, right = figure.subplots(1, 2, width_ratios=[1, 1.25])
-        for index, (summary, label) in enumerate(zip(summaries, labels)):
-            color = _style(index)["color"]
+        for index, (summary, label, style) in enumerate(zip(summaries, labels, styles)):
+            color = style["shade"]
             per_image = summary["per_image"]
             positive = float(per_image["positive_spikes"])
             negative = float(per_image["negative_spikes"])
@@ -550,63 +1063,76 @@ def plot_sparsity(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list
         left.set_xlabel("per image: spikes (+ and −) and neurons")
         left.set_title("spikes per image vs number of neurons")
 
-        layer_names = _layer_names(summaries)
-        bar = 0.8 / len(summaries)
-        for index, (summary, label) in enumerate(zip(summaries, labels)):
-            color = _style(index)["color"]
-            for position, layer in enumerate(summary["layers"]):
-                neurons = float(layer["neurons"])
-                positive = float(layer["positive_spikes_per_image"]) / neurons
-                negative = float(layer["negative_spikes_per_image"]) / neurons
-                x = position - 0.4 + bar * (index + 0.5)
-                right.bar(x, positive, bar * 0.9, color=color)
-                right.bar(x, negative, bar * 0.9, bottom=positive, color=_lighter(color), hatch="///",
-                          edgecolor=color, linewidth=0)
-                rows[index].append({
-                    "run": label, "layer": layer["layer"], "neurons": layer["neurons"],
-                    "positive_spikes_per_image": layer["positive_spikes_per_image"],
-                    "negative_spikes_per_image": layer["negative_spikes_per_image"],
-                    "spikes_per_neuron": layer["spikes_per_neuron"],
-                    "positive_per_neuron": positive, "negative_per_neuron": negative,
-                    "spiking_neurons_per_image": layer.get("spiking_neurons_per_image"),
-                })
-        right.set_xticks(range(len(layer_names)), layer_names,
-                         rotation=0 if len(layer_names) <= 6 else 40,
-                         ha="center" if len(layer_names) <= 6 else "right")
+        # One group of layers per distinct net; the runs of a net side by side in each layer.
+        groups: dict[str, list[int]] = {}
+        for index, summary in enumerate(summaries):
+            groups.setdefault(str(summary["net"]), []).append(index)
+        one_net = len(groups) == 1
+        ticks: list[float] = []
+        names: list[str] = []
+        start = 0.0
+        for number, members in enumerate(groups.values()):
+            depth = max(len(summaries[i]["layers"]) for i in members)
+            first = max(members, key=lambda i: len(summaries[i]["layers"]))
+            ticks += [start + position for position in range(depth)]
+            names += layer_labels(summaries[first], neurons=one_net)
+            bar = 0.8 / len(members)
+            for slot, index in enumerate(members):
+                color = styles[index]["shade"]
+                for position, layer in enumerate(summaries[index]["layers"]):
+                    neurons = float(layer["neurons"])
+                    positive = float(layer["positive_spikes_per_image"]) / neurons
+                    negative = float(layer["negative_spikes_per_image"]) / neurons
+                    x = start + position - 0.4 + bar * (slot + 0.5)
+                    right.bar(x, positive, bar * 0.9, color=color)
+                    right.bar(x, negative, bar * 0.9, bottom=positive, color=_lighter(color), hatch="///",
+                              edgecolor=color, linewidth=0)
+                    rows[index].append({
+                        "run": labels[index], "layer": layer["layer"], "neurons": layer["neurons"],
+                        "positive_spikes_per_image": layer["positive_spikes_per_image"],
+                        "negative_spikes_per_image": layer["negative_spikes_per_image"],
+                        "spikes_per_neuron": layer["spikes_per_neuron"],
+                        "positive_per_neuron": positive, "negative_per_neuron": negative,
+                        "spiking_neurons_per_image": layer.get("spiking_neurons_per_image"),
+                    })
+            if number:
+                right.axvline(start - 0.8, color=ANN_COLOR, linewidth=0.8, alpha=0.6)
+            start += depth + 0.6
+        right.set_xticks(ticks, names)
+        right.set_xlim(-0.6, start - 1.0)
         right.tick_params(axis="x", length=0)
         right.grid(axis="x", visible=False)
         right.set_ylim(0, right.get_ylim()[1] * 1.05)
-        right.set_xlabel("layer (neurons)" if len({s["net"] for s in summaries}) == 1 else "layer")
+        right.set_xlabel("layer: notation item, output shape (neurons)" if one_net
+                         else "layer (notation item, output shape), one group per net")
         right.set_ylabel("spikes per neuron per image")
         right.set_title("spikes per neuron, layer by layer")
 
-        handles: list[Any] = [Patch(color=_style(i)["color"]) for i in range(len(labels))]
+        handles: list[Any] = [Patch(color=style["shade"]) for style in styles]
         handles += [
             Patch(facecolor="#8c8c8c"),
             Patch(facecolor=_lighter("#8c8c8c"), hatch="///", edgecolor="#8c8c8c", linewidth=0),
             Patch(color=NEURON_COLOR),
         ]
-        names = [*labels, "positive spikes", "negative spikes", "neurons"]
-        _legend_below(figure, handles, names, 4)
+        legend_names = [*labels, "positive spikes", "negative spikes", "neurons"]
+        _legend_below(figure, handles, legend_names, 4)
         figure.suptitle(f"Firing sparsity ({_title(summaries)})", fontsize=10.5)
-        return _save(figure, out_dir, "sparsity", [row for run in rows for row in run])
+        _settle(figure)
+    return figure, [row for run in rows for row in run]
 
 
-def _layer_text(name: str) -> str:
-    """'3:conv16x8x8' -> 'conv\n16×8×8' (kind above shape, so narrow ticks do not collide)."""
-    name = name.partition(":")[2] or name
-    kind = name.rstrip("0123456789x")
-    kind = name[: len(kind)] if kind else name
-    shape = name[len(kind):]
-    return f"{kind}\n{shape.replace('x', '×')}" if kind and shape else name
+def plot_sparsity(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:
+    """Firing sparsity: spikes per image against neurons, and spikes per neuron per layer.
 
-
-def _layer_names(summaries: Sequence[dict]) -> list[str]:
-    """Tick labels for the per-layer panel: the layer names when every run has the same net."""
-    depth = max(len(s["layers"]) for s in summaries)
-    if len({s["net"] for s in summaries}) == 1:
-        return [f"{_layer_text(layer['layer'])}\n({_si(float(layer['neurons']))})" for layer in summaries[0]["layers"]]
-    return [f"layer {i + 1}" for i in range(depth)]
+    Left: for each run, positive (solid) and negative (light, hatched) spikes per image
+    stacked, the number of neurons as a dark bar beneath, labelled with spikes per neuron.
+    Right: spikes per neuron in each layer, positive and negative stacked, one group of
+    layers per distinct net (runs of one net side by side), each layer named by what it is
+    (:func:`layer_labels`: '20C5' and its output shape), never by a bare index.
+    CSV: a 'total' row per run, then one row per (run, layer).
+    """
+    figure, rows = _sparsity_figure(summaries)
+    return _save(figure, out_dir, "sparsity", rows)
 
 
 # --- accuracy versus noise -----------------------------------------------------------------
@@ -620,23 +1146,17 @@ def noise_groups(summaries: Sequence[dict]) -> dict[tuple, list[dict]]:
     return {key: sorted(runs, key=lambda s: float(s.get("noise") or 0.0)) for key, runs in groups.items()}
 
 
-def plot_noise(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:
-    """SNN accuracy versus noise ratio, one curve per (scheme, net, precision) group.
-
-    Each group's ANN accuracy on clean input is a dashed line of the same colour; the
-    quantized ANN on the same noisy input is a thin dotted line (a lossless SNN lies on it).
-    CSV: one row per run.
-    """
+def _noise_figure(summaries: Sequence[dict]) -> tuple[Figure, list[dict]]:
     summaries = _check(summaries, "noise")
     groups = noise_groups(summaries)
     firsts = [runs[0] for runs in groups.values()]
     labels = run_labels(firsts, noise=False)
+    styles = run_styles(firsts)
     figure = _figure("noise", len(groups))
     rows: list[dict] = []
     with mpl.rc_context(_STYLE):
         ax = figure.add_subplot()
-        for index, (runs, label) in enumerate(zip(groups.values(), labels)):
-            style = _style(index)
+        for runs, label, style in zip(groups.values(), labels, styles):
             noise = [float(s.get("noise") or 0.0) for s in runs]
             snn = [float(s["snn_accuracy"]) for s in runs]
             ann = [float(s["ann_accuracy"]) for s in runs]
@@ -644,7 +1164,7 @@ def plot_noise(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Pa
             ax.plot(noise, snn, label=label, color=style["color"], marker=style["marker"], markersize=6,
                     linestyle=style["linestyle"], linewidth=1.6, zorder=3)
             ax.plot(noise, ann, color=style["color"], linestyle=":", linewidth=1.0, alpha=0.9, zorder=2)
-            ax.axhline(clean, color=style["color"], linestyle=(0, (5, 3)), linewidth=1.0, alpha=0.8, zorder=2)
+            ax.axhline(clean, color=style["color"], linestyle=ANN_DASHES, linewidth=1.0, alpha=0.8, zorder=2)
             for summary in runs:
                 rows.append({
                     "group": label, "scheme": summary["scheme"], "net": summary["net"],
@@ -656,18 +1176,33 @@ def plot_noise(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Pa
                 })
         values = [r["snn_accuracy"] for r in rows] + [r["ann_accuracy"] for r in rows]
         values += [r["ann_accuracy_clean"] for r in rows]
-        ax.set_ylim(*_zoom(values))
+        ax.set_ylim(*data_limits(values))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=7, steps=[1, 2, 2.5, 5, 10]))
         ax.set_xlabel(_noise_label(summaries))
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Robustness to noise ({_title(summaries)})")
         handles, names = ax.get_legend_handles_labels()
         handles += [
-            Line2D([], [], color=ANN_COLOR, linestyle=(0, (5, 3)), linewidth=1.0),
+            Line2D([], [], color=ANN_COLOR, linestyle=ANN_DASHES, linewidth=1.0),
             Line2D([], [], color=ANN_COLOR, linestyle=":", linewidth=1.0),
         ]
         names += ["quantized ANN, clean input", "quantized ANN, same noisy input"]
         _legend_below(figure, handles, names, 2)
-        return _save(figure, out_dir, "noise", rows)
+        _settle(figure)
+    return figure, rows
+
+
+def plot_noise(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:
+    """SNN accuracy versus noise ratio, one curve per (scheme, net, precision) group.
+
+    Each group's ANN accuracy on clean input is a dashed line of the same colour; the
+    quantized ANN on the same noisy input is a thin dotted line (a lossless SNN lies on it).
+    The y-range comes from the data (:func:`data_limits`: the values' range padded by 20 %,
+    at least half a percentage point), so a change of 0.1 points shows.
+    CSV: one row per run.
+    """
+    figure, rows = _noise_figure(summaries)
+    return _save(figure, out_dir, "noise", rows)
 
 
 def _noise_label(summaries: Sequence[dict]) -> str:
@@ -677,6 +1212,27 @@ def _noise_label(summaries: Sequence[dict]) -> str:
     if "sg" in schemes:
         return "noise ratio r (NSD/INT: pixel × (1 + (u − ½) r); SG: spike-drop probability)"
     return "noise ratio r (input pixel × (1 + (u − ½) r), u ~ U[0, 1))"
+
+
+# --- any figure by name ----------------------------------------------------------------------
+
+
+_BUILDERS: dict[str, Callable[[Sequence[dict]], tuple[Figure, list[dict]]]] = {
+    "accuracy": _accuracy_figure,
+    "sops": _sops_figure,
+    "sops_per_step": _sops_per_step_figure,
+    "sparsity": _sparsity_figure,
+    "noise": _noise_figure,
+}
+FIGURES = tuple(_BUILDERS)
+
+
+def build_figure(name: str, summaries: Sequence[dict]) -> tuple[Figure, list[dict]]:
+    """Draw figure ``name`` (one of :data:`FIGURES`) without saving it: the Figure, laid out
+    (its layout then frozen, tick labels relieved, placed labels moved apart), and its CSV rows."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown figure {name!r}; one of {', '.join(FIGURES)}")
+    return _BUILDERS[name](summaries)
 
 
 # --- loading runs ----------------------------------------------------------------------------
@@ -761,16 +1317,19 @@ def default_plot_dir(paths: Sequence[str | os.PathLike]) -> Path:
 def plot_runs(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> list[Path]:
     """Load result.json files (or folders holding them) and draw every figure that applies.
 
-    Accuracy, SOPs and sparsity are always drawn (from a noise sweep only its least noisy
-    run, see :func:`representative`); the noise figure only when some configuration was run
-    at two or more noise values. ``out_dir`` None: :func:`default_plot_dir`.
+    Accuracy, SOPs and sparsity are always drawn, SOPs per time step where the results have
+    them (from a noise sweep only its least noisy run, see :func:`representative`); the noise
+    figure only when some configuration was run at two or more noise values. ``out_dir`` None: :func:`default_plot_dir`.
     Returns the files written.
     """
     files = find_results(paths)
     summaries = [load_result(file) for file in files]
     out = Path(out_dir) if out_dir is not None else default_plot_dir(paths)
     runs = representative(summaries)
-    written = plot_accuracy(runs, out) + plot_sops(runs, out) + plot_sparsity(runs, out)
+    written = plot_accuracy(runs, out) + plot_sops(runs, out)
+    if any(cumulative_sops(s) is not None for s in runs):
+        written += plot_sops_per_step(runs, out)
+    written += plot_sparsity(runs, out)
     sweeps = noise_sweeps(summaries)
     if sweeps:
         written += plot_noise(sweeps, out)

@@ -212,7 +212,10 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def summary_table(summaries: list[dict]) -> str:
-    """The short table `qsnn simulate` and `qsnn run` print, one row per simulation."""
+    """The short table `qsnn simulate` and `qsnn run` print, one row per simulation (the
+    energy ratio written as the figures write it, :func:`qsnn.plots.ratio_text`)."""
+    from qsnn.plots import ratio_text  # one rounding rule for ratios; matplotlib only when called
+
     header = [
         "scheme", "net", "precision", "T", "ANN %", "SNN %", "agree", "T (paper)", "T_lossless",
         "SOPs/img", "ANN ops/img", "spikes/img (+/-)", "energy SNN/ANN",
@@ -234,7 +237,7 @@ def summary_table(summaries: list[dict]) -> str:
                 _fmt(per_image["sops"], 0),
                 _fmt(per_image["ann_ops"]),
                 f"{per_image['positive_spikes']:,.0f}/{per_image['negative_spikes']:,.0f}",
-                _fmt(s["energy"]["ratio"], 3),
+                ratio_text(s["energy"]["ratio"]),
             ]
         )
     return format_table(rows, header)
