@@ -275,7 +275,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             result, net, dataset=dataset, seed=args.seed, e_add=args.energy_add, e_mac=args.energy_mac
         )
         write_simulation(out, summary, result)
-    print(summary_table([summary]))
+    print(summary_table([summary], args.sop_convention))
     verdict = "LOSSLESS" if summary["lossless"] else "NOT lossless"
     every = summary["verified_images"] == summary["images"]
     reference = (
@@ -448,11 +448,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     from qsnn.pipeline import markdown_table, report_rows, write_report
 
     if args.out:
-        path = write_report(args.out, args.runs)
+        path = write_report(args.out, args.runs, args.sop_convention)
         print(f"written {path} and {path.with_suffix('.csv')}")
     else:
-        print(markdown_table(report_rows(args.runs)))
+        print(markdown_table(report_rows(args.runs, args.sop_convention)))
     return 0
+
+
+def _add_sop_convention(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sop-convention", choices=("qsnn", "paper"), default="qsnn",
+        help="count SOPs, ANN ops and energy as qsnn does (default: every synapse, borders exact, output "
+        "accumulator included) or as each scheme's original code does (paper; see docs/RESULTS.md)",
+    )
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -597,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="SG under --noise: drop spikes in the encoding layer only (default, the SG paper's model) "
         "or in every layer",
     )
+    _add_sop_convention(p)
     p.add_argument("--energy-add", type=_energy, default=ENERGY_PER_ADD_PJ, help="pJ per addition (SNN)")
     p.add_argument("--energy-mac", type=_energy, default=ENERGY_PER_MAC_PJ, help="pJ per MAC (ANN)")
     p.add_argument(
@@ -625,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the papers' table (Markdown and CSV) from run folders")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run or sweep folders (searched for run.json)")
     p.add_argument("-o", "--out", help="write report.md and report.csv into this folder")
+    _add_sop_convention(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="export a converted network: integer deployment package or NIR")

@@ -261,14 +261,16 @@ def _runs_under(paths: list[str | Path]) -> list[Path]:
     return sorted(set(found))
 
 
-def report_rows(paths: list[str | Path]) -> list[dict]:
-    """One row per (run, scheme, noise) in the papers' layout, plus our measurements."""
+def report_rows(paths: list[str | Path], convention: str = "qsnn") -> list[dict]:
+    """One row per (run, scheme, noise) in the papers' layout, plus our measurements. SOPs,
+    ANN ops and energy counted by ``convention`` ("qsnn", or "paper": each scheme's original
+    code, :func:`qsnn.metrics.paper_convention`), the other convention's SOPs beside them."""
     if not paths:
         raise QsnnError("give at least one run folder written by `qsnn run` or `qsnn sweep`")
     rows = []
     for run_file in _runs_under(paths):
         try:
-            rows.extend(_run_rows(run_file))
+            rows.extend(_run_rows(run_file, convention))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
             raise QsnnError(
                 f"{run_file} or a result it names is incomplete ({type(error).__name__}: {error}); "
@@ -277,9 +279,25 @@ def report_rows(paths: list[str | Path]) -> list[dict]:
     return rows
 
 
-def _run_rows(run_file: Path) -> list[dict]:
+def _counted_columns(summary: dict, convention: str) -> dict:
+    """SOPs and ANN ops per image by ``convention``, and the other convention's SOPs."""
+    from qsnn.reporting import counted
+
+    other = "paper" if convention == "qsnn" else "qsnn"
+    tag = "" if convention == "qsnn" else " (paper)"
+    sops, ann_ops, _ = counted(summary, convention)
+    return {
+        f"SOPs/img{tag}": round(sops), f"SOPs/img ({other})": round(counted(summary, other)[0]),
+        f"ANN ops/img{tag}": round(ann_ops),
+    }
+
+
+def _run_rows(run_file: Path, convention: str = "qsnn") -> list[dict]:
     """The rows of one run.json (see :func:`report_rows`)."""
     from qsnn.plots import ratio_text  # the one rounding rule for ratios, shared with the figures
+    from qsnn.reporting import counted
+
+    tag = "" if convention == "qsnn" else " (paper)"
 
     run = read_json(run_file)
     if not isinstance(run, dict) or "spec" not in run or "simulations" not in run:
@@ -314,11 +332,10 @@ def _run_rows(run_file: Path) -> list[dict]:
                 "T_lossless": s["t_lossless"],
                 "Agreement": f"{s['agreement']:,}/{s['images']:,}",
                 "Lossless": s["lossless"],
-                "SOPs/img": round(per_image["sops"]),
-                "ANN ops/img": per_image["ann_ops"],
+                **_counted_columns(s, convention),
                 "Spikes/img (+)": round(per_image["positive_spikes"]),
                 "Spikes/img (-)": round(per_image["negative_spikes"]),
-                "Energy SNN/ANN": ratio_text(s["energy"]["ratio"]),  # as the figures write it
+                f"Energy SNN/ANN{tag}": ratio_text(counted(s, convention)[2]),  # as the figures write it
             }
         )
     return rows
@@ -346,10 +363,11 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out_dir: str | Path, paths: list[str | Path]) -> Path:
-    """report.md and report.csv in ``out_dir`` for the runs under ``paths``."""
+def write_report(out_dir: str | Path, paths: list[str | Path], convention: str = "qsnn") -> Path:
+    """report.md and report.csv in ``out_dir`` for the runs under ``paths`` (SOPs counted
+    by ``convention``, see :func:`report_rows`)."""
     out = Path(out_dir)
-    rows = report_rows(paths)
+    rows = report_rows(paths, convention)
     figures = sorted(p.name for p in (out / "plots").glob("*.png")) if (out / "plots").exists() else []
     text = [
         "# qsnn report",
@@ -359,7 +377,13 @@ def write_report(out_dir: str | Path, paths: list[str | Path]) -> Path:
         "first step from which the SNN's accuracy stays at its final value. T_lossless: the first",
         "step from which the SNN predicts like the ANN on every test image (N/A: not within the",
         "steps simulated).",
-        "Agreement: images on which SNN and ANN predict the same. SOPs and spikes are per image.",
+        "Agreement: images on which SNN and ANN predict the same. SOPs and spikes are per image;",
+        "SOPs, ANN ops and energy counted " + (
+            "as qsnn counts them (every synapse a spike drives, borders exact, the output accumulator "
+            "included), with SOPs/img (paper): as the scheme's original code counts them."
+            if convention == "qsnn" else
+            "as each scheme's original code counts them (see docs/RESULTS.md), with SOPs/img (qsnn) beside."
+        ),
         "",
         markdown_table(rows),
         "",

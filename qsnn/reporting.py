@@ -23,6 +23,7 @@ from itertools import accumulate
 from pathlib import Path
 
 from qsnn.conversion import SpikingNet
+from qsnn.errors import QsnnError
 from qsnn.io import provenance, write_csv, write_json, write_text
 from qsnn.metrics import (
     ENERGY_PER_ADD_PJ,
@@ -211,18 +212,37 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def summary_table(summaries: list[dict]) -> str:
+SOP_CONVENTIONS = ("qsnn", "paper")
+
+
+def counted(summary: dict, convention: str = "qsnn") -> tuple[float, float, float]:
+    """(SOPs per image, ANN ops per image, energy ratio) of a simulation, counted by qsnn's
+    rule or by its scheme's original code ("paper", :func:`qsnn.metrics.paper_convention`)."""
+    if convention not in SOP_CONVENTIONS:
+        raise QsnnError(f"--sop-convention must be one of {', '.join(SOP_CONVENTIONS)}, got {convention!r}")
+    if convention == "qsnn":
+        return summary["per_image"]["sops"], summary["per_image"]["ann_ops"], summary["energy"]["ratio"]
+    paper = summary.get("paper_convention")
+    if paper is None:
+        raise QsnnError("this result was written before qsnn recorded the papers' conventions; simulate it again")
+    return paper["sops_per_image"], paper["ann_ops_per_image"], paper["energy"]["ratio"]
+
+
+def summary_table(summaries: list[dict], convention: str = "qsnn") -> str:
     """The short table `qsnn simulate` and `qsnn run` print, one row per simulation (the
-    energy ratio written as the figures write it, :func:`qsnn.plots.ratio_text`)."""
+    energy ratio written as the figures write it, :func:`qsnn.plots.ratio_text`); SOPs,
+    ANN ops and energy counted by ``convention`` (see :func:`counted`)."""
     from qsnn.plots import ratio_text  # one rounding rule for ratios; matplotlib only when called
 
+    tag = "" if convention == "qsnn" else " (paper)"
     header = [
         "scheme", "net", "precision", "T", "ANN %", "SNN %", "agree", "T (paper)", "T_lossless",
-        "SOPs/img", "ANN ops/img", "spikes/img (+/-)", "energy SNN/ANN",
+        f"SOPs/img{tag}", f"ANN ops/img{tag}", "spikes/img (+/-)", f"energy SNN/ANN{tag}",
     ]
     rows = []
     for s in summaries:
         per_image = s["per_image"]
+        sops, ann_ops, ratio = counted(s, convention)
         rows.append(
             [
                 s["scheme"] + ("" if s.get("threshold_scale") is None else f"/{s['threshold_scale']}"),
@@ -234,10 +254,10 @@ def summary_table(summaries: list[dict]) -> str:
                 f"{s['agreement']:,}/{s['images']:,}",
                 _fmt(s.get("t_paper")),
                 _fmt(s["t_lossless"]),
-                _fmt(per_image["sops"], 0),
-                _fmt(per_image["ann_ops"]),
+                _fmt(sops, 0),
+                _fmt(ann_ops, 0),
                 f"{per_image['positive_spikes']:,.0f}/{per_image['negative_spikes']:,.0f}",
-                ratio_text(s["energy"]["ratio"]),
+                ratio_text(ratio),
             ]
         )
     return format_table(rows, header)

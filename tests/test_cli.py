@@ -65,7 +65,10 @@ def test_convert_simulate_export_and_map_from_the_command_line(capsys, tmp_path)
         "LOSSLESS: SNN agrees with the exact quantized ANN of the trained model (from its own parameters, not the "
         "converted tables) on 100 of 100 images (100.00%), 0 neuron counts differ" in out
     )
-    assert "Checked against" not in out
+    assert "Checked against" not in out and "SOPs/img (paper)" not in out
+    assert main(["simulate", str(net), "--limit", "100", "--quiet", "--sop-convention", "paper",
+                 "--out", str(tmp_path / "s3")]) == 0
+    assert "SOPs/img (paper)" in capsys.readouterr().out
     assert main(["simulate", str(net), "--limit", "100", "--quiet", "--verify", "sample", "--out", str(tmp_path / "s2")]) == 0
     out = capsys.readouterr().out
     assert "LOSSLESS: SNN agrees with the quantized ANN of the converted tables on 100 of 100 images (100.00%)" in out

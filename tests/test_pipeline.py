@@ -184,6 +184,15 @@ def test_default_run_uses_the_embedded_models_offline(tmp_path, monkeypatch):
     assert all(r["Agreement"] == "100/100" and r["Lossless"] for r in rows)
     assert Path(tmp_path / "plots" / "accuracy.png").exists()  # one set of figures, with every run
     assert not any((tmp_path / name / "plots").exists() for name in names)
+    ours = {r["Scheme"]: r for r in rows}
+    paper = {r["Scheme"]: r for r in report_rows([tmp_path], "paper")}
+    for scheme in ("NSD", "SG", "INT"):  # each convention's SOPs beside the other's
+        assert paper[scheme]["SOPs/img (qsnn)"] == ours[scheme]["SOPs/img"]
+        assert ours[scheme]["SOPs/img (paper)"] == paper[scheme]["SOPs/img (paper)"]
+    assert paper["NSD"]["SOPs/img (paper)"] == ours["NSD"]["SOPs/img"]  # the NSD code counts as qsnn does
+    assert paper["SG"]["SOPs/img (paper)"] > ours["SG"]["SOPs/img"]  # twice, less the output accumulator
+    assert (paper["NSD"]["ANN ops/img (paper)"], paper["SG"]["ANN ops/img (paper)"]) == (7_186_200, 14_548_992)
+    assert "Energy SNN/ANN (paper)" in paper["SG"] and "Energy SNN/ANN" in ours["SG"]
 
 
 def test_results_are_reused_only_for_the_same_question(tmp_path, monkeypatch):

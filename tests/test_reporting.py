@@ -122,3 +122,21 @@ def test_nominal_ann_ops_are_the_original_scripts_numbers():
     sg = convert(MODELS / "sg-lenet-k1B2.pt", "sg")
     assert 3 * nominal_ann_macs(sg, classifier=False) == (16 * 24 * 24 * 16 * 25 + 16 * 12 * 12 * 16 * 4 + 32 * 8 * 8 * 16 * 25
                                                           + 32 * 4 * 4 * 32 * 4 + 256 * 32 * 16) * 3
+
+
+def test_tables_count_by_the_convention_asked_for(written):
+    from qsnn.errors import QsnnError
+    from qsnn.reporting import counted, summary_table
+
+    _, _, summary, _ = written["sg"]
+    paper = summary["paper_convention"]
+    assert counted(summary, "paper") == (paper["sops_per_image"], paper["ann_ops_per_image"], paper["energy"]["ratio"])
+    assert counted(summary) == (summary["per_image"]["sops"], summary["per_image"]["ann_ops"], summary["energy"]["ratio"])
+    table = summary_table([summary], "paper")
+    assert "SOPs/img (paper)" in table and f"{paper['sops_per_image']:,.0f}" in table and "14,548,992" in table
+    assert "SOPs/img (paper)" not in summary_table([summary])
+    with pytest.raises(QsnnError, match="--sop-convention must be one of qsnn, paper, got 'tf'"):
+        counted(summary, "tf")
+    old = {key: value for key, value in summary.items() if key != "paper_convention"}
+    with pytest.raises(QsnnError, match="written before qsnn recorded the papers' conventions; simulate it again"):
+        counted(old, "paper")
