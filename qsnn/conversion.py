@@ -612,7 +612,10 @@ def convert(
     was_training = model.training
     model.eval()
     layers: list[SpikingLayer] = []
-    input_bound = PIXEL_LEVELS * PIXEL_HEADROOM  # the encoding block reads raw pixels
+    # the encoding block reads raw pixels, x = p / 255 <= 1, or standardized ones, 255 x with
+    # |x| <= sqrt(C H W) (a standardized image's values have mean 0 and norm sqrt(C H W))
+    largest_x = math.sqrt(math.prod(model.spec.input_shape)) if model.spec.input_stage == "standardize" else 1.0
+    input_bound = PIXEL_LEVELS * largest_x * PIXEL_HEADROOM
     input_count_limit = math.inf
     k_in = 0
     for index, block in enumerate(model.blocks):
@@ -621,7 +624,7 @@ def convert(
         w_int, exponent, input_limit, snapped = _grid(weight, input_bound)
         if index == 0:  # z = W_int p 2^-s / 255
             per_unit = PIXEL_LEVELS * Fraction(2) ** exponent
-            count_bound = _count_bound(weight, zeta0, delta, constant, levels, PIXEL_HEADROOM)
+            count_bound = _count_bound(weight, zeta0, delta, constant, levels, largest_x * PIXEL_HEADROOM)
         else:  # z = W_int n 2^-s / 2^k_in
             per_unit = Fraction(2) ** (exponent + k_in)
             count_bound = _count_bound(weight, zeta0, delta, constant, levels, input_bound / (1 << k_in))

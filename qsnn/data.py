@@ -26,6 +26,7 @@ import gzip
 import hashlib
 import http.client
 import io
+import math
 import os
 import pickle
 import shlex
@@ -861,6 +862,55 @@ def prepare(
 def to_float(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 pixels to float32 in [0, 1] (no mean subtraction)."""
     return pixels.float() / 255
+
+
+# The input stages: how a network's input x is made from the (prepared) uint8 pixels.
+# "pixels": x = p / 255. "standardize": the CIFAR code's per-image standardization
+# (tf.image.per_image_standardization), x = (p - mean) / max(std, 1 / sqrt(C H W)) over
+# each image's values, as float32. The spiking network's encoding layer reads x as
+# "pixels" 255 x (float64, exact: a float32 times 255), so it sees the model's own x.
+INPUT_STAGES = ("pixels", "standardize")
+
+
+def standardized(pixels: torch.Tensor) -> torch.Tensor:
+    """Per-image standardization of float images (N, C, H, W) in pixel units, as float32:
+    (p - mean) / max(std, 1 / sqrt(C H W)), mean and population std over each image,
+    computed in float64."""
+    x = pixels.to(torch.float64)
+    values = x[0].numel() if len(x) else 1
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True, correction=0)
+    return ((x - mean) / std.clamp(min=1.0 / math.sqrt(values))).to(torch.float32)
+
+
+def model_input(pixels: torch.Tensor, stage: str = "pixels") -> torch.Tensor:
+    """The network's float32 input x from prepared uint8 (or float, augmented) pixels."""
+    if stage == "standardize":
+        return standardized(pixels)
+    return pixels.float() / 255
+
+
+def spiking_input(pixels: torch.Tensor, stage: str = "pixels") -> torch.Tensor:
+    """What the spiking network's encoding layer reads for prepared uint8 pixels: the
+    pixels themselves, or, for a standardizing network, 255 x in float64 (exactly the
+    model's float32 x, in pixel units)."""
+    if stage == "standardize":
+        return standardized(pixels).to(torch.float64) * 255
+    return pixels
+
+
+def paper_augment(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The CIFAR code's colour augmentation on cropped, flipped uint8 images, as float32
+    in pixel units: a brightness shift uniform in [-63, 63] (tf.image.random_brightness,
+    max_delta 63), then a contrast factor uniform in [0.2, 1.8] about each channel's mean
+    (tf.image.random_contrast); per image, from ``generator`` (shifts, then factors)."""
+    where = generator.device if generator is not None else torch.device("cpu")
+    count = len(pixels)
+    shift = (torch.rand(count, generator=generator, device=where) * 2 - 1) * 63
+    factor = 0.2 + torch.rand(count, generator=generator, device=where) * 1.6
+    x = pixels.float() + shift.to(pixels.device)[:, None, None, None]
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return (x - mean) * factor.to(pixels.device)[:, None, None, None] + mean
 
 
 def batches(

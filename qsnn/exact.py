@@ -397,6 +397,11 @@ class ExactANN:
 
         if not model.quantized:
             raise ValueError("a full-precision network has no exact quantized ANN")
+        if model.spec.input_stage != "pixels":
+            raise ValueError(
+                "the exact ANN takes raw pixels; this network standardizes each image first (its reference is "
+                "the quantized ANN on the standardized inputs, by the converted tables)"
+            )
         self.model = model
         self.blocks: list[_Block] = []
         for block in model.blocks:

@@ -244,6 +244,7 @@ def export_package(net: SpikingNet, out_dir: str | os.PathLike, *, steps: int | 
     locked while they are written (:func:`qsnn.io.folder_lock`): two exports into it at
     once would mix the weights of one with the manifest of the other.
     """
+    _check_raw_pixels(net, "a qsnn-int package")
     manifest, arrays = package_contents(net, steps)
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
@@ -383,8 +384,17 @@ def _graph_metadata(net: SpikingNet) -> dict:
     }
 
 
+def _check_raw_pixels(net: SpikingNet, what: str) -> None:
+    if net.spec.input_stage != "pixels":
+        raise QsnnError(
+            f"{what} takes raw 8-bit pixels, but this network standardizes each image first (--recipe paper "
+            "on CIFAR); export a network trained on raw pixels"
+        )
+
+
 def export_nir(net: SpikingNet, path: str | os.PathLike) -> Path:
     """Write ``net`` as a NIR graph (HDF5) to ``path``; needs the optional ``nir`` package."""
+    _check_raw_pixels(net, "a NIR export")
     try:
         import nir
     except ImportError:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qsnn.data import INPUT_STAGES
 from qsnn.errors import QsnnError
 from qsnn.notation import Layer, Plan, build_plan
 from qsnn.quantization import Precision, quantize, quantize_counts, ternarize
@@ -28,13 +29,20 @@ BN_EPS = 1e-5
 
 @dataclass(frozen=True)
 class NetSpec:
-    """Everything needed to rebuild a network: notation, input, classes, padding, precision."""
+    """Everything needed to rebuild a network: notation, input, classes, padding, precision,
+    and its input stage (:data:`qsnn.data.INPUT_STAGES`: raw pixels / 255, or per-image
+    standardization)."""
 
     notation: str
     input_shape: tuple[int, int, int]
     num_classes: int
     padding: str
     precision: Precision
+    input_stage: str = "pixels"
+
+    def __post_init__(self) -> None:
+        if self.input_stage not in INPUT_STAGES:
+            raise QsnnError(f"input stage must be one of {', '.join(INPUT_STAGES)}, got {self.input_stage!r}")
 
     def plan(self) -> Plan:
         return build_plan(self.notation, self.input_shape, self.num_classes, self.padding)
@@ -55,10 +63,12 @@ class NetSpec:
             num_classes=int(data["num_classes"]),
             padding=data["padding"],
             precision=Precision.from_dict(data["precision"]),
+            input_stage=data.get("input_stage", "pixels"),
         )
 
     def describe(self) -> str:
-        return f"{self.notation} ({self.precision.describe()})"
+        stage = "" if self.input_stage == "pixels" else ", standardized input"
+        return f"{self.notation} ({self.precision.describe()}{stage})"
 
 
 class HiddenBlock(nn.Module):

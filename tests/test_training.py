@@ -674,3 +674,72 @@ def test_torchrun_into_a_held_folder_ends_on_every_rank(tmp_path: Path, data_dir
     # (each rank says it, rank 0 first hand; their lines may interleave)
     assert done.stderr.count(f"qsnn: error: {in_use(out, os.getpid())}") == 2, done.stderr[-3000:]
     assert not out.exists()
+
+
+# --- the papers' recipe ---------------------------------------------------------------------
+
+
+def test_per_image_standardization_is_tensorflows():
+    """x = (p - mean) / max(std, 1 / sqrt(N)) per image (tf.image.per_image_standardization),
+    and the spiking network reads exactly 255 x (the model's float32 x, in pixel units)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (3, 3, 5, 5), dtype=np.uint8))
+    images[2] = 77  # a flat image: std 0, the 1 / sqrt(N) floor
+    found = qdata.model_input(images, "standardize")
+    for image, x in zip(images.numpy().astype(np.float64), found.numpy(), strict=True):
+        expected = (image - image.mean()) / max(image.std(), 1 / np.sqrt(image.size))
+        assert np.allclose(x, expected, rtol=1e-6, atol=1e-6)
+    assert torch.equal(found[2], torch.zeros_like(found[2]))
+    spiking = qdata.spiking_input(images, "standardize")
+    assert spiking.dtype == torch.float64 and torch.equal(spiking / 255, found.double())
+    assert torch.equal(qdata.spiking_input(images, "pixels"), images)
+
+
+def test_the_papers_cifar_recipe_is_recorded_and_converts_losslessly(tmp_path, monkeypatch):
+    """`qsnn train --recipe paper` on CIFAR-format files: the original schedule (batch 200,
+    lr 1e-3, 10x decay half-way) in config.json, the colour augmentation and per-image
+    standardization as the net's input stage, and every scheme's SNN equal, count for
+    count, to the quantized ANN on the standardized test images."""
+    from qsnn.cli import main
+    from qsnn.conversion import convert
+    from qsnn.simulation import simulate
+    from tests.test_data import accept_files, write_cifar
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    write_cifar(folder, "cifar10", count=48, seed=3)
+    accept_files(monkeypatch, "cifar10", folder)
+    out = tmp_path / "run"
+    argv = ["train", "--net", "8C3-P2-16", "--dataset", "cifar10", "--k", "1", "--B", "2", "--ternary",
+            "--recipe", "paper", "--epochs", "2", "--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["recipe"] == "paper"
+    assert (config["config"]["batch_size"], config["config"]["lr"], config["config"]["epochs"]) == (200, 1e-3, 2)
+    model, _ = load_checkpoint(out / "last.pt")
+    assert model.spec.input_stage == "standardize"
+    test = qdata.load("cifar10", "test", tmp_path / "data")
+    pixels = qdata.prepare(test.images, "cifar10", train=False)
+    for scheme in ("nsd", "sg", "int"):
+        net = convert(out / "last.pt", scheme)
+        result = simulate(net, pixels, test.labels, steps=None, batch_size=10)
+        assert result.agree[-1] == len(test) == 48 and result.count_mismatches == [0, 0, 0], scheme
+        assert result.verified_images == 0  # (the exact ANN is defined on raw pixels)
+    with pytest.raises(QsnnError, match="takes raw 8-bit pixels, but this network standardizes each image first"):
+        from qsnn.export import export_package
+
+        export_package(convert(out / "last.pt", "nsd"), tmp_path / "pkg")
+
+
+def test_the_papers_recipe_per_net():
+    mnist = TrainConfig.paper("sg-lenet", "mnist")
+    assert (mnist.epochs, mnist.batch_size, mnist.lr, mnist.lr_at(mnist.epochs - 1)) == (200, 128, 1e-4, 1e-4)
+    assert mnist.spec().input_stage == "pixels" and mnist.recipe == "paper"
+    cifar = TrainConfig.paper("nsd-cifar10-cnn1", "cifar10", epochs=10)
+    assert (cifar.epochs, cifar.batch_size, cifar.lr_at(4), cifar.lr_at(5)) == (10, 200, 1e-3, 1e-4)
+    assert cifar.spec().input_stage == "standardize"
+    assert TrainConfig.paper("nsd-lenet", "mnist").epochs == 150 and TrainConfig.paper("8C3-10", "mnist").epochs == 200
+    assert TrainConfig(net="nsd-lenet", dataset="mnist").spec().input_stage == "pixels"
+    with pytest.raises(QsnnError, match="recipe must be one of qsnn, paper, got 'tf'"):
+        TrainConfig(net="nsd-lenet", dataset="mnist", recipe="tf")
