@@ -7,6 +7,7 @@ Every subcommand is a thin layer over the Python API; bad input ends in one line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -258,6 +259,7 @@ def load_test_pixels(dataset: str, data_dir: str | None, limit: int | None):
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from qsnn import distributed
     from qsnn.conversion import SpikingNet
     from qsnn.io import folder_lock
     from qsnn.reporting import summarize, summary_table, write_simulation
@@ -267,15 +269,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     dataset = _own_dataset(args.file, net.source.get("dataset"), args.dataset)
     pixels, labels = load_test_pixels(dataset, args.data_dir, args.limit)
     out = Path(args.out or Path(args.file).with_suffix("").with_suffix("").as_posix() + f"-{net.scheme}-sim")
-    with folder_lock(out):  # (held from the start: a second simulation into it is refused at once)
-        result = simulate(
-            net, pixels, labels, steps=args.steps, noise=args.noise, batch_size=args.batch_size,
-            device=args.device, seed=args.seed, progress=not args.quiet, verify=args.verify, sg_drop=args.sg_drop,
-        )
-        summary = summarize(
-            result, net, dataset=dataset, seed=args.seed, e_add=args.energy_add, e_mac=args.energy_mac
-        )
-        write_simulation(out, summary, result)
+    where = distributed.setup(args.device)  # (under torchrun: each rank simulates its share of the batches)
+    try:
+        # the folder is held from the start (a second simulation into it is refused at once), by rank 0
+        with folder_lock(out) if where.main else contextlib.nullcontext():
+            result = simulate(
+                net, pixels, labels, steps=args.steps, noise=args.noise, batch_size=args.batch_size,
+                device=args.device, seed=args.seed, progress=not args.quiet, verify=args.verify,
+                sg_drop=args.sg_drop,
+            )
+            if not where.main:
+                return 0
+            summary = summarize(
+                result, net, dataset=dataset, seed=args.seed, e_add=args.energy_add, e_mac=args.energy_mac
+            )
+            write_simulation(out, summary, result)
+    finally:
+        distributed.finish(where)
     print(summary_table([summary], args.sop_convention))
     verdict = "LOSSLESS" if summary["lossless"] else "NOT lossless"
     every = summary["verified_images"] == summary["images"]

@@ -702,12 +702,13 @@ def simulate(
         simulator = EventSimulator(net) if cpu_kernels(torch.empty(0, device=device)) else simulate_batch
     if progress and isinstance(simulator, EventSimulator) and not simulator.engine.compiled_on_disk():
         print("qsnn: compiling the simulator's kernels (first run only, about a minute)", file=sys.stderr, flush=True)
-    records = []
-    ann_correct = ann_correct_clean = 0
-    mismatches = [0] * len(net.layers)
-    bar = tqdm(total=len(pixels), desc=f"simulate {net.scheme}", unit="img", disable=not progress, leave=False)
+    rank, world = _shard()
+    starts = list(range(0, len(pixels), batch_size))[rank::world]  # (batch by batch, round robin)
+    shown = progress and rank == 0
+    bar = tqdm(total=len(pixels), desc=f"simulate {net.scheme}", unit="img", disable=not shown, leave=False)
+    outcomes: list[_BatchOutcome] = []
     checks: list = []  # see EventSimulator.against_ann
-    for start in range(0, len(pixels), batch_size):
+    for start in starts:
         clean = spiking_input(pixels[start : start + batch_size], stage).to(device)
         target = labels[start : start + batch_size].to(device)
         draws = NoiseDraws(seed, first_image=start, sg_drop=sg_drop)
@@ -727,26 +728,41 @@ def simulate(
         reference = logits.argmax(dim=1).to(record.predictions.device)
         if net.scheme != "sg" and noise > 0:
             _, clean_logits = reference_counts(net, clean)
-            ann_correct_clean += int((clean_logits.argmax(dim=1) == target).sum())
+            ann_clean = int((clean_logits.argmax(dim=1) == target).sum())
         else:
-            ann_correct_clean += int((reference == target).sum())
-        ann_correct += int((reference == target).sum())
+            ann_clean = int((reference == target).sum())
         if record.mismatches is not None and not against_model:  # the simulator compared them as it counted
-            mismatches = [a + b for a, b in zip(mismatches, record.mismatches, strict=True)]
+            mismatches = list(record.mismatches)
         else:
-            mismatches_here = [_differences(snn, ann) for snn, ann in zip(record.counts, counts, strict=True)]
-            mismatches = [a + b for a, b in zip(mismatches, mismatches_here, strict=True)]
-        correct = (record.predictions == target[None]).sum(dim=1)
-        agree = (record.predictions == reference[None]).sum(dim=1)
+            mismatches = [_differences(snn, ann) for snn, ann in zip(record.counts, counts, strict=True)]
         if against_model:
-            verifier.record(mismatches_here, int((record.predictions[-1] != reference).sum()), len(clean))
+            verifier.record(mismatches, int((record.predictions[-1] != reference).sum()), len(clean))
         elif verify == "sample":
             verifier.add(clean[:1], [c[:1] for c in record.counts], record.predictions[-1][:1])
-        records.append((record._replace(counts=[]), correct, agree))  # counts checked: drop them
+        outcomes.append(_BatchOutcome(
+            start, record._replace(counts=[], predictions=record.predictions.cpu()),  # counts checked: dropped
+            (record.predictions == target[None]).sum(dim=1).cpu(), (record.predictions == reference[None]).sum(dim=1).cpu(),
+            int((reference == target).sum()), ann_clean, mismatches,
+        ))
         bar.update(len(clean))
     bar.close()
     check_against_reference(net, checks)  # (against_ann: the first image of every batch, from scratch)
     verifier.flush()
+    verified = (verifier.images, verifier.differing, verifier.disagreements)
+    if world > 1:  # every rank gets every batch's outcome, and puts them in test-set order
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, (outcomes, verified))
+        outcomes = sorted((outcome for part, _ in gathered for outcome in part), key=lambda o: o.start)
+        verified = (
+            sum(v[0] for _, v in gathered),
+            [sum(layer) for layer in zip(*(v[1] for _, v in gathered), strict=True)],
+            sum(v[2] for _, v in gathered),
+        )
+    records = [(o.record, o.correct, o.agree) for o in outcomes]
+    ann_correct = sum(o.ann_correct for o in outcomes)
+    ann_correct_clean = sum(o.ann_correct_clean for o in outcomes)
+    mismatches = [sum(layer) for layer in zip(*(o.mismatches for o in outcomes), strict=True)] if outcomes \
+        else [0] * len(net.layers)
     total_steps = max(r.predictions.shape[0] for r, _, _ in records)
     correct_sum = torch.zeros(total_steps, dtype=torch.int64)
     agree_sum = torch.zeros(total_steps, dtype=torch.int64)
@@ -764,10 +780,10 @@ def simulate(
         correct = torch.cat([correct.cpu(), correct[-1:].cpu().expand(pad)])
         correct_sum += correct
         agree_sum += torch.cat([agree.cpu(), agree[-1:].cpu().expand(pad)])
-        positive[:, :have] += record.positive
-        negative[:, :have] += record.negative
-        sops[:, :have] += record.sops
-        spiking += record.spiking_neurons
+        positive[:, :have] += record.positive.cpu()
+        negative[:, :have] += record.negative.cpu()
+        sops[:, :have] += record.sops.cpu()
+        spiking += record.spiking_neurons.cpu()
         zeros = [0] * pad
         per_batch["correct"].append(correct.tolist())
         for key, values in (("positive", record.positive), ("negative", record.negative), ("sops", record.sops)):
@@ -788,10 +804,30 @@ def simulate(
         spiking_neurons=spiking.tolist(),
         count_mismatches=mismatches,
         batches=per_batch,
-        verified_images=verifier.images,
-        verified_count_mismatches=verifier.differing,
-        verified_disagreements=verifier.disagreements,
+        verified_images=verified[0],
+        verified_count_mismatches=list(verified[1]),
+        verified_disagreements=verified[2],
     )
+
+
+class _BatchOutcome(NamedTuple):
+    """What one batch of :func:`simulate` contributes (moved between ranks as it is)."""
+
+    start: int  # its first image's index in the test set
+    record: BatchRecord  # (its counts dropped)
+    correct: torch.Tensor  # per step
+    agree: torch.Tensor  # per step
+    ann_correct: int
+    ann_correct_clean: int
+    mismatches: list[int]  # per layer
+
+
+def _shard() -> tuple[int, int]:
+    """(rank, number of ranks) when the process group of a torchrun is up, else (0, 1):
+    each rank simulates every world-th batch, and the outcomes are gathered in order."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 VERIFY_CHOICES = ("sample", "all", "none")

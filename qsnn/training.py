@@ -57,6 +57,8 @@ from torch import nn
 from tqdm import tqdm
 
 from qsnn import data as qdata
+from qsnn.distributed import Dist as _Dist
+from qsnn.distributed import setup as _setup_distributed
 from qsnn.errors import QsnnError, check_device, check_seed, integer_in
 from qsnn.io import (
     RESUME,
@@ -480,41 +482,6 @@ def _physical_memory() -> int:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 0
-
-
-@dataclass
-class _Dist:
-    """Where this process stands in a (possibly one-process) distributed run."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def _setup_distributed(device_name: str) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    owns = False
-    if not dist.is_initialized():
-        backend = "nccl" if device_name.startswith("cuda") else "gloo"
-        dist.init_process_group(backend)
-        owns = True
-    return _Dist(
-        rank=dist.get_rank(),
-        world=dist.get_world_size(),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-        owns_group=owns,
-    )
 
 
 def _setup_device(name: str, ddp: _Dist) -> torch.device:

@@ -762,3 +762,34 @@ def test_the_first_run_says_that_it_compiles_the_kernels(monkeypatch, capsys):
     assert "qsnn: compiling the simulator's kernels (first run only, about a minute)\n" in capsys.readouterr().err
     simulate(net, pixels, labels, steps=None, progress=False)  # quiet: nothing said
     assert "compiling" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "scheme", "noise"), [("nsd-lenet-k1", "nsd", "0"), ("sg-lenet-k1B2", "sg", "0.2")])
+def test_two_processes_under_torchrun_write_the_one_process_result(tmp_path, name, scheme, noise):
+    """`torchrun --nproc_per_node 2 -m qsnn.cli simulate ...` shards the batches between
+    two CPU processes (gloo) and gathers them exactly: the same result.json (but for the
+    command line it records) and the same text files, byte for byte, as one process."""
+    import subprocess
+    import sys
+
+    from qsnn.pipeline import MODELS
+
+    net = tmp_path / "net.npz"
+    convert(MODELS / f"{name}.pt", scheme).save(net)
+    options = ["simulate", str(net), "--limit", "300", "--batch-size", "40", "--noise", noise, "--quiet"]
+    one = subprocess.run([sys.executable, "-m", "qsnn.cli", *options, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "qsnn.cli", *options, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("SNN agrees with") == 1  # (rank 0 reports)
+    first, second = (json.loads((tmp_path / run / "result.json").read_text()) for run in ("one", "two"))
+    first.pop("provenance"), second.pop("provenance")
+    assert first == second and first["images"] == 300
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for file in (tmp_path / "one").glob("*.txt"):
+        assert file.read_bytes() == (tmp_path / "two" / file.name).read_bytes(), file.name
+    for file in ("per_step.csv", "layers.csv"):
+        assert (tmp_path / "one" / file).read_bytes() == (tmp_path / "two" / file).read_bytes()
