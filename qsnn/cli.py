@@ -335,15 +335,16 @@ def _run_spec(args: argparse.Namespace):
 
 def _simulation_options(args: argparse.Namespace) -> dict:
     """The RunSpec fields of the simulation options, checked."""
-    from qsnn.conversion import SCHEMES
+    from qsnn.schemes import SCHEMES
 
     schemes = None
     if args.scheme is not None:
         schemes = [s.strip().lower() for s in args.scheme.split(",")]
         if not all(s in SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
             raise QsnnError(f"--scheme takes {', '.join(SCHEMES)} separated by commas, each once; got {args.scheme!r}")
-        if schemes == ["sg"] and args.steps not in (None, 1):
-            raise QsnnError(f"SG takes one time step; --steps {args.steps} does not apply to it (drop it)")
+        if all(SCHEMES[s].single_step for s in schemes) and args.steps not in (None, 1):
+            titles = ", ".join(SCHEMES[s].title for s in schemes)
+            raise QsnnError(f"{titles} takes one time step; --steps {args.steps} does not apply to it (drop it)")
     try:
         noise = [float(v) for v in args.noise.split(",")]
     except ValueError:

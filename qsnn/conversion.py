@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qsnn import schemes
 from qsnn.errors import QsnnError, integer_in
 from qsnn.exact import (
     ChannelRule,
@@ -55,8 +56,8 @@ from qsnn.io import content_digest, write_bytes
 from qsnn.models import NetSpec, QuantizedNet
 from qsnn.neurons import Thresholds, target_count
 from qsnn.quantization import max_count
+from qsnn.schemes import SCHEMES
 
-SCHEMES = ("nsd", "sg", "int")
 FORMAT = "qsnn-snn"
 FORMAT_VERSION = 2
 EXACT_LIMIT = 2.0**53  # float64 holds every integer below this exactly
@@ -282,7 +283,8 @@ class SpikingNet:
             return "its source record is not a JSON object"
         if not self.layers:
             return "it has no layers"
-        if self.threshold_scale is not None and (self.scheme != "int" or not integer_in(self.threshold_scale, 1)):
+        rules = SCHEMES[self.scheme]
+        if self.threshold_scale is not None and (not rules.rounded_thresholds or not integer_in(self.threshold_scale, 1)):
             return f"its threshold scale {self.threshold_scale!r} is not a positive integer of an INT network"
         if self.spec.num_classes != self.output.classes:
             return f"it names {self.spec.num_classes} classes but its output layer has {self.output.classes}"
@@ -295,10 +297,10 @@ class SpikingNet:
         for key, value in self.model_state.items():
             if not isinstance(value, np.ndarray) or (value.dtype.kind == "f" and not bool(np.isfinite(value).all())):
                 return f"the trained model's parameter {key} is not finite"
-        if self.scheme == "sg" and any(layer.levels is None for layer in self.layers):
-            return "it is labelled SG but has a layer without an upper bound B"
-        if self.scheme == "int" and any(layer.exponent != 0 or np.abs(layer.weight).max(initial=0) > 1 for layer in self.layers[1:]):
-            return "it is labelled INT but its hidden weights are not ternary"
+        if rules.needs_bounds and any(layer.levels is None for layer in self.layers):
+            return f"it is labelled {rules.title} but has a layer without an upper bound B"
+        if rules.needs_ternary and any(layer.exponent != 0 or np.abs(layer.weight).max(initial=0) > 1 for layer in self.layers[1:]):
+            return f"it is labelled {rules.title} but its hidden weights are not ternary"
         previous = None
         for number, layer in enumerate(self.layers, start=1):
             if not (integer_in(layer.k, 0, 4) and (layer.bound is None or integer_in(layer.bound, 1))
@@ -549,15 +551,10 @@ def applicable_schemes(model) -> list[str]:
 def skipped_schemes(model) -> dict[str, str]:
     """The schemes a trained network does not convert under, each with what it would need."""
     skipped = {}
-    if any(block.bound is None for block in model.blocks):
-        skipped["sg"] = "SG needs an upper bound B on every block (train with --B 1, 2 or 4)"
-    needs = []
-    if not model.spec.precision.ternary and len(model.blocks) > 1:
-        needs.append("ternary hidden weights (--ternary)")
-    if model.blocks[0].bound is None:
-        needs.append("a bounded encoding block (--B, or --encoding-k 0 --encoding-B 4 as the paper)")
-    if needs:
-        skipped["int"] = "INT needs " + " and ".join(needs)
+    for name, scheme in SCHEMES.items():
+        needs = scheme.missing(model)
+        if needs:
+            skipped[name] = f"{scheme.title} needs " + " and ".join(needs)
     return skipped
 
 
@@ -573,8 +570,7 @@ def convert(
     ``threshold_scale`` (INT only) reproduces the original code's thresholds rounded to
     1/scale instead of the exact integer thresholds; the quantized ANN keeps the exact ones.
     """
-    if not isinstance(scheme, str) or scheme.lower() not in SCHEMES:
-        raise QsnnError(f"unknown scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
+    schemes.of(scheme)  # (a QsnnError naming the schemes, for anything else)
     if isinstance(model, str | Path):
         return _convert_checkpoint(Path(model), scheme, threshold_scale)
     if not isinstance(model, QuantizedNet):
@@ -583,25 +579,22 @@ def convert(
             "load a checkpoint with qsnn.load_checkpoint"
         )
     scheme = scheme.lower()
-    if scheme not in SCHEMES:
-        raise QsnnError(f"unknown scheme {scheme!r}: use one of {', '.join(SCHEMES)}")
+    rules = schemes.of(scheme)
     if not model.quantized:
         raise QsnnError("cannot convert a full-precision network: train it with quantized activations (--k)")
     precision = model.spec.precision
-    if scheme == "sg":
-        unbounded = [i + 1 for i, b in enumerate(model.blocks) if b.bound is None]
-        if unbounded:
-            raise QsnnError(
-                f"SG needs an upper bound B on every block (scatter makes 2^k*B binary neurons), "
-                f"but block(s) {unbounded} have B none; train with --B 1, 2 or 4"
-            )
-    if scheme == "int":
-        if not precision.ternary and len(model.blocks) > 1:
-            raise QsnnError("INT needs ternary hidden weights so every membrane is an integer; train with --ternary")
-        if model.blocks[0].bound is None:
-            raise QsnnError("INT's encoding block needs an upper bound (the papers: --encoding-k 0 --encoding-B 4)")
+    unbounded = [i + 1 for i, b in enumerate(model.blocks) if b.bound is None]
+    if rules.needs_bounds and unbounded:
+        raise QsnnError(
+            f"{rules.title} needs an upper bound B on every block (scatter makes 2^k*B binary neurons), "
+            f"but block(s) {unbounded} have B none; train with --B 1, 2 or 4"
+        )
+    if rules.needs_ternary and not precision.ternary and len(model.blocks) > 1:
+        raise QsnnError(f"{rules.title} needs ternary hidden weights so every membrane is an integer; train with --ternary")
+    if rules.needs_bounded_encoding and model.blocks[0].bound is None:
+        raise QsnnError(f"{rules.title}'s encoding block needs an upper bound (the papers: --encoding-k 0 --encoding-B 4)")
     if threshold_scale is not None:
-        if scheme != "int":
+        if not rules.rounded_thresholds:
             raise QsnnError("--threshold-scale reproduces the INT paper's rounded thresholds; use it with --scheme int")
         if not integer_in(threshold_scale, 1):
             raise QsnnError(f"--threshold-scale must be a positive integer, got {threshold_scale!r}")
@@ -708,8 +701,9 @@ def file_sha256(path: str | Path) -> str:
 
 def with_scheme(net: SpikingNet, scheme: str) -> SpikingNet:
     """The same converted weights and thresholds under another scheme (checks included)."""
-    if scheme == "sg" and any(layer.levels is None for layer in net.layers):
-        raise QsnnError("SG needs an upper bound B on every block; this network has B none")
+    rules = schemes.of(scheme)
+    if rules.needs_bounds and any(layer.levels is None for layer in net.layers):
+        raise QsnnError(f"{rules.title} needs an upper bound B on every block; this network has B none")
     return replace(net, scheme=scheme)
 
 

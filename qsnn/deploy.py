@@ -35,6 +35,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from qsnn.errors import QsnnError, integer_in
 from qsnn.io import SEAL, content_digest
+from qsnn.schemes import SCHEMES
 
 FORMAT = "qsnn-int"
 SCHEMA_VERSION = 1
@@ -45,7 +46,6 @@ MINUS_INFINITY = int(np.iinfo(np.int64).min)  # T(i) for levels below 0
 AUTO_MAX_STEPS = 100_000
 MAX_STEPS = AUTO_MAX_STEPS  # the most time steps a package or a run may ask for
 PIXEL_MAX = 255
-SCHEMES = ("nsd", "sg", "int")
 # Sanity bounds a package is checked against before anything is allocated:
 MANIFEST_BYTES = 16 * 2**20  # manifest.json size
 MAX_DEPTH = 32  # nesting of lists and objects in manifest.json (an export needs 5)
@@ -450,10 +450,10 @@ def _check_range(weight: np.ndarray, largest: int, where: str) -> None:
 
 def _package(folder: Path, manifest: dict, arrays: dict[str, np.ndarray]) -> Package:
     """Check every field of a (sealed) manifest against the arrays; the loaded package."""
-    scheme = _text(manifest, "scheme", "", SCHEMES)
+    scheme = _text(manifest, "scheme", "", tuple(SCHEMES))
     time_steps = _int(manifest, "time_steps", "", 1, MAX_STEPS, null=True)
-    if scheme == "sg" and time_steps != 1:
-        raise _Damage(f"time_steps is {_show(time_steps)} (SG takes exactly 1 step)")
+    if SCHEMES[scheme].single_step and time_steps != 1:
+        raise _Damage(f"time_steps is {_show(time_steps)} ({SCHEMES[scheme].title} takes exactly 1 step)")
     _text(manifest, "time_steps_note", "")
     sentinels = _object(manifest, "sentinels", "")
     if sentinels != {"plus_infinity": PLUS_INFINITY, "minus_infinity": MINUS_INFINITY}:
@@ -682,7 +682,7 @@ def _count_dtype(layer: PackageLayer):
 def _run_batch(
     package: Package, pixels: np.ndarray, steps: int | None, keep_counts: bool, engine: str
 ) -> DeployResult:
-    if package.scheme == "sg":
+    if SCHEMES[package.scheme].single_step:
         return _run_sg(package, pixels, keep_counts, engine)
     return _run_temporal(package, pixels, steps, keep_counts, engine)
 
@@ -756,7 +756,7 @@ def _run_temporal(
     prediction = np.zeros(total, np.int64)
     predictions, positive, negative = [], [], []
     limit = steps if steps is not None else AUTO_MAX_STEPS
-    integer_encoding = package.scheme == "int"
+    integer_encoding = SCHEMES[package.scheme].rising_encoding
     encoding_channels = layers[0].channel_index()
     states[0].membrane += encoding_current  # the input arrives once, at t = 0
     for t in range(limit):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qsnn import schemes
 from qsnn.conversion import OutputLayer, SpikingLayer, SpikingNet
 from qsnn.deploy import (
     FORMAT,
@@ -91,7 +92,7 @@ def smallest_int_dtype(values: np.ndarray) -> np.dtype:
 
 def check_integral(net: SpikingNet) -> None:
     """Raise if ``net`` cannot be expressed as a qsnn-int package (see module docstring)."""
-    if net.scheme in ("int", "sg"):
+    if schemes.of(net.scheme).integer_package:
         return
     scaled = [i + 1 for i, layer in enumerate(net.layers) if layer.role == "hidden" and layer.exponent > 0]
     if scaled:
@@ -207,8 +208,9 @@ def package_contents(net: SpikingNet, steps: int | None = None) -> tuple[dict, d
     check_integral(net)
     if steps is not None and not integer_in(steps, 1):
         raise QsnnError(f"steps must be a positive integer or None (run until silent), got {steps!r}")
-    if steps not in (None, 1) and net.scheme == "sg":
-        raise QsnnError("--steps does not apply to SG (it takes one step); drop it")
+    rules = schemes.of(net.scheme)
+    if steps not in (None, 1) and rules.single_step:
+        raise QsnnError(f"--steps does not apply to {rules.title} (it takes one step); drop it")
     arrays: dict[str, np.ndarray] = {}
     layers = [_layer_entry(net, i, layer, arrays) for i, layer in enumerate(net.layers)]
     features = math.prod(net.layers[-1].out_shape)
@@ -216,7 +218,7 @@ def package_contents(net: SpikingNet, steps: int | None = None) -> tuple[dict, d
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "scheme": net.scheme,
-        "time_steps": 1 if net.scheme == "sg" else steps,
+        "time_steps": 1 if rules.single_step else steps,
         "time_steps_note": "null: run until a step in which no neuron spikes (that step is not "
         "counted unless it is the first); SG always takes one step",
         "input": _input_entry(net),
@@ -290,7 +292,7 @@ def _if_metadata(net: SpikingNet, index: int, layer: SpikingLayer, copies: int) 
         "qsnn_copies": copies,
         "qsnn_neuron": NEURON_MODELS[net.scheme][layer.role],
     }
-    if net.scheme != "sg":
+    if not schemes.of(net.scheme).standard_nir:
         meta.update(
             {
                 "qsnn_portable": False,
@@ -311,7 +313,7 @@ def nir_graph(net: SpikingNet):
     """The NIR graph of ``net`` (see the module docstring and docs/EXPORT.md)."""
     import nir
 
-    sg = net.scheme == "sg"
+    sg = schemes.of(net.scheme).binary_copies
     nodes: dict = {"input": nir.Input(input_type=np.array(net.input_shape))}
     edges: list[tuple[str, str]] = []
     last, shape, copies_in = "input", tuple(net.input_shape), 1  # shape: with copies
@@ -360,7 +362,8 @@ def nir_graph(net: SpikingNet):
 
 
 def _graph_metadata(net: SpikingNet) -> dict:
-    if net.scheme == "sg":
+    rules = schemes.of(net.scheme)
+    if rules.standard_nir:
         note = (
             "exact in float64: present the raw pixels (0..255) for ONE time step; every IF "
             "node is a bank of binary neurons (channel c's copies c*L .. c*L+L-1); the output "
@@ -368,15 +371,15 @@ def _graph_metadata(net: SpikingNet) -> dict:
         )
     else:
         note = (
-            f"NOT portable: {net.scheme.upper()} needs negative spikes and adapting thresholds, "
+            f"NOT portable: {rules.title} needs negative spikes and adapting thresholds, "
             "which standard NIR cannot express; the IF nodes' standard parameters only hold the "
             "first threshold T(0) - 1/2, the scheme is in their qsnn_* metadata (docs/EXPORT.md)"
         )
     return {
         "format": NIR_FORMAT,
         "scheme": net.scheme,
-        "portable": net.scheme == "sg",
-        "time_steps": 1 if net.scheme == "sg" else -1,
+        "portable": rules.standard_nir,
+        "time_steps": 1 if rules.single_step else -1,
         "note": note,
         "input": "raw uint8 pixel values 0..255 as float, shape (C, H, W), at t = 0 only",
         "net": net.spec.notation,

@@ -26,6 +26,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
+from qsnn import schemes
 from qsnn.conversion import SpikingLayer, SpikingNet
 from qsnn.errors import QsnnError, integer_in
 
@@ -157,7 +158,7 @@ def map_conv(name: str, in_shape: tuple[int, int, int], out_shape: tuple[int, in
 
 
 def _copies(net: SpikingNet, layer: SpikingLayer) -> int:
-    return int(layer.levels) if net.scheme == "sg" else 1
+    return int(layer.levels) if schemes.of(net.scheme).binary_copies else 1
 
 
 def map_cores(net: SpikingNet, axons: int = 256, neurons: int = 256) -> MappingReport:

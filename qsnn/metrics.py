@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from qsnn import schemes
 from qsnn.conversion import SpikingLayer, SpikingNet
+from qsnn.schemes import PaperConvention
 
 ENERGY_PER_ADD_PJ = 0.9
 ENERGY_PER_MAC_PJ = 4.6
@@ -64,7 +66,7 @@ def fanout_maps(net: SpikingNet) -> list[torch.Tensor]:
 
 def replication(net: SpikingNet, index: int) -> int:
     """How many binary neurons stand for one ANN neuron of layer ``index`` (SG: 2^k*B)."""
-    if net.scheme != "sg" or index >= len(net.layers):
+    if not schemes.of(net.scheme).binary_copies or index >= len(net.layers):
         return 1
     return int(net.layers[index].levels)
 
@@ -110,62 +112,10 @@ def total_macs(net: SpikingNet) -> int:
     return net.spec.plan().macs
 
 
-@dataclass(frozen=True)
-class PaperConvention:
-    """How one original code base counts spikes and SOPs (its text files and figures),
-    relative to qsnn's SOPs of each layer's spikes (``result.sops[l]``: layer l's spikes
-    times their exact fan-out; the last layer's into the output accumulator).
-
-    - ``encoding_spikes``: whether the encoding layer's spikes are in spike_num;
-    - ``encoding_weight``: SOPs per synapse of an encoding spike (INT: 2^k, its magnitude);
-    - ``classifier``: whether the output accumulator's additions are counted;
-    - ``factor``: a multiplier on the total (SG: 2);
-    - ``files``: the text files the original writes.
-    """
-
-    encoding_spikes: bool
-    encoding_weight: int
-    classifier: bool
-    factor: int
-    files: tuple[str, ...]
-
-    def sops(self, per_layer: list[float]) -> float:
-        """The original's SOPs from qsnn's SOPs of each layer's spikes."""
-        last = len(per_layer) - 1
-        total = sum(
-            value * (self.encoding_weight if index == 0 else 1)
-            for index, value in enumerate(per_layer) if index < last or self.classifier
-        )
-        return self.factor * total
-
-    def spikes(self, per_layer: list[float]) -> float:
-        """The original's spike count from qsnn's spikes of each layer."""
-        return sum(value for index, value in enumerate(per_layer) if index > 0 or self.encoding_spikes)
-
-
-NSD_FILES = ("accuracy.txt", "spike_num.txt", "spike_collect.txt", "sop_num.txt")
-CIFAR_LIKE = ("cifar10", "cifar100")
-
-
 def paper_convention(scheme: str, k: int, dataset: str | None) -> PaperConvention:
-    """The convention of the original code of ``scheme`` (ALGORITHMS.md §4), for a net
-    with activation level ``k`` on ``dataset``:
-
-    - NSD (Spiking_Networks_with_Negative_Spike_Dynamics): every layer's spikes, the
-      encoding layer's included; SOPs as qsnn counts them, accumulator included.
-    - SG (Spatio_temporal_SNNs): spikes of every layer; SOPs twice qsnn's, without the
-      accumulator; no spike_collect.txt.
-    - INT (ALL_INT_SNN): the encoding layer's spikes left out of the spike counts, each
-      of them 2^k SOPs per synapse; the accumulator counted for MNIST-sized data, not for
-      CIFAR; also abs_spike.txt and sum_spike.txt.
-    """
-    if scheme == "sg":
-        return PaperConvention(True, 1, False, 2, ("accuracy.txt", "spike_num.txt", "sop_num.txt"))
-    if scheme == "int":
-        return PaperConvention(
-            False, 1 << k, dataset not in CIFAR_LIKE, 1, (*NSD_FILES, "abs_spike.txt", "sum_spike.txt"),
-        )
-    return PaperConvention(True, 1, True, 1, NSD_FILES)
+    """How the original code of ``scheme`` counts, for a net of level ``k`` on ``dataset``
+    (:meth:`qsnn.schemes.Scheme.paper_convention`)."""
+    return schemes.of(scheme).paper_convention(k, dataset)
 
 
 def nominal_ann_macs(net: SpikingNet, classifier: bool = True) -> int:

@@ -35,6 +35,7 @@ import torch
 from qsnn.errors import QsnnError
 from qsnn.io import folder_lock, provenance, read_json, write_csv, write_json, write_text
 from qsnn.quantization import SAME, bound_text, parse_bound
+from qsnn.schemes import SCHEMES
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 RESUME_RUN = "run the same command again to resume"  # (run and sweep reuse what is done)
@@ -186,12 +187,13 @@ def _execute(
     }  # as convert(checkpoint_path, ...) records it; the model is loaded once here
     variants = [(scheme, None) for scheme in schemes]
     if spec.threshold_scale:
-        if "int" not in schemes:
+        rounding = [scheme for scheme in schemes if SCHEMES[scheme].rounded_thresholds]
+        if not rounding:
             raise QsnnError(
                 "--threshold-scale compares the INT paper's rounded thresholds, but this run has no "
                 f"INT scheme ({', '.join(schemes)}); train with --ternary and a bounded encoding block"
             )
-        variants.append(("int", spec.threshold_scale))
+        variants += [(scheme, spec.threshold_scale) for scheme in rounding]
     for scheme, scale in variants:
         folder = out / (scheme if scale is None else f"{scheme}-scale{scale}")
         net = convert(model, scheme, threshold_scale=scale, source=source)
@@ -211,7 +213,7 @@ def _execute(
             else:
                 tick = time.monotonic()
                 result = simulate(
-                    net, pixels, test_set.labels, steps=None if scheme == "sg" else spec.steps, noise=noise,
+                    net, pixels, test_set.labels, steps=None if SCHEMES[scheme].single_step else spec.steps, noise=noise,
                     device=device, seed=spec.seed, progress=progress,
                 )
                 summary = summarize(result, net, dataset=dataset, seed=spec.seed)

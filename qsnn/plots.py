@@ -55,6 +55,7 @@ from matplotlib.transforms import Bbox, offset_copy
 
 from qsnn.errors import QsnnError
 from qsnn.io import write_bytes, write_csv
+from qsnn.schemes import SCHEMES
 
 DPI = 200
 FORMATS = ("png", "svg")
@@ -1206,10 +1207,10 @@ def plot_noise(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Pa
 
 
 def _noise_label(summaries: Sequence[dict]) -> str:
-    schemes = {s["scheme"] for s in summaries}
-    if schemes == {"sg"}:
+    kinds = {SCHEMES[s["scheme"]].noise for s in summaries if s["scheme"] in SCHEMES}
+    if kinds == {"spikes"}:
         return "noise ratio r (probability that a spike is dropped)"
-    if "sg" in schemes:
+    if "spikes" in kinds:
         return "noise ratio r (NSD/INT: pixel × (1 + (u − ½) r); SG: spike-drop probability)"
     return "noise ratio r (input pixel × (1 + (u − ½) r), u ~ U[0, 1))"
 

@@ -163,15 +163,15 @@ def write_simulation(out_dir: str | Path, summary: dict, result: SimulationResul
     write_csv(out / "per_step.csv", summary["per_step"])
     write_csv(out / "layers.csv", summary["layers"])
     convention = paper_convention(summary["scheme"], summary["k"], summary["dataset"])
-    for name, lines in original_text_files(result, convention, summary["scheme"]).items():
+    for name, lines in original_text_files(result, convention).items():
         write_text(out / name, "".join(f"{line}\n" for line in lines))
     return out
 
 
-def original_text_files(result: SimulationResult, convention: PaperConvention, scheme: str) -> dict[str, list[str]]:
+def original_text_files(result: SimulationResult, convention: PaperConvention) -> dict[str, list[str]]:
     """The original code's text files as lines (see the module docstring): per batch,
     per step t, the batch's values; spikes and SOPs accumulated since t = 0."""
-    as_float = scheme == "sg"  # (SG's counts are float arrays: "2442406.0")
+    as_float = convention.float_counts  # (SG's counts are float arrays: "2442406.0")
     files: dict[str, list[str]] = {name: [] for name in convention.files}
     batches = result.batches
     for correct, positive, negative, sops in zip(

@@ -49,6 +49,7 @@ from qsnn.neurons import (
     rising_threshold_step,
     target_count,
 )
+from qsnn.schemes import SCHEMES
 
 AUTO_MAX_STEPS = 100_000
 
@@ -240,7 +241,8 @@ def simulate_batch(
     from ``draws`` (default: seed 0, the batch being the dataset's first images).
     """
     device = pixels.device
-    if net.scheme == "sg":
+    rules = SCHEMES[net.scheme]
+    if rules.single_step:
         return scatter_gather_batch(net, pixels, noise, draws, _dense_membrane, _count_levels)
     weights = [layer_weight(layer, device) for layer in net.layers]
     out_weight = layer_weight(net.output, device)
@@ -253,7 +255,7 @@ def simulate_batch(
     states = []
     for index, layer in enumerate(net.layers):
         like = torch.zeros((batch, *layer.out_shape), dtype=torch.float64, device=device)
-        if net.scheme == "int" and index > 0:
+        if rules.hidden_neuron == "adaptive" and index > 0:
             states.append(adaptive_init(like, thresholds[index]))
         else:
             states.append(nsd_init(like))
@@ -270,12 +272,12 @@ def simulate_batch(
             else:
                 check_input_limit(layer, input_bound(net, index, totals[index - 1]), index)
                 current = apply_layer(layer, spikes.to(torch.float64), weights[index])
-            if net.scheme == "int" and index == 0:
+            if rules.rising_encoding and index == 0:
                 state = states[0]
                 membrane = state.membrane + current
                 spikes = rising_threshold_step(t, membrane, thresholds[0])
                 states[0] = state._replace(membrane=membrane, count=state.count + spikes)
-            elif net.scheme == "int":
+            elif rules.hidden_neuron == "adaptive":
                 states[index], spikes = adaptive_step(states[index], current, thresholds[index])
             else:
                 states[index], spikes = nsd_step(states[index], current, thresholds[index])
@@ -312,7 +314,7 @@ class EventSimulator:
         from qsnn import engine
 
         self.engine = engine
-        self.program = engine.compile_program(net) if net.scheme != "sg" else None
+        self.program = None if SCHEMES[net.scheme].single_step else engine.compile_program(net)
         self._float_weights: dict[int, np.ndarray] = {}
 
     def _float_weight(self, index: int, layer) -> np.ndarray:
@@ -365,7 +367,7 @@ class EventSimulator:
         them), but always counts its own spikes, with a different algorithm from the ANN's
         (:func:`_gathered` scans the binary neurons' thresholds), so the agreement it
         reports is a check."""
-        if net.scheme == "sg":
+        if SCHEMES[net.scheme].single_step:
             ann_counts, ann_membranes = reference if reference is not None else (None, None)
 
             def membrane(index, layer, inputs, largest):
@@ -400,7 +402,7 @@ class EventSimulator:
         other batches in one go (the list receives the image and what was read off for
         it; see :func:`check_against_reference`).
         """
-        if net.scheme == "sg":
+        if SCHEMES[net.scheme].single_step:
             membranes: list = []
             checked: list = []
             counts, logits = reference_counts(net, pixels, membranes, checked)
@@ -682,8 +684,9 @@ def simulate(
     pixels, labels = checked_inputs(net, pixels, labels)
     if steps is not None and not integer_in(steps, 1):
         raise QsnnError(f"steps must be a positive integer or None (until nothing is in flight), got {steps!r}")
-    if net.scheme == "sg" and steps not in (None, 1):
-        raise QsnnError(f"SG takes one time step; --steps {steps} does not apply to it (drop it)")
+    rules = SCHEMES[net.scheme]
+    if rules.single_step and steps not in (None, 1):
+        raise QsnnError(f"{rules.title} takes one time step; --steps {steps} does not apply to it (drop it)")
     if not integer_in(batch_size, 1):
         raise QsnnError(f"batch_size must be a positive integer, got {batch_size!r}")
     check_seed(seed)
@@ -712,8 +715,8 @@ def simulate(
         clean = spiking_input(pixels[start : start + batch_size], stage).to(device)
         target = labels[start : start + batch_size].to(device)
         draws = NoiseDraws(seed, first_image=start, sg_drop=sg_drop)
-        inputs = noisy_pixels(clean, noise, draws) if net.scheme != "sg" and noise > 0 else clean
-        noise_here = noise if net.scheme == "sg" else 0.0  # pixel noise is in ``inputs`` already
+        inputs = noisy_pixels(clean, noise, draws) if rules.noise == "pixels" and noise > 0 else clean
+        noise_here = noise if rules.noise == "spikes" else 0.0  # pixel noise is in ``inputs`` already
         if against_model:  # the reference is the trained model's exact ANN, on every image
             exact = verifier.ann(clean.cpu())
             counts, logits = exact.counts, exact.logits
@@ -726,7 +729,7 @@ def simulate(
             counts, logits = reference_counts(net, inputs)
             record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
         reference = logits.argmax(dim=1).to(record.predictions.device)
-        if net.scheme != "sg" and noise > 0:
+        if rules.noise == "pixels" and noise > 0:
             _, clean_logits = reference_counts(net, clean)
             ann_clean = int((clean_logits.argmax(dim=1) == target).sum())
         else:
@@ -793,7 +796,7 @@ def simulate(
         steps=total_steps,
         images=len(pixels),
         noise=noise,
-        sg_drop=sg_drop if net.scheme == "sg" and noise > 0 else None,
+        sg_drop=sg_drop if rules.noise == "spikes" and noise > 0 else None,
         correct=correct_sum.tolist(),
         agree=agree_sum.tolist(),
         ann_correct=ann_correct,
