@@ -761,16 +761,23 @@ def plot_accuracy(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list
 # --- synaptic operations and energy --------------------------------------------------------
 
 
-def _bar_scale(ax: Axes, values: Sequence[float], formatter) -> None:
-    """Log scale when the bars span more than a factor 30, else linear from zero; room for labels."""
+def _bar_scale(
+    ax: Axes, values: Sequence[float], formatter, *, axis: str = "x", room: tuple[float, float, float] = (2, 12, 1.45),
+    bins: int = 5,
+) -> None:
+    """Log scale on ``axis`` when the values span more than a factor 30, else linear from
+    zero; ``room``: (below the least, above the largest on a log scale, above the largest
+    on a linear one), factors that leave space for labels."""
     positive = [v for v in values if v > 0]
+    limits, scale = (ax.set_xlim, ax.set_xscale) if axis == "x" else (ax.set_ylim, ax.set_yscale)
+    along = ax.xaxis if axis == "x" else ax.yaxis
     if positive and max(positive) / min(positive) > 30:
-        ax.set_xscale("log")
-        ax.set_xlim(min(positive) / 2, max(positive) * 12)
+        scale("log")
+        limits(min(positive) / room[0], max(positive) * room[1])
     else:
-        ax.set_xlim(0, max(positive, default=1.0) * 1.45)
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: formatter(v) if v else "0"))
+        limits(0, max(positive, default=1.0) * room[2])
+        along.set_major_locator(MaxNLocator(nbins=bins))
+    along.set_major_formatter(FuncFormatter(lambda v, _: formatter(v) if v else "0"))
 
 
 def _ann_nets(summaries: Sequence[dict]) -> list[dict]:
@@ -945,14 +952,7 @@ def _sops_per_step_figure(summaries: Sequence[dict]) -> tuple[Figure, list[dict]
             text = f"ANN {_si(ops)}" + (f"\n{_wrap(summary['net'], 22)}" if len(nets) > 1 else "")
             lines.append((ops, text, ANN_COLOR))
         ann_labels = _label_column(ax, lines)
-        positive = [v for v in values if v > 0]
-        if positive and max(positive) / min(positive) > 30:
-            ax.set_yscale("log")
-            ax.set_ylim(min(positive) / 1.6, max(positive) * 1.6)
-        else:
-            ax.set_ylim(0, max(positive, default=1.0) * 1.08)
-            ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v) if v else "0"))
+        _bar_scale(ax, values, _si, axis="y", room=(1.6, 1.6, 1.08), bins=6)
         _time_axis(ax, max_step)
         ax.set_ylabel("SOPs per image, accumulated to step t")
         ax.set_title(f"Synaptic operations over the time steps ({_title(summaries)})")
