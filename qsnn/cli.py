@@ -325,6 +325,11 @@ def _run_spec(args: argparse.Namespace):
         raise QsnnError("give --net and --dataset (or --checkpoint), or no options at all for the embedded default")
     check_precision_options(args)
     training = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, train_limit=args.train_limit)
+    if args.recipe == "paper":  # the original code's schedule for what is not given
+        from qsnn.training import paper_recipe
+
+        training = {**paper_recipe(args.net, args.dataset), **{k: v for k, v in training.items() if v is not None}}
+        training["recipe"] = "paper"
     return RunSpec(
         net=args.net, dataset=args.dataset, k=1 if args.k is None else args.k,
         B=parse_bound("none" if args.B is None else args.B), ternary=args.ternary,
@@ -408,6 +413,7 @@ def _training_options(args: argparse.Namespace) -> dict[str, bool]:
         "--encoding-k": args.encoding_k != SAME, "--encoding-B": args.encoding_B != SAME,
         "--epochs": args.epochs is not None, "--batch-size": args.batch_size is not None,
         "--lr": args.lr is not None, "--train-limit": args.train_limit is not None,
+        "--recipe": args.recipe != "qsnn",
     }
 
 
@@ -476,21 +482,9 @@ def _add_sop_convention(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    from qsnn.quantization import SAME
+    from qsnn.training import add_network_options
 
-    p.add_argument("--net", help="notation or preset (see qsnn nets)")
-    p.add_argument("--dataset", help="mnist, fashion-mnist, cifar10 or cifar100")
-    p.add_argument("--k", type=int, default=None, help="quantization level 0..4 (default 1)")
-    p.add_argument("--B", default=None, help="upper bound: a positive integer or none (default)")
-    p.add_argument("--ternary", action="store_true", help="ternary hidden weights")
-    p.add_argument("--fp32", "--full-precision", dest="full_precision", action="store_true", help="full-precision baseline")
-    p.add_argument("--encoding-k", default=SAME, help="k of the first block (default: same)")
-    p.add_argument("--encoding-B", default=SAME, help="B of the first block (default: same)")
-    p.add_argument("--epochs", type=int, default=None, help="default 3")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="default 1e-3")
-    p.add_argument("--train-limit", type=_positive_int, default=None, help="only the first N training images")
+    add_network_options(p, required=False)
     p.add_argument("--checkpoint", help="reuse a trained checkpoint instead of training")
     p.add_argument("--scheme", help="comma-separated schemes (default: every scheme the net allows)")
     p.add_argument("--steps", type=_steps, default=None, help="time steps, or auto (default)")

@@ -60,6 +60,7 @@ class RunSpec:
     batch_size: int | None = None
     lr: float = 1e-3
     train_limit: int | None = None
+    recipe: str = "qsnn"  # "paper": the original code's recipe for what is not given (TrainConfig.paper)
     checkpoint: str | None = None  # reuse this checkpoint instead of training
     schemes: list[str] | None = None  # None: every scheme the network allows
     steps: int | None = None  # None: until nothing is in flight
@@ -80,12 +81,17 @@ class RunSpec:
     def train_config(self, data_dir: str | None, device: str):
         from qsnn.training import TrainConfig
 
+        network = dict(
+            k=self.k, B=self.B, ternary=self.ternary, full_precision=self.full_precision,
+            encoding_k=self.encoding_k, encoding_B=self.encoding_B, seed=self.seed, data_dir=data_dir,
+            train_limit=self.train_limit, device=device,
+        )
+        if self.recipe == "paper":  # (epochs, batch and lr already the paper's where not given: see cli)
+            return TrainConfig.paper(
+                self.net, self.dataset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, **network,
+            )
         return TrainConfig(
-            net=self.net, dataset=self.dataset, k=self.k, B=self.B, ternary=self.ternary,
-            full_precision=self.full_precision, encoding_k=self.encoding_k,
-            encoding_B=self.encoding_B, epochs=self.epochs, batch_size=self.batch_size,
-            lr=self.lr, seed=self.seed, data_dir=data_dir, train_limit=self.train_limit,
-            device=device,
+            net=self.net, dataset=self.dataset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, **network,
         )
 
     def to_dict(self) -> dict:

@@ -945,11 +945,12 @@ def _optional_int(text: str) -> int | None:
     return None if text.strip().lower() == "none" else int(text)
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, out_required: bool = True) -> None:
-    """The options of :class:`TrainConfig`, plus --out, --resume and --quiet."""
+def add_network_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """What to train and how (the options `qsnn train`, `qsnn run` and `qsnn sweep` share):
+    the net, the data, its precision, the recipe and the schedule; None where not given."""
     defaults = TrainConfig(net="500", dataset="mnist")
-    parser.add_argument("--net", required=True, help="notation (20C5-P2-50C5-P2-500) or a preset (qsnn nets)")
-    parser.add_argument("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or cifar100")
+    parser.add_argument("--net", required=required, help="notation (20C5-P2-50C5-P2-500) or a preset (qsnn nets)")
+    parser.add_argument("--dataset", required=required, help="mnist, fashion-mnist, cifar10 or cifar100")
     parser.add_argument("--k", type=int, default=None, help=f"quantization level 0..4 (default {defaults.k})")
     parser.add_argument("--B", default=None, help="upper bound: a positive integer or none (default)")
     parser.add_argument("--ternary", action="store_true", help="ternary weights in the hidden blocks")
@@ -968,13 +969,19 @@ def add_arguments(parser: argparse.ArgumentParser, *, out_required: bool = True)
     parser.add_argument("--epochs", type=int, default=None, help=f"default {defaults.epochs}")
     parser.add_argument("--batch-size", type=_optional_int, default=None, help="default 200 (MNIST-like) or 128 (CIFAR)")
     parser.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {defaults.lr:g})")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--train-limit", type=_optional_int, default=None, help="only the first N training images")
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, out_required: bool = True) -> None:
+    """The options of :class:`TrainConfig`, plus --out, --resume and --quiet."""
+    defaults = TrainConfig(net="500", dataset="mnist")
+    add_network_options(parser, required=True)
     parser.add_argument(
         "--lr-decay-epoch", type=_optional_int, default=None,
         help="epoch from which lr is divided by 10 (default: half the epochs)",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: $QSNN_DATA or the cache)")
-    parser.add_argument("--train-limit", type=_optional_int, default=None, help="only the first N training images")
     parser.add_argument("--test-limit", type=_optional_int, default=None, help="only the first N test images")
     parser.add_argument("--device", default=defaults.device, help="cpu, cuda or cuda:N")
     parser.add_argument(

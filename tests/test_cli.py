@@ -357,3 +357,21 @@ def test_ignored_or_repeated_values_and_interruptions(capsys, tmp_path, monkeypa
     monkeypatch.setattr(cli, "build_parser", interrupted)  # Ctrl-C while torch is still being imported
     assert main(["nets"]) == 130
     assert capsys.readouterr().err == "qsnn: interrupted\n"
+
+
+def test_run_takes_the_papers_recipe_like_train():
+    """`qsnn run` and `qsnn train` declare their shared options once (qsnn.training.add_network_options)."""
+    from qsnn.cli import _run_spec, build_parser
+
+    args = build_parser().parse_args(["run", "--net", "nsd-lenet", "--dataset", "mnist", "--recipe", "paper", "--epochs", "2"])
+    spec = _run_spec(args)
+    assert (spec.recipe, spec.epochs, spec.batch_size, spec.lr) == ("paper", 2, 200, 1e-4)
+    config = spec.train_config(None, "cpu")
+    assert (config.recipe, config.lr_at(1), config.epochs) == ("paper", 1e-4, 2)
+    plain = _run_spec(build_parser().parse_args(["run", "--net", "nsd-lenet", "--dataset", "mnist"]))
+    assert (plain.recipe, plain.epochs, plain.lr) == ("qsnn", 3, 1e-3)
+    train = build_parser().parse_args(["train", "--net", "nsd-lenet", "--dataset", "mnist", "--out", "x"])
+    run = build_parser().parse_args(["run"])
+    shared = ("k", "B", "ternary", "full_precision", "encoding_k", "encoding_B", "recipe", "epochs", "batch_size", "lr",
+              "seed", "train_limit")
+    assert {name: getattr(train, name) for name in shared} == {name: getattr(run, name) for name in shared}
