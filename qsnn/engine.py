@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -86,13 +87,20 @@ def _fits_int32(net: SpikingNet) -> bool:
     return True
 
 
+# The columns of Program.geometry (one row per layer): conv (0) or dense (1), input and
+# output shapes, kernel, stride and padding, where the layer's weights and thresholds start
+# in the flat arrays, and its channels padded to a multiple of ALIGN.
+KIND, IN_C, IN_H, IN_W, OUT_C, OUT_H, OUT_W, KERNEL, STRIDE, PAD, WEIGHT_AT, THRESHOLD_AT, PADDED_C = range(13)
+GEOMETRY_COLUMNS = 13
+
+
 def compile_program(net: SpikingNet) -> Program:
     """Lay out a converted network for the kernels."""
     layers = net.layers
     count = len(layers)
     dtype = np.int32 if _fits_int32(net) else np.int64
     big = INT32_LIMIT if dtype == np.int32 else 2**54
-    geometry = np.zeros((count, 13), np.int64)
+    geometry = np.zeros((count, GEOMETRY_COLUMNS), np.int64)
     parts, offsets, steps, sizes, constants, tables = [], [], [], [], [], []
     divisor = np.zeros(count, np.int64)
     neurons = np.zeros(count + 1, np.int64)
@@ -148,7 +156,7 @@ def compile_program(net: SpikingNet) -> Program:
     levels = np.zeros((threshold_at, TABLED_LEVELS + 1), state)
     levels[:, 0] = -big  # T(-1): a neuron at count 0 sends no negative spike
     for index in range(count):
-        channels = slice(int(geometry[index, 11]), int(geometry[index, 11] + geometry[index, 4]))
+        channels = slice(int(geometry[index, THRESHOLD_AT]), int(geometry[index, THRESHOLD_AT] + geometry[index, OUT_C]))
         _fill_table(
             levels[channels, 1:], offset_all[channels], step_all[channels], int(divisor[index]),
             exact_all[channels], size_all[channels], constant_all[channels], big,
@@ -160,7 +168,7 @@ def compile_program(net: SpikingNet) -> Program:
     encoding_order = np.zeros(0, np.int64)
     first_index = np.zeros(int(neurons[-1]), np.int64)
     for index, layer in enumerate(layers):
-        at, size, out_c, padded = int(neurons[index]), layer.neurons, int(geometry[index, 4]), int(geometry[index, 12])
+        at, size, out_c, padded = int(neurons[index]), layer.neurons, int(geometry[index, OUT_C]), int(geometry[index, PADDED_C])
         # indexed by a spike's channel-first index: its source position, looked up, not
         # divided out, and, into a pooling layer, what it reaches
         channels, height, width = np.indices(layer.out_shape if layer.kind == "conv" else (layer.neurons, 1, 1))
@@ -181,13 +189,13 @@ def compile_program(net: SpikingNet) -> Program:
                 encoding_order = np.argsort(group, kind="stable").astype(np.int64)
         first_index[real] = np.arange(size).reshape(out_c, plane).T.reshape(-1)
         if index:
-            channel_at = int(geometry[index, 11])
+            channel_at = int(geometry[index, THRESHOLD_AT])
             initial_upper[at : at + plane * padded] = big  # padding: never reached
             initial_upper[real] = np.tile(levels[channel_at : channel_at + out_c, 1], plane)
     # the encoding layer's own table, built with room to spare (its membrane is not bound
     # by the hidden layers' int32 limits), as float64: exact below 2^53, and beyond it
     # still above any membrane
-    encoding_levels = np.zeros((int(geometry[0, 4]), TABLED_LEVELS), np.int64)
+    encoding_levels = np.zeros((int(geometry[0, OUT_C]), TABLED_LEVELS), np.int64)
     _fill_table(encoding_levels, *_encoding_tables(offset_all, step_all, divisor, exact_all, size_all, constant_all, geometry))
     first = layers[0]
     if first.kind == "conv":  # (in c, K, K, out c), the columns rotated (see _encode)
@@ -221,7 +229,7 @@ def compile_program(net: SpikingNet) -> Program:
 
 def _encoding_tables(offset, step, divisor, exact, size, constant, geometry) -> tuple:
     """The encoding layer's threshold arguments for the kernels, with big = 2^54."""
-    channels = slice(0, int(geometry[0, 4]))
+    channels = slice(0, int(geometry[0, OUT_C]))
     return offset[channels], step[channels], int(divisor[0]), exact[channels], size[channels], constant[channels], 2**54
 
 
@@ -238,7 +246,7 @@ def _aligned(values: np.ndarray) -> np.ndarray:
 def _pools(geometry: np.ndarray) -> bool:
     """Whether a layer is a convolution over non-overlapping windows (stride = kernel, no
     padding), where each input reaches exactly one output position."""
-    kind, kernel, stride, pad = geometry[0], geometry[7], geometry[8], geometry[9]
+    kind, kernel, stride, pad = geometry[KIND], geometry[KERNEL], geometry[STRIDE], geometry[PAD]
     return kind == 0 and stride == kernel and pad == 0
 
 
@@ -246,7 +254,9 @@ def _pool_reach(geometry: np.ndarray, in_shape) -> np.ndarray:
     """For every input (channel-first order) of a pooling layer: the membrane offset of the
     output position it reaches (channel-last, from the layer's base) and the start of its
     weight row, or -1 for inputs beyond the last whole window."""
-    out_h, out_w, kernel, start, out_c = (int(v) for v in geometry[[5, 6, 7, 10, 12]])  # padded channels
+    out_h, out_w, kernel, start, out_c = (
+        int(v) for v in geometry[[OUT_H, OUT_W, KERNEL, WEIGHT_AT, PADDED_C]]
+    )  # (padded channels)
     c, y, x = (a.reshape(-1) for a in np.indices(in_shape))
     oy, ox = y // kernel, x // kernel
     inside = (oy < out_h) & (ox < out_w)
@@ -399,11 +409,11 @@ def _deliver(geometry, layer, weights, membrane, base, events, signs, count, ori
     negated copy of the weights) and added together. Returns the number of synaptic
     operations (additions) performed.
     """
-    kind = geometry[layer, 0]
-    out_c, out_h, out_w = geometry[layer, 4], geometry[layer, 5], geometry[layer, 6]
-    kernel, stride, pad = geometry[layer, 7], geometry[layer, 8], geometry[layer, 9]
-    start = geometry[layer, 10]
-    padded = geometry[layer, 12]  # the membrane's and the weights' channel stride
+    kind = geometry[layer, KIND]
+    out_c, out_h, out_w = geometry[layer, OUT_C], geometry[layer, OUT_H], geometry[layer, OUT_W]
+    kernel, stride, pad = geometry[layer, KERNEL], geometry[layer, STRIDE], geometry[layer, PAD]
+    start = geometry[layer, WEIGHT_AT]
+    padded = geometry[layer, PADDED_C]  # the membrane's and the weights' channel stride
     if kind == 1:  # dense: every spike reaches every membrane, one group
         listed = 0
         for e in range(count):
@@ -488,13 +498,13 @@ def _scan(
     T(c), T(c - 1); its spike goes to events[at_event:] (signs alike), in the state's
     order, which keeps the spikes that reach the same membranes side by side (see
     _groups). Returns (spikes, positive spikes, neurons that spiked for the first time)."""
-    plane = geometry[layer, 5] * geometry[layer, 6]
-    at = geometry[layer, 11]
+    plane = geometry[layer, OUT_H] * geometry[layer, OUT_W]
+    at = geometry[layer, THRESHOLD_AT]
     scale = divisor[layer]
     tabled = levels.shape[1] - 1
     # a branch-free, vectorized pass flags the neurons that cross a threshold, a second
     # one lists them
-    here = plane * geometry[layer, 12]  # padded channels: never crossing
+    here = plane * geometry[layer, PADDED_C]  # padded channels: never crossing
     v = membrane[base : base + here]
     up = upper[base : base + here]
     down = lower[base : base + here]
@@ -598,7 +608,7 @@ def _encoding_window(
     added[:] = 0
     kept = 0  # the neurons that fire beyond the window, still by group, go back to pending
     if _pools(geometry[1]):  # one row per neuron, into one position: added into D_l as it comes, in any order
-        padded = geometry[1, 12]
+        padded = geometry[1, PADDED_C]
         for e in range(waiting):
             j = pending[e]
             left = encoding_counts[b, j] - first
@@ -606,7 +616,7 @@ def _encoding_window(
             ending[level] += 1
             target = reach[j, 0]
             if target >= 0:
-                added[level] += geometry[1, 4]
+                added[level] += geometry[1, OUT_C]
                 _add_row(current, (level - 1) * size + target, weights, reach[j, 1], padded, 1)
             pending[kept] = j
             kept += left > span
@@ -771,9 +781,9 @@ def _simulate_image(
     unsettled[b, 0] = cut
     keep = every_membrane or cut > 0
     for layer in range(1, layers):
-        out_c = geometry[layer, 4]
-        padded = geometry[layer, 12]
-        plane = geometry[layer, 5] * geometry[layer, 6]
+        out_c = geometry[layer, OUT_C]
+        padded = geometry[layer, PADDED_C]
+        plane = geometry[layer, OUT_H] * geometry[layer, OUT_W]
         base = neuron_at[layer]
         at = output_at[layer]  # outputs: channel-first, no padding
         for ch in range(out_c):  # channel-first
@@ -794,9 +804,9 @@ def _simulate_image(
         keep = keep or moving > 0
     if keep:  # the membranes are read only where something is unsettled (or every time)
         for layer in range(1, layers):
-            out_c = geometry[layer, 4]
-            padded = geometry[layer, 12]
-            plane = geometry[layer, 5] * geometry[layer, 6]
+            out_c = geometry[layer, OUT_C]
+            padded = geometry[layer, PADDED_C]
+            plane = geometry[layer, OUT_H] * geometry[layer, OUT_W]
             base = neuron_at[layer]
             at = output_at[layer] - encoding
             for p in range(plane):
@@ -1312,7 +1322,7 @@ def _encode(pixels, geometry, weights, levels, offset, step, divisor, exact, siz
     float64), channel by channel, by a walk up the exact thresholds beyond the table.
     ``pixels`` (images, C * H * W) uint8; ``out`` (images, neurons) channel-first. Chunks
     of images run in parallel, each reusing its buffers."""
-    kind, _, in_h, in_w, out_c, out_h, out_w, kernel, stride, pad = geometry[0, :10]
+    kind, _, in_h, in_w, out_c, out_h, out_w, kernel, stride, pad = geometry[0, KIND : PAD + 1]
     images = pixels.shape[0]
     for chunk in prange(chunks):
         last = np.empty(out_h * out_w * out_c)  # channel-last: each pixel adds whole rows of weights
@@ -1389,8 +1399,23 @@ def encode(program: Program, pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, every_membrane: bool = True):
-    """Run the kernel; returns per-image arrays (see :func:`_simulate`). The final
+class EngineRun(NamedTuple):
+    """What :func:`run` returns, per image (see :func:`_simulate`)."""
+
+    positive: np.ndarray  # (images, layers, steps) +1 spikes
+    negative: np.ndarray  # (images, layers, steps) -1 spikes
+    sops: np.ndarray  # (images, layers, steps) synaptic operations of each layer's spikes
+    spiking: np.ndarray  # (images, layers) neurons that spiked at least once
+    predictions: np.ndarray  # (images, steps) the class after each step
+    counts: np.ndarray  # (images, neurons) int32 final counts, layer after layer
+    used: np.ndarray  # (images,) steps the image took
+    membranes: np.ndarray  # (images, hidden neurons) final membranes (see ``every_membrane``)
+    logits: np.ndarray  # (images, classes) the output accumulator at the end
+    unsettled: np.ndarray  # (images, layers) neurons whose count is not between its two thresholds
+
+
+def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, every_membrane: bool = True) -> EngineRun:
+    """Run the kernel (an :class:`EngineRun` of per-image arrays). The final
     membranes are written for every image if ``every_membrane``, else only for the images
     with some unsettled neuron (``unsettled[b].any()``; column 0 counts the encoding
     neurons whose spike train was cut short); the other rows are left as they were."""
@@ -1416,7 +1441,7 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, e
         positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled,
         _chunks(images), min(steps, WINDOW), every_membrane,
     )
-    return positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled
+    return EngineRun(positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled)
 
 
 def _chunks(images: int) -> int:

@@ -336,7 +336,7 @@ class EventSimulator:
         ]
         if len(parts) == 1:
             return parts[0]
-        return tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+        return self.engine.EngineRun(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
 
     def _scatter_gather(self, net, pixels, ann_counts, ann_membranes) -> BatchRecord:
         """SG without spike drop, on the CPU, against the reference ANN: each layer's count
