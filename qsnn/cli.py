@@ -270,12 +270,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     pixels, labels = load_test_pixels(dataset, args.data_dir, args.limit)
     out = Path(args.out or Path(args.file).with_suffix("").with_suffix("").as_posix() + f"-{net.scheme}-sim")
     where = distributed.setup(args.device)  # (under torchrun: each rank simulates its share of the batches)
+    device = args.device
+    if where.active and str(device).startswith("cuda"):  # one GPU per process, as torchrun numbers them
+        import torch
+
+        device = f"cuda:{where.local_rank}"
+        torch.cuda.set_device(device)
     try:
         # the folder is held from the start (a second simulation into it is refused at once), by rank 0
         with folder_lock(out) if where.main else contextlib.nullcontext():
             result = simulate(
                 net, pixels, labels, steps=args.steps, noise=args.noise, batch_size=args.batch_size,
-                device=args.device, seed=args.seed, progress=not args.quiet, verify=args.verify,
+                device=device, seed=args.seed, progress=not args.quiet, verify=args.verify,
                 sg_drop=args.sg_drop,
             )
             if not where.main:
@@ -288,7 +294,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         distributed.finish(where)
     print(summary_table([summary], args.sop_convention))
     verdict = "LOSSLESS" if summary["lossless"] else "NOT lossless"
-    every = summary["verified_images"] == summary["images"]
+    every = args.verify == "all" and summary["verified_images"] == summary["images"]
     reference = (
         "the exact quantized ANN of the trained model (from its own parameters, not the converted tables)"
         if every else "the quantized ANN of the converted tables"

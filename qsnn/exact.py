@@ -442,19 +442,24 @@ class ExactANN:
         x = pixels.cpu()
         if x.is_floating_point() and not torch.equal(x, x.round()):
             raise ValueError("the exact ANN takes raw integer pixels 0..255, not noisy (fractional) ones")
+        if x.numel() and (float(x.min()) < 0 or float(x.max()) > PIXEL_SCALE):
+            raise ValueError("the exact ANN takes raw integer pixels 0..255")
         counts, decided = [], 0
         inputs_per_unit = Fraction(PIXEL_SCALE)  # x = inputs / inputs_per_unit
-        x = x.to(torch.float32)  # (pixels and counts: integers far below 2^24, exact)
+        x = x.to(torch.float32)  # (pixels: exact)
         for index, layer in enumerate(self.blocks):
             n, x, recomputed = self._block(index, layer, x, inputs_per_unit)
             counts.append(n)
             decided += recomputed
+            if n.numel() and int(n.max()) >= 2**24:  # (float32 would round such counts: pass them exactly)
+                x = n.to(torch.float64)
             inputs_per_unit = Fraction(1 << layer.block.k)
         return self._logits(counts, inputs_per_unit, decided)
 
     def _block(self, index: int, layer: _Block, x, inputs_per_unit: Fraction):
         """(counts, the same as float32, neurons decided beyond the first pass) of one
-        block for inputs x: integers 0 <= x < 2^24 (pixels or counts), as float32."""
+        block for inputs x: integers >= 0 (pixels or counts), as float32 where they are
+        below 2^24, else as float64."""
         import torch
         import torch.nn.functional as F
 
@@ -468,7 +473,7 @@ class ExactANN:
             return F.linear(inputs.flatten(1), weight)
 
         terms = int(np.prod(layer.scaled.shape[1:]))
-        ieee = float32_is_ieee() and largest < 2.0**24
+        ieee = float32_is_ieee() and x.dtype == torch.float32 and largest < 2.0**24
         channels = layer.scaled.shape[0]
         # every partial sum of W_int x an integer below 2^24: float32 sums exactly in any order
         exact_first = ieee and layer.largest_scaled * largest * terms < 2.0**24
@@ -484,11 +489,13 @@ class ExactANN:
                 else:
                     box = x.flatten(1).sum(dim=1)
                 box = box.reshape(len(x), 1, -1)
-            else:
+            else:  # parts whose every sum is an exact float64 integer; their weighted total is
+                # within 2^-50 relative of W x (inside the kernel's FLOAT_SLACK margin), and exact
+                # only when there is one part
                 parts, bits = self._parts_for(index, layer.scaled, largest)
                 x64 = x.to(torch.float64)
                 first = sum(linear(x64, p) * 2.0 ** (bits * j - layer.exponent) for j, p in enumerate(parts))
-                exact_first = True
+                exact_first = len(parts) == 1
         images = first.shape[0]
         shape = (images, *block.layer.out_shape)
         counts = torch.empty(shape, dtype=torch.int64)

@@ -294,10 +294,8 @@ def _counted_columns(summary: dict, convention: str) -> dict:
     other = "paper" if convention == "qsnn" else "qsnn"
     tag = "" if convention == "qsnn" else " (paper)"
     sops, ann_ops, _ = counted(summary, convention)
-    return {
-        f"SOPs/img{tag}": round(sops), f"SOPs/img ({other})": round(counted(summary, other)[0]),
-        f"ANN ops/img{tag}": round(ann_ops),
-    }
+    beside = round(counted(summary, other)[0]) if "paper_convention" in summary else None  # (older results: N/A)
+    return {f"SOPs/img{tag}": round(sops), f"SOPs/img ({other})": beside, f"ANN ops/img{tag}": round(ann_ops)}
 
 
 def _run_rows(run_file: Path, convention: str = "qsnn") -> list[dict]:

@@ -728,7 +728,7 @@ def simulate(
         else:
             counts, logits = reference_counts(net, inputs)
             record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
-        reference = logits.argmax(dim=1).to(record.predictions.device)
+        reference = (exact.predictions if against_model else logits.argmax(dim=1)).to(record.predictions.device)
         if rules.noise == "pixels" and noise > 0:
             _, clean_logits = reference_counts(net, clean)
             ann_clean = int((clean_logits.argmax(dim=1) == target).sum())

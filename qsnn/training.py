@@ -85,6 +85,7 @@ RESUMABLE_CHANGES = ("epochs", "data_dir", "device", "checkpoint_interval")
 
 
 RECIPES = ("qsnn", "paper")
+NO_DECAY = 1_000_000  # an lr_decay_epoch no run reaches: a constant learning rate
 CIFAR_DATA = ("cifar10", "cifar100")
 # The original code's epochs per preset (their scripts and READMEs; ALGORITHMS.md §1)
 PAPER_EPOCHS = {
@@ -219,7 +220,7 @@ class TrainConfig:
         chosen = {key: value for key, value in given.items() if value is not None}
         values = {**paper_recipe(net, dataset), **chosen}
         if "lr_decay_epoch" not in chosen:  # CIFAR: lr / 10 half-way; MNIST-like: never
-            values["lr_decay_epoch"] = None if dataset in CIFAR_DATA else values["epochs"]
+            values["lr_decay_epoch"] = None if dataset in CIFAR_DATA else NO_DECAY
         return cls(net=net, dataset=dataset, recipe="paper", **values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -560,6 +561,9 @@ def _any_rank(flag: bool, ddp: _Dist, device: torch.device) -> bool:
     return bool(shared > 0)
 
 
+FIELDS_ADDED = {"recipe": "qsnn"}  # config fields a run written before them had, in effect
+
+
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, out_dir: Path) -> None:
     asked = config.to_dict()
 
@@ -571,7 +575,7 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, out_dir: Path) 
                 return resolve_net(saved[key])[0] == resolve_net(asked[key])[0]
             except QsnnError:
                 return False
-        return saved.get(key) == asked[key]
+        return saved.get(key, FIELDS_ADDED.get(key)) == asked[key]
 
     keys = [key for key in asked if key not in RESUMABLE_CHANGES and not same(key)]
     if keys:

@@ -358,3 +358,75 @@ def test_evaluate_exact_counts_what_it_says(notation, k, B, ternary):
     assert found.correct == int((exact.predictions == labels).sum())
     assert found.float32_correct == int((logits.argmax(1) == labels).sum())
     assert (found.differing_counts, found.differing_images) == (int(per_image.sum()), int((per_image > 0).sum()))
+
+
+def _two_dense_blocks(k: int, first_bias: list[float], second: dict) -> QuantizedNet:
+    """A "4-4" net on 2x2 inputs whose first block is constant (gamma 0: counts set by its
+    biases) and whose second block's channel 0 reads ``second`` weights."""
+    model = QuantizedNet(NetSpec("4-4", (1, 2, 2), 2, "valid", Precision(k=k, B=None))).eval()
+    with torch.no_grad():
+        first, block = model.blocks
+        first.norm.weight.zero_()
+        first.norm.bias.copy_(torch.tensor(first_bias))
+        first.norm.running_mean.zero_()
+        first.norm.running_var.fill_(1.0)
+        block.weight.zero_()
+        for (row, column), value in second["weights"].items():
+            block.weight[row, column] = value
+        block.norm.weight.fill_(second["gamma"])
+        block.norm.bias.fill_(second["beta"])
+        block.norm.running_mean.fill_(second["mean"])
+        block.norm.running_var.fill_(1.0)
+        block.norm.eps = 0.0
+    return model
+
+
+def test_membranes_beyond_float64s_integers_are_decided_exactly():
+    """W_int x past 2^53 (a weight of 1 beside one of 2^-60, so the grid is 2^60) with
+    counts past 2^24 that float32 could not carry: the count is the definition's."""
+    model = _two_dense_blocks(1, [2.0**24, 0, 0, 0], {"weights": {(0, 0): 1.0, (1, 1): 2.0**-60},
+                                                       "gamma": 1.0, "beta": 0.25, "mean": 0.0})
+    result = ExactANN(model)(torch.zeros((1, 1, 2, 2), dtype=torch.uint8))
+    assert result.counts[0].tolist() == [[2**25, 0, 0, 0]]
+    z = Fraction(2**25, 2)  # block 1, channel 0: 1.0 * 2^25 / 2^k
+    assert int(result.counts[1][0, 0]) == defined_count(z, 1.0, 0.25, 0.0, Fraction(1), 1, None) == 2**25 + 1
+
+
+def test_counts_past_float32s_integers_reach_the_next_block_unrounded():
+    """A count of 2^24 + 1 (pixel 255 through weight 1, plus beta 2^24) is passed on exactly."""
+    model = QuantizedNet(NetSpec("4-4", (1, 2, 2), 2, "valid", Precision(k=0, B=None))).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.weight.zero_()
+            block.weight[0, 0] = 1.0
+            block.norm.weight.fill_(1.0)
+            block.norm.bias.zero_()
+            block.norm.running_mean.zero_()
+            block.norm.running_var.fill_(1.0)
+            block.norm.eps = 0.0
+        model.blocks[0].norm.bias[0] = 2.0**24
+    pixels = torch.zeros((1, 1, 2, 2), dtype=torch.uint8)
+    pixels[0, 0, 0, 0] = 255
+    result = ExactANN(model)(pixels)
+    assert int(result.counts[0][0, 0]) == int(result.counts[1][0, 0]) == 2**24 + 1
+
+
+def test_the_exact_ann_holds_when_float32_matmuls_are_not_ieee():
+    """With torch's float32 matmul precision lowered ("high": TF32-like shortcuts), the first
+    pass takes the float64 path; a membrane 2^54 + 1 in its grid is still decided exactly."""
+    model = _two_dense_blocks(0, [16.0, 1.0, 0, 0], {"weights": {(0, 0): 1.0, (0, 1): 2.0**-50},
+                                                      "gamma": 2.0**50, "beta": 0.0, "mean": 16.0})
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        result = ExactANN(model)(torch.zeros((1, 1, 2, 2), dtype=torch.uint8))
+    finally:
+        torch.set_float32_matmul_precision(before)
+    z = Fraction(16) + Fraction(1, 2**50)  # 1.0 * 16 + 2^-50 * 1
+    assert int(result.counts[1][0, 0]) == defined_count(z, 2.0**50, 0.0, 16.0, Fraction(1), 0, None) == 1
+
+
+def test_the_exact_ann_refuses_what_is_not_a_raw_pixel():
+    model = tie_net(1, 2, False)
+    with pytest.raises(ValueError, match="raw integer pixels 0..255"):
+        ExactANN(model)(torch.full((1, *model.spec.input_shape), -3, dtype=torch.int64))

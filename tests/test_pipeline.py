@@ -193,6 +193,13 @@ def test_default_run_uses_the_embedded_models_offline(tmp_path, monkeypatch):
     assert paper["SG"]["SOPs/img (paper)"] > ours["SG"]["SOPs/img"]  # twice, less the output accumulator
     assert (paper["NSD"]["ANN ops/img (paper)"], paper["SG"]["ANN ops/img (paper)"]) == (7_186_200, 14_548_992)
     assert "Energy SNN/ANN (paper)" in paper["SG"] and "Energy SNN/ANN" in ours["SG"]
+    for result in tmp_path.rglob("result.json"):  # results written before the papers' conventions were
+        older = json.loads(result.read_text())
+        del older["paper_convention"]
+        result.write_text(json.dumps(older))
+    assert all(row["SOPs/img (paper)"] is None for row in report_rows([tmp_path]))  # (N/A)
+    with pytest.raises(QsnnError, match="written before qsnn recorded the papers' conventions; simulate it again"):
+        report_rows([tmp_path], "paper")
 
 
 def test_results_are_reused_only_for_the_same_question(tmp_path, monkeypatch):

@@ -743,3 +743,16 @@ def test_the_papers_recipe_per_net():
     assert TrainConfig(net="nsd-lenet", dataset="mnist").spec().input_stage == "pixels"
     with pytest.raises(QsnnError, match="recipe must be one of qsnn, paper, got 'tf'"):
         TrainConfig(net="nsd-lenet", dataset="mnist", recipe="tf")
+
+
+def test_resuming_runs_written_before_the_recipe_and_extending_a_paper_run(tmp_path):
+    from qsnn.training import _check_resumable
+
+    config = TrainConfig(net="nsd-lenet", dataset="mnist")
+    older = {key: value for key, value in config.to_dict().items() if key != "recipe"}
+    _check_resumable(older, config, tmp_path)  # (a config without the field: the qsnn recipe)
+    with pytest.raises(QsnnError, match="recipe"):
+        _check_resumable(older, TrainConfig.paper("nsd-lenet", "mnist", epochs=3), tmp_path)
+    paper = TrainConfig.paper("nsd-lenet", "mnist", epochs=2)
+    _check_resumable(paper.to_dict(), TrainConfig.paper("nsd-lenet", "mnist", epochs=4), tmp_path)
+    assert paper.lr_at(10**5) == 1e-4  # constant
