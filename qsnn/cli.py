@@ -284,14 +284,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 device=device, seed=args.seed, progress=not args.quiet, verify=args.verify,
                 sg_drop=args.sg_drop,
             )
-            if not where.main:
-                return 0
-            summary = summarize(
-                result, net, dataset=dataset, seed=args.seed, e_add=args.energy_add, e_mac=args.energy_mac
-            )
-            write_simulation(out, summary, result)
-    finally:
-        distributed.finish(where)
+            if where.main:
+                summary = summarize(
+                    result, net, dataset=dataset, seed=args.seed, e_add=args.energy_add, e_mac=args.energy_mac
+                )
+                write_simulation(out, summary, result)
+    except BaseException:
+        distributed.finish(where, failed=True)
+        raise
+    distributed.finish(where)
+    if not where.main:
+        return 0
     print(summary_table([summary], args.sop_convention))
     verdict = "LOSSLESS" if summary["lossless"] else "NOT lossless"
     every = args.verify == "all" and summary["verified_images"] == summary["images"]

@@ -48,9 +48,11 @@ def setup(device_name: str = "cpu") -> Dist:
     )
 
 
-def finish(where: Dist) -> None:
-    """Leave the group this process joined, after every rank is done (gloo aborts a
-    process whose peer hangs up while it still reads)."""
+def finish(where: Dist, failed: bool = False) -> None:
+    """Leave the group this process joined: after every rank is done (gloo aborts a
+    process whose peer hangs up while it still reads), or at once when this one ``failed``
+    (its peers then fail on the broken connection instead of waiting at a barrier)."""
     if where.owns_group:
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()

@@ -719,6 +719,11 @@ def _train(
         model, checkpoint = load_checkpoint(last_path, device=device)
         saved = checkpoint.get("config") or {}
         _check_resumable(saved, config, out_dir)
+        if model.spec != spec:  # the same options, another net: a preset's layer list has changed since
+            raise QsnnError(
+                f"{last_path} holds {model.spec.describe()}, but these options now build {spec.describe()}; "
+                "train into another folder"
+            )
         if config.lr_decay_epoch is None:  # the schedule already followed, also when the run is extended
             kept = saved.get("lr_decay_epoch")
             if kept is None:

@@ -756,3 +756,25 @@ def test_resuming_runs_written_before_the_recipe_and_extending_a_paper_run(tmp_p
     paper = TrainConfig.paper("nsd-lenet", "mnist", epochs=2)
     _check_resumable(paper.to_dict(), TrainConfig.paper("nsd-lenet", "mnist", epochs=4), tmp_path)
     assert paper.lr_at(10**5) == 1e-4  # constant
+
+
+def test_a_run_whose_preset_changed_since_is_not_resumed_as_the_new_net(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import qsnn.notation
+
+    config = TrainConfig(net="nsd-fmnist-mlp", dataset="mnist", epochs=1, train_limit=200, test_limit=50,
+                         data_dir=None)
+    monkeypatch.setattr(qsnn.data, "load", lambda name, split, data_dir=None: _tiny(split))
+    train(config, tmp_path, progress=False)
+    changed = replace(qsnn.notation.PRESETS["nsd-fmnist-mlp"], notation="400-300")
+    monkeypatch.setitem(qsnn.notation.PRESETS, "nsd-fmnist-mlp", changed)
+    with pytest.raises(QsnnError, match=r"last.pt holds 400-400 .* but these options now build 400-300 .*; train into"):
+        train(replace(config, epochs=2), tmp_path, resume=True, progress=False)
+
+
+def _tiny(split: str) -> qdata.ImageSet:
+    generator = torch.Generator().manual_seed(0 if split == "train" else 1)
+    count = 200 if split == "train" else 50
+    images = torch.randint(0, 256, (count, 1, 28, 28), generator=generator, dtype=torch.uint8)
+    return qdata.ImageSet("mnist", split, images, torch.randint(0, 10, (count,), generator=generator))
