@@ -334,11 +334,7 @@ def _run_spec(args: argparse.Namespace):
         raise QsnnError("give --net and --dataset (or --checkpoint), or no options at all for the embedded default")
     check_precision_options(args)
     training = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, train_limit=args.train_limit)
-    if args.recipe == "paper":  # the original code's schedule for what is not given
-        from qsnn.training import paper_recipe
-
-        training = {**paper_recipe(args.net, args.dataset), **{k: v for k, v in training.items() if v is not None}}
-        training["recipe"] = "paper"
+    training["recipe"] = args.recipe
     return RunSpec(
         net=args.net, dataset=args.dataset, k=1 if args.k is None else args.k,
         B=parse_bound("none" if args.B is None else args.B), ternary=args.ternary,

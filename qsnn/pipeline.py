@@ -55,10 +55,10 @@ class RunSpec:
     full_precision: bool = False
     encoding_k: int | str = SAME
     encoding_B: int | str | None = SAME
-    epochs: int = 3
+    epochs: int | None = None  # None: the recipe's (qsnn: 3)
     seed: int = 0
-    batch_size: int | None = None
-    lr: float = 1e-3
+    batch_size: int | None = None  # None: the recipe's
+    lr: float | None = None  # None: the recipe's (qsnn: 1e-3)
     train_limit: int | None = None
     recipe: str = "qsnn"  # "paper": the original code's recipe for what is not given (TrainConfig.paper)
     checkpoint: str | None = None  # reuse this checkpoint instead of training
@@ -86,13 +86,10 @@ class RunSpec:
             encoding_k=self.encoding_k, encoding_B=self.encoding_B, seed=self.seed, data_dir=data_dir,
             train_limit=self.train_limit, device=device,
         )
-        if self.recipe == "paper":  # (epochs, batch and lr already the paper's where not given: see cli)
-            return TrainConfig.paper(
-                self.net, self.dataset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, **network,
-            )
-        return TrainConfig(
-            net=self.net, dataset=self.dataset, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, **network,
-        )
+        schedule = {key: getattr(self, key) for key in ("epochs", "batch_size", "lr") if getattr(self, key) is not None}
+        if self.recipe == "paper":  # the original code's schedule for what is not given
+            return TrainConfig.paper(self.net, self.dataset, **network, **schedule)
+        return TrainConfig(net=self.net, dataset=self.dataset, **network, **schedule)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

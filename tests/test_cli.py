@@ -365,11 +365,15 @@ def test_run_takes_the_papers_recipe_like_train():
 
     args = build_parser().parse_args(["run", "--net", "nsd-lenet", "--dataset", "mnist", "--recipe", "paper", "--epochs", "2"])
     spec = _run_spec(args)
-    assert (spec.recipe, spec.epochs, spec.batch_size, spec.lr) == ("paper", 2, 200, 1e-4)
+    assert (spec.recipe, spec.epochs, spec.batch_size, spec.lr) == ("paper", 2, None, None)  # (not given)
     config = spec.train_config(None, "cpu")
-    assert (config.recipe, config.lr_at(1), config.epochs) == ("paper", 1e-4, 2)
-    plain = _run_spec(build_parser().parse_args(["run", "--net", "nsd-lenet", "--dataset", "mnist"]))
+    assert (config.recipe, config.lr_at(1), config.epochs, config.batch_size) == ("paper", 1e-4, 2, 200)
+    plain = _run_spec(build_parser().parse_args(["run", "--net", "nsd-lenet", "--dataset", "mnist"])).train_config(None, "cpu")
     assert (plain.recipe, plain.epochs, plain.lr) == ("qsnn", 3, 1e-3)
+    from qsnn.pipeline import RunSpec
+
+    from_python = RunSpec(net="nsd-lenet", dataset="mnist", recipe="paper").train_config(None, "cpu")
+    assert (from_python.epochs, from_python.lr, from_python.batch_size) == (150, 1e-4, 200)
     train = build_parser().parse_args(["train", "--net", "nsd-lenet", "--dataset", "mnist", "--out", "x"])
     run = build_parser().parse_args(["run"])
     shared = ("k", "B", "ternary", "full_precision", "encoding_k", "encoding_B", "recipe", "epochs", "batch_size", "lr",
