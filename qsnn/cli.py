@@ -182,10 +182,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     test = data.load(dataset, "test", args.data_dir)
     if args.limit:
         test = test.subset(args.limit)
-    if not model.quantized or model.spec.input_stage != "pixels":
+    if not model.quantized:
         accuracy = evaluate(model, test, device=args.device)
-        note = "" if not model.quantized else " (float32; the exact evaluation takes raw-pixel networks only)"
-        print(f"{model.spec.describe()} on {dataset} test ({len(test):,} images): {accuracy:.2f}%{note}")
+        print(f"{model.spec.describe()} on {dataset} test ({len(test):,} images): {accuracy:.2f}%")
         return 0
     from qsnn.exact import evaluate_exact
 

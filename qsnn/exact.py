@@ -397,11 +397,6 @@ class ExactANN:
 
         if not model.quantized:
             raise ValueError("a full-precision network has no exact quantized ANN")
-        if model.spec.input_stage != "pixels":
-            raise ValueError(
-                "the exact ANN takes raw pixels; this network standardizes each image first (its reference is "
-                "the quantized ANN on the standardized inputs, by the converted tables)"
-            )
         self.model = model
         self.blocks: list[_Block] = []
         for block in model.blocks:
@@ -439,16 +434,12 @@ class ExactANN:
     def __call__(self, pixels) -> ExactResult:
         import torch
 
-        x = pixels.cpu()
-        if x.is_floating_point() and not torch.equal(x, x.round()):
-            raise ValueError("the exact ANN takes raw integer pixels 0..255, not noisy (fractional) ones")
-        if x.numel() and (float(x.min()) < 0 or float(x.max()) > PIXEL_SCALE):
-            raise ValueError("the exact ANN takes raw integer pixels 0..255")
+        x, inputs_per_unit = self._first_inputs(pixels.cpu())  # x = inputs / inputs_per_unit
+        integral = inputs_per_unit != 1
         counts, decided = [], 0
-        inputs_per_unit = Fraction(PIXEL_SCALE)  # x = inputs / inputs_per_unit
-        x = x.to(torch.float32)  # (pixels: exact)
         for index, layer in enumerate(self.blocks):
-            n, x, recomputed = self._block(index, layer, x, inputs_per_unit)
+            n, x, recomputed = self._block(index, layer, x, inputs_per_unit, integral)
+            integral = True
             counts.append(n)
             decided += recomputed
             if n.numel() and int(n.max()) >= 2**24:  # (float32 would round such counts: pass them exactly)
@@ -456,15 +447,37 @@ class ExactANN:
             inputs_per_unit = Fraction(1 << layer.block.k)
         return self._logits(counts, inputs_per_unit, decided)
 
-    def _block(self, index: int, layer: _Block, x, inputs_per_unit: Fraction):
+    def _first_inputs(self, pixels):
+        """The first block's inputs and their scale: raw integer pixels 0..255 (x = p / 255),
+        or, for a standardizing network, its float32 x itself, from raw uint8 pixels or from
+        what the spiking network reads (255 x in float64, exactly)."""
+        import torch
+
+        from qsnn.data import model_input
+
+        if self.model.spec.input_stage == "standardize":
+            if pixels.dtype == torch.uint8:
+                return model_input(pixels, "standardize"), Fraction(1)
+            x = (pixels.to(torch.float64) / PIXEL_SCALE).to(torch.float32)
+            if not torch.equal(x.to(torch.float64) * PIXEL_SCALE, pixels.to(torch.float64)):
+                raise ValueError("the exact ANN of a standardizing network takes raw uint8 pixels or 255 x exactly")
+            return x, Fraction(1)
+        if pixels.is_floating_point() and not torch.equal(pixels, pixels.round()):
+            raise ValueError("the exact ANN takes raw integer pixels 0..255, not noisy (fractional) ones")
+        if pixels.numel() and (float(pixels.min()) < 0 or float(pixels.max()) > PIXEL_SCALE):
+            raise ValueError("the exact ANN takes raw integer pixels 0..255")
+        return pixels.to(torch.float32), Fraction(PIXEL_SCALE)  # (pixels: exact)
+
+    def _block(self, index: int, layer: _Block, x, inputs_per_unit: Fraction, integral: bool = True):
         """(counts, the same as float32, neurons decided beyond the first pass) of one
         block for inputs x: integers >= 0 (pixels or counts), as float32 where they are
-        below 2^24, else as float64."""
+        below 2^24, else as float64; or, not ``integral``, any float32 values (a
+        standardized image), whose near neurons are decided in rational arithmetic."""
         import torch
         import torch.nn.functional as F
 
         block = layer.block
-        largest = float(x.max()) if x.numel() else 0.0
+        largest = float(x.abs().max()) if x.numel() else 0.0
         kind, stride, padding = block.layer.kind, block.layer.stride, block.layer.padding
 
         def linear(inputs, weight):
@@ -476,19 +489,30 @@ class ExactANN:
         ieee = float32_is_ieee() and x.dtype == torch.float32 and largest < 2.0**24
         channels = layer.scaled.shape[0]
         # every partial sum of W_int x an integer below 2^24: float32 sums exactly in any order
-        exact_first = ieee and layer.largest_scaled * largest * terms < 2.0**24
+        exact_first = integral and ieee and layer.largest_scaled * largest * terms < 2.0**24
         box = torch.empty((0, 1, 1), dtype=torch.float32)
+        unit_roundoff = UNIT_ROUNDOFF32
+
+        def input_sums(inputs):  # sum |x| over each receptive field (one channel)
+            magnitude = inputs.abs().sum(dim=1, keepdim=True)
+            if kind == "conv":
+                sums = F.conv2d(magnitude, layer.window32.to(inputs.dtype), stride=stride, padding=padding)
+            else:
+                sums = magnitude.flatten(1).sum(dim=1)
+            return sums.reshape(len(inputs), 1, -1)
+
         with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round otherwise)
             if exact_first:
                 first = linear(x, layer.weight32)
             elif ieee and terms * UNIT_ROUNDOFF32 < 0.5:
-                # W x with the summation's rounding only, at most gamma_n sum |w x| (x >= 0)
+                # W x with the products' and sums' rounding only, at most gamma_n sum |w x|
                 first = linear(x, layer.weight32)
-                if kind == "conv":
-                    box = F.conv2d(x.sum(dim=1, keepdim=True), layer.window32, stride=stride, padding=padding)
-                else:
-                    box = x.flatten(1).sum(dim=1)
-                box = box.reshape(len(x), 1, -1)
+                box = input_sums(x)
+            elif not integral:  # float64, the same bound with float64's unit roundoff
+                x64 = x.to(torch.float64)
+                first = linear(x64, layer.weight32.to(torch.float64))
+                box = input_sums(x64)
+                unit_roundoff = 2.0**-53
             else:  # parts whose every sum is an exact float64 integer; their weighted total is
                 # within 2^-50 relative of W x (inside the kernel's FLOAT_SLACK margin), and exact
                 # only when there is one part
@@ -501,7 +525,7 @@ class ExactANN:
         counts = torch.empty(shape, dtype=torch.int64)
         inputs = torch.empty(shape, dtype=torch.float32)
         near = torch.empty(shape, dtype=torch.bool)
-        gamma_n = terms * UNIT_ROUNDOFF32 / (1 - terms * UNIT_ROUNDOFF32)
+        gamma_n = terms * unit_roundoff / (1 - terms * unit_roundoff)
         _decide_kernel(
             first.reshape(images, channels, -1).numpy(), box.numpy(), layer.largest_weight32, gamma_n,
             layer.slope.numpy(), layer.mean.numpy(), layer.shift.numpy(), 1.0 / float(inputs_per_unit),
@@ -512,6 +536,11 @@ class ExactANN:
         where = near.nonzero()
         if len(where) == 0:
             return counts, inputs, 0
+        if not integral:  # each near neuron's z = sum w x, in fractions, and its count
+            for i, z in enumerate(self._rational_membranes(layer, x, where)):
+                counts[tuple(where[i].tolist())] = layer.rules[int(where[i, 1])].count(z)
+            inputs[tuple(where.T)] = counts[tuple(where.T)].to(torch.float32)
+            return counts, inputs, len(where)
         if exact_first:  # the first pass's membranes are exact: W_int x = first 2^s
             exact = (first[tuple(where.T)].to(torch.float64) * 2.0**layer.exponent).to(torch.int64)
         else:
@@ -552,16 +581,13 @@ class ExactANN:
         return n.to(torch.int64), near
 
     @staticmethod
-    def _exact_membranes(layer: _Block, parts, bits: int, x, where):
-        """W_int x at the neurons ``where`` (rows of (image, channel, ...)): an int64 tensor
-        where every value fits, else a list of Python ints."""
+    def _receptive_fields(layer: _Block, x, where, step: int):
+        """The inputs of the neurons ``where`` (rows of (image, channel, ...)), ``step``
+        neurons at a time: (those rows, their inputs as float64 (neurons, fan-in))."""
         import torch
         import torch.nn.functional as F
 
         block = layer.block
-        rows = [p.reshape(p.shape[0], -1) for p in parts]
-        sums_all: list[list] = [[] for _ in rows]
-        step = max(1, GATHER_ELEMENTS // rows[0].shape[1])  # neurons whose inputs are gathered at once
         if block.layer.kind == "conv":
             kernel, stride, pad = block.layer.kernel, block.layer.stride, block.layer.padding
             padded = F.pad(x, (pad, pad, pad, pad)) if pad else x
@@ -573,14 +599,39 @@ class ExactANN:
                 top = (chunk[:, 2] * stride)[:, None] + offsets
                 left = (chunk[:, 3] * stride)[:, None] + offsets
                 patches = padded[chunk[:, 0, None, None, None], in_channels, top[:, None, :, None], left[:, None, None, :]]
-                columns = patches.reshape(len(chunk), -1).to(torch.float64)
+                yield chunk, patches.reshape(len(chunk), -1).to(torch.float64)
             else:
-                columns = x.flatten(1)[chunk[:, 0]].to(torch.float64)
+                yield chunk, x.flatten(1)[chunk[:, 0]].to(torch.float64)
+
+    @staticmethod
+    def _exact_membranes(layer: _Block, parts, bits: int, x, where):
+        """W_int x at the neurons ``where`` (rows of (image, channel, ...)): an int64 tensor
+        where every value fits, else a list of Python ints."""
+        import torch
+
+        rows = [p.reshape(p.shape[0], -1) for p in parts]
+        sums_all: list[list] = [[] for _ in rows]
+        step = max(1, GATHER_ELEMENTS // rows[0].shape[1])  # neurons whose inputs are gathered at once
+        for chunk, columns in ExactANN._receptive_fields(layer, x, where, step):
             channel = chunk[:, 1]
             for j, r in enumerate(rows):  # float64 integers below 2^53: exact in any order
                 sums_all[j].append((columns * r[channel]).sum(dim=1))
         sums = [torch.cat(parts_j) for parts_j in sums_all]
         return _combine(sums, max(float(m.abs().max()) for m in sums), bits)
+
+    @staticmethod
+    def _rational_membranes(layer: _Block, x, where) -> list[Fraction]:
+        """z = sum w x at the neurons ``where`` for any float inputs x, as exact fractions
+        (W = W_int 2^-s; every float is an integer times a power of two)."""
+        rows = layer.scaled.reshape(layer.scaled.shape[0], -1)
+        found = []
+        for chunk, columns in ExactANN._receptive_fields(layer, x, where, 1024):
+            for channel, values in zip(chunk[:, 1].tolist(), columns.tolist(), strict=True):
+                ratios = [value.as_integer_ratio() for value in values]  # (numerator, 2^e)
+                denominator = max(q for _, q in ratios)
+                total = sum(int(w) * p * (denominator // q) for w, (p, q) in zip(rows[channel].tolist(), ratios, strict=True))
+                found.append(Fraction(total, denominator << layer.exponent))
+        return found
 
     def _logits(self, counts, inputs_per_unit: Fraction, decided: int) -> ExactResult:
         import torch
@@ -633,6 +684,8 @@ def evaluate_exact(model, pixels, labels, *, batch_size: int = 500, progress: bo
     import torch
     from tqdm.auto import tqdm
 
+    from qsnn.data import model_input
+
     ann = ExactANN(model)
     was_training = model.training
     model.eval()
@@ -644,7 +697,7 @@ def evaluate_exact(model, pixels, labels, *, batch_size: int = 500, progress: bo
             x = pixels[start : start + batch_size]
             y = labels[start : start + batch_size]
             exact = ann(x)
-            floats = model.counts(x.to(device).float() / 255)
+            floats = model.counts(model_input(x, model.spec.input_stage).to(device))
             # the model's forward pass ends with the last block's n / 2^k times the classifier
             last = floats[-1].flatten(1).float() * (1.0 / (1 << model.blocks[-1].k))
             logits = torch.nn.functional.linear(last, model.classifier)

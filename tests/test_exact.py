@@ -430,3 +430,27 @@ def test_the_exact_ann_refuses_what_is_not_a_raw_pixel():
     model = tie_net(1, 2, False)
     with pytest.raises(ValueError, match="raw integer pixels 0..255"):
         ExactANN(model)(torch.full((1, *model.spec.input_shape), -3, dtype=torch.int64))
+
+
+def test_standardized_inputs_at_a_tie_are_decided_as_the_model_defines():
+    """A standardizing net whose first neuron sits exactly on its level boundary (z - mu =
+    1/2, z a standardized float32 value): its count is the definition's, in fractions."""
+    from qsnn.data import model_input
+
+    model = QuantizedNet(NetSpec("4", (1, 2, 2), 2, "valid", Precision(k=0, B=None), input_stage="standardize")).eval()
+    pixels = torch.tensor([[[[10, 200], [30, 77]]]], dtype=torch.uint8)
+    x = model_input(pixels, "standardize")
+    z = Fraction(float(x[0, 0, 0, 1]))
+    with torch.no_grad():
+        block = model.blocks[0]
+        block.weight.zero_()
+        block.weight[:, 1] = 1.0  # z = x at (0, 1) for every neuron
+        block.norm.weight.fill_(1.0)
+        block.norm.bias.zero_()
+        block.norm.running_mean.fill_(float(z - HALF))
+        block.norm.running_var.fill_(1.0)
+        block.norm.eps = 0.0
+    assert Fraction(float(block.norm.running_mean[0])) == z - HALF  # (exact in float32)
+    result = ExactANN(model)(pixels)
+    assert result.decided_exactly >= 1
+    assert result.counts[0][0].tolist() == [defined_count(z, 1.0, 0.0, float(z - HALF), Fraction(1), 0, None)] * 4 == [1] * 4

@@ -704,6 +704,7 @@ def test_the_papers_cifar_recipe_is_recorded_and_converts_losslessly(tmp_path, m
     count, to the quantized ANN on the standardized test images."""
     from qsnn.cli import main
     from qsnn.conversion import convert
+    from qsnn.exact import ExactANN
     from qsnn.simulation import simulate
     from tests.test_data import accept_files, write_cifar
 
@@ -725,7 +726,11 @@ def test_the_papers_cifar_recipe_is_recorded_and_converts_losslessly(tmp_path, m
         net = convert(out / "last.pt", scheme)
         result = simulate(net, pixels, test.labels, steps=None, batch_size=10)
         assert result.agree[-1] == len(test) == 48 and result.count_mismatches == [0, 0, 0], scheme
-        assert result.verified_images == 0  # (the exact ANN is defined on raw pixels)
+        assert result.verified_images == 48 and result.verified_disagreements == 0  # (the model's exact ANN)
+    model, _ = load_checkpoint(out / "last.pt")
+    exact = ExactANN(model)(pixels)  # (the same from raw pixels and from what the SNN reads)
+    again = ExactANN(model)(qdata.spiking_input(pixels, "standardize"))
+    assert all(torch.equal(a, b) for a, b in zip(exact.counts, again.counts, strict=True))
     with pytest.raises(QsnnError, match="takes raw 8-bit pixels, but this network standardizes each image first"):
         from qsnn.export import export_package
 
