@@ -46,12 +46,13 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from qsnn import data
-    from qsnn.conversion import convert
-    from qsnn.metrics import total_macs
+    from qsnn.measure.fanout import total_macs
     from qsnn.pipeline import embedded_runs
-    from qsnn.reporting import format_table
-    from qsnn.simulation import simulate, simulate_batch
-    from qsnn.training import load_checkpoint
+    from qsnn.report.tables import format_table
+    from qsnn.sim.run import simulate
+    from qsnn.sim.stepwise import simulate_batch
+    from qsnn.snn.convert import convert
+    from qsnn.train.checkpoint import load_checkpoint
 
     cases = []
     if args.models:

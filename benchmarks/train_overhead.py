@@ -1,7 +1,7 @@
 """What the quantizer costs in training: ms per step, quantized (k=1) vs full precision.
 
 Both nets (the NSD LeNet 20C5-P2-50C5-P2-500 by default) are trained side by side on the
-same MNIST batches with :func:`qsnn.training.train_step`, alternating step by step so that
+same MNIST batches with :func:`qsnn.train.loop.train_step`, alternating step by step so that
 a busy machine slows both alike. The goal is a ratio quantized / full precision <= 1.3.
 
     python benchmarks/train_overhead.py                  # one MNIST epoch, 2 threads
@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from qsnn import data as qdata
-from qsnn.models import NetSpec, QuantizedNet
-from qsnn.quantization import Precision
-from qsnn.training import train_step
+from qsnn.net.models import NetSpec, QuantizedNet
+from qsnn.net.quantization import Precision
+from qsnn.train.loop import train_step
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 GOAL = 1.3

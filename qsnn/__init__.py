@@ -1,7 +1,7 @@
 """qsnn: train quantized neural networks and convert them losslessly into spiking networks.
 
-The public API, imported lazily so that ``import qsnn.deploy`` (the pure-NumPy reference
-runner) never loads PyTorch::
+The public API, imported lazily so that ``import qsnn.deploy.runner`` (the pure-NumPy
+reference runner) never loads PyTorch::
 
     from qsnn import build_plan, NetSpec, Precision, QuantizedNet      # networks
     from qsnn import train, TrainConfig, load_checkpoint                # training
@@ -15,30 +15,32 @@ __version__ = "0.1.0"
 
 _API = {
     "QsnnError": "qsnn.errors",
-    "PRESETS": "qsnn.notation",
-    "Plan": "qsnn.notation",
-    "build_plan": "qsnn.notation",
-    "parse": "qsnn.notation",
-    "Precision": "qsnn.quantization",
-    "NetSpec": "qsnn.models",
-    "QuantizedNet": "qsnn.models",
-    "TrainConfig": "qsnn.training",
-    "train": "qsnn.training",
-    "evaluate": "qsnn.training",
-    "load_checkpoint": "qsnn.training",
-    "SpikingNet": "qsnn.conversion",
-    "convert": "qsnn.conversion",
-    "reference_counts": "qsnn.conversion",
-    "ExactANN": "qsnn.exact",
-    "evaluate_exact": "qsnn.exact",
-    "simulate": "qsnn.simulation",
-    "SimulationResult": "qsnn.simulation",
-    "summarize": "qsnn.reporting",
+    "PRESETS": "qsnn.net.notation",
+    "Plan": "qsnn.net.notation",
+    "build_plan": "qsnn.net.notation",
+    "parse": "qsnn.net.notation",
+    "Precision": "qsnn.net.quantization",
+    "SCHEMES": "qsnn.snn.schemes",
+    "Scheme": "qsnn.snn.schemes",
+    "NetSpec": "qsnn.net.models",
+    "QuantizedNet": "qsnn.net.models",
+    "TrainConfig": "qsnn.train.config",
+    "train": "qsnn.train.loop",
+    "evaluate": "qsnn.train.loop",
+    "load_checkpoint": "qsnn.train.checkpoint",
+    "SpikingNet": "qsnn.snn.model",
+    "convert": "qsnn.snn.convert",
+    "reference_counts": "qsnn.snn.reference",
+    "ExactANN": "qsnn.snn.exact",
+    "evaluate_exact": "qsnn.snn.exact",
+    "simulate": "qsnn.sim.run",
+    "SimulationResult": "qsnn.sim.run",
+    "summarize": "qsnn.report.summary",
     "RunSpec": "qsnn.pipeline",
     "execute": "qsnn.pipeline",
-    "export_package": "qsnn.export",
-    "export_nir": "qsnn.export",
-    "map_cores": "qsnn.mapping",
+    "export_package": "qsnn.deploy.export",
+    "export_nir": "qsnn.deploy.export",
+    "map_cores": "qsnn.deploy.mapping",
 }
 
 __all__ = ["__version__", *sorted(_API)]

@@ -13,10 +13,33 @@ import os
 import sys
 from pathlib import Path
 
-from qsnn import __version__
-from qsnn.errors import QsnnError
+import torch
 
-AUTO_MAX_STEPS = 100_000  # as qsnn.simulation.AUTO_MAX_STEPS, without importing torch here
+from qsnn import __version__, data, distributed, pipeline
+from qsnn.data.registry import dataset_info
+from qsnn.deploy.export import export
+from qsnn.deploy.mapping import format_mapping, map_cores, parse_core
+from qsnn.distributed import check_device
+from qsnn.errors import QsnnError
+from qsnn.io import check_target, folder_lock, write_json
+from qsnn.measure.energy import ENERGY_PER_ADD_PJ, ENERGY_PER_MAC_PJ
+from qsnn.net.notation import PRESETS, build_plan, resolve_net
+from qsnn.net.quantization import SAME, parse_bound
+from qsnn.pipeline import RunSpec, markdown_table, report_rows, write_report
+from qsnn.report.plots import plot_runs
+from qsnn.report.summary import summarize
+from qsnn.report.tables import summary_table, write_simulation
+from qsnn.sim.run import simulate
+from qsnn.snn.convert import convert
+from qsnn.snn.exact import evaluate_exact
+from qsnn.snn.model import SpikingNet
+from qsnn.snn.schemes import SCHEMES
+from qsnn.train.checkpoint import load_checkpoint
+from qsnn.train.loop import evaluate
+from qsnn.train.options import add_arguments as add_train_arguments
+from qsnn.train.options import add_network_options, check_precision_options, run_from_args
+
+AUTO_MAX_STEPS = 100_000  # as qsnn.sim.stepwise.AUTO_MAX_STEPS, without importing torch here
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +65,6 @@ def _steps(text: str) -> int | None:
 
 def _device(text: str) -> str:
     """cpu, cuda or cuda:N, and only a GPU that torch can see."""
-    from qsnn.errors import check_device
 
     try:
         check_device(text)
@@ -91,8 +113,6 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_nets(args: argparse.Namespace) -> int:
-    from qsnn.data import dataset_info
-    from qsnn.notation import PRESETS, build_plan, resolve_net
 
     if args.net:
         notation, preset = resolve_net(args.net)
@@ -124,7 +144,6 @@ def cmd_nets(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from qsnn import data
 
     if args.mirror and args.action != "download":
         raise QsnnError(f"--mirror is for `qsnn data download`, not `qsnn data {args.action}`")
@@ -152,7 +171,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from qsnn.training import run_from_args
 
     return run_from_args(args)
 
@@ -161,9 +179,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from qsnn import data
-    from qsnn.notation import resolve_net
-    from qsnn.training import evaluate, load_checkpoint
 
     model, payload = load_checkpoint(args.checkpoint, device=args.device)
     if args.net is not None and resolve_net(args.net)[0] != model.spec.notation:
@@ -186,7 +201,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         accuracy = evaluate(model, test, device=args.device)
         print(f"{model.spec.describe()} on {dataset} test ({len(test):,} images): {accuracy:.2f}%")
         return 0
-    from qsnn.exact import evaluate_exact
 
     pixels = data.prepare(test.images, dataset, train=False)
     result = evaluate_exact(model, pixels, test.labels, progress=not args.quiet)
@@ -207,7 +221,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _not_the_input(out: Path, source, option: str = "-o") -> None:
     """Refuse an output file that is the input (it would be overwritten), or that cannot be a file."""
-    from qsnn.io import check_target
 
     if out.exists() and Path(source).exists() and out.resolve() == Path(source).resolve():
         raise QsnnError(f"{option} {out} is the input file, which would be overwritten; choose another output file")
@@ -215,7 +228,6 @@ def _not_the_input(out: Path, source, option: str = "-o") -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from qsnn.conversion import convert
 
     out = Path(args.output or Path(args.checkpoint).with_suffix(f".{args.scheme}.npz"))
     _not_the_input(out, args.checkpoint)
@@ -240,7 +252,6 @@ def _own_dataset(path, held: str | None, asked: str | None) -> str:
             raise QsnnError(f"{path} does not name its dataset; give --dataset")
         return asked
     if asked is not None and asked != held:
-        from qsnn.data import dataset_info
 
         dataset_info(asked)  # (an unknown name gets its own message)
         raise QsnnError(f"{path} was trained on {held}, not {asked}; drop --dataset (or give --dataset {held})")
@@ -249,7 +260,6 @@ def _own_dataset(path, held: str | None, asked: str | None) -> str:
 
 def load_test_pixels(dataset: str, data_dir: str | None, limit: int | None):
     """Test images as the network sees them (uint8, centre-cropped for CIFAR) and labels."""
-    from qsnn import data
 
     test = data.load(dataset, "test", data_dir)
     if limit:
@@ -258,11 +268,6 @@ def load_test_pixels(dataset: str, data_dir: str | None, limit: int | None):
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from qsnn import distributed
-    from qsnn.conversion import SpikingNet
-    from qsnn.io import folder_lock
-    from qsnn.reporting import summarize, summary_table, write_simulation
-    from qsnn.simulation import simulate
 
     net = SpikingNet.load(args.file)
     dataset = _own_dataset(args.file, net.source.get("dataset"), args.dataset)
@@ -271,7 +276,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     where = distributed.setup(args.device)  # (under torchrun: each rank simulates its share of the batches)
     device = args.device
     if where.active and str(device).startswith("cuda"):  # one GPU per process, as torchrun numbers them
-        import torch
 
         device = f"cuda:{where.local_rank}"
         torch.cuda.set_device(device)
@@ -322,9 +326,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def _run_spec(args: argparse.Namespace):
     """The RunSpec that `qsnn run` / `qsnn sweep` options describe: a checkpoint to reuse,
     or a net to train."""
-    from qsnn.pipeline import RunSpec
-    from qsnn.quantization import parse_bound
-    from qsnn.training import check_precision_options
 
     common = _simulation_options(args)
     if args.checkpoint:
@@ -344,7 +345,6 @@ def _run_spec(args: argparse.Namespace):
 
 def _simulation_options(args: argparse.Namespace) -> dict:
     """The RunSpec fields of the simulation options, checked."""
-    from qsnn.schemes import SCHEMES
 
     schemes = None
     if args.scheme is not None:
@@ -371,10 +371,6 @@ def _simulation_options(args: argparse.Namespace) -> dict:
 def _checkpoint_run(args: argparse.Namespace, common: dict):
     """The RunSpec reusing --checkpoint: the options that shape training are refused, the
     net's own (--net, --k, --B, --ternary, --fp32) may only confirm what it holds."""
-    from qsnn.notation import resolve_net
-    from qsnn.pipeline import RunSpec
-    from qsnn.quantization import parse_bound
-    from qsnn.training import load_checkpoint
 
     given = [option for option, value in _training_options(args).items()
              if value and option not in ("--ternary", "--fp32")]  # (those two are compared below)
@@ -410,7 +406,6 @@ def _checkpoint_run(args: argparse.Namespace, common: dict):
 
 def _training_options(args: argparse.Namespace) -> dict[str, bool]:
     """The options of `qsnn run` and `qsnn sweep` that only matter when training: which were given."""
-    from qsnn.quantization import SAME
 
     return {
         "--ternary": args.ternary, "--fp32": args.full_precision,
@@ -422,14 +417,12 @@ def _training_options(args: argparse.Namespace) -> dict[str, bool]:
 
 
 def _print_report(folder: Path) -> None:
-    from qsnn.pipeline import markdown_table, report_rows
 
     print(markdown_table(report_rows([folder])))
     print(f"\nreport, figures and results in {folder}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from qsnn import pipeline
 
     progress = not args.quiet
     if args.net is None and args.checkpoint is None and args.dataset is None:
@@ -456,7 +449,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from qsnn import pipeline
 
     spec = _run_spec(args)
     grid = pipeline.parse_grid(args.grid)
@@ -467,7 +459,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from qsnn.pipeline import markdown_table, report_rows, write_report
 
     if args.out:
         path = write_report(args.out, args.runs, args.sop_convention)
@@ -486,7 +477,6 @@ def _add_sop_convention(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    from qsnn.training import add_network_options
 
     add_network_options(p, required=False)
     p.add_argument("--checkpoint", help="reuse a trained checkpoint instead of training")
@@ -505,8 +495,6 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from qsnn.conversion import SpikingNet
-    from qsnn.export import export
 
     if args.format == "nir":  # (a qsnn-int package is a folder; export checks it)
         _not_the_input(Path(args.output), args.file)
@@ -516,9 +504,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    from qsnn.conversion import SpikingNet
-    from qsnn.io import write_json
-    from qsnn.mapping import format_mapping, map_cores, parse_core
 
     if args.json:
         _not_the_input(Path(args.json), args.file, "--json")
@@ -535,7 +520,6 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from qsnn.plots import plot_runs
 
     for path in plot_runs(args.runs, args.out):
         print(path)
@@ -546,8 +530,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from qsnn.metrics import ENERGY_PER_ADD_PJ, ENERGY_PER_MAC_PJ
-    from qsnn.training import add_arguments as add_train_arguments
 
     parser = _Parser(
         prog="qsnn",

@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import torch
 import torch.distributed as dist
+
+from qsnn.errors import QsnnError
 
 
 @dataclass
@@ -56,3 +59,17 @@ def finish(where: Dist, failed: bool = False) -> None:
         if not failed:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def check_device(name):
+    """A torch device qsnn runs on (cpu, cuda or cuda:N, and only a GPU that torch can
+    see), as a torch.device; anything else is a QsnnError naming it."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise QsnnError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise QsnnError(f"unsupported device {name!r}: use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise QsnnError(f"device {name!r} was asked but torch sees no CUDA GPU; use cpu")
+    return device

@@ -23,19 +23,3 @@ def check_seed(seed) -> int:
     if not integer_in(seed, 0, SEED_LIMIT - 1):
         raise QsnnError(f"seed must be an integer from 0 to 2^63 - 1, got {seed!r}")
     return seed
-
-
-def check_device(name):
-    """A torch device qsnn runs on (cpu, cuda or cuda:N, and only a GPU that torch can
-    see), as a torch.device; anything else is a QsnnError naming it."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise QsnnError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise QsnnError(f"unsupported device {name!r}: use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise QsnnError(f"device {name!r} was asked but torch sees no CUDA GPU; use cpu")
-    return device

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import io
 import json
 import os
@@ -25,9 +26,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+
+from qsnn import __version__
 from qsnn.errors import QsnnError
 
 try:
@@ -225,20 +230,6 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], *, ret
     write_text(path, buffer.getvalue(), retry=retry)
 
 
-def torch_save(path: str | os.PathLike, obj: Any, *, retry: str = RUN_AGAIN) -> None:
-    """``torch.save`` atomically; a failed write is the one-line :func:`write_error` of
-    ``path``, not the RuntimeError torch makes of it."""
-    import torch
-
-    with atomic_write(path, retry=retry) as handle:
-        try:
-            torch.save(obj, handle)
-        except RuntimeError:
-            if handle.error is not None:  # what the write raised, which torch wrapped
-                raise handle.error from None
-            raise
-
-
 # --------------------------------------------------------------------------- folder locks
 
 LOCK_NAME = ".qsnn.lock"  # in a folder a qsnn process writes into; holds that process's pid
@@ -365,19 +356,22 @@ def folder_lock(path: str | os.PathLike, *, option: str = "--out", wait: float =
         _unlock(folder, fd, created)
 
 
+def _version(package: str) -> str:
+    """An installed package's version, without importing it (the NumPy runner never loads torch)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def provenance(seed: int | None = None) -> dict[str, Any]:
     """What is needed to re-make a number: the command line, versions, platform and seed."""
-    import numpy
-    import torch
-
-    from qsnn import __version__
-
     return {
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "qsnn": __version__,
         "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "numpy": numpy.__version__,
+        "torch": _version("torch"),
+        "numpy": np.__version__,
         "platform": platform.platform(),
         "seed": seed,
     }
@@ -391,10 +385,6 @@ def content_digest(manifest: dict, arrays: Mapping) -> str:
     qsnn-int packages): sha256 over the manifest (keys sorted, as ``json.dumps(...,
     sort_keys=True)`` writes it, its own ``sha256`` key left out), then every array's
     ``name|dtype.str|shape|`` and bytes (C order), in name order."""
-    import hashlib
-
-    import numpy as np
-
     digest = hashlib.sha256()
     described = {key: value for key, value in manifest.items() if key != SEAL}
     digest.update(json.dumps(described, sort_keys=True).encode())

@@ -32,10 +32,20 @@ from pathlib import Path
 
 import torch
 
+from qsnn import data as qdata
+from qsnn.data.readers import embedded_mnist_test
 from qsnn.errors import QsnnError
 from qsnn.io import folder_lock, provenance, read_json, write_csv, write_json, write_text
-from qsnn.quantization import SAME, bound_text, parse_bound
-from qsnn.schemes import SCHEMES
+from qsnn.net.quantization import SAME, bound_text, parse_bound
+from qsnn.report.plots import plot_runs, ratio_text
+from qsnn.report.summary import counted, summarize
+from qsnn.report.tables import write_simulation
+from qsnn.sim.run import simulate
+from qsnn.snn.convert import applicable_schemes, convert, file_sha256, skipped_schemes
+from qsnn.snn.schemes import SCHEMES
+from qsnn.train.checkpoint import load_checkpoint, torch_save
+from qsnn.train.config import TrainConfig
+from qsnn.train.loop import train
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 RESUME_RUN = "run the same command again to resume"  # (run and sweep reuse what is done)
@@ -79,7 +89,6 @@ class RunSpec:
         return f"{self.dataset}-{self.net}-{precision}"
 
     def train_config(self, data_dir: str | None, device: str):
-        from qsnn.training import TrainConfig
 
         network = dict(
             k=self.k, B=self.B, ternary=self.ternary, full_precision=self.full_precision,
@@ -137,11 +146,6 @@ def _execute(
     figures: bool = True,
 ) -> dict:
     """:func:`execute` in a folder this process holds."""
-    from qsnn import data as qdata
-    from qsnn.conversion import applicable_schemes, convert, file_sha256, skipped_schemes
-    from qsnn.reporting import summarize, write_simulation
-    from qsnn.simulation import simulate
-    from qsnn.training import load_checkpoint, train
 
     started = time.monotonic()
     record: dict = {"spec": spec.to_dict(), "provenance": provenance(spec.seed), "simulations": []}
@@ -239,7 +243,6 @@ def _execute(
 
 
 def _finish(out: Path, record: dict, started: float, figures: bool) -> dict:
-    from qsnn.plots import plot_runs
 
     record["seconds"] = time.monotonic() - started
     write_json(out / "run.json", record)
@@ -269,7 +272,7 @@ def _runs_under(paths: list[str | Path]) -> list[Path]:
 def report_rows(paths: list[str | Path], convention: str = "qsnn") -> list[dict]:
     """One row per (run, scheme, noise) in the papers' layout, plus our measurements. SOPs,
     ANN ops and energy counted by ``convention`` ("qsnn", or "paper": each scheme's original
-    code, :func:`qsnn.metrics.paper_convention`), the other convention's SOPs beside them."""
+    code, :func:`qsnn.measure.fanout.paper_convention`), the other convention's SOPs beside them."""
     if not paths:
         raise QsnnError("give at least one run folder written by `qsnn run` or `qsnn sweep`")
     rows = []
@@ -286,7 +289,6 @@ def report_rows(paths: list[str | Path], convention: str = "qsnn") -> list[dict]
 
 def _counted_columns(summary: dict, convention: str) -> dict:
     """SOPs and ANN ops per image by ``convention``, and the other convention's SOPs."""
-    from qsnn.reporting import counted
 
     other = "paper" if convention == "qsnn" else "qsnn"
     tag = "" if convention == "qsnn" else " (paper)"
@@ -297,8 +299,6 @@ def _counted_columns(summary: dict, convention: str) -> dict:
 
 def _run_rows(run_file: Path, convention: str = "qsnn") -> list[dict]:
     """The rows of one run.json (see :func:`report_rows`)."""
-    from qsnn.plots import ratio_text  # the one rounding rule for ratios, shared with the figures
-    from qsnn.reporting import counted
 
     tag = "" if convention == "qsnn" else " (paper)"
 
@@ -441,7 +441,6 @@ def sweep(
                 records.append(done)
                 continue
             records.append(_execute(cell, folder, data_dir=data_dir, device=device, progress=progress))
-    from qsnn.plots import plot_runs
 
     with folder_lock(out, wait=SUMMARY_WAIT):
         write_json(out / "sweep.json", {"base": base.to_dict(), "grid": grid, "runs": [r["spec"] for r in records]})
@@ -555,7 +554,6 @@ def embedded_runs() -> list[RunSpec]:
 
 def run_default(out_dir: str | Path, *, device: str = "cpu", progress: bool = True, test_limit: int | None = None) -> list[dict]:
     """`qsnn run` with no arguments: the embedded nets on the embedded MNIST test set."""
-    from qsnn.data import embedded_mnist_test
 
     if not (MODELS / "manifest.json").exists():
         raise QsnnError(f"the embedded models are missing from {MODELS}; reinstall qsnn")
@@ -568,7 +566,6 @@ def run_default(out_dir: str | Path, *, device: str = "cpu", progress: bool = Tr
             records.append(execute(
                 spec, out / spec.tag(), device=device, progress=progress, test_set=test_set, figures=False,
             ))
-        from qsnn.plots import plot_runs  # one set of figures with every run
 
         plot_runs([out], out / "plots")
         write_report(out, [out])
@@ -581,8 +578,6 @@ def slim_checkpoint(source: str | Path, target: str | Path) -> Path:
     Ternary hidden weights are stored as their int8 values (the ternarizer maps them to
     themselves, so the converted network is identical) and the optimizer state is dropped.
     """
-    from qsnn.io import torch_save
-    from qsnn.training import load_checkpoint
 
     model, payload = load_checkpoint(source)
     state = model.state_dict()

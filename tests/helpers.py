@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qsnn.models import NetSpec, QuantizedNet
-from qsnn.quantization import Precision
+from qsnn.net.models import NetSpec, QuantizedNet
+from qsnn.net.quantization import Precision
 
 
 def random_net(
@@ -55,7 +55,7 @@ def random_pixels(count: int, shape=(1, 28, 28), seed: int = 0) -> torch.Tensor:
 def linear_tables(layer, offset, step, size=None):
     """(offset, step, divisor, table, size) of hand-made thresholds ceil((A + i D) / S) for
     a converted layer (S its own divisor), as SpikingLayer and its ann_thresholds hold them."""
-    from qsnn.conversion import formula_table
+    from qsnn.snn.convert import formula_table
 
     offset, step = np.asarray(offset, np.int64), np.asarray(step, np.int64)
     cap = int(layer.size.max()) if size is None else size

@@ -19,7 +19,9 @@ _FOLDER = tempfile.TemporaryDirectory(prefix="qsnn-mnist-net-")
 @functools.lru_cache(maxsize=2)
 def trained_mnist_model(data_dir: str):
     """The quantized model (k=1, B=2, ternary) after one epoch on 2,000 MNIST images."""
-    from qsnn.training import TrainConfig, load_checkpoint, train
+    from qsnn.train.checkpoint import load_checkpoint
+    from qsnn.train.config import TrainConfig
+    from qsnn.train.loop import train
 
     out = Path(_FOLDER.name) / "run"
     config = TrainConfig(

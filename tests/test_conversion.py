@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from qsnn.conversion import SpikingNet, applicable_schemes, convert, reference_counts
 from qsnn.errors import QsnnError
-from qsnn.models import NetSpec, QuantizedNet
-from qsnn.quantization import Precision
-from qsnn.simulation import simulate_batch
+from qsnn.net.models import NetSpec, QuantizedNet
+from qsnn.net.quantization import Precision
+from qsnn.sim.stepwise import simulate_batch
+from qsnn.snn import counting
+from qsnn.snn.convert import applicable_schemes, convert
+from qsnn.snn.model import SpikingNet
+from qsnn.snn.reference import reference_counts
 from tests.helpers import random_net, random_pixels, with_linear_tables
 
 CASES = [
@@ -374,9 +377,9 @@ def test_threshold_scale_reproduces_the_original_small_loss(tmp_path):
 def test_trained_mnist_nets_are_lossless_on_real_images(name):
     """The shipped MNIST nets (trained by qsnn) under every scheme they allow: per layer and
     per image, SNN counts == exact ANN counts == the float64 model's counts."""
-    from qsnn.data import embedded_mnist_test
+    from qsnn.data.readers import embedded_mnist_test
     from qsnn.pipeline import MODELS
-    from qsnn.training import load_checkpoint
+    from qsnn.train.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(MODELS / f"{name}.pt")
     pixels = embedded_mnist_test().subset(200).images
@@ -389,7 +392,7 @@ def test_trained_mnist_nets_are_lossless_on_real_images(name):
 def test_the_gpu_convolution_path_equals_the_direct_one():
     """On GPUs qsnn convolves by unfold + float64 GEMM (cuDNN may round integers); checked here
     on the CPU against the direct convolution, bit for bit."""
-    from qsnn.conversion import apply_layer, conv_as_matmul, layer_weight
+    from qsnn.snn.reference import apply_layer, conv_as_matmul, layer_weight
 
     net = convert(random_net("4C3s-P2-6C5-10", k=2, B=None, input_shape=(3, 13, 13), padding="same"), "nsd")
     x = random_pixels(6, shape=(3, 13, 13)).to(torch.float64)
@@ -404,7 +407,7 @@ def test_membranes_far_beyond_the_thresholds_count_exactly():
     """Strongly inhibited neurons (V far below every threshold) and saturated ones (far
     above) must count 0 and N in every implementation: a product S * floor(V) must never
     overflow."""
-    from qsnn.simulation import EventSimulator
+    from qsnn.sim.events import EventSimulator
 
     model = random_net("3", k=0, B=1, input_shape=(1, 4, 4), zero_gamma=False)
     with torch.no_grad():
@@ -436,8 +439,7 @@ def test_counting_membrane_is_exact_at_every_threshold_tie(notation, index, monk
     thresholds sit exactly on membranes (ties fire) and one unit either side of them: the
     neurons near a threshold are recomputed exactly, for the spiking and the ANN tables."""
 
-    from qsnn import engine
-    from qsnn.conversion import (
+    from qsnn.snn.reference import (
         apply_layer,
         counting_membrane,
         input_bound,
@@ -462,13 +464,13 @@ def test_counting_membrane_is_exact_at_every_threshold_tie(notation, index, monk
     ann_offset = offset - layer.divisor  # the ANN's tables one unit lower
     tied = with_linear_tables(layer, offset, step, ann=(ann_offset, step))
     recomputed = []
-    original = engine.certify
+    original = counting.certify
 
-    def counting(*args):
+    def recounting(*args):
         recomputed.append(original(*args))
         return recomputed[-1]
 
-    monkeypatch.setattr(engine, "certify", counting)
+    monkeypatch.setattr(counting, "certify", recounting)
     membrane = counting_membrane(tied, inputs, largest)
     assert recomputed[0] >= layer.channels - int((layer.constant >= 0).sum())  # the tied neurons at least
     for ann_tables in (False, True):

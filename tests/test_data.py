@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from qsnn import data
+from qsnn.data.registry import ASSETS
 from qsnn.errors import QsnnError
 
 MNIST_TEST_HISTOGRAM = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -181,7 +182,7 @@ def test_embedded_mnist_test_set(shared_datasets, tmp_path):
     official = data.load("mnist", "test", shared_datasets)
     assert torch.equal(embedded.images, official.images)
     assert torch.equal(embedded.labels, official.labels)
-    assert {p.name: md5_of(p) for p in data.ASSETS.iterdir()} == {
+    assert {p.name: md5_of(p) for p in ASSETS.iterdir()} == {
         name: md5 for name, (md5, _) in MNIST_FILES.items() if name.startswith("t10k")
     }
     fallback = data.load("mnist", "test", tmp_path / "empty")

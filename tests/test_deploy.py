@@ -9,11 +9,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from qsnn import deploy
-from qsnn.conversion import convert, reference_counts
+from qsnn.deploy import runner as deploy
+from qsnn.deploy.export import export_package
 from qsnn.errors import QsnnError
-from qsnn.export import export_package
-from qsnn.simulation import simulate_batch
+from qsnn.sim.stepwise import simulate_batch
+from qsnn.snn.convert import convert
+from qsnn.snn.reference import reference_counts
 from tests.helpers import random_net, random_pixels
 from tests.mnist_net import mnist_test_pixels, trained_mnist_model
 
@@ -102,7 +103,7 @@ def test_runner_equals_the_simulator_on_mnist(tmp_path, shared_datasets, mnist_m
 
 
 def test_the_runner_needs_no_torch(tmp_path):
-    """qsnn.deploy and what it imports run in a process that never loads PyTorch
+    """qsnn.deploy.runner and what it imports run in a process that never loads PyTorch
     (the package's public API is imported lazily)."""
     net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, ternary=True, seed=9), "int")
     pixels = random_pixels(12, seed=9)
@@ -111,7 +112,7 @@ def test_the_runner_needs_no_torch(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         import numpy as np
-        import qsnn.deploy as deploy
+        import qsnn.deploy.runner as deploy
         result = deploy.run({str(folder)!r}, np.load({str(tmp_path / "images.npy")!r}))
         np.save({str(tmp_path / "predictions.npy")!r}, result.predictions)
         torch = sorted(name for name in sys.modules if name.split(".")[0] == "torch")

@@ -12,11 +12,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsnn.conversion import applicable_schemes, convert
-from qsnn.exact import ChannelRule, ExactANN, ceil_of, floor_of, threshold_table
-from qsnn.models import NetSpec, QuantizedNet
-from qsnn.quantization import Precision
-from qsnn.simulation import EventSimulator, simulate_batch
+from qsnn.net.models import NetSpec, QuantizedNet
+from qsnn.net.quantization import Precision
+from qsnn.sim.events import EventSimulator
+from qsnn.sim.stepwise import simulate_batch
+from qsnn.snn.convert import applicable_schemes, convert
+from qsnn.snn.exact import ExactANN
+from qsnn.snn.thresholds import ChannelRule, ceil_of, floor_of, threshold_table
 
 HALF = Fraction(1, 2)
 
@@ -252,7 +254,7 @@ def test_the_vectorised_table_equals_the_level_by_level_one(gamma, beta, mean, v
     """threshold_table settles most levels in float64 (numpy) and the rest in integers: it
     equals the level-by-level integer computation at every level, ties (dyadic parameters)
     and unbounded layers' 1,024 levels included."""
-    from qsnn.exact import _channel_table, _channel_table_exact, fixed_point_terms
+    from qsnn.snn.thresholds import _channel_table, _channel_table_exact, fixed_point_terms
 
     levels = None if B is None else (1 << k) * B
     rule = ChannelRule.from_floats(gamma, beta, mean, var, eps, k, levels)
@@ -284,7 +286,7 @@ def test_exact_ann_is_the_definition_at_every_tie(k, B, negative):
 def test_exact_ann_equals_the_float64_model_and_the_converted_reference(k, B, ternary, seed):
     """Random nets with adversarial statistics (no neuron within float64's reach of a
     boundary): the exact ANN, the float64 model and the converted tables' reference agree."""
-    from qsnn.conversion import reference_counts
+    from qsnn.snn.reference import reference_counts
     from tests.helpers import random_net, random_pixels
 
     model = random_net("6C5-P2-8C3-12", k=k, B=B, ternary=ternary, seed=seed)
@@ -306,8 +308,8 @@ def test_the_check_against_the_trained_model_sees_a_table_that_both_sides_share(
     only the sampled images are checked against the model."""
     from dataclasses import replace
 
-    from qsnn.reporting import summarize
-    from qsnn.simulation import simulate
+    from qsnn.report.summary import summarize
+    from qsnn.sim.run import simulate
 
     model = tie_net(1, 2, False)
     net = convert(model, "nsd")
@@ -343,7 +345,7 @@ def test_a_channel_counts_as_the_definition(gamma, beta, mean, s, k, B, z):
 def test_evaluate_exact_counts_what_it_says(notation, k, B, ternary):
     """evaluate_exact: the exact ANN's correct predictions, the float32 model's (its own
     forward pass), and the counts on which the two differ, image by image."""
-    from qsnn.exact import evaluate_exact
+    from qsnn.snn.exact import evaluate_exact
     from tests.helpers import random_net, random_pixels
 
     model = random_net(notation, k=k, B=B, ternary=ternary, seed=3)
@@ -435,7 +437,7 @@ def test_the_exact_ann_refuses_what_is_not_a_raw_pixel():
 def test_standardized_inputs_at_a_tie_are_decided_as_the_model_defines():
     """A standardizing net whose first neuron sits exactly on its level boundary (z - mu =
     1/2, z a standardized float32 value): its count is the definition's, in fractions."""
-    from qsnn.data import model_input
+    from qsnn.data.transforms import model_input
 
     model = QuantizedNet(NetSpec("4", (1, 2, 2), 2, "valid", Precision(k=0, B=None), input_stage="standardize")).eval()
     pixels = torch.tensor([[[[10, 200], [30, 77]]]], dtype=torch.uint8)

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from qsnn import deploy
-from qsnn.conversion import convert
-from qsnn.errors import QsnnError
-from qsnn.export import (
+from qsnn.deploy import runner as deploy
+from qsnn.deploy.export import (
     NIR_HUGE,
     export_nir,
     export_package,
@@ -21,8 +19,10 @@ from qsnn.export import (
     package_contents,
     smallest_int_dtype,
 )
-from qsnn.neurons import BIG, threshold
-from qsnn.simulation import simulate_batch
+from qsnn.errors import QsnnError
+from qsnn.sim.stepwise import simulate_batch
+from qsnn.snn.convert import convert
+from qsnn.snn.neurons import BIG, threshold
 from tests.helpers import random_net, random_pixels
 from tests.mnist_net import mnist_test_pixels, trained_mnist_model
 from tests.nir_interpreter import run_one_step
@@ -194,7 +194,7 @@ def test_nir_export_without_nir_installed_says_how_to_install(tmp_path, monkeypa
 
 
 def test_export_dispatches_on_the_format(tmp_path):
-    from qsnn.export import export
+    from qsnn.deploy.export import export
 
     net = convert(random_net("20-16", k=1, B=2, ternary=True, seed=6), "sg")
     assert (export(net, "qsnn-int", tmp_path / "pkg") / "manifest.json").is_file()

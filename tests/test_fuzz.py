@@ -12,10 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qsnn.cli import main
-from qsnn.conversion import SpikingNet, convert
 from qsnn.errors import QsnnError
 from qsnn.io import content_digest
-from qsnn.simulation import simulate
+from qsnn.sim.run import simulate
+from qsnn.snn.convert import convert
+from qsnn.snn.model import SpikingNet
 from tests.helpers import random_net, random_pixels
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

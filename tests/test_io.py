@@ -23,10 +23,10 @@ from qsnn.io import (
     atomic_path,
     atomic_write,
     folder_lock,
-    torch_save,
     write_bytes,
     write_json,
 )
+from qsnn.train.checkpoint import torch_save
 
 
 def in_use(folder, pid: int | str, option: str = "--out") -> str:

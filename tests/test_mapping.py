@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from qsnn.conversion import convert
+from qsnn.deploy.mapping import format_mapping, map_conv, map_cores, map_dense, parse_core
 from qsnn.errors import QsnnError
-from qsnn.mapping import format_mapping, map_conv, map_cores, map_dense, parse_core
+from qsnn.snn.convert import convert
 from tests.helpers import random_net
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import qsnn.models
 from qsnn.errors import QsnnError
-from qsnn.models import NetSpec, QuantizedNet
-from qsnn.notation import PRESETS
-from qsnn.quantization import Precision
+from qsnn.net import models
+from qsnn.net.models import NetSpec, QuantizedNet
+from qsnn.net.notation import PRESETS
+from qsnn.net.quantization import Precision
 
 MNIST = ((1, 28, 28), "valid")
 CIFAR = ((3, 24, 24), "same")
@@ -141,7 +141,7 @@ def test_full_precision_has_no_quantizer(monkeypatch: pytest.MonkeyPatch) -> Non
     def no_quantizer(*args, **kwargs):
         raise AssertionError("the quantizer was called")
 
-    monkeypatch.setattr(qsnn.models, "quantize", no_quantizer)
+    monkeypatch.setattr(models, "quantize", no_quantizer)
     model = make("8C5-P2-32", full_precision=True)
     assert not model.quantized
     x = torch.rand(8, 1, 28, 28)

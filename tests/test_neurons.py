@@ -2,7 +2,7 @@
 
 import torch
 
-from qsnn.neurons import (
+from qsnn.snn.neurons import (
     BIG,
     Thresholds,
     adaptive_init,

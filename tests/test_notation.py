@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from qsnn.cli import main
 from qsnn.errors import QsnnError
-from qsnn.notation import PRESETS, Conv, Dense, Pool, build_plan, format_items, parse, resolve_net
+from qsnn.net.notation import (
+    PRESETS,
+    Conv,
+    Dense,
+    Pool,
+    build_plan,
+    format_items,
+    parse,
+    resolve_net,
+)
 
 PAPER_NETS = [
     "20C5-P2-50C5-P2-500",
@@ -217,7 +226,7 @@ ORIGINAL_LAYERS = {
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_its_original_codes_net(name):
-    from qsnn.data import dataset_info
+    from qsnn.data.registry import dataset_info
 
     preset = PRESETS[name]
     info = dataset_info(preset.dataset)
@@ -231,7 +240,7 @@ def test_every_preset_is_its_original_codes_net(name):
 
 
 def test_sg_vgg_has_the_original_twelve_convolutions():
-    from qsnn.data import dataset_info
+    from qsnn.data.registry import dataset_info
 
     info = dataset_info("cifar10")
     plan = build_plan(PRESETS["sg-vgg"].notation, info.input_shape, 100, info.default_padding)

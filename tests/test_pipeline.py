@@ -205,7 +205,7 @@ def test_default_run_uses_the_embedded_models_offline(tmp_path, monkeypatch):
 def test_results_are_reused_only_for_the_same_question(tmp_path, monkeypatch):
     """A result made for other images (or steps, noise, checkpoint) is recomputed, and
     run records point at their results relative to the run folder, from any directory."""
-    from qsnn.data import embedded_mnist_test
+    from qsnn.data.readers import embedded_mnist_test
     from qsnn.pipeline import MODELS
 
     first = RunSpec(net="x", dataset="mnist", checkpoint=str(MODELS / "sg-lenet-k1B2.pt"), schemes=["sg"], test_limit=20)
@@ -222,10 +222,10 @@ def test_results_are_reused_only_for_the_same_question(tmp_path, monkeypatch):
 
 def test_sweep_cells_run_as_separate_jobs_but_never_twice(tmp_path, shared_datasets, monkeypatch):
     import qsnn.pipeline as pipeline
-    import qsnn.plots
     from qsnn.pipeline import MODELS
+    from qsnn.report import plots
 
-    monkeypatch.setattr(qsnn.plots, "plot_runs", lambda runs, out: [])  # (figures are not the point: seconds)
+    monkeypatch.setattr(plots, "plot_runs", lambda runs, out: [])  # (figures are not the point: seconds)
     spec = RunSpec(net="x", dataset="mnist", checkpoint=str(MODELS / "sg-lenet-k1B2.pt"), schemes=["sg"], test_limit=20)
     grid = parse_grid(["noise=0,0.1"])
     data = dict(data_dir=str(shared_datasets), progress=False)

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from qsnn import plots
-from qsnn.conversion import convert
 from qsnn.errors import QsnnError
 from qsnn.io import write_json
 from qsnn.pipeline import markdown_table, report_rows
-from qsnn.reporting import summarize, summary_table
-from qsnn.simulation import simulate
+from qsnn.report import plots
+from qsnn.report.summary import summarize
+from qsnn.report.tables import summary_table
+from qsnn.sim.run import simulate
+from qsnn.snn.convert import convert
 from tests.helpers import random_net, random_pixels
 
 NET = "6C5-P2-8C3-12"
@@ -250,7 +251,7 @@ SCHEMES = ["nsd", "sg", "int", "nsd", "int", "sg", "nsd", "int"]
 
 def _layers(net: str) -> list[dict]:
     """Plausible per-layer records for ``net`` on 28x28 input (the names as layer_costs writes them)."""
-    from qsnn.notation import Conv, Dense, Pool, parse
+    from qsnn.net.notation import Conv, Dense, Pool, parse
 
     channels, size, layers = 1, 28, []
     for index, item in enumerate(parse(net)):

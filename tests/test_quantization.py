@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from qsnn.errors import QsnnError
-from qsnn.quantization import (
+from qsnn.net.quantization import (
     Precision,
     check_bound,
     check_level,

@@ -11,12 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qsnn.conversion import convert
-from qsnn.data import embedded_mnist_test
-from qsnn.metrics import nominal_ann_macs, paper_convention
+from qsnn.data.readers import embedded_mnist_test
+from qsnn.measure.fanout import nominal_ann_macs, paper_convention
 from qsnn.pipeline import MODELS
-from qsnn.reporting import summarize, write_simulation
-from qsnn.simulation import simulate
+from qsnn.report.summary import summarize
+from qsnn.report.tables import write_simulation
+from qsnn.sim.run import simulate
+from qsnn.snn.convert import convert
 
 IMAGES = 400
 BATCH = 200
@@ -126,7 +127,8 @@ def test_nominal_ann_ops_are_the_original_scripts_numbers():
 
 def test_tables_count_by_the_convention_asked_for(written):
     from qsnn.errors import QsnnError
-    from qsnn.reporting import counted, summary_table
+    from qsnn.report.summary import counted
+    from qsnn.report.tables import summary_table
 
     _, _, summary, _ = written["sg"]
     paper = summary["paper_convention"]

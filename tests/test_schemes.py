@@ -1,4 +1,4 @@
-"""The scheme registry (qsnn.schemes): what each scheme is, and every registered scheme
+"""The scheme registry (qsnn.snn.schemes): what each scheme is, and every registered scheme
 through the whole path, convert -> simulate -> export -> the NumPy deployment runner."""
 
 from __future__ import annotations
@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from qsnn import deploy, schemes
-from qsnn.conversion import applicable_schemes, convert, skipped_schemes
+from qsnn.deploy import runner as deploy
+from qsnn.deploy.export import export_package
 from qsnn.errors import QsnnError
-from qsnn.export import export_package
-from qsnn.schemes import SCHEMES
-from qsnn.simulation import simulate
+from qsnn.sim.run import simulate
+from qsnn.snn import schemes
+from qsnn.snn.convert import applicable_schemes, convert, skipped_schemes
+from qsnn.snn.schemes import SCHEMES
 from tests.helpers import random_net, random_pixels
 
 

@@ -7,11 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qsnn.conversion import convert, reference_counts
 from qsnn.errors import QsnnError
-from qsnn.metrics import ann_macs, fanout_map, layer_costs, total_macs
-from qsnn.reporting import summarize, summary_table, write_simulation
-from qsnn.simulation import NoiseDraws, SimulationResult, simulate, simulate_batch
+from qsnn.measure.fanout import ann_macs, fanout_map, layer_costs, total_macs
+from qsnn.report.summary import summarize
+from qsnn.report.tables import summary_table, write_simulation
+from qsnn.sim import engine, events, stepwise, verify
+from qsnn.sim import run as sim_run
+from qsnn.sim.noise import NoiseDraws
+from qsnn.sim.run import SimulationResult, simulate
+from qsnn.sim.stepwise import simulate_batch
+from qsnn.snn import counting, reference
+from qsnn.snn.convert import convert
+from qsnn.snn.reference import reference_counts
 from tests.helpers import linear_tables, random_net, random_pixels
 
 
@@ -159,7 +166,7 @@ def test_sg_drops_spikes_in_the_encoding_layer_only_unless_asked_for_every_layer
     """The SG paper's noise reaches conv1 only (its noise_ratio is given to the first
     Conv2d alone); dropping in every layer is the named alternative. Both draw the
     encoding layer's drops from the same streams."""
-    from qsnn.simulation import _dropped
+    from qsnn.sim.noise import dropped_spikes as _dropped
 
     model = random_net("6C5-P2-8C3-12", k=1, B=2, seed=8)
     pixels, labels = random_pixels(20, seed=8), torch.randint(0, 10, (20,))
@@ -216,7 +223,7 @@ FAST_CASES = [
 
 @pytest.mark.parametrize(("notation", "k", "B", "ternary", "encoding_B", "scheme", "steps"), FAST_CASES)
 def test_event_engine_equals_the_reference_count_for_count(notation, k, B, ternary, encoding_B, scheme, steps):
-    from qsnn.simulation import EventSimulator
+    from qsnn.sim.events import EventSimulator
 
     shape = (3, 12, 12) if "s" in notation else (1, 28, 28)
     model = random_net(
@@ -243,8 +250,7 @@ def test_event_engine_is_the_same_over_any_window_of_steps(monkeypatch, window, 
     """The engine runs each layer over a window of steps before the next layer: windows
     of 1 (step by step) and 3 (a window ending mid-run, quiescence inside a window) give
     the reference simulator's records and counts, fixed steps or until quiescent."""
-    from qsnn import engine
-    from qsnn.simulation import EventSimulator
+    from qsnn.sim.events import EventSimulator
 
     monkeypatch.setattr(engine, "WINDOW", window)
     net = convert(random_net("6C5-P2-8C3-12", k=2, B=None, seed=12), "nsd")
@@ -258,7 +264,7 @@ def test_event_engine_is_the_same_over_any_window_of_steps(monkeypatch, window, 
 
 
 def test_event_engine_picks_int32_only_when_every_membrane_fits():
-    from qsnn.engine import compile_program
+    from qsnn.sim.engine import compile_program
 
     ternary = convert(random_net(k=1, B=2, ternary=True), "nsd")
     floats = convert(random_net(k=1, B=2, ternary=False), "nsd")
@@ -274,8 +280,8 @@ def test_event_engine_with_weights_float32_cannot_hold():
     engine still equals the reference simulator count for count."""
     from dataclasses import replace
 
-    from qsnn.engine import compile_program
-    from qsnn.simulation import EventSimulator
+    from qsnn.sim.engine import compile_program
+    from qsnn.sim.events import EventSimulator
 
     net = convert(random_net("6C5-P2-8C3-12", k=1, B=None, seed=5), "nsd")
     wide = net.layers[2].weight * 3 + np.sign(net.layers[2].weight)  # odd: more than 24 significant bits
@@ -307,9 +313,8 @@ def test_the_three_count_implementations_agree(k, B, ternary, scale):
     """target_count (torch, the definition), the reference ANN's kernel (estimate + exact
     correction) and the spiking side's kernel (scan of the binary neurons) give the same
     count for every neuron, including membranes far outside the thresholds and noisy ones."""
-    from qsnn import engine
-    from qsnn.conversion import apply_layer, layer_weight
-    from qsnn.neurons import target_count
+    from qsnn.snn.neurons import target_count
+    from qsnn.snn.reference import apply_layer, layer_weight
 
     model = random_net("6C5-P2-8C3-12", k=k, B=B, ternary=ternary, seed=3, encoding_B=4 if ternary else "same")
     net = convert(model, "int" if ternary else "nsd", threshold_scale=scale)
@@ -323,9 +328,9 @@ def test_the_three_count_implementations_agree(k, B, ternary, scale):
         probe[:2] *= -1e6
         probe[2:4] *= 1e6
         expected = target_count(probe, net.thresholds(index)).numpy()
-        assert np.array_equal(engine.counts(net.thresholds(index), probe.numpy()), expected)
-        assert np.array_equal(engine.gathered_counts(net.thresholds(index), probe.numpy()), expected)
-        found, differing = engine.checked_counts(net.thresholds(index), probe.numpy())
+        assert np.array_equal(counting.counts(net.thresholds(index), probe.numpy()), expected)
+        assert np.array_equal(counting.gathered_counts(net.thresholds(index), probe.numpy()), expected)
+        found, differing = counting.checked_counts(net.thresholds(index), probe.numpy())
         assert np.array_equal(found, expected) and differing == 0
         x = target_count(membrane, net.thresholds(index)).to(torch.float64)
 
@@ -338,8 +343,7 @@ def test_count_kernels_at_every_threshold_tie(dtype, dense):
     channel: the estimate-and-correct kernel, the binary neurons' kernel and the torch
     definition agree on every neuron, for float32 and float64 membranes, in the per-channel
     (convolution) and the one-neuron-per-channel (dense) layouts."""
-    from qsnn import engine
-    from qsnn.neurons import Thresholds, target_count, threshold
+    from qsnn.snn.neurons import Thresholds, target_count, threshold
 
     th = Thresholds.linear(
         offset=torch.tensor([5, -9, 0, 13, 7, 3, 21], dtype=torch.int64),
@@ -360,9 +364,9 @@ def test_count_kernels_at_every_threshold_tie(dtype, dense):
         membrane = torch.stack([values, values.flip(1)])  # (2 images, C, P)
     membrane = membrane.to(dtype)
     expected = target_count(membrane.to(torch.float64), th).numpy()
-    assert np.array_equal(engine.counts(th, membrane.numpy()), expected)
-    assert np.array_equal(engine.gathered_counts(th, membrane.numpy()), expected)
-    found, differing = engine.checked_counts(th, membrane.numpy())
+    assert np.array_equal(counting.counts(th, membrane.numpy()), expected)
+    assert np.array_equal(counting.gathered_counts(th, membrane.numpy()), expected)
+    found, differing = counting.checked_counts(th, membrane.numpy())
     assert np.array_equal(found, expected) and differing == 0
     assert expected.max() == 40 and expected.min() == 0  # the longest table is run through
     assert (expected[..., 5, :] == 2).all() if not dense else (expected[:, 5] == 2).all()
@@ -373,8 +377,7 @@ def test_checked_counts_report_every_neuron_the_binary_neurons_count_otherwise(d
     """The ANN's count kernel with the binary neurons' count in the same pass: given the
     tables of other thresholds for the binary neurons, it returns the ANN's counts and
     reports exactly the neurons where the two differ, image by image."""
-    from qsnn import engine
-    from qsnn.neurons import Thresholds, target_count
+    from qsnn.snn.neurons import Thresholds, target_count
 
     th = Thresholds.linear(
         offset=torch.tensor([5, -9, 0, 13], dtype=torch.int64), step=torch.tensor([7, 3, 0, 11], dtype=torch.int64),
@@ -385,10 +388,10 @@ def test_checked_counts_report_every_neuron_the_binary_neurons_count_otherwise(d
     membrane = torch.randint(-20, 40, (5, 4, 1 if dense else 30), generator=generator).to(torch.float64)
     if dense:
         membrane = membrane[:, :, 0]
-    table = np.empty((4, engine.TABLED_LEVELS))
-    engine._fill_table(table, *engine._kernel_tables(other))
+    table = np.empty((4, counting.TABLED_LEVELS))
+    counting.fill_table(table, *counting._kernel_tables(other))
     differing = np.zeros(5, np.int64)
-    found = engine._run_counts(engine._counts, th, membrane.numpy(), extra=(table, differing))
+    found = counting._run_counts(counting._counts, th, membrane.numpy(), extra=(table, differing))
     expected, binary = target_count(membrane, th), target_count(membrane, other)
     assert np.array_equal(found, expected.numpy())
     assert differing.tolist() == (expected != binary).flatten(1).sum(1).tolist()
@@ -400,8 +403,7 @@ def test_sg_skips_its_own_pass_only_where_the_binary_neurons_agree_with_the_ann(
     counted by their own algorithm there, agree with the ANN; where one layer does not,
     the simulation counts its own spikes again from that pass's membranes, and both ways
     equal the reference simulator."""
-    from qsnn import engine
-    from qsnn.simulation import EventSimulator
+    from qsnn.sim.events import EventSimulator
 
     net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, ternary=False, seed=8), "sg")
     pixels, labels = random_pixels(12, seed=8), torch.randint(0, 10, (12,))
@@ -411,8 +413,8 @@ def test_sg_skips_its_own_pass_only_where_the_binary_neurons_agree_with_the_ann(
     monkeypatch.setattr(EventSimulator, "_scatter_gather", lambda self, *a: second_passes.append(1) or original(self, *a))
     fast = simulate(net, pixels, labels, steps=None, verify="sample", batch_size=5)
     assert second_passes == []
-    checked = engine.checked_counts
-    monkeypatch.setattr(engine, "checked_counts", lambda th, m: (checked(th, m)[0], 1 if m.shape[1] == 8 else 0))
+    checked = counting.checked_counts
+    monkeypatch.setattr(counting, "checked_counts", lambda th, m: (checked(th, m)[0], 1 if m.shape[1] == 8 else 0))
     again = simulate(net, pixels, labels, steps=None, verify="sample", batch_size=5)
     assert second_passes == [1, 1, 1]  # one per batch
     for run in (fast, again):
@@ -472,7 +474,6 @@ def test_the_engine_encodes_raw_pixels_into_the_exact_ann_counts(notation, k, B,
     """The engine's own encoding pass (weights times pixels in float64, counted by its
     table) gives the exact ANN's counts of the encoding layer, for every neuron, with
     zero and negative gammas (random_net), levels beyond the 16 tabled ones and padding."""
-    from qsnn import engine
 
     model = random_net(notation, k=k, B=B, ternary=ternary, seed=3, input_shape=shape, padding=padding)
     net = convert(model, "nsd")
@@ -484,7 +485,7 @@ def test_the_engine_encodes_raw_pixels_into_the_exact_ann_counts(notation, k, B,
     assert engine.encode(program, pixels.numpy()[:0]).shape == (0, net.layers[0].neurons)
     assert np.array_equal(found, expected[0].reshape(6, -1).numpy())
     if B is None and k == 3:
-        assert int(expected[0].max()) > engine.TABLED_LEVELS
+        assert int(expected[0].max()) > counting.TABLED_LEVELS
 
 
 ANN_CASES = [
@@ -509,8 +510,9 @@ def test_the_ann_read_off_the_simulation_is_the_exact_ann(notation, k, B, ternar
     every layer and every logit equal the ANN evaluated from scratch, and the reported
     mismatches equal those of the reference simulator's counts; also with rounded
     thresholds (the ANN keeps the exact ones) and noisy pixels."""
-    from qsnn.engine import differences
-    from qsnn.simulation import EventSimulator, noisy_pixels
+    from qsnn.sim.engine import differences
+    from qsnn.sim.events import EventSimulator
+    from qsnn.sim.noise import noisy_pixels
 
     shape = (3, 12, 12) if "s" in notation else (1, 28, 28)
     model = random_net(
@@ -538,7 +540,7 @@ def test_the_images_kept_for_the_final_check_do_not_hold_their_batches():
     """What a batch leaves for the check at the end is one image's worth of memory, not
     a view that keeps the whole batch's pixels, counts and logits alive (memory would
     otherwise grow with the test set)."""
-    from qsnn.simulation import EventSimulator
+    from qsnn.sim.events import EventSimulator
 
     net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, seed=8), "nsd")
     pixels = random_pixels(6, seed=8)
@@ -558,7 +560,6 @@ def test_the_ann_read_off_the_simulation_is_checked(monkeypatch, corruption, bat
     wrong counts where it takes the settled counts as they are. The from-scratch
     evaluation of each batch's first image (all of them in one go at the end) catches
     both, also when only the last batch went wrong."""
-    from qsnn import engine
 
     net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, seed=8), "nsd")
     pixels, labels = random_pixels(6, seed=8), torch.randint(0, 10, (6,))
@@ -588,27 +589,29 @@ def _engine_switched_off(monkeypatch):
     """Run what a GPU runs, on the CPU: every CPU-kernel branch answers "not on the CPU",
     each numba entry point raises if it is reached all the same, and the device's
     convolution insists on integer inputs (the one float stage, noisy pixels, must run on
-    the CPU by one operation whatever the device, see qsnn.conversion.float_stage)."""
-    from qsnn import conversion, engine, simulation
-
-    monkeypatch.setattr(conversion, "cpu_kernels", lambda tensor: False)
-    monkeypatch.setattr(simulation, "cpu_kernels", lambda tensor: False)
-    on_device = conversion.conv_as_matmul
+    the CPU by one operation whatever the device, see qsnn.snn.reference.float_stage)."""
+    for module in (reference, stepwise, events, sim_run, verify):
+        if hasattr(module, "cpu_kernels"):
+            monkeypatch.setattr(module, "cpu_kernels", lambda tensor: False)
+    on_device = reference.conv_as_matmul
 
     def integer_inputs_only(layer, inputs, weight):  # noisy pixels round on the CPU, by one operation
         assert torch.equal(inputs, inputs.round()), "a non-integer stage ran on the device's path"
         return on_device(layer, inputs, weight)
 
-    monkeypatch.setattr(conversion, "conv_as_matmul", integer_inputs_only)
+    monkeypatch.setattr(reference, "conv_as_matmul", integer_inputs_only)
 
     def refuse(*args, **kwargs):
         raise AssertionError("a CPU kernel ran on the device-generic path")
 
-    public = [name for name, value in vars(engine).items()
-              if callable(value) and not name.startswith("_") and getattr(value, "__module__", None) == engine.__name__]
-    assert {"counts", "gathered_counts", "certify", "encode", "run", "compile_program"} <= set(public)
-    for name in public:
-        monkeypatch.setattr(engine, name, refuse)
+    public = {module: [name for name, value in vars(module).items()
+                       if callable(value) and not name.startswith("_") and getattr(value, "__module__", None) == module.__name__]
+              for module in (engine, counting)}
+    assert {"encode", "run", "compile_program"} <= set(public[engine])
+    assert {"counts", "gathered_counts", "certify"} <= set(public[counting])
+    for module, names in public.items():
+        for name in names:
+            monkeypatch.setattr(module, name, refuse)
 
 
 DEVICE_CASES = [
@@ -655,7 +658,7 @@ def test_the_device_generic_path_gives_the_engines_results(monkeypatch, notation
 
 def test_the_device_generic_path_is_refused_the_engine(monkeypatch):
     """The switch above does reach the CPU kernels: with it, the engine's simulator fails."""
-    from qsnn.simulation import EventSimulator
+    from qsnn.sim.events import EventSimulator
 
     net = convert(random_net(k=1, B=2), "nsd")
     simulator = EventSimulator(net)
@@ -753,7 +756,6 @@ def test_the_python_api_refuses_what_it_cannot_take_in_one_line(tmp_path):
 
 
 def test_the_first_run_says_that_it_compiles_the_kernels(monkeypatch, capsys):
-    from qsnn import engine
 
     net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, seed=3), "nsd")
     pixels, labels = random_pixels(2, seed=3), torch.zeros(2, dtype=torch.int64)

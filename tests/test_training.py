@@ -18,17 +18,12 @@ import torch
 from qsnn import data as qdata
 from qsnn.errors import QsnnError
 from qsnn.io import folder_lock
-from qsnn.models import NetSpec, QuantizedNet
-from qsnn.quantization import Precision
-from qsnn.training import (
-    TrainConfig,
-    TrainingInterrupted,
-    evaluate,
-    load_checkpoint,
-    main,
-    save_checkpoint,
-    train,
-)
+from qsnn.net.models import NetSpec, QuantizedNet
+from qsnn.net.quantization import Precision
+from qsnn.train.checkpoint import load_checkpoint, save_checkpoint
+from qsnn.train.config import TrainConfig
+from qsnn.train.loop import TrainingInterrupted, evaluate, train
+from qsnn.train.options import main
 from tests.test_io import dot_files, fail_writes, in_use
 
 NET = "8C5-P2-16C5-P2-32"
@@ -394,7 +389,7 @@ def test_load_checkpoint_errors_are_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_a_diverging_training_stops_before_writing_a_checkpoint(tmp_path: Path, shared_datasets, monkeypatch) -> None:
-    import qsnn.training as training
+    from qsnn.train import loop as training
 
     train(config(str(shared_datasets), epochs=1), tmp_path, progress=False)
     before = (tmp_path / "last.pt").read_bytes()
@@ -574,10 +569,10 @@ def test_command_line_trains(tmp_path: Path, data_dir: str, capsys: pytest.Captu
 
 
 def torchrun(out: Path, data_dir: str, train_limit: int, *extra: str) -> list[str]:
-    """``torchrun --standalone --nproc_per_node 2 -m qsnn.training ...`` (2 CPU processes)."""
+    """``torchrun --standalone --nproc_per_node 2 -m qsnn.train ...`` (2 CPU processes)."""
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "qsnn.training", "--net", NET, "--dataset", "mnist", "--data-dir", data_dir,
+        "-m", "qsnn.train", "--net", NET, "--dataset", "mnist", "--data-dir", data_dir,
         "--epochs", "2", "--batch-size", "100", "--lr", "0.01", "--train-limit",
         str(train_limit), "--test-limit", "200", "--out", str(out), "--quiet", *extra,
     ]
@@ -703,9 +698,9 @@ def test_the_papers_cifar_recipe_is_recorded_and_converts_losslessly(tmp_path, m
     standardization as the net's input stage, and every scheme's SNN equal, count for
     count, to the quantized ANN on the standardized test images."""
     from qsnn.cli import main
-    from qsnn.conversion import convert
-    from qsnn.exact import ExactANN
-    from qsnn.simulation import simulate
+    from qsnn.sim.run import simulate
+    from qsnn.snn.convert import convert
+    from qsnn.snn.exact import ExactANN
     from tests.test_data import accept_files, write_cifar
 
     folder = tmp_path / "data" / "cifar-10-batches-py"
@@ -732,7 +727,7 @@ def test_the_papers_cifar_recipe_is_recorded_and_converts_losslessly(tmp_path, m
     again = ExactANN(model)(qdata.spiking_input(pixels, "standardize"))
     assert all(torch.equal(a, b) for a, b in zip(exact.counts, again.counts, strict=True))
     with pytest.raises(QsnnError, match="takes raw 8-bit pixels, but this network standardizes each image first"):
-        from qsnn.export import export_package
+        from qsnn.deploy.export import export_package
 
         export_package(convert(out / "last.pt", "nsd"), tmp_path / "pkg")
 
@@ -751,7 +746,7 @@ def test_the_papers_recipe_per_net():
 
 
 def test_resuming_runs_written_before_the_recipe_and_extending_a_paper_run(tmp_path):
-    from qsnn.training import _check_resumable
+    from qsnn.train.checkpoint import check_resumable as _check_resumable
 
     config = TrainConfig(net="nsd-lenet", dataset="mnist")
     older = {key: value for key, value in config.to_dict().items() if key != "recipe"}
@@ -766,14 +761,15 @@ def test_resuming_runs_written_before_the_recipe_and_extending_a_paper_run(tmp_p
 def test_a_run_whose_preset_changed_since_is_not_resumed_as_the_new_net(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    import qsnn.notation
+    from qsnn import data as qsnn_data
+    from qsnn.net import notation
 
     config = TrainConfig(net="nsd-fmnist-mlp", dataset="mnist", epochs=1, train_limit=200, test_limit=50,
                          data_dir=None)
-    monkeypatch.setattr(qsnn.data, "load", lambda name, split, data_dir=None: _tiny(split))
+    monkeypatch.setattr(qsnn_data, "load", lambda name, split, data_dir=None: _tiny(split))
     train(config, tmp_path, progress=False)
-    changed = replace(qsnn.notation.PRESETS["nsd-fmnist-mlp"], notation="400-300")
-    monkeypatch.setitem(qsnn.notation.PRESETS, "nsd-fmnist-mlp", changed)
+    changed = replace(notation.PRESETS["nsd-fmnist-mlp"], notation="400-300")
+    monkeypatch.setitem(notation.PRESETS, "nsd-fmnist-mlp", changed)
     with pytest.raises(QsnnError, match=r"last.pt holds 400-400 .* but these options now build 400-300 .*; train into"):
         train(replace(config, epochs=2), tmp_path, resume=True, progress=False)
 

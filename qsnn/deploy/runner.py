@@ -1,13 +1,13 @@
 """Reference runner of a ``qsnn-int`` deployment package, in plain NumPy (docs/EXPORT.md).
 
 This module is the executable form of the package specification: it reads
-``manifest.json`` and ``weights.npz`` (written by :func:`qsnn.export.export_package`) and
+``manifest.json`` and ``weights.npz`` (written by :func:`qsnn.deploy.export.export_package`) and
 runs the integer spiking network exactly as a neuromorphic chip would: all state is
 int64, and the weight products are exact integer products (computed in float32/float64
 BLAS only where no partial sum can reach 2^24/2^53, see :class:`ExactMatrix`). It imports
 no PyTorch, and of qsnn only the exception type, so it runs wherever NumPy does.
 
-It reproduces :func:`qsnn.simulation.simulate_batch` bit for bit: predictions per step,
+It reproduces :func:`qsnn.sim.stepwise.simulate_batch` bit for bit: predictions per step,
 positive and negative spikes per layer and step, and final counts. It is event-driven
 where that is free: an image none of whose neurons spiked in a step can never spike
 again (its currents are zero from then on and no threshold comes closer), so it drops
@@ -35,7 +35,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from qsnn.errors import QsnnError, integer_in
 from qsnn.io import SEAL, content_digest
-from qsnn.schemes import SCHEMES
+from qsnn.snn.schemes import SCHEMES
 
 FORMAT = "qsnn-int"
 SCHEMA_VERSION = 1

@@ -1,7 +1,7 @@
 """The papers' figures, drawn from simulation summaries (``result.json``, ALGORITHMS.md §4).
 
 Every figure function takes a list of summaries (the dicts
-:func:`qsnn.reporting.summarize` returns) and an output folder, and writes three files
+:func:`qsnn.report.summary.summarize` returns) and an output folder, and writes three files
 atomically: ``<name>.png`` (200 dpi), ``<name>.svg`` and ``<name>.csv``, the numbers the
 figure shows, so any figure can be re-made or re-styled elsewhere. They return the paths.
 
@@ -55,7 +55,8 @@ from matplotlib.transforms import Bbox, offset_copy
 
 from qsnn.errors import QsnnError
 from qsnn.io import write_bytes, write_csv
-from qsnn.schemes import SCHEMES
+from qsnn.net.notation import format_items, parse
+from qsnn.snn.schemes import SCHEMES
 
 DPI = 200
 FORMATS = ("png", "svg")
@@ -991,7 +992,6 @@ NEURON_COLOR = "#333333"
 def _net_items(net: str, count: int) -> list[str] | None:
     """The notation item of each of a net's ``count`` spiking layers ('20C5', 'P2', '500'),
     or None when the notation does not give one item per layer."""
-    from qsnn.notation import format_items, parse
 
     try:
         items = [format_items([item]) for item in parse(net)]

@@ -26,9 +26,9 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-from qsnn import schemes
-from qsnn.conversion import SpikingLayer, SpikingNet
 from qsnn.errors import QsnnError, integer_in
+from qsnn.snn import schemes
+from qsnn.snn.model import SpikingLayer, SpikingNet
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Two formats:
 
 * ``qsnn-int`` (:func:`export_package`): a folder with ``manifest.json`` (everything
   described in words and numbers) and ``weights.npz`` (integer arrays), readable with
-  NumPy alone and runnable by :mod:`qsnn.deploy`, the reference runner. It holds
+  NumPy alone and runnable by :mod:`qsnn.deploy.runner`, the reference runner. It holds
   integer-only networks: INT and SG nets, and NSD nets whose hidden weights are integers.
 * ``nir`` (:func:`export_nir`): the Neuromorphic Intermediate Representation. SG nets map
   exactly onto standard nodes (Conv2d / Linear / IF, one time step); NSD and INT nets
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qsnn import schemes
-from qsnn.conversion import OutputLayer, SpikingLayer, SpikingNet
-from qsnn.deploy import (
+from qsnn import __version__
+from qsnn.deploy.runner import (
     FORMAT,
     MANIFEST,
     MINUS_INFINITY,
@@ -36,6 +35,8 @@ from qsnn.deploy import (
 )
 from qsnn.errors import QsnnError, integer_in
 from qsnn.io import atomic_path, folder_lock, write_bytes, write_json
+from qsnn.snn import schemes
+from qsnn.snn.model import OutputLayer, SpikingLayer, SpikingNet
 
 NIR_FORMAT = "qsnn-nir"
 NIR_HUGE = 2.0**62  # NIR threshold of a level that never fires (or, negated, always fires)
@@ -200,10 +201,9 @@ def _plain(value):
 def package_contents(net: SpikingNet, steps: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """The manifest (JSON-ready dict, sealed) and arrays of the qsnn-int package of ``net``.
 
-    The seal ``manifest["sha256"]`` (:func:`qsnn.deploy.package_digest`) is computed over
+    The seal ``manifest["sha256"]`` (:func:`qsnn.deploy.runner.package_digest`) is computed over
     the manifest as it reads back from JSON, so a reader recomputes the same digest.
     """
-    from qsnn import __version__
 
     check_integral(net)
     if steps is not None and not integer_in(steps, 1):
@@ -242,7 +242,7 @@ def export_package(net: SpikingNet, out_dir: str | os.PathLike, *, steps: int | 
 
     ``steps``: time steps for NSD/INT (None: run until no neuron spikes). The weights
     file is written first, the manifest (with the seal over both) last, so a manifest
-    means a complete package; :func:`qsnn.deploy.load` verifies the seal. The folder is
+    means a complete package; :func:`qsnn.deploy.runner.load` verifies the seal. The folder is
     locked while they are written (:func:`qsnn.io.folder_lock`): two exports into it at
     once would mix the weights of one with the manifest of the other.
     """

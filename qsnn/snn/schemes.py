@@ -7,7 +7,7 @@ name to its object, in the papers' order. Code that behaves differently per sche
 the object (``of(net.scheme).single_step``), never compares names, so a new scheme is one
 entry here plus the kernels that implement its neurons.
 
-Pure Python, no PyTorch: the NumPy deployment runner (:mod:`qsnn.deploy`) uses it too.
+Pure Python, no PyTorch: the NumPy deployment runner (:mod:`qsnn.deploy.runner`) uses it too.
 """
 
 from __future__ import annotations

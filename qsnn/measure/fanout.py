@@ -13,18 +13,14 @@ Conventions of the original code:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from qsnn import schemes
-from qsnn.conversion import SpikingLayer, SpikingNet
-from qsnn.schemes import PaperConvention
-
-ENERGY_PER_ADD_PJ = 0.9
-ENERGY_PER_MAC_PJ = 4.6
+from qsnn.snn import schemes
+from qsnn.snn.model import SpikingLayer, SpikingNet
+from qsnn.snn.schemes import PaperConvention
 
 
 def _coverage(size: int, out_size: int, kernel: int, stride: int, padding: int) -> torch.Tensor:
@@ -114,7 +110,7 @@ def total_macs(net: SpikingNet) -> int:
 
 def paper_convention(scheme: str, k: int, dataset: str | None) -> PaperConvention:
     """How the original code of ``scheme`` counts, for a net of level ``k`` on ``dataset``
-    (:meth:`qsnn.schemes.Scheme.paper_convention`)."""
+    (:meth:`qsnn.snn.schemes.Scheme.paper_convention`)."""
     return schemes.of(scheme).paper_convention(k, dataset)
 
 
@@ -127,16 +123,3 @@ def nominal_ann_macs(net: SpikingNet, classifier: bool = True) -> int:
         fan_in = int(np.prod(layer.weight.shape[1:]))
         total += layer.neurons * fan_in
     return total + (net.classes * net.layers[-1].neurons if classifier else 0)
-
-
-def energy(sops: float, macs: float, e_add: float = ENERGY_PER_ADD_PJ, e_mac: float = ENERGY_PER_MAC_PJ) -> dict:
-    """Energy estimate per image in picojoules: SNN additions against ANN MACs."""
-    snn = sops * e_add
-    ann = macs * e_mac
-    return {
-        "energy_per_add_pj": e_add,
-        "energy_per_mac_pj": e_mac,
-        "snn_pj": snn,
-        "ann_pj": ann,
-        "ratio": snn / ann if ann else math.nan,
-    }

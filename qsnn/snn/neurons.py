@@ -1,12 +1,12 @@
 """Spiking neurons as pure functions of (state, input), ALGORITHMS.md §3.
 
 All membranes here are in *integer membrane units*: the converted network's weights are
-integers on a per-layer grid (see :mod:`qsnn.conversion`), so a membrane is an exact
+integers on a per-layer grid (see :mod:`qsnn.snn.convert`), so a membrane is an exact
 integer, held in a float64 tensor (exact below 2^53) so that convolutions can compute it.
 
 A layer's thresholds form, per channel, the exact integer table ``T(i)``, i = 0 .. size - 1:
 the least integer membrane whose count is above i, derived from the trained model's
-parameters in exact arithmetic (:mod:`qsnn.exact`). Levels below 0 are -BIG and levels at
+parameters in exact arithmetic (:mod:`qsnn.snn.exact`). Levels below 0 are -BIG and levels at
 or above ``size`` are +BIG (out of reach: the bound 2^k*B, an unbounded layer's count
 limit, or beyond any reachable membrane). For an integer membrane V, ``V >= theta`` is the
 same as ``V >= ceil(theta)``, so integer thresholds lose nothing (ALGORITHMS.md §3c). A
@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from qsnn.exact import linear_table
+from qsnn.snn.thresholds import linear_table
 
 BIG = float(2**54)  # beyond any reachable membrane (|V| < 2^53 by construction)
 

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qsnn.data import INPUT_STAGES
+from qsnn.data.transforms import INPUT_STAGES
 from qsnn.errors import QsnnError
-from qsnn.notation import Layer, Plan, build_plan
-from qsnn.quantization import Precision, quantize, quantize_counts, ternarize
+from qsnn.net.notation import Layer, Plan, build_plan
+from qsnn.net.quantization import Precision, quantize, quantize_counts, ternarize
 
 BN_EPS = 1e-5
 
@@ -30,7 +30,7 @@ BN_EPS = 1e-5
 @dataclass(frozen=True)
 class NetSpec:
     """Everything needed to rebuild a network: notation, input, classes, padding, precision,
-    and its input stage (:data:`qsnn.data.INPUT_STAGES`: raw pixels / 255, or per-image
+    and its input stage (:data:`qsnn.data.transforms.INPUT_STAGES`: raw pixels / 255, or per-image
     standardization)."""
 
     notation: str
@@ -170,7 +170,7 @@ class QuantizedNet(nn.Module):
         """Integer counts n of every hidden block for input batch ``x`` (eval mode).
 
         Computed in the model's dtype; for the exact reference that the SNN is proven
-        equal to, see :func:`qsnn.conversion.reference_counts`.
+        equal to, see :func:`qsnn.snn.reference.reference_counts`.
         """
         if not self.quantized:
             raise QsnnError("a full-precision network has no spike counts; train with --k")

@@ -1,0 +1,201 @@
+"""A training run's configuration: :class:`TrainConfig`, and the two recipes.
+
+"qsnn" is a short schedule (Adam, lr 1e-3 divided by 10 after half the epochs);
+"paper" is the original code's per preset (:func:`paper_recipe`): its epochs, batch, lr
+and schedule. A config is checked when made (one-line errors naming the field and the
+fix) and written to config.json, so a run can be resumed and re-made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qsnn import data as qdata
+from qsnn.errors import QsnnError, check_seed, integer_in
+from qsnn.net.models import NetSpec
+from qsnn.net.notation import resolve_net
+from qsnn.net.quantization import SAME, Precision, bound_text, parse_bound
+
+# Options that may change when a run is resumed; every other one must match the saved run.
+RESUMABLE_CHANGES = ("epochs", "data_dir", "device", "checkpoint_interval")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+RECIPES = ("qsnn", "paper")
+NO_DECAY = 1_000_000  # an lr_decay_epoch no run reaches: a constant learning rate
+CIFAR_DATA = ("cifar10", "cifar100")
+# The original code's epochs per preset (their scripts and READMEs; ALGORITHMS.md §1)
+PAPER_EPOCHS = {
+    "nsd-lenet": 150, "nsd-fmnist-mlp": 150, "nsd-fmnist-lenet": 100, "nsd-cifar10-cnn1": 200,
+    "nsd-cifar10-cnn2": 200, "sg-lenet": 200, "sg-vgg": 400, "int-lenet": 200, "int-cifar10-cnn1": 200,
+}
+
+
+def paper_recipe(net: str, dataset: str) -> dict[str, Any]:
+    """How the original code trains ``net`` on ``dataset``: CIFAR with batch 200, Adam at
+    1e-3 divided by 10 half-way, and the CIFAR input pipeline (random 24x24 crop, flip,
+    brightness 63, contrast 0.2-1.8, per-image standardization; the test images centre-
+    cropped and standardized); MNIST-like data with batch 200 (128 for SG's LeNet) and a
+    constant Adam lr of 1e-4. Epochs: the preset's (200 for a net given in notation)."""
+    _, preset = resolve_net(net)
+    epochs = PAPER_EPOCHS.get(preset.name if preset else "", 200)
+    if dataset in CIFAR_DATA:
+        return {"epochs": epochs, "batch_size": 200, "lr": 1e-3}
+    batch = 128 if preset is not None and preset.name == "sg-lenet" else 200
+    return {"epochs": epochs, "batch_size": batch, "lr": 1e-4}
+
+
+@dataclass
+class TrainConfig:
+    """What to train and how. ``net`` is notation (``20C5-P2-50C5-P2-500``) or a preset."""
+
+    net: str
+    dataset: str
+    k: int = 1
+    B: int | None = None
+    ternary: bool = False
+    full_precision: bool = False
+    encoding_k: int | str = SAME
+    encoding_B: int | str | None = SAME
+    epochs: int = 3
+    batch_size: int | None = None  # None: 200 for MNIST-like data, 128 for CIFAR
+    lr: float = 1e-3
+    lr_decay_epoch: int | None = None  # None: epochs // 2 (at least 1)
+    seed: int = 0
+    data_dir: str | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    device: str = "cpu"
+    checkpoint_interval: float = 300.0
+    recipe: str = "qsnn"  # "paper": trained as the original code trains (see paper_recipe)
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise QsnnError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if isinstance(self.B, str):
+            self.B = parse_bound(self.B)
+        if isinstance(self.encoding_k, str) and self.encoding_k != SAME:
+            try:
+                self.encoding_k = int(self.encoding_k)
+            except ValueError:
+                raise QsnnError(
+                    f"encoding k must be an integer from 0 to 4 or 'same', got {self.encoding_k!r}"
+                ) from None
+        if isinstance(self.encoding_B, str) and self.encoding_B != SAME:
+            self.encoding_B = parse_bound(self.encoding_B)
+        self.precision()  # checks k, B and the encoding values
+        for name in ("epochs", "batch_size", "lr_decay_epoch", "train_limit", "test_limit"):
+            value = getattr(self, name)
+            minimum = 0 if name == "lr_decay_epoch" else 1
+            if value is not None and not integer_in(value, minimum):
+                raise QsnnError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        check_seed(self.seed)
+        if not (isinstance(self.lr, int | float) and 0 < self.lr <= 10):
+            raise QsnnError(f"lr must be a number above 0 and at most 10 (the papers: 1e-3), got {self.lr!r}")
+        if self.batch_size is not None and self.batch_size > MAX_BATCH:
+            raise QsnnError(f"batch_size must be at most {MAX_BATCH:,}, got {self.batch_size:,}")
+        if not self.checkpoint_interval >= 0:
+            raise QsnnError(
+                f"checkpoint_interval must be >= 0 seconds, got {self.checkpoint_interval!r}"
+            )
+
+    def precision(self) -> Precision:
+        return Precision(
+            k=self.k,
+            B=self.B,
+            ternary=self.ternary,
+            full_precision=self.full_precision,
+            encoding_k=self.encoding_k,
+            encoding_B=self.encoding_B,
+        )
+
+    def spec(self) -> NetSpec:
+        """The network to build: notation resolved, input shape, classes and padding of the data."""
+        notation, _ = resolve_net(self.net)
+        info = qdata.dataset_info(self.dataset)
+        spec = NetSpec(
+            notation=notation,
+            input_shape=tuple(info.input_shape),
+            num_classes=info.num_classes,
+            padding=info.default_padding,
+            precision=self.precision(),
+            input_stage="standardize" if self.recipe == "paper" and self.dataset in CIFAR_DATA else "pixels",
+        )
+        spec.plan()  # raises a QsnnError if the net does not fit the input
+        return spec
+
+    def check_memory(self, spec: NetSpec) -> None:
+        """Refuse a batch whose activations alone would not fit in this machine's memory."""
+        activations = sum(math.prod(layer.out_shape) for layer in spec.plan().layers)
+        needed = 4 * 4 * activations * self.resolved_batch_size()  # float32: values, gradients, masks
+        total = _physical_memory()
+        if total and needed > total // 2:
+            raise QsnnError(
+                f"a batch of {self.resolved_batch_size():,} images of {spec.notation} needs about "
+                f"{needed / 2**30:.1f} GB of activations, over half of this machine's {total / 2**30:.1f} GB; "
+                "use a smaller --batch-size"
+            )
+
+    def resolved_batch_size(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return 200 if qdata.dataset_info(self.dataset).input_shape[0] == 1 else 128
+
+    def resolved_lr_decay_epoch(self) -> int:
+        if self.lr_decay_epoch is not None:
+            return self.lr_decay_epoch
+        return max(1, self.epochs // 2)
+
+    def lr_at(self, epoch: int) -> float:
+        """The papers' schedule: lr, then lr / 10 from epoch ``lr_decay_epoch`` (0-based) on."""
+        return self.lr if epoch < self.resolved_lr_decay_epoch() else self.lr / 10
+
+    @classmethod
+    def paper(cls, net: str, dataset: str, **given: Any) -> TrainConfig:
+        """A config with the original code's recipe (:func:`paper_recipe`) for what
+        ``given`` leaves out (None values count as left out)."""
+        chosen = {key: value for key, value in given.items() if value is not None}
+        values = {**paper_recipe(net, dataset), **chosen}
+        if "lr_decay_epoch" not in chosen:  # CIFAR: lr / 10 half-way; MNIST-like: never
+            values["lr_decay_epoch"] = None if dataset in CIFAR_DATA else NO_DECAY
+        return cls(net=net, dataset=dataset, recipe="paper", **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+
+# ----------------------------------------------------------------------------- run plumbing
+
+
+MAX_BATCH = 65536
+
+
+def _physical_memory() -> int:
+    """This machine's memory in bytes (0 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+FIELDS_ADDED = {"recipe": "qsnn"}  # config fields a run written before them had, in effect
+
+
+def default_out_dir(config: TrainConfig) -> Path:
+    """runs/<dataset>-<net>-<precision>, e.g. runs/mnist-20C5-P2-50C5-P2-500-k1-Bnone."""
+    if config.full_precision:
+        tag = "fp32"
+    else:
+        tag = f"k{config.k}-B{bound_text(config.B)}" + ("-ternary" if config.ternary else "")
+    return Path("runs") / f"{config.dataset}-{config.net}-{tag}"

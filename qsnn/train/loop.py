@@ -1,0 +1,558 @@
+"""Train a quantized (or full-precision) network: Adam, cross-entropy, the papers' schedule.
+
+Two recipes (``TrainConfig.recipe``). "qsnn", the default: a short schedule, Adam with
+lr 1e-3 divided by 10 after half the epochs, batch 200 for MNIST-like data and 128 for
+CIFAR (random 24x24 crops and flips, done by :func:`qsnn.data.transforms.prepare`). "paper": the
+original code's (:func:`paper_recipe`, ``TrainConfig.paper``), whose CIFAR nets also get
+the colour augmentation and per-image standardization (:func:`qsnn.data.transforms.paper_augment`,
+the input stage "standardize" of :func:`qsnn.data.transforms.model_input`).
+
+Runs are reproducible bit for bit on the CPU: the weights are initialised from ``seed``,
+and every epoch's shuffle and every step's augmentation come from generators seeded by
+(seed, epoch[, step]), never from global random state. A run stopped anywhere (Ctrl-C,
+SIGTERM, a crash between checkpoints) and resumed with ``resume=True`` skips the steps it
+had done and ends with exactly the weights of a run that was never stopped.
+
+Files in ``out_dir`` (only rank 0 writes them):
+
+* ``config.json``   the configuration, the resolved network and provenance
+* ``metrics.json``, ``metrics.csv``   one row per epoch
+* ``last.pt``       a checkpoint at every epoch end, every ``checkpoint_interval`` seconds
+                    and on interruption; ``resume=True`` continues from it
+* ``best.pt``       the weights with the best test accuracy so far
+
+An epoch's end is written in that order: ``best.pt`` (if it improved), ``last.pt``, then
+the metrics, so the metrics never hold an epoch that ``last.pt`` lacks: a run whose
+checkpoint could not be written (a full disk) resumes from the epoch the metrics end at.
+The run holds ``out_dir`` locked (:func:`qsnn.io.folder_lock`, rank 0): a second run into
+the same folder is refused while it lasts.
+
+Distributed: run under ``torchrun`` (``torchrun --nproc_per_node 2 -m qsnn.train ...``);
+each step's batch is split across the processes, which average their gradients
+(DistributedDataParallel, gloo on the CPU, nccl on GPUs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from qsnn import data as qdata
+from qsnn.distributed import Dist as _Dist
+from qsnn.distributed import check_device
+from qsnn.distributed import setup as _setup_distributed
+from qsnn.errors import QsnnError
+from qsnn.io import RESUME, folder_lock, read_json, write_csv, write_json
+from qsnn.net.models import QuantizedNet
+from qsnn.train.checkpoint import (
+    check_finite,
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+    torch_save,
+    unwrapped,
+    write_config,
+)
+from qsnn.train.config import TrainConfig
+
+# ----------------------------------------------------------------------------- data and steps
+
+
+def _generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded from integers, e.g. (seed, epoch): independent of global state."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + part) % 2**63
+    return torch.Generator().manual_seed(value)
+
+
+def _batch(
+    data: qdata.ImageSet,
+    index: torch.Tensor,
+    *,
+    train: bool,
+    generator: torch.Generator | None,
+    device: torch.device,
+    stage: str = "pixels",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``index`` of ``data`` as (the network's input x, labels) on ``device``;
+    augmented if train. ``stage``: the network's input stage; a standardizing network
+    trains on the CIFAR code's pipeline (crop, flip, brightness, contrast, standardization)."""
+    pixels = qdata.prepare(data.images[index], data.name, train=train, generator=generator)
+    if train and stage == "standardize":
+        pixels = qdata.paper_augment(pixels, generator)
+    x = qdata.model_input(pixels, stage).to(device, non_blocking=True)
+    labels = data.labels[index].to(device, non_blocking=True)
+    return x, labels
+
+
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Adam step on cross-entropy; returns (summed loss, number correct), both detached."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        correct = (logits.argmax(1) == labels).sum()
+    return loss.detach() * labels.numel(), correct
+
+
+@torch.no_grad()
+def _count_correct(
+    model: nn.Module, data: qdata.ImageSet, index: torch.Tensor, batch_size: int,
+    device: torch.device,
+) -> int:
+    """How many of the images ``index`` the net classifies right (eval mode, then restored)."""
+    net = unwrapped(model)
+    was_training = net.training
+    net.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, len(index), batch_size):
+        x, labels = _batch(
+            data, index[start : start + batch_size], train=False, generator=None, device=device,
+            stage=net.spec.input_stage,
+        )
+        correct += (net(x).argmax(1) == labels).sum()
+    net.train(was_training)
+    return int(correct)
+
+
+def evaluate(
+    model: nn.Module,
+    data: qdata.ImageSet,
+    *,
+    batch_size: int = 1000,
+    device: str | torch.device | None = None,
+) -> float:
+    """Test accuracy in % (eval mode, no gradients); ``device`` defaults to the model's."""
+    if len(data) == 0:
+        raise QsnnError(f"cannot evaluate on an empty {data.name} {data.split} set")
+    if device is None:
+        device = next(unwrapped(model).parameters()).device
+    index = torch.arange(len(data))
+    return 100.0 * _count_correct(model, data, index, batch_size, torch.device(device)) / len(data)
+
+
+def _setup_device(name: str, ddp: _Dist) -> torch.device:
+    device = check_device(name)
+    if device.type == "cuda":
+        if ddp.active:
+            device = torch.device("cuda", ddp.local_rank)
+        elif device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+        # Reproducible resumes matter more here than the few percent cudnn autotuning gives.
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return device
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after SIGINT/SIGTERM once ``last.pt`` holds everything done so far."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"training stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class _StopSignals:
+    """The first SIGINT/SIGTERM asks the loop to stop at the next step; a second one stops now.
+
+    Stopping between steps (never inside ``optimizer.step``) is what makes the state saved
+    on interruption a consistent one. Signals received while a checkpoint is being written
+    wait until it is written.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.deferring = False
+        self._previous: dict[int, Any] = {}
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Signals wait until the block (writing a checkpoint, say) is done."""
+        before, self.deferring = self.deferring, True
+        try:
+            yield
+        finally:
+            self.deferring = before
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is None or self.deferring:
+            self.signum = self.signum or signum
+            return
+        raise KeyboardInterrupt
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's batch-norm statistics (each rank updated them on its shard)."""
+    for buffer in unwrapped(model).buffers():
+        dist.broadcast(buffer, 0)
+
+
+def _any_rank(flag: bool, ddp: _Dist, device: torch.device) -> bool:
+    """True when ``flag`` is true on any process (all processes must call this)."""
+    if not ddp.active:
+        return flag
+    shared = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(shared)
+    return bool(shared > 0)
+
+
+def _fresh_running(device: torch.device) -> dict[str, Any]:
+    """An epoch's running sums (kept on the device: no synchronisation per step)."""
+    return {
+        "loss_sum": torch.zeros((), dtype=torch.float64, device=device),
+        "correct": torch.zeros((), dtype=torch.int64, device=device),
+        "seen": 0,
+        "seconds": 0.0,
+    }
+
+
+def _summary(out_dir: Path, state: dict[str, Any], *, already_done: bool) -> dict[str, Any]:
+    history = state["metrics"]
+    last = history[-1] if history else {}
+    return {
+        "out_dir": str(out_dir),
+        "epochs": state["epoch"],
+        "already_done": already_done,
+        "final_test_acc": last.get("test_acc"),
+        "final_train_acc": last.get("train_acc"),
+        "final_train_loss": last.get("train_loss"),
+        "best_test_acc": state["best_acc"],
+        "best_epoch": state["best_epoch"],
+        "seconds": sum(row["seconds"] for row in history),
+    }
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
+    save_rank_weights: bool = False,
+    retry: str = RESUME,
+) -> dict[str, Any]:
+    """Train ``config`` into ``out_dir`` (see the module docstring) and return a summary.
+
+    ``resume``: continue from ``out_dir/last.pt`` exactly where it stopped.
+    ``on_step(epoch, step)``: called after every finished step (0-based epoch, steps done).
+    ``save_rank_weights``: every process also writes ``rank{r}_weights.pt`` at the end.
+    ``retry``: how the message of a checkpoint that could not be written (a full disk)
+    says to continue, e.g. "resume with --resume".
+    A KeyboardInterrupt or SIGTERM saves ``last.pt`` and is then re-raised. Another run
+    that holds ``out_dir`` (:func:`qsnn.io.folder_lock`) makes it a QsnnError.
+    """
+    out_dir = Path(out_dir)
+    ddp = _setup_distributed(config.device)
+    try:
+        with contextlib.ExitStack() as hold:  # (the folder lock, released when the run ends)
+            summary = _train(config, out_dir, ddp, resume, progress, on_step, save_rank_weights, retry, hold)
+            if ddp.owns_group:  # every rank done before any closes its connections (gloo aborts a
+                dist.barrier()  # process whose peer hangs up while it still reads)
+        return summary
+    finally:
+        if ddp.owns_group:
+            dist.destroy_process_group()
+
+
+def _lock_out_dir(out_dir: Path, ddp: _Dist, device: torch.device, hold: contextlib.ExitStack) -> None:
+    """Rank 0 locks ``out_dir`` for the run (into ``hold``); every rank learns whether it
+    could, so that a refused run ends on all of them instead of leaving them waiting."""
+    refusal = None
+    if ddp.main:
+        try:
+            hold.enter_context(folder_lock(out_dir))
+        except QsnnError as error:
+            refusal = str(error)
+    if ddp.active:  # (a collective: every rank calls it, at the same point)
+        shared = [refusal]
+        dist.broadcast_object_list(shared, src=0, device=device)
+        refusal = shared[0]
+    if refusal is not None:
+        raise QsnnError(refusal)
+
+
+def _write_metrics(out_dir: Path, metrics: list[dict[str, Any]], retry: str) -> None:
+    write_json(out_dir / "metrics.json", metrics, retry=retry)
+    write_csv(out_dir / "metrics.csv", metrics, retry=retry)
+
+
+def _sync_metrics(out_dir: Path, metrics: list[dict[str, Any]], retry: str) -> None:
+    """Make the metrics files say what ``last.pt`` says (a run stopped after writing its
+    checkpoint but before its metrics, by a full disk say, is behind)."""
+    try:
+        same = read_json(out_dir / "metrics.json") == metrics and (out_dir / "metrics.csv").is_file()
+    except (OSError, QsnnError):
+        same = False
+    if not same:
+        _write_metrics(out_dir, metrics, retry)
+
+
+def _train(
+    config: TrainConfig,
+    out_dir: Path,
+    ddp: _Dist,
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[int, int], None] | None,
+    save_rank_weights: bool,
+    retry: str,
+    hold: contextlib.ExitStack,
+) -> dict[str, Any]:
+    spec = config.spec()
+    config.check_memory(spec)
+    device = _setup_device(config.device, ddp)
+    batch_size = config.resolved_batch_size()
+    per_rank = batch_size // ddp.world
+    if per_rank < 1:
+        raise QsnnError(f"batch size {batch_size} is smaller than the {ddp.world} processes")
+    global_batch = per_rank * ddp.world
+    _lock_out_dir(out_dir, ddp, device, hold)
+    show = progress and ddp.main
+
+    def log(message: str) -> None:
+        if show:
+            tqdm.write(message, file=sys.stderr)
+
+    # -- the run's state: fresh, or from last.pt
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if resume:
+        if not last_path.exists():
+            raise QsnnError(
+                f"nothing to resume: {last_path} does not exist; run without resume to start"
+            )
+        model, checkpoint = load_checkpoint(last_path, device=device)
+        saved = checkpoint.get("config") or {}
+        check_resumable(saved, config, out_dir)
+        if model.spec != spec:  # the same options, another net: a preset's layer list has changed since
+            raise QsnnError(
+                f"{last_path} holds {model.spec.describe()}, but these options now build {spec.describe()}; "
+                "train into another folder"
+            )
+        if config.lr_decay_epoch is None:  # the schedule already followed, also when the run is extended
+            kept = saved.get("lr_decay_epoch")
+            if kept is None:
+                kept = dataclasses.replace(config, epochs=saved.get("epochs", config.epochs)).resolved_lr_decay_epoch()
+            config = dataclasses.replace(config, lr_decay_epoch=kept)
+            if saved.get("epochs") != config.epochs:
+                log(f"extending to {config.epochs} epochs: lr / 10 from epoch {kept + 1} on, as this run has followed")
+        state = {key: checkpoint[key] for key in ("epoch", "step", "best_acc", "best_epoch")}
+        state["metrics"] = list(checkpoint["metrics"])
+        state["running"] = dict(checkpoint["running"])  # its sums are tensors on device
+        if ddp.main:
+            _sync_metrics(out_dir, state["metrics"], retry)
+        if state["step"] > 0 and checkpoint.get("world_size", 1) != ddp.world:
+            raise QsnnError(
+                f"cannot resume {out_dir} in the middle of an epoch with {ddp.world} processes: "
+                f"it was stopped while running with {checkpoint.get('world_size', 1)}; "
+                "use that many"
+            )
+        if state["epoch"] >= config.epochs:
+            log(
+                f"{out_dir} is already done: {state['epoch']} epochs, best test accuracy "
+                f"{state['best_acc']:.2f}% (epoch {state['best_epoch']})"
+            )
+            return _summary(out_dir, state, already_done=True)
+        log(f"resuming {out_dir} at epoch {state['epoch'] + 1}, step {state['step']}")
+    else:
+        if last_path.exists():
+            raise QsnnError(
+                f"{out_dir} already holds a run (last.pt); resume it or give another "
+                "output directory"
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = QuantizedNet(spec)
+        model.to(device)
+        checkpoint = None
+        state = {
+            "epoch": 0, "step": 0, "best_acc": -1.0, "best_epoch": 0, "metrics": [],
+            "running": _fresh_running(device),
+        }
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    ddp_model: nn.Module = model
+    if ddp.active:
+        ids = [device.index] if device.type == "cuda" else None
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    train_set = qdata.load(config.dataset, "train", config.data_dir)
+    test_set = qdata.load(config.dataset, "test", config.data_dir)
+    if config.train_limit is not None:
+        train_set = train_set.subset(config.train_limit)
+    if config.test_limit is not None:
+        test_set = test_set.subset(config.test_limit)
+    steps = len(train_set) // global_batch
+    if steps == 0:
+        raise QsnnError(
+            f"{len(train_set)} training images do not fill one batch of {global_batch}; "
+            "lower the batch size or raise the train limit"
+        )
+
+    if ddp.main:
+        write_config(out_dir, config, spec, device, ddp.world, global_batch, resumed=resume)
+        log(
+            f"training {spec.describe()} on {config.dataset}: {len(train_set)} images, "
+            f"{steps} steps of {global_batch} per epoch, {config.epochs} epochs, {device}"
+            + (f", {ddp.world} processes" if ddp.active else "")
+        )
+
+    def save_last() -> None:
+        """Checkpoint everything needed to continue exactly from here (rank 0 only)."""
+        check_finite(model, state, config, out_dir)
+        if ddp.main:
+            save_checkpoint(
+                last_path, model, config, retry=retry,
+                optimizer=optimizer.state_dict(), world_size=ddp.world,
+                **{key: state[key] for key in ("epoch", "step", "best_acc", "best_epoch")},
+                metrics=state["metrics"], running=state["running"],
+            )
+
+    with _StopSignals() as stop:
+        at_boundary = True  # False while a step may have half-updated the weights
+        try:
+            while state["epoch"] < config.epochs:
+                epoch = state["epoch"]
+                lr = config.lr_at(epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                order = torch.randperm(len(train_set), generator=_generator(config.seed, epoch))
+                running = state["running"]  # loss and correct summed over the epoch so far
+                base_seconds, started = running["seconds"], time.monotonic()
+                last_save = started
+                bar = tqdm(
+                    total=steps, initial=state["step"], desc=f"epoch {epoch + 1}/{config.epochs}",
+                    disable=not show, leave=False, dynamic_ncols=True, file=sys.stderr,
+                )
+
+                ddp_model.train()
+                for step in range(state["step"], steps):
+                    start = step * global_batch + ddp.rank * per_rank
+                    x, labels = _batch(
+                        train_set, order[start : start + per_rank], train=True,
+                        generator=_generator(config.seed, epoch, step, ddp.rank), device=device,
+                        stage=spec.input_stage,
+                    )
+                    at_boundary = False
+                    step_loss, step_correct = train_step(ddp_model, optimizer, x, labels)
+                    save_now = time.monotonic() - last_save >= config.checkpoint_interval
+                    stop_now = stop.signum is not None
+                    if ddp.active:  # sum the statistics and agree on saving or stopping
+                        flags = [float(save_now and ddp.main), float(stop_now)]
+                        shared = torch.cat([
+                            torch.stack([step_loss.double(), step_correct.double()]),
+                            torch.tensor(flags, dtype=torch.float64, device=device),
+                        ])
+                        dist.all_reduce(shared)
+                        step_loss, step_correct = shared[0], shared[1].long()
+                        save_now, stop_now = bool(shared[2] > 0), bool(shared[3] > 0)
+                    running["loss_sum"] += step_loss
+                    running["correct"] += step_correct
+                    running["seen"] += global_batch
+                    running["seconds"] = base_seconds + time.monotonic() - started
+                    state["step"] = step + 1
+                    at_boundary = True
+
+                    bar.update(1)
+                    if show and (step % 10 == 0 or step + 1 == steps):
+                        bar.set_postfix(
+                            loss=f"{float(running['loss_sum']) / running['seen']:.4f}",
+                            acc=f"{100 * int(running['correct']) / running['seen']:.2f}%",
+                        )
+                    if on_step is not None:
+                        on_step(epoch, step + 1)
+                    if stop_now:
+                        raise TrainingInterrupted(stop.signum or signal.SIGTERM)
+                    if save_now and step + 1 < steps:
+                        with stop.deferred():
+                            save_last()
+                        last_save = time.monotonic()
+                bar.close()
+
+                # -- end of epoch: evaluate, record, checkpoint
+                check_finite(model, state, config, out_dir)
+                if ddp.active:
+                    _broadcast_buffers(model)
+                    shard = torch.arange(ddp.rank, len(test_set), ddp.world)
+                    hits = torch.tensor(
+                        [_count_correct(model, test_set, shard, 1000, device)], device=device
+                    )
+                    dist.all_reduce(hits)
+                    test_acc = 100.0 * int(hits) / len(test_set)
+                else:
+                    test_acc = evaluate(model, test_set, device=device)
+                row = {
+                    "epoch": epoch + 1,
+                    "lr": lr,
+                    "train_loss": float(running["loss_sum"]) / running["seen"],
+                    "train_acc": 100.0 * int(running["correct"]) / running["seen"],
+                    "test_acc": test_acc,
+                    "seconds": base_seconds + time.monotonic() - started,
+                }
+                improved = test_acc > state["best_acc"]
+                with stop.deferred():  # the files and the state move on together
+                    state["metrics"].append(row)
+                    if improved:
+                        state["best_acc"], state["best_epoch"] = test_acc, epoch + 1
+                    state.update(epoch=epoch + 1, step=0, running=_fresh_running(device))
+                    if ddp.main:  # checkpoints first: the metrics never hold an epoch last.pt lacks
+                        if improved:  # (before last.pt, whose best_epoch names it)
+                            save_checkpoint(
+                                best_path, model, config, retry=retry, epoch=epoch + 1, test_acc=test_acc,
+                                metrics=state["metrics"],
+                            )
+                        save_last()
+                        _write_metrics(out_dir, state["metrics"], retry)
+                log(
+                    f"epoch {epoch + 1}/{config.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
+                    f"train {row['train_acc']:.2f}%, test {test_acc:.2f}%"
+                    + (" (best)" if improved else "") + f", {row['seconds']:.1f} s"
+                )
+                if _any_rank(stop.signum is not None, ddp, device):
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM)
+        except KeyboardInterrupt:
+            if at_boundary:
+                with stop.deferred():
+                    save_last()
+                log(f"stopped; {last_path} holds the run: resume it to continue")
+            raise
+
+    if save_rank_weights:
+        torch_save(out_dir / f"rank{ddp.rank}_weights.pt", model.state_dict(), retry=retry)
+    return _summary(out_dir, state, already_done=False)
+
