@@ -332,227 +332,255 @@ def _train(
     retry: str,
     hold: contextlib.ExitStack,
 ) -> dict[str, Any]:
-    spec = config.spec()
-    config.check_memory(spec)
-    device = _setup_device(config.device, ddp)
-    batch_size = config.resolved_batch_size()
-    per_rank = batch_size // ddp.world
-    if per_rank < 1:
-        raise QsnnError(f"batch size {batch_size} is smaller than the {ddp.world} processes")
-    global_batch = per_rank * ddp.world
-    _lock_out_dir(out_dir, ddp, device, hold)
-    show = progress and ddp.main
+    """The run, top to bottom: set up, start or resume, the epochs, the end."""
+    run = _Run(config, out_dir, ddp, progress, on_step, retry)
+    _lock_out_dir(out_dir, ddp, run.device, hold)
+    if resume:
+        done = run.resume()
+        if done is not None:
+            return done
+    else:
+        run.start()
+    run.prepare()
+    with _StopSignals() as stop:
+        run.at_boundary = True  # False while a step may have half-updated the weights
+        try:
+            while run.state["epoch"] < run.config.epochs:
+                lr = run.train_epoch(stop)
+                run.finish_epoch(lr, stop)
+                if _any_rank(stop.signum is not None, ddp, run.device):
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM)
+        except KeyboardInterrupt:
+            if run.at_boundary:
+                with stop.deferred():
+                    run.save_last()
+                run.log(f"stopped; {run.last_path} holds the run: resume it to continue")
+            raise
+    if save_rank_weights:
+        torch_save(out_dir / f"rank{ddp.rank}_weights.pt", run.model.state_dict(), retry=retry)
+    return _summary(out_dir, run.state, already_done=False)
 
-    def log(message: str) -> None:
-        if show:
+
+class _Run:
+    """One training run's state: the model, optimizer, data and progress (``state``: epoch,
+    step, best accuracy, metrics, and the running sums of the epoch in progress)."""
+
+    def __init__(self, config: TrainConfig, out_dir: Path, ddp: _Dist, progress: bool,
+                 on_step: Callable[[int, int], None] | None, retry: str) -> None:
+        self.config, self.out_dir, self.ddp, self.on_step, self.retry = config, out_dir, ddp, on_step, retry
+        self.spec = config.spec()
+        config.check_memory(self.spec)
+        self.device = _setup_device(config.device, ddp)
+        batch_size = config.resolved_batch_size()
+        self.per_rank = batch_size // ddp.world
+        if self.per_rank < 1:
+            raise QsnnError(f"batch size {batch_size} is smaller than the {ddp.world} processes")
+        self.global_batch = self.per_rank * ddp.world
+        self.show = progress and ddp.main
+        self.last_path, self.best_path = out_dir / "last.pt", out_dir / "best.pt"
+        self.checkpoint: dict[str, Any] | None = None
+        self.resumed = False
+        self.at_boundary = True
+
+    def log(self, message: str) -> None:
+        if self.show:
             tqdm.write(message, file=sys.stderr)
 
-    # -- the run's state: fresh, or from last.pt
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if resume:
-        if not last_path.exists():
+    def start(self) -> None:
+        """A fresh run: weights initialised from the seed."""
+        if self.last_path.exists():
             raise QsnnError(
-                f"nothing to resume: {last_path} does not exist; run without resume to start"
+                f"{self.out_dir} already holds a run (last.pt); resume it or give another output directory"
             )
-        model, checkpoint = load_checkpoint(last_path, device=device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            self.model = QuantizedNet(self.spec)
+        self.model.to(self.device)
+        self.state = {
+            "epoch": 0, "step": 0, "best_acc": -1.0, "best_epoch": 0, "metrics": [],
+            "running": _fresh_running(self.device),
+        }
+
+    def resume(self) -> dict[str, Any] | None:
+        """Continue from last.pt; the summary instead when that run is already done."""
+        config, out_dir, ddp = self.config, self.out_dir, self.ddp
+        if not self.last_path.exists():
+            raise QsnnError(f"nothing to resume: {self.last_path} does not exist; run without resume to start")
+        self.model, checkpoint = load_checkpoint(self.last_path, device=self.device)
         saved = checkpoint.get("config") or {}
         check_resumable(saved, config, out_dir)
-        if model.spec != spec:  # the same options, another net: a preset's layer list has changed since
+        if self.model.spec != self.spec:  # the same options, another net: a preset's layer list has changed since
             raise QsnnError(
-                f"{last_path} holds {model.spec.describe()}, but these options now build {spec.describe()}; "
-                "train into another folder"
+                f"{self.last_path} holds {self.model.spec.describe()}, but these options now build "
+                f"{self.spec.describe()}; train into another folder"
             )
         if config.lr_decay_epoch is None:  # the schedule already followed, also when the run is extended
             kept = saved.get("lr_decay_epoch")
             if kept is None:
                 kept = dataclasses.replace(config, epochs=saved.get("epochs", config.epochs)).resolved_lr_decay_epoch()
-            config = dataclasses.replace(config, lr_decay_epoch=kept)
+            self.config = config = dataclasses.replace(config, lr_decay_epoch=kept)
             if saved.get("epochs") != config.epochs:
-                log(f"extending to {config.epochs} epochs: lr / 10 from epoch {kept + 1} on, as this run has followed")
+                self.log(f"extending to {config.epochs} epochs: lr / 10 from epoch {kept + 1} on, as this run has followed")
         state = {key: checkpoint[key] for key in ("epoch", "step", "best_acc", "best_epoch")}
         state["metrics"] = list(checkpoint["metrics"])
         state["running"] = dict(checkpoint["running"])  # its sums are tensors on device
+        self.state, self.checkpoint, self.resumed = state, checkpoint, True
         if ddp.main:
-            _sync_metrics(out_dir, state["metrics"], retry)
+            _sync_metrics(out_dir, state["metrics"], self.retry)
         if state["step"] > 0 and checkpoint.get("world_size", 1) != ddp.world:
             raise QsnnError(
                 f"cannot resume {out_dir} in the middle of an epoch with {ddp.world} processes: "
-                f"it was stopped while running with {checkpoint.get('world_size', 1)}; "
-                "use that many"
+                f"it was stopped while running with {checkpoint.get('world_size', 1)}; use that many"
             )
         if state["epoch"] >= config.epochs:
-            log(
+            self.log(
                 f"{out_dir} is already done: {state['epoch']} epochs, best test accuracy "
                 f"{state['best_acc']:.2f}% (epoch {state['best_epoch']})"
             )
             return _summary(out_dir, state, already_done=True)
-        log(f"resuming {out_dir} at epoch {state['epoch'] + 1}, step {state['step']}")
-    else:
-        if last_path.exists():
+        self.log(f"resuming {out_dir} at epoch {state['epoch'] + 1}, step {state['step']}")
+        return None
+
+    def prepare(self) -> None:
+        """The optimizer (restored when resuming), the data-parallel wrapper and the data."""
+        config, ddp = self.config, self.ddp
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        if self.checkpoint is not None:
+            self.optimizer.load_state_dict(self.checkpoint["optimizer"])
+        self.ddp_model: nn.Module = self.model
+        if ddp.active:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.train_set = qdata.load(config.dataset, "train", config.data_dir)
+        self.test_set = qdata.load(config.dataset, "test", config.data_dir)
+        if config.train_limit is not None:
+            self.train_set = self.train_set.subset(config.train_limit)
+        if config.test_limit is not None:
+            self.test_set = self.test_set.subset(config.test_limit)
+        self.steps = len(self.train_set) // self.global_batch
+        if self.steps == 0:
             raise QsnnError(
-                f"{out_dir} already holds a run (last.pt); resume it or give another "
-                "output directory"
+                f"{len(self.train_set)} training images do not fill one batch of {self.global_batch}; "
+                "lower the batch size or raise the train limit"
             )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            model = QuantizedNet(spec)
-        model.to(device)
-        checkpoint = None
-        state = {
-            "epoch": 0, "step": 0, "best_acc": -1.0, "best_epoch": 0, "metrics": [],
-            "running": _fresh_running(device),
-        }
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    ddp_model: nn.Module = model
-    if ddp.active:
-        ids = [device.index] if device.type == "cuda" else None
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    train_set = qdata.load(config.dataset, "train", config.data_dir)
-    test_set = qdata.load(config.dataset, "test", config.data_dir)
-    if config.train_limit is not None:
-        train_set = train_set.subset(config.train_limit)
-    if config.test_limit is not None:
-        test_set = test_set.subset(config.test_limit)
-    steps = len(train_set) // global_batch
-    if steps == 0:
-        raise QsnnError(
-            f"{len(train_set)} training images do not fill one batch of {global_batch}; "
-            "lower the batch size or raise the train limit"
-        )
-
-    if ddp.main:
-        write_config(out_dir, config, spec, device, ddp.world, global_batch, resumed=resume)
-        log(
-            f"training {spec.describe()} on {config.dataset}: {len(train_set)} images, "
-            f"{steps} steps of {global_batch} per epoch, {config.epochs} epochs, {device}"
-            + (f", {ddp.world} processes" if ddp.active else "")
-        )
-
-    def save_last() -> None:
-        """Checkpoint everything needed to continue exactly from here (rank 0 only)."""
-        check_finite(model, state, config, out_dir)
         if ddp.main:
-            save_checkpoint(
-                last_path, model, config, retry=retry,
-                optimizer=optimizer.state_dict(), world_size=ddp.world,
-                **{key: state[key] for key in ("epoch", "step", "best_acc", "best_epoch")},
-                metrics=state["metrics"], running=state["running"],
+            write_config(self.out_dir, config, self.spec, self.device, ddp.world, self.global_batch, resumed=self.resumed)
+            self.log(
+                f"training {self.spec.describe()} on {config.dataset}: {len(self.train_set)} images, "
+                f"{self.steps} steps of {self.global_batch} per epoch, {config.epochs} epochs, {self.device}"
+                + (f", {ddp.world} processes" if ddp.active else "")
             )
 
-    with _StopSignals() as stop:
-        at_boundary = True  # False while a step may have half-updated the weights
-        try:
-            while state["epoch"] < config.epochs:
-                epoch = state["epoch"]
-                lr = config.lr_at(epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                order = torch.randperm(len(train_set), generator=_generator(config.seed, epoch))
-                running = state["running"]  # loss and correct summed over the epoch so far
-                base_seconds, started = running["seconds"], time.monotonic()
-                last_save = started
-                bar = tqdm(
-                    total=steps, initial=state["step"], desc=f"epoch {epoch + 1}/{config.epochs}",
-                    disable=not show, leave=False, dynamic_ncols=True, file=sys.stderr,
+    def save_last(self) -> None:
+        """Checkpoint everything needed to continue exactly from here (rank 0 only)."""
+        check_finite(self.model, self.state, self.config, self.out_dir)
+        if self.ddp.main:
+            save_checkpoint(
+                self.last_path, self.model, self.config, retry=self.retry,
+                optimizer=self.optimizer.state_dict(), world_size=self.ddp.world,
+                **{key: self.state[key] for key in ("epoch", "step", "best_acc", "best_epoch")},
+                metrics=self.state["metrics"], running=self.state["running"],
+            )
+
+    def train_epoch(self, stop: _StopSignals) -> float:
+        """The steps of the current epoch, from where it stands; returns its learning rate."""
+        config, ddp, state = self.config, self.ddp, self.state
+        epoch = state["epoch"]
+        lr = config.lr_at(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        order = torch.randperm(len(self.train_set), generator=_generator(config.seed, epoch))
+        running = state["running"]  # loss and correct summed over the epoch so far
+        self.base_seconds, self.started = running["seconds"], time.monotonic()
+        last_save = self.started
+        bar = tqdm(
+            total=self.steps, initial=state["step"], desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not self.show, leave=False, dynamic_ncols=True, file=sys.stderr,
+        )
+        self.ddp_model.train()
+        for step in range(state["step"], self.steps):
+            start = step * self.global_batch + ddp.rank * self.per_rank
+            x, labels = _batch(
+                self.train_set, order[start : start + self.per_rank], train=True,
+                generator=_generator(config.seed, epoch, step, ddp.rank), device=self.device,
+                stage=self.spec.input_stage,
+            )
+            self.at_boundary = False
+            step_loss, step_correct = train_step(self.ddp_model, self.optimizer, x, labels)
+            save_now = time.monotonic() - last_save >= config.checkpoint_interval
+            stop_now = stop.signum is not None
+            if ddp.active:  # sum the statistics and agree on saving or stopping
+                flags = [float(save_now and ddp.main), float(stop_now)]
+                shared = torch.cat([
+                    torch.stack([step_loss.double(), step_correct.double()]),
+                    torch.tensor(flags, dtype=torch.float64, device=self.device),
+                ])
+                dist.all_reduce(shared)
+                step_loss, step_correct = shared[0], shared[1].long()
+                save_now, stop_now = bool(shared[2] > 0), bool(shared[3] > 0)
+            running["loss_sum"] += step_loss
+            running["correct"] += step_correct
+            running["seen"] += self.global_batch
+            running["seconds"] = self.base_seconds + time.monotonic() - self.started
+            state["step"] = step + 1
+            self.at_boundary = True
+
+            bar.update(1)
+            if self.show and (step % 10 == 0 or step + 1 == self.steps):
+                bar.set_postfix(
+                    loss=f"{float(running['loss_sum']) / running['seen']:.4f}",
+                    acc=f"{100 * int(running['correct']) / running['seen']:.2f}%",
                 )
-
-                ddp_model.train()
-                for step in range(state["step"], steps):
-                    start = step * global_batch + ddp.rank * per_rank
-                    x, labels = _batch(
-                        train_set, order[start : start + per_rank], train=True,
-                        generator=_generator(config.seed, epoch, step, ddp.rank), device=device,
-                        stage=spec.input_stage,
-                    )
-                    at_boundary = False
-                    step_loss, step_correct = train_step(ddp_model, optimizer, x, labels)
-                    save_now = time.monotonic() - last_save >= config.checkpoint_interval
-                    stop_now = stop.signum is not None
-                    if ddp.active:  # sum the statistics and agree on saving or stopping
-                        flags = [float(save_now and ddp.main), float(stop_now)]
-                        shared = torch.cat([
-                            torch.stack([step_loss.double(), step_correct.double()]),
-                            torch.tensor(flags, dtype=torch.float64, device=device),
-                        ])
-                        dist.all_reduce(shared)
-                        step_loss, step_correct = shared[0], shared[1].long()
-                        save_now, stop_now = bool(shared[2] > 0), bool(shared[3] > 0)
-                    running["loss_sum"] += step_loss
-                    running["correct"] += step_correct
-                    running["seen"] += global_batch
-                    running["seconds"] = base_seconds + time.monotonic() - started
-                    state["step"] = step + 1
-                    at_boundary = True
-
-                    bar.update(1)
-                    if show and (step % 10 == 0 or step + 1 == steps):
-                        bar.set_postfix(
-                            loss=f"{float(running['loss_sum']) / running['seen']:.4f}",
-                            acc=f"{100 * int(running['correct']) / running['seen']:.2f}%",
-                        )
-                    if on_step is not None:
-                        on_step(epoch, step + 1)
-                    if stop_now:
-                        raise TrainingInterrupted(stop.signum or signal.SIGTERM)
-                    if save_now and step + 1 < steps:
-                        with stop.deferred():
-                            save_last()
-                        last_save = time.monotonic()
-                bar.close()
-
-                # -- end of epoch: evaluate, record, checkpoint
-                check_finite(model, state, config, out_dir)
-                if ddp.active:
-                    _broadcast_buffers(model)
-                    shard = torch.arange(ddp.rank, len(test_set), ddp.world)
-                    hits = torch.tensor(
-                        [_count_correct(model, test_set, shard, 1000, device)], device=device
-                    )
-                    dist.all_reduce(hits)
-                    test_acc = 100.0 * int(hits) / len(test_set)
-                else:
-                    test_acc = evaluate(model, test_set, device=device)
-                row = {
-                    "epoch": epoch + 1,
-                    "lr": lr,
-                    "train_loss": float(running["loss_sum"]) / running["seen"],
-                    "train_acc": 100.0 * int(running["correct"]) / running["seen"],
-                    "test_acc": test_acc,
-                    "seconds": base_seconds + time.monotonic() - started,
-                }
-                improved = test_acc > state["best_acc"]
-                with stop.deferred():  # the files and the state move on together
-                    state["metrics"].append(row)
-                    if improved:
-                        state["best_acc"], state["best_epoch"] = test_acc, epoch + 1
-                    state.update(epoch=epoch + 1, step=0, running=_fresh_running(device))
-                    if ddp.main:  # checkpoints first: the metrics never hold an epoch last.pt lacks
-                        if improved:  # (before last.pt, whose best_epoch names it)
-                            save_checkpoint(
-                                best_path, model, config, retry=retry, epoch=epoch + 1, test_acc=test_acc,
-                                metrics=state["metrics"],
-                            )
-                        save_last()
-                        _write_metrics(out_dir, state["metrics"], retry)
-                log(
-                    f"epoch {epoch + 1}/{config.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
-                    f"train {row['train_acc']:.2f}%, test {test_acc:.2f}%"
-                    + (" (best)" if improved else "") + f", {row['seconds']:.1f} s"
-                )
-                if _any_rank(stop.signum is not None, ddp, device):
-                    raise TrainingInterrupted(stop.signum or signal.SIGTERM)
-        except KeyboardInterrupt:
-            if at_boundary:
+            if self.on_step is not None:
+                self.on_step(epoch, step + 1)
+            if stop_now:
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM)
+            if save_now and step + 1 < self.steps:
                 with stop.deferred():
-                    save_last()
-                log(f"stopped; {last_path} holds the run: resume it to continue")
-            raise
+                    self.save_last()
+                last_save = time.monotonic()
+        bar.close()
+        return lr
 
-    if save_rank_weights:
-        torch_save(out_dir / f"rank{ddp.rank}_weights.pt", model.state_dict(), retry=retry)
-    return _summary(out_dir, state, already_done=False)
+    def test_accuracy(self) -> float:
+        if not self.ddp.active:
+            return evaluate(self.model, self.test_set, device=self.device)
+        _broadcast_buffers(self.model)
+        shard = torch.arange(self.ddp.rank, len(self.test_set), self.ddp.world)
+        hits = torch.tensor([_count_correct(self.model, self.test_set, shard, 1000, self.device)], device=self.device)
+        dist.all_reduce(hits)
+        return 100.0 * int(hits) / len(self.test_set)
 
+    def finish_epoch(self, lr: float, stop: _StopSignals) -> None:
+        """Evaluate, record the epoch, and write best.pt, last.pt and the metrics."""
+        state, running = self.state, self.state["running"]
+        epoch = state["epoch"]
+        check_finite(self.model, state, self.config, self.out_dir)
+        test_acc = self.test_accuracy()
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": float(running["loss_sum"]) / running["seen"],
+            "train_acc": 100.0 * int(running["correct"]) / running["seen"],
+            "test_acc": test_acc,
+            "seconds": self.base_seconds + time.monotonic() - self.started,
+        }
+        improved = test_acc > state["best_acc"]
+        with stop.deferred():  # the files and the state move on together
+            state["metrics"].append(row)
+            if improved:
+                state["best_acc"], state["best_epoch"] = test_acc, epoch + 1
+            state.update(epoch=epoch + 1, step=0, running=_fresh_running(self.device))
+            if self.ddp.main:  # checkpoints first: the metrics never hold an epoch last.pt lacks
+                if improved:  # (before last.pt, whose best_epoch names it)
+                    save_checkpoint(
+                        self.best_path, self.model, self.config, retry=self.retry, epoch=epoch + 1,
+                        test_acc=test_acc, metrics=state["metrics"],
+                    )
+                self.save_last()
+                _write_metrics(self.out_dir, state["metrics"], self.retry)
+        self.log(
+            f"epoch {epoch + 1}/{self.config.epochs}: lr {lr:g}, loss {row['train_loss']:.4f}, "
+            f"train {row['train_acc']:.2f}%, test {test_acc:.2f}%"
+            + (" (best)" if improved else "") + f", {row['seconds']:.1f} s"
+        )
