@@ -162,6 +162,44 @@ def simulate(
     every batch), "all", or "none". Clean inputs only (noise 0).
     """
 
+    net = _loaded(net)
+    device = check_device(device)
+    pixels, labels = checked_inputs(net, pixels, labels)
+    _check_options(net, steps, noise, batch_size, seed, sg_drop, verify)
+    rules = SCHEMES[net.scheme]
+    if verify != "none" and noise > 0:
+        verify = "none"  # (the exact ANN is the model's on clean images; under noise the reference is
+        # the quantized ANN on the same noisy inputs, by the converted tables)
+    verifier = ModelCheck(net)
+    if simulator is None:
+        simulator = EventSimulator(net) if cpu_kernels(torch.empty(0, device=device)) else simulate_batch
+    if progress and isinstance(simulator, EventSimulator) and not engine.compiled_on_disk():
+        print("qsnn: compiling the simulator's kernels (first run only, about a minute)", file=sys.stderr, flush=True)
+    rank, world = _shard()
+    starts = list(range(0, len(pixels), batch_size))[rank::world]  # (batch by batch, round robin)
+    bar = tqdm(total=len(pixels), desc=f"simulate {net.scheme}", unit="img", disable=not (progress and rank == 0), leave=False)
+    outcomes: list[_BatchOutcome] = []
+    checks: list = []  # see EventSimulator.against_ann
+    for start in starts:
+        batch = slice(start, start + batch_size)
+        draws = NoiseDraws(seed, first_image=start, sg_drop=sg_drop)
+        outcomes.append(_simulate_one_batch(
+            net, simulator, verifier, verify, spiking_input(pixels[batch], net.spec.input_stage).to(device),
+            labels[batch].to(device), start, steps, noise, draws, checks,
+        ))
+        bar.update(min(batch_size, len(pixels) - start))
+    bar.close()
+    check_against_reference(net, checks)  # (against_ann: the first image of every batch, from scratch)
+    verifier.flush()
+    verified = (verifier.images, verifier.differing, verifier.disagreements)
+    if world > 1:
+        outcomes, verified = _gathered(outcomes, verified, world)
+    dropped_in = sg_drop if rules.noise == "spikes" and noise > 0 else None
+    return _aggregated(net, outcomes, len(pixels), noise, dropped_in, verified)
+
+
+def _loaded(net) -> SpikingNet:
+    """A converted network, loaded when given as the path of the .npz `qsnn convert` wrote."""
     if isinstance(net, str | Path):
         net = SpikingNet.load(net)
     if not isinstance(net, SpikingNet):
@@ -169,10 +207,13 @@ def simulate(
             f"simulate() takes a converted network (qsnn.convert(...), or the path of a .npz that "
             f"`qsnn convert` wrote), got {type(net).__name__}"
         )
-    device = check_device(device)
+    return net
+
+
+def _check_options(net: SpikingNet, steps, noise, batch_size, seed, sg_drop, verify) -> None:
+    """simulate()'s options, each refused with one line naming it and its range."""
     if not isinstance(noise, int | float) or not 0 <= noise <= 1:  # also refuses NaN
         raise QsnnError(f"--noise must be between 0 and 1, got {noise}")
-    pixels, labels = checked_inputs(net, pixels, labels)
     if steps is not None and not integer_in(steps, 1):
         raise QsnnError(f"steps must be a positive integer or None (until nothing is in flight), got {steps!r}")
     rules = SCHEMES[net.scheme]
@@ -185,81 +226,69 @@ def simulate(
         raise QsnnError(f"sg_drop must be one of {', '.join(SG_DROPS)}, got {sg_drop!r}")
     if verify not in VERIFY_CHOICES:
         raise QsnnError(f"verify must be one of {', '.join(VERIFY_CHOICES)}, got {verify!r}")
-    stage = net.spec.input_stage
-    if verify != "none" and noise > 0:
-        verify = "none"  # (the exact ANN is the model's on clean images; under noise the reference is
-        # the quantized ANN on the same noisy inputs, by the converted tables)
-    verifier = ModelCheck(net)
+
+
+def _simulate_one_batch(net, simulator, verifier, verify, clean, target, start, steps, noise, draws, checks) -> _BatchOutcome:
+    """One batch: the SNN, its reference ANN (the exact ANN with verify="all"), and what
+    the batch contributes to the result."""
+    rules = SCHEMES[net.scheme]
     against_model = verify == "all"
-    if simulator is None:
-        simulator = EventSimulator(net) if cpu_kernels(torch.empty(0, device=device)) else simulate_batch
-    if progress and isinstance(simulator, EventSimulator) and not engine.compiled_on_disk():
-        print("qsnn: compiling the simulator's kernels (first run only, about a minute)", file=sys.stderr, flush=True)
-    rank, world = _shard()
-    starts = list(range(0, len(pixels), batch_size))[rank::world]  # (batch by batch, round robin)
-    shown = progress and rank == 0
-    bar = tqdm(total=len(pixels), desc=f"simulate {net.scheme}", unit="img", disable=not shown, leave=False)
-    outcomes: list[_BatchOutcome] = []
-    checks: list = []  # see EventSimulator.against_ann
-    for start in starts:
-        clean = spiking_input(pixels[start : start + batch_size], stage).to(device)
-        target = labels[start : start + batch_size].to(device)
-        draws = NoiseDraws(seed, first_image=start, sg_drop=sg_drop)
-        inputs = noisy_pixels(clean, noise, draws) if rules.noise == "pixels" and noise > 0 else clean
-        noise_here = noise if rules.noise == "spikes" else 0.0  # pixel noise is in ``inputs`` already
-        if against_model:  # the reference is the trained model's exact ANN, on every image
-            exact = verifier.ann(clean.cpu())
-            counts, logits = exact.counts, exact.logits
-            record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
-        elif isinstance(simulator, EventSimulator):
-            record, counts, logits = simulator.against_ann(
-                net, inputs, steps, noise=noise_here, draws=draws, checks=checks
-            )
-        else:
-            counts, logits = reference_counts(net, inputs)
-            record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
-        reference = (exact.predictions if against_model else logits.argmax(dim=1)).to(record.predictions.device)
-        if rules.noise == "pixels" and noise > 0:
-            _, clean_logits = reference_counts(net, clean)
-            ann_clean = int((clean_logits.argmax(dim=1) == target).sum())
-        else:
-            ann_clean = int((reference == target).sum())
-        if record.mismatches is not None and not against_model:  # the simulator compared them as it counted
-            mismatches = list(record.mismatches)
-        else:
-            mismatches = [count_differences(snn, ann) for snn, ann in zip(record.counts, counts, strict=True)]
-        if against_model:
-            verifier.record(mismatches, int((record.predictions[-1] != reference).sum()), len(clean))
-        elif verify == "sample":
-            verifier.add(clean[:1], [c[:1] for c in record.counts], record.predictions[-1][:1])
-        outcomes.append(_BatchOutcome(
-            start, record._replace(counts=[], predictions=record.predictions.cpu()),  # counts checked: dropped
-            (record.predictions == target[None]).sum(dim=1).cpu(), (record.predictions == reference[None]).sum(dim=1).cpu(),
-            int((reference == target).sum()), ann_clean, mismatches,
-        ))
-        bar.update(len(clean))
-    bar.close()
-    check_against_reference(net, checks)  # (against_ann: the first image of every batch, from scratch)
-    verifier.flush()
-    verified = (verifier.images, verifier.differing, verifier.disagreements)
-    if world > 1:  # every rank gets every batch's outcome, and puts them in test-set order
-        gathered: list = [None] * world
-        torch.distributed.all_gather_object(gathered, (outcomes, verified))
-        outcomes = sorted((outcome for part, _ in gathered for outcome in part), key=lambda o: o.start)
-        verified = (
-            sum(v[0] for _, v in gathered),
-            [sum(layer) for layer in zip(*(v[1] for _, v in gathered), strict=True)],
-            sum(v[2] for _, v in gathered),
-        )
-    records = [(o.record, o.correct, o.agree) for o in outcomes]
-    ann_correct = sum(o.ann_correct for o in outcomes)
-    ann_correct_clean = sum(o.ann_correct_clean for o in outcomes)
+    inputs = noisy_pixels(clean, noise, draws) if rules.noise == "pixels" and noise > 0 else clean
+    noise_here = noise if rules.noise == "spikes" else 0.0  # pixel noise is in ``inputs`` already
+    if against_model:  # the reference is the trained model's exact ANN, on every image
+        exact = verifier.ann(clean.cpu())
+        counts, reference = exact.counts, exact.predictions
+        record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
+    elif isinstance(simulator, EventSimulator):
+        record, counts, logits = simulator.against_ann(net, inputs, steps, noise=noise_here, draws=draws, checks=checks)
+        reference = logits.argmax(dim=1)
+    else:
+        counts, logits = reference_counts(net, inputs)
+        reference = logits.argmax(dim=1)
+        record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
+    reference = reference.to(record.predictions.device)
+    if rules.noise == "pixels" and noise > 0:
+        _, clean_logits = reference_counts(net, clean)
+        ann_clean = int((clean_logits.argmax(dim=1) == target).sum())
+    else:
+        ann_clean = int((reference == target).sum())
+    if record.mismatches is not None and not against_model:  # the simulator compared them as it counted
+        mismatches = list(record.mismatches)
+    else:
+        mismatches = [count_differences(snn, ann) for snn, ann in zip(record.counts, counts, strict=True)]
+    if against_model:
+        verifier.record(mismatches, int((record.predictions[-1] != reference).sum()), len(clean))
+    elif verify == "sample":
+        verifier.add(clean[:1], [c[:1] for c in record.counts], record.predictions[-1][:1])
+    return _BatchOutcome(
+        start, record._replace(counts=[], predictions=record.predictions.cpu()),  # counts checked: dropped
+        (record.predictions == target[None]).sum(dim=1).cpu(), (record.predictions == reference[None]).sum(dim=1).cpu(),
+        int((reference == target).sum()), ann_clean, mismatches,
+    )
+
+
+def _gathered(outcomes: list, verified: tuple, world: int) -> tuple[list, tuple]:
+    """Every rank's batch outcomes, in test-set order, and the verification sums."""
+    gathered: list = [None] * world
+    torch.distributed.all_gather_object(gathered, (outcomes, verified))
+    outcomes = sorted((outcome for part, _ in gathered for outcome in part), key=lambda o: o.start)
+    verified = (
+        sum(v[0] for _, v in gathered),
+        [sum(layer) for layer in zip(*(v[1] for _, v in gathered), strict=True)],
+        sum(v[2] for _, v in gathered),
+    )
+    return outcomes, verified
+
+
+def _aggregated(net: SpikingNet, outcomes: list, images: int, noise: float, sg_drop: str | None,
+                verified: tuple) -> SimulationResult:
+    """The batches' outcomes summed into one result (steps padded with each batch's last)."""
+    layers = len(net.layers)
     mismatches = [sum(layer) for layer in zip(*(o.mismatches for o in outcomes), strict=True)] if outcomes \
-        else [0] * len(net.layers)
-    total_steps = max(r.predictions.shape[0] for r, _, _ in records)
+        else [0] * layers
+    total_steps = max(o.record.predictions.shape[0] for o in outcomes)
     correct_sum = torch.zeros(total_steps, dtype=torch.int64)
     agree_sum = torch.zeros(total_steps, dtype=torch.int64)
-    layers = len(net.layers)
     positive = torch.zeros(layers, total_steps, dtype=torch.int64)
     negative = torch.zeros_like(positive)
     sops = torch.zeros_like(positive)
@@ -267,12 +296,13 @@ def simulate(
     # per batch: correct per step, and per layer per step the batch's positive and negative
     # spikes and SOPs (step increments; what the original code's text files are made of)
     per_batch: dict[str, list] = {"correct": [], "positive": [], "negative": [], "sops": []}
-    for record, correct, agree in records:
+    for outcome in outcomes:
+        record = outcome.record
         have = record.predictions.shape[0]
         pad = total_steps - have
-        correct = torch.cat([correct.cpu(), correct[-1:].cpu().expand(pad)])
+        correct = torch.cat([outcome.correct, outcome.correct[-1:].expand(pad)])
         correct_sum += correct
-        agree_sum += torch.cat([agree.cpu(), agree[-1:].cpu().expand(pad)])
+        agree_sum += torch.cat([outcome.agree, outcome.agree[-1:].expand(pad)])
         positive[:, :have] += record.positive.cpu()
         negative[:, :have] += record.negative.cpu()
         sops[:, :have] += record.sops.cpu()
@@ -284,13 +314,13 @@ def simulate(
     return SimulationResult(
         scheme=net.scheme,
         steps=total_steps,
-        images=len(pixels),
+        images=images,
         noise=noise,
-        sg_drop=sg_drop if rules.noise == "spikes" and noise > 0 else None,
+        sg_drop=sg_drop,
         correct=correct_sum.tolist(),
         agree=agree_sum.tolist(),
-        ann_correct=ann_correct,
-        ann_correct_clean=ann_correct_clean,
+        ann_correct=sum(o.ann_correct for o in outcomes),
+        ann_correct_clean=sum(o.ann_correct_clean for o in outcomes),
         positive=positive.tolist(),
         negative=negative.tolist(),
         sops=sops.tolist(),
