@@ -99,12 +99,49 @@ GEOMETRY_COLUMNS = 13
 
 def compile_program(net: SpikingNet) -> Program:
     """Lay out a converted network for the kernels."""
-    layers = net.layers
-    count = len(layers)
     dtype = np.int32 if _fits_int32(net) else np.int64
     big = INT32_LIMIT if dtype == np.int32 else 2**54
+    geometry, parts, divisor, neurons, outputs = _layout(net.layers, dtype)
+    offset, step, size, constant = (
+        np.concatenate([getattr(layer, name) for layer in net.layers]).astype(np.int64)
+        for name in ("offset", "step", "size", "constant")
+    )
+    exact = _exact_tables([layer.table for layer in net.layers])
+    state, weights = _storage(np.concatenate(parts), dtype)
+    weights = _aligned(np.concatenate([weights, -weights]))  # the negated copy for negative spikes (see _list_row)
+    levels = np.zeros((len(offset), TABLED_LEVELS + 1), state)
+    levels[:, 0] = -big  # T(-1): a neuron at count 0 sends no negative spike
+    for index in range(len(net.layers)):
+        channels = slice(int(geometry[index, THRESHOLD_AT]), int(geometry[index, THRESHOLD_AT] + geometry[index, OUT_C]))
+        fill_table(
+            levels[channels, 1:], offset[channels], step[channels], int(divisor[index]),
+            exact[channels], size[channels], constant[channels], big,
+        )
+    maps = _neuron_maps(net.layers, geometry, neurons, levels, big, state)
+    # the encoding layer's own table, built with room to spare (its membrane is not bound
+    # by the hidden layers' int32 limits), as float64: exact below 2^53, and beyond it
+    # still above any membrane
+    encoding_levels = np.zeros((int(geometry[0, OUT_C]), TABLED_LEVELS), np.int64)
+    fill_table(encoding_levels, *_encoding_tables(offset, step, divisor, exact, size, constant, geometry))
+    first = net.layers[0]
+    if first.kind == "conv":  # (in c, K, K, out c), the columns rotated (see _encode)
+        encoding_weights = np.ascontiguousarray(first.weight[:, :, :, ::-1].transpose(1, 2, 3, 0), dtype=np.float64)
+    else:
+        encoding_weights = np.ascontiguousarray(first.weight.T, dtype=np.float64)
+    return Program(
+        geometry=geometry, weights=weights, offset=offset, step=step, divisor=divisor, exact=exact,
+        size=size, constant=constant, output=np.ascontiguousarray(net.output.weight.T).astype(np.int64),
+        big=big, neurons=neurons, outputs=outputs, **maps, levels=levels,
+        encoding_weights=encoding_weights.reshape(-1), encoding_levels=encoding_levels.astype(np.float64),
+    )
+
+
+def _layout(layers, dtype) -> tuple:
+    """Each layer's geometry row, its weights flattened in the order spikes read them
+    (channels padded to ALIGN), its divisor S, and where each layer's state and outputs start."""
+    count = len(layers)
     geometry = np.zeros((count, GEOMETRY_COLUMNS), np.int64)
-    parts, offsets, steps, sizes, constants, tables = [], [], [], [], [], []
+    parts = []
     divisor = np.zeros(count, np.int64)
     neurons = np.zeros(count + 1, np.int64)
     outputs = np.zeros(count + 1, np.int64)
@@ -137,39 +174,34 @@ def compile_program(net: SpikingNet) -> Program:
             flat = np.concatenate([wide.reshape(-1), np.zeros(-wide.size % ALIGN, dtype)])
         parts.append(flat)
         weight_at += flat.size
-        offsets.append(layer.offset)
-        steps.append(layer.step)
-        sizes.append(layer.size)
-        constants.append(layer.constant)
-        tables.append(layer.table)
         divisor[index] = layer.divisor
         threshold_at += out_c
         state_size = layer.neurons // out_c * padded
         neurons[index + 1] = neurons[index] + state_size + (-state_size % ALIGN)
         outputs[index + 1] = outputs[index] + layer.neurons
-    offset_all = np.concatenate(offsets).astype(np.int64)
-    step_all = np.concatenate(steps).astype(np.int64)
-    size_all = np.concatenate(sizes).astype(np.int64)
-    constant_all = np.concatenate(constants).astype(np.int64)
-    exact_all = np.full((threshold_at, max(table.shape[1] for table in tables)), 2**54, np.int64)
+    return geometry, parts, divisor, neurons, outputs
+
+
+def _exact_tables(tables: list[np.ndarray]) -> np.ndarray:
+    """Every channel's exact table T(i), one row per channel, padded with 2^54 (out of reach)."""
+    exact = np.full((sum(len(t) for t in tables), max(table.shape[1] for table in tables)), 2**54, np.int64)
     for at, table in zip(np.cumsum([0] + [len(t) for t in tables[:-1]]), tables, strict=True):
-        exact_all[at : at + len(table), : table.shape[1]] = table
-    state, weights = _storage(np.concatenate(parts), dtype)
-    weights = _aligned(np.concatenate([weights, -weights]))  # the negated copy for negative spikes (see _list_row)
-    levels = np.zeros((threshold_at, TABLED_LEVELS + 1), state)
-    levels[:, 0] = -big  # T(-1): a neuron at count 0 sends no negative spike
-    for index in range(count):
-        channels = slice(int(geometry[index, THRESHOLD_AT]), int(geometry[index, THRESHOLD_AT] + geometry[index, OUT_C]))
-        fill_table(
-            levels[channels, 1:], offset_all[channels], step_all[channels], int(divisor[index]),
-            exact_all[channels], size_all[channels], constant_all[channels], big,
-        )
-    initial_upper = np.zeros(int(neurons[-1]), state)
-    origin = np.zeros((int(neurons[-1]), 3), np.int64)
-    reach = np.full((int(neurons[-1]), 2), -1, np.int64)
-    channel_of = np.zeros(int(neurons[-1]), np.int64)
+        exact[at : at + len(table), : table.shape[1]] = table
+    return exact
+
+
+def _neuron_maps(layers, geometry, neurons, levels, big, state) -> dict[str, np.ndarray]:
+    """Per neuron: its first upper threshold, its source position, what it reaches in a
+    pooling layer, its channel, its channel-first index, and the order in which layer 1
+    takes the encoding neurons' spikes."""
+    count = len(layers)
+    total = int(neurons[-1])
+    initial_upper = np.zeros(total, state)
+    origin = np.zeros((total, 3), np.int64)
+    reach = np.full((total, 2), -1, np.int64)
+    channel_of = np.zeros(total, np.int64)
     encoding_order = np.zeros(0, np.int64)
-    first_index = np.zeros(int(neurons[-1]), np.int64)
+    first_index = np.zeros(total, np.int64)
     for index, layer in enumerate(layers):
         at, size, out_c, padded = int(neurons[index]), layer.neurons, int(geometry[index, OUT_C]), int(geometry[index, PADDED_C])
         # indexed by a spike's channel-first index: its source position, looked up, not
@@ -180,8 +212,8 @@ def compile_program(net: SpikingNet) -> Program:
             reach[at : at + size] = _pool_reach(geometry[index + 1], layer.out_shape)
         # indexed by the state's (padded, channel-last) order
         plane = size // out_c
-        state = np.arange(plane * padded).reshape(plane, padded)
-        real = state[:, :out_c].reshape(-1) + at
+        slots = np.arange(plane * padded).reshape(plane, padded)
+        real = slots[:, :out_c].reshape(-1) + at
         channel_of[real] = np.tile(np.arange(out_c), plane)
         if index == 0:  # the order in which layer 1 takes the encoding neurons' spikes
             receiver = geometry[1] if count > 1 else None
@@ -195,39 +227,10 @@ def compile_program(net: SpikingNet) -> Program:
             channel_at = int(geometry[index, THRESHOLD_AT])
             initial_upper[at : at + plane * padded] = big  # padding: never reached
             initial_upper[real] = np.tile(levels[channel_at : channel_at + out_c, 1], plane)
-    # the encoding layer's own table, built with room to spare (its membrane is not bound
-    # by the hidden layers' int32 limits), as float64: exact below 2^53, and beyond it
-    # still above any membrane
-    encoding_levels = np.zeros((int(geometry[0, OUT_C]), TABLED_LEVELS), np.int64)
-    fill_table(encoding_levels, *_encoding_tables(offset_all, step_all, divisor, exact_all, size_all, constant_all, geometry))
-    first = layers[0]
-    if first.kind == "conv":  # (in c, K, K, out c), the columns rotated (see _encode)
-        encoding_weights = np.ascontiguousarray(first.weight[:, :, :, ::-1].transpose(1, 2, 3, 0), dtype=np.float64)
-    else:
-        encoding_weights = np.ascontiguousarray(first.weight.T, dtype=np.float64)
-    return Program(
-        geometry=geometry,
-        weights=weights,
-        offset=offset_all,
-        step=step_all,
-        divisor=divisor,
-        exact=exact_all,
-        size=size_all,
-        constant=constant_all,
-        output=np.ascontiguousarray(net.output.weight.T).astype(np.int64),
-        big=big,
-        neurons=neurons,
-        outputs=outputs,
-        initial_upper=initial_upper,
-        origin=origin,
-        reach=reach,
-        channel_of=channel_of,
-        encoding_order=encoding_order,
-        first_index=first_index,
-        levels=levels,
-        encoding_weights=encoding_weights.reshape(-1),
-        encoding_levels=encoding_levels.astype(np.float64),
-    )
+    return {
+        "initial_upper": initial_upper, "origin": origin, "reach": reach, "channel_of": channel_of,
+        "encoding_order": encoding_order, "first_index": first_index,
+    }
 
 
 def _encoding_tables(offset, step, divisor, exact, size, constant, geometry) -> tuple:
