@@ -229,26 +229,7 @@ def convert(
             "load a checkpoint with qsnn.load_checkpoint"
         )
     scheme = scheme.lower()
-    rules = schemes.of(scheme)
-    if not model.quantized:
-        raise QsnnError("cannot convert a full-precision network: train it with quantized activations (--k)")
-    precision = model.spec.precision
-    unbounded = [i + 1 for i, b in enumerate(model.blocks) if b.bound is None]
-    if rules.needs_bounds and unbounded:
-        raise QsnnError(
-            f"{rules.title} needs an upper bound B on every block (scatter makes 2^k*B binary neurons), "
-            f"but block(s) {unbounded} have B none; train with --B 1, 2 or 4"
-        )
-    if rules.needs_ternary and not precision.ternary and len(model.blocks) > 1:
-        raise QsnnError(f"{rules.title} needs ternary hidden weights so every membrane is an integer; train with --ternary")
-    if rules.needs_bounded_encoding and model.blocks[0].bound is None:
-        raise QsnnError(f"{rules.title}'s encoding block needs an upper bound (the papers: --encoding-k 0 --encoding-B 4)")
-    if threshold_scale is not None:
-        if not rules.rounded_thresholds:
-            raise QsnnError("--threshold-scale reproduces the INT paper's rounded thresholds; use it with --scheme int")
-        if not integer_in(threshold_scale, 1):
-            raise QsnnError(f"--threshold-scale must be a positive integer, got {threshold_scale!r}")
-
+    _check_convertible(model, schemes.of(scheme), threshold_scale)
     model.check_finite("the network")
     if any(tensor.device.type != "cpu" for tensor in model.state_dict().values()):
         model = copy.deepcopy(model).cpu()  # (a model trained on a GPU: folded on a CPU copy)
@@ -260,9 +241,8 @@ def convert(
     largest_x = math.sqrt(math.prod(model.spec.input_shape)) if model.spec.input_stage == "standardize" else 1.0
     input_bound = PIXEL_LEVELS * largest_x * PIXEL_HEADROOM
     input_count_limit = math.inf
-    k_in = 0
     for index, block in enumerate(model.blocks):
-        where = f"block {index + 1} ({block.layer.token})"
+        k_in = model.blocks[index - 1].k if index else 0
         weight, zeta0, delta, constant, levels = _fold_block(block)
         w_int, exponent, input_limit, snapped = _grid(weight, input_bound)
         if index == 0:  # z = W_int p 2^-s / 255
@@ -272,57 +252,70 @@ def convert(
             per_unit = Fraction(2) ** (exponent + k_in)
             count_bound = _count_bound(weight, zeta0, delta, constant, levels, input_bound / (1 << k_in))
         count_limit = int(min(count_bound, COUNT_LIMIT))
-        size_cap = levels if levels is not None else count_limit + 1
-        rules = channel_rules(block)
-        table, size = threshold_table(rules, per_unit, size_cap)
-        constant = np.array([-1 if rule.constant_count() is None else rule.constant_count() for rule in rules], np.int64)
-        offset, step, divisor = _linear_estimate(rules, per_unit, size, None, where)
-        ann_thresholds = None
-        scale = threshold_scale if index > 0 else None
-        if scale is not None:  # the SNN takes the INT paper's rounded thresholds; the ANN keeps the exact ones
-            ann_thresholds = (offset, step, divisor, table, size)
-            offset, step, divisor = _linear_estimate(rules, per_unit, size, scale, where)
-            if levels is None and bool((step[constant < 0] == 0).any()):
-                raise QsnnError(
-                    f"--threshold-scale {scale} rounds a threshold step of {where} to 0 with no "
-                    "bound B; use exact thresholds (omit --threshold-scale)"
-                )
-            table, size = formula_table(offset, step, divisor, size_cap, where)
+        tables = _layer_thresholds(block, index, per_unit, levels, count_limit, threshold_scale if index > 0 else None)
         layer = block.layer
-        layers.append(
-            SpikingLayer(
-                kind=layer.kind,
-                role="encoding" if index == 0 else "hidden",
-                in_shape=layer.in_shape,
-                out_shape=layer.out_shape,
-                kernel=layer.kernel,
-                stride=layer.stride,
-                padding=layer.padding,
-                k=block.k,
-                bound=block.bound,
-                weight=w_int,
-                exponent=exponent,
-                offset=offset,
-                step=step,
-                divisor=divisor,
-                table=table,
-                size=size,
-                constant=constant,
-                input_limit=min(input_limit, input_count_limit),
-                count_limit=count_limit,
-                snapped=snapped,
-                ann_thresholds=ann_thresholds,
-            )
-        )
+        layers.append(SpikingLayer(
+            kind=layer.kind, role="encoding" if index == 0 else "hidden", in_shape=layer.in_shape,
+            out_shape=layer.out_shape, kernel=layer.kernel, stride=layer.stride, padding=layer.padding,
+            k=block.k, bound=block.bound, weight=w_int, exponent=exponent, **tables,
+            input_limit=min(input_limit, input_count_limit), count_limit=count_limit, snapped=snapped,
+        ))
         input_bound = min(count_bound, count_limit)
         input_count_limit = count_limit
-        k_in = block.k
     out_int, out_exponent, out_limit, out_snapped = _grid(model.classifier.detach(), input_bound)
     output = OutputLayer(out_int, out_exponent, min(out_limit, input_count_limit), out_snapped)
     model.train(was_training)
     state = {key: value.detach().cpu().numpy().copy() for key, value in model.state_dict().items()}
     eps = [float(block.norm.eps) for block in model.blocks]
     return SpikingNet(scheme, layers, output, model.spec, threshold_scale, dict(source or {}), state, eps)
+
+
+def _check_convertible(model: QuantizedNet, rules: schemes.Scheme, threshold_scale: int | None) -> None:
+    """What ``rules`` (a scheme) needs of the trained network, each refused with its fix."""
+    if not model.quantized:
+        raise QsnnError("cannot convert a full-precision network: train it with quantized activations (--k)")
+    unbounded = [i + 1 for i, b in enumerate(model.blocks) if b.bound is None]
+    if rules.needs_bounds and unbounded:
+        raise QsnnError(
+            f"{rules.title} needs an upper bound B on every block (scatter makes 2^k*B binary neurons), "
+            f"but block(s) {unbounded} have B none; train with --B 1, 2 or 4"
+        )
+    if rules.needs_ternary and not model.spec.precision.ternary and len(model.blocks) > 1:
+        raise QsnnError(f"{rules.title} needs ternary hidden weights so every membrane is an integer; train with --ternary")
+    if rules.needs_bounded_encoding and model.blocks[0].bound is None:
+        raise QsnnError(f"{rules.title}'s encoding block needs an upper bound (the papers: --encoding-k 0 --encoding-B 4)")
+    if threshold_scale is not None:
+        if not rules.rounded_thresholds:
+            raise QsnnError("--threshold-scale reproduces the INT paper's rounded thresholds; use it with --scheme int")
+        if not integer_in(threshold_scale, 1):
+            raise QsnnError(f"--threshold-scale must be a positive integer, got {threshold_scale!r}")
+
+
+def _layer_thresholds(block, index: int, per_unit: Fraction, levels: int | None, count_limit: int,
+                      scale: int | None) -> dict:
+    """A layer's threshold fields: the exact tables T(i) with their linear estimate, or with
+    ``scale`` the INT paper's thresholds rounded to 1/scale for the SNN, the exact ones
+    kept for the ANN (``ann_thresholds``)."""
+    where = f"block {index + 1} ({block.layer.token})"
+    size_cap = levels if levels is not None else count_limit + 1
+    rules = channel_rules(block)
+    table, size = threshold_table(rules, per_unit, size_cap)
+    constant = np.array([-1 if rule.constant_count() is None else rule.constant_count() for rule in rules], np.int64)
+    offset, step, divisor = _linear_estimate(rules, per_unit, size, None, where)
+    ann_thresholds = None
+    if scale is not None:
+        ann_thresholds = (offset, step, divisor, table, size)
+        offset, step, divisor = _linear_estimate(rules, per_unit, size, scale, where)
+        if levels is None and bool((step[constant < 0] == 0).any()):
+            raise QsnnError(
+                f"--threshold-scale {scale} rounds a threshold step of {where} to 0 with no "
+                "bound B; use exact thresholds (omit --threshold-scale)"
+            )
+        table, size = formula_table(offset, step, divisor, size_cap, where)
+    return {
+        "offset": offset, "step": step, "divisor": divisor, "table": table, "size": size,
+        "constant": constant, "ann_thresholds": ann_thresholds,
+    }
 
 
 def _convert_checkpoint(path: Path, scheme: str, threshold_scale: int | None) -> SpikingNet:
