@@ -11,13 +11,15 @@ import contextlib
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from qsnn import __version__, data, distributed, pipeline
 from qsnn.data.registry import dataset_info
-from qsnn.deploy.export import export
+from qsnn.deploy.export import EXPORT_FORMATS, export
 from qsnn.deploy.mapping import format_mapping, map_cores, parse_core
 from qsnn.distributed import check_device
 from qsnn.errors import QsnnError
@@ -27,9 +29,11 @@ from qsnn.net.notation import PRESETS, build_plan, resolve_net
 from qsnn.net.quantization import SAME, parse_bound
 from qsnn.pipeline import RunSpec, markdown_table, report_rows, write_report
 from qsnn.report.plots import plot_runs
-from qsnn.report.summary import summarize
+from qsnn.report.summary import SOP_CONVENTIONS, summarize
 from qsnn.report.tables import summary_table, write_simulation
+from qsnn.sim.noise import SG_DROPS
 from qsnn.sim.run import simulate
+from qsnn.sim.verify import VERIFY_CHOICES
 from qsnn.snn.convert import convert
 from qsnn.snn.exact import evaluate_exact
 from qsnn.snn.model import SpikingNet
@@ -470,7 +474,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _add_sop_convention(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--sop-convention", choices=("qsnn", "paper"), default="qsnn",
+        "--sop-convention", choices=SOP_CONVENTIONS, default=SOP_CONVENTIONS[0],
         help="count SOPs, ANN ops and energy as qsnn does (default: every synapse, borders exact, output "
         "accumulator included) or as each scheme's original code does (paper; see docs/RESULTS.md)",
     )
@@ -529,21 +533,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
 # --- the parser ---------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+class Command(NamedTuple):
+    """One subcommand: its name, the function that declares its options, the function
+    that runs it, and add_parser's help and description."""
 
-    parser = _Parser(
-        prog="qsnn",
-        description="Train quantized networks and convert them losslessly into spiking networks.",
-    )
-    parser.add_argument("--version", action="version", version=f"qsnn {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    name: str
+    options: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    texts: dict
 
-    p = sub.add_parser("nets", help="list the papers' nets (layers, output shapes, parameters)")
+
+def _nets_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("net", nargs="?", help="a preset name or notation (default: all presets)")
     p.add_argument("--dataset", help="resolve against this dataset's input shape")
-    p.set_defaults(func=cmd_nets)
 
-    p = sub.add_parser("data", help="download, verify or list datasets")
+
+def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["download", "verify", "list"])
     p.add_argument("name", nargs="?", help="mnist, fashion-mnist, cifar10 or cifar100")
     _add_data_dir(p)
@@ -553,16 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
         "mirrors; repeat it for several",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser(
-        "train", help="train a quantized (or full-precision) network",
-        description="Train with Adam and the papers' schedule; resumable, torchrun-compatible.",
-    )
+
+def _train_options(p: argparse.ArgumentParser) -> None:
     add_train_arguments(p, out_required=False)
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="test accuracy of a trained checkpoint")
+
+def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--dataset", help="default: the dataset it was trained on")
     p.add_argument("--net", help="the net you expect the checkpoint to hold (checked)")
@@ -570,19 +572,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, help="only the first N test images")
     p.add_argument("--device", type=_device, default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("convert", help="convert a checkpoint into a spiking network file")
+
+def _convert_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
-    p.add_argument("--scheme", required=True, choices=["nsd", "sg", "int"])
+    p.add_argument("--scheme", required=True, choices=list(SCHEMES))
     p.add_argument("-o", "--output", help="output file (default: CHECKPOINT.SCHEME.npz)")
     p.add_argument(
         "--threshold-scale", type=_positive_int, default=None,
         help="INT only: round thresholds to 1/SCALE like the original code (e.g. 10000) instead of exact",
     )
-    p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("simulate", help="simulate a converted network on a test set")
+
+def _simulate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a converted network (qsnn convert)")
     p.add_argument("--dataset", help="default: the dataset the network was trained on")
     _add_data_dir(p)
@@ -593,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device, default="cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument(
-        "--sg-drop", choices=("encoding", "every-layer"), default="encoding",
+        "--sg-drop", choices=SG_DROPS, default=SG_DROPS[0],
         help="SG under --noise: drop spikes in the encoding layer only (default, the SG paper's model) "
         "or in every layer",
     )
@@ -601,51 +603,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy-add", type=_energy, default=ENERGY_PER_ADD_PJ, help="pJ per addition (SNN)")
     p.add_argument("--energy-mac", type=_energy, default=ENERGY_PER_MAC_PJ, help="pJ per MAC (ANN)")
     p.add_argument(
-        "--verify", choices=("all", "sample", "none"), default="all",
+        "--verify", choices=VERIFY_CHOICES, default="all",
         help="the reference the SNN is compared with: all (default): the exact ANN of the trained model, "
         "computed from its own parameters, on every image; sample: the converted tables' ANN, and the "
         "trained model's exact ANN on the first image of every batch; none: the tables' ANN only",
     )
     p.add_argument("--out", help="results folder (default: next to FILE)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser(
-        "run", help="train, convert, simulate, plot and report in one folder (no options: the embedded MNIST demo)",
-        description="With no options, converts qsnn's embedded MNIST nets and simulates the 10,000 "
-        "embedded MNIST test images offline. With --net and --dataset, trains first.",
-    )
+
+def _run_options(p: argparse.ArgumentParser) -> None:
     _add_run_arguments(p)
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("sweep", help="a resumable grid of runs, e.g. --grid k=0,1,2 --grid B=1,2,4")
+
+def _sweep_options(p: argparse.ArgumentParser) -> None:
     _add_run_arguments(p)
     p.add_argument("--grid", action="append", required=True, help="NAME=V1,V2 over k, B, ternary, scheme, noise, epochs, seed")
-    p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="the papers' table (Markdown and CSV) from run folders")
+
+def _report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run or sweep folders (searched for run.json)")
     p.add_argument("-o", "--out", help="write report.md and report.csv into this folder")
     _add_sop_convention(p)
-    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="export a converted network: integer deployment package or NIR")
+
+def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a converted network (qsnn convert)")
-    p.add_argument("--format", required=True, choices=["qsnn-int", "nir"])
+    p.add_argument("--format", required=True, choices=list(EXPORT_FORMATS))
     p.add_argument("-o", "--output", required=True, help="qsnn-int: a folder; nir: a .nir file")
     p.add_argument("--steps", type=_steps, default=None, help="time steps to record in the package (default: until quiescent)")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("map", help="how many crossbar cores each layer of a converted network needs")
+
+def _map_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a converted network (qsnn convert)")
     p.add_argument("--core", default="256x256", help="core size AXONSxNEURONS (default 256x256)")
     p.add_argument("--json", help="also write the mapping as JSON to this file")
-    p.set_defaults(func=cmd_map)
 
-    p = sub.add_parser("plot", help="draw the papers' figures (PNG, SVG and CSV) from simulation results")
+
+def _plot_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="result.json files or folders holding them (searched recursively)")
     p.add_argument("-o", "--out", default=None, help="output folder (default: plots/ in the runs' common folder)")
-    p.set_defaults(func=cmd_plot)
+
+
+COMMANDS = [
+    Command("nets", _nets_options, cmd_nets, dict(help="list the papers' nets (layers, output shapes, parameters)")),
+    Command("data", _data_options, cmd_data, dict(help="download, verify or list datasets")),
+    Command("train", _train_options, cmd_train, dict(help="train a quantized (or full-precision) network",
+        description="Train with Adam and the papers' schedule; resumable, torchrun-compatible.")),
+    Command("eval", _eval_options, cmd_eval, dict(help="test accuracy of a trained checkpoint")),
+    Command("convert", _convert_options, cmd_convert, dict(help="convert a checkpoint into a spiking network file")),
+    Command("simulate", _simulate_options, cmd_simulate, dict(help="simulate a converted network on a test set")),
+    Command("run", _run_options, cmd_run, dict(help="train, convert, simulate, plot and report in one folder (no options: the embedded MNIST demo)",
+        description="With no options, converts qsnn's embedded MNIST nets and simulates the 10,000 "
+        "embedded MNIST test images offline. With --net and --dataset, trains first.")),
+    Command("sweep", _sweep_options, cmd_sweep, dict(help="a resumable grid of runs, e.g. --grid k=0,1,2 --grid B=1,2,4")),
+    Command("report", _report_options, cmd_report, dict(help="the papers' table (Markdown and CSV) from run folders")),
+    Command("export", _export_options, cmd_export, dict(help="export a converted network: integer deployment package or NIR")),
+    Command("map", _map_options, cmd_map, dict(help="how many crossbar cores each layer of a converted network needs")),
+    Command("plot", _plot_options, cmd_plot, dict(help="draw the papers' figures (PNG, SVG and CSV) from simulation results")),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="qsnn",
+        description="Train quantized networks and convert them losslessly into spiking networks.",
+    )
+    parser.add_argument("--version", action="version", version=f"qsnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, **command.texts)
+        command.options(p)
+        p.set_defaults(func=command.run)
     return parser
 
 

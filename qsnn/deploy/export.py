@@ -18,6 +18,8 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,30 +44,6 @@ NIR_FORMAT = "qsnn-nir"
 NIR_HUGE = 2.0**62  # NIR threshold of a level that never fires (or, negated, always fires)
 EXACT = 2**53  # every membrane stays below this (conversion guarantees it)
 
-NEURON_MODELS = {
-    "sg": {
-        "encoding": "scatter-and-gather, one step: the channel's `levels` binary neurons share "
-        "the membrane V = W (*) pixels; binary neuron i fires once iff V >= T(i); the layer "
-        "passes on the gathered count n = #{i : V >= T(i)}",
-        "hidden": "scatter-and-gather, one step: V = W (*) n_prev (the previous layer's "
-        "gathered counts); binary neuron i fires once iff V >= T(i); count n = #{i : V >= T(i)}",
-    },
-    "nsd": {
-        "encoding": "integrate-and-fire with negative spikes; V = W (*) pixels arrives at t = 0 "
-        "only. Each step: V += current; +1 (c += 1) if V >= T(c); -1 (c -= 1) if V < T(c - 1); "
-        "else nothing",
-        "hidden": "integrate-and-fire with negative spikes. Each step: V += W (*) s_prev(t) "
-        "(signed spikes of the previous layer in the same step); +1 (c += 1) if V >= T(c); "
-        "-1 (c -= 1) if V < T(c - 1); else nothing",
-    },
-    "int": {
-        "encoding": "thermometer code: V = W (*) pixels at t = 0, constant afterwards; at step t "
-        "(t = 0, 1, ...) fire +1 iff V >= T(t): the threshold rises one table level per step",
-        "hidden": "integer neuron with two adapting thresholds, upper = T(c) and lower = "
-        "T(c - 1) (start: T(0) and -inf). Each step: V += W (*) s_prev(t); +1 if V >= upper, "
-        "-1 if V < lower; after a spike c moves by it and both thresholds move one table level",
-    },
-}
 OUTPUT_RULE = (
     "non-spiking accumulator: acc (classes) starts at 0; every step acc += W @ flatten(spikes "
     "of the last hidden layer in that step) (SG: its gathered counts); prediction = argmax(acc), "
@@ -148,7 +126,7 @@ def _layer_entry(net: SpikingNet, index: int, layer: SpikingLayer, arrays: dict)
         "thresholds": thresholds,
         "count_limit": layer.count_limit,
         "input_limit": _finite(layer.input_limit),
-        "neuron": NEURON_MODELS[net.scheme][layer.role],
+        "neuron": schemes.of(net.scheme).neuron_rule(layer.role),
     }
 
 
@@ -223,7 +201,7 @@ def package_contents(net: SpikingNet, steps: int | None = None) -> tuple[dict, d
         "counted unless it is the first); SG always takes one step",
         "input": _input_entry(net),
         "sentinels": {"plus_infinity": PLUS_INFINITY, "minus_infinity": MINUS_INFINITY},
-        "neuron_model": NEURON_MODELS[net.scheme],
+        "neuron_model": {role: schemes.of(net.scheme).neuron_rule(role) for role in ("encoding", "hidden")},
         "layers": layers,
         "output": _output_entry(net.output, features, arrays),
         "threshold_scale": net.threshold_scale,
@@ -290,7 +268,7 @@ def _if_metadata(net: SpikingNet, index: int, layer: SpikingLayer, copies: int) 
         "qsnn_role": layer.role,
         "qsnn_channels": layer.channels,
         "qsnn_copies": copies,
-        "qsnn_neuron": NEURON_MODELS[net.scheme][layer.role],
+        "qsnn_neuron": schemes.of(net.scheme).neuron_rule(layer.role),
     }
     if not schemes.of(net.scheme).standard_nir:
         meta.update(
@@ -408,15 +386,39 @@ def export_nir(net: SpikingNet, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-FORMATS = ("qsnn-int", "nir")
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: its name on the command line, what it writes, and its writer."""
+
+    name: str
+    writes: str  # "folder" or "file"
+    takes_steps: bool  # whether --steps (the time steps recorded) applies
+    write: Callable[..., Path]  # (net, out, steps) -> the path written
+
+
+def _write_package(net: SpikingNet, out: str | os.PathLike, steps: int | None) -> Path:
+    return export_package(net, out, steps=steps)
+
+
+def _write_nir(net: SpikingNet, out: str | os.PathLike, steps: int | None) -> Path:
+    return export_nir(net, out)
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    fmt.name: fmt
+    for fmt in (
+        ExportFormat("qsnn-int", "folder", takes_steps=True, write=_write_package),
+        ExportFormat("nir", "file", takes_steps=False, write=_write_nir),
+    )
+}
 
 
 def export(net: SpikingNet, fmt: str, out: str | os.PathLike, *, steps: int | None = None) -> Path:
-    """``qsnn export``: write ``net`` in format ``fmt`` ("qsnn-int": a folder; "nir": a file)."""
-    if fmt == "qsnn-int":
-        return export_package(net, out, steps=steps)
-    if fmt == "nir":
-        if steps is not None:
-            raise QsnnError("--steps belongs to --format qsnn-int (a NIR graph of SG takes one step); drop it")
-        return export_nir(net, out)
-    raise QsnnError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    """``qsnn export``: write ``net`` in format ``fmt`` (:data:`EXPORT_FORMATS`)."""
+    chosen = EXPORT_FORMATS.get(fmt)
+    if chosen is None:
+        raise QsnnError(f"unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    if steps is not None and not chosen.takes_steps:
+        takes = [name for name, other in EXPORT_FORMATS.items() if other.takes_steps]
+        raise QsnnError(f"--steps belongs to --format {' or '.join(takes)} (a NIR graph of SG takes one step); drop it")
+    return chosen.write(net, out, steps)

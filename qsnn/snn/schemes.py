@@ -74,6 +74,12 @@ class Scheme:
     rounded_thresholds: bool  # can reproduce the paper's thresholds rounded to 1/scale (INT)
     integer_package: bool  # always a qsnn-int package (else only with integer hidden weights)
     standard_nir: bool  # expressible with standard NIR nodes (IF neurons, one step)
+    encoding_rule: str = ""  # the encoding layer's neuron, in words (exported with the net)
+    hidden_rule: str = ""  # a hidden layer's neuron, in words
+
+    def neuron_rule(self, role: str) -> str:
+        """What a neuron of a layer with ``role`` ("encoding" or "hidden") does, in words."""
+        return self.encoding_rule if role == "encoding" else self.hidden_rule
 
     def missing(self, model) -> list[str]:
         """What a trained network (a QuantizedNet) lacks for this scheme, each with its fix."""
@@ -115,18 +121,46 @@ SCHEMES: dict[str, Scheme] = {
             hidden_neuron="negative-spike", rising_encoding=False, noise="pixels", needs_bounds=False,
             needs_ternary=False, needs_bounded_encoding=False, rounded_thresholds=False, integer_package=False,
             standard_nir=False,
+            encoding_rule=(
+                "integrate-and-fire with negative spikes; V = W (*) pixels arrives at t = 0 only. "
+                "Each step: V += current; +1 (c += 1) if V >= T(c); -1 (c -= 1) if V < T(c - 1); else "
+                "nothing"
+            ),
+            hidden_rule=(
+                "integrate-and-fire with negative spikes. Each step: V += W (*) s_prev(t) (signed "
+                "spikes of the previous layer in the same step); +1 (c += 1) if V >= T(c); -1 (c -= "
+                "1) if V < T(c - 1); else nothing"
+            ),
         ),
         Scheme(
             "sg", "SG", "Spatio_temporal_SNNs", single_step=True, binary_copies=True,
             hidden_neuron="scatter-gather", rising_encoding=False, noise="spikes", needs_bounds=True,
             needs_ternary=False, needs_bounded_encoding=False, rounded_thresholds=False, integer_package=True,
             standard_nir=True,
+            encoding_rule=(
+                "scatter-and-gather, one step: the channel's `levels` binary neurons share the "
+                "membrane V = W (*) pixels; binary neuron i fires once iff V >= T(i); the layer "
+                "passes on the gathered count n = #{i : V >= T(i)}"
+            ),
+            hidden_rule=(
+                "scatter-and-gather, one step: V = W (*) n_prev (the previous layer's gathered "
+                "counts); binary neuron i fires once iff V >= T(i); count n = #{i : V >= T(i)}"
+            ),
         ),
         Scheme(
             "int", "INT", "ALL_INT_SNN", single_step=False, binary_copies=False,
             hidden_neuron="adaptive", rising_encoding=True, noise="pixels", needs_bounds=False,
             needs_ternary=True, needs_bounded_encoding=True, rounded_thresholds=True, integer_package=True,
             standard_nir=False,
+            encoding_rule=(
+                "thermometer code: V = W (*) pixels at t = 0, constant afterwards; at step t (t = 0, "
+                "1, ...) fire +1 iff V >= T(t): the threshold rises one table level per step"
+            ),
+            hidden_rule=(
+                "integer neuron with two adapting thresholds, upper = T(c) and lower = T(c - 1) "
+                "(start: T(0) and -inf). Each step: V += W (*) s_prev(t); +1 if V >= upper, -1 if V < "
+                "lower; after a spike c moves by it and both thresholds move one table level"
+            ),
         ),
     )
 }
