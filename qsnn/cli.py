@@ -26,7 +26,7 @@ from qsnn.errors import QsnnError
 from qsnn.io import check_target, folder_lock, write_json
 from qsnn.measure.energy import ENERGY_PER_ADD_PJ, ENERGY_PER_MAC_PJ
 from qsnn.net.notation import PRESETS, build_plan, resolve_net
-from qsnn.net.quantization import SAME, parse_bound
+from qsnn.net.quantization import SAME, parse_bound, precision_fields
 from qsnn.pipeline import RunSpec, markdown_table, report_rows, write_report
 from qsnn.report.plots import plot_runs
 from qsnn.report.summary import SOP_CONVENTIONS, summarize
@@ -41,7 +41,11 @@ from qsnn.snn.schemes import SCHEMES
 from qsnn.train.checkpoint import load_checkpoint
 from qsnn.train.loop import evaluate
 from qsnn.train.options import add_arguments as add_train_arguments
-from qsnn.train.options import add_network_options, check_precision_options, run_from_args
+from qsnn.train.options import (
+    add_network_options,
+    network_values,
+    run_from_args,
+)
 
 AUTO_MAX_STEPS = 100_000  # as qsnn.sim.stepwise.AUTO_MAX_STEPS, without importing torch here
 
@@ -336,15 +340,7 @@ def _run_spec(args: argparse.Namespace):
         return _checkpoint_run(args, common)
     if args.net is None or args.dataset is None:
         raise QsnnError("give --net and --dataset (or --checkpoint), or no options at all for the embedded default")
-    check_precision_options(args)
-    training = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, train_limit=args.train_limit)
-    training["recipe"] = args.recipe
-    return RunSpec(
-        net=args.net, dataset=args.dataset, k=1 if args.k is None else args.k,
-        B=parse_bound("none" if args.B is None else args.B), ternary=args.ternary,
-        full_precision=args.full_precision, encoding_k=args.encoding_k, encoding_B=args.encoding_B,
-        **{key: value for key, value in training.items() if value is not None}, **common,
-    )
+    return RunSpec(**network_values(args) | common)
 
 
 def _simulation_options(args: argparse.Namespace) -> dict:
@@ -401,11 +397,7 @@ def _checkpoint_run(args: argparse.Namespace, common: dict):
                 "(the checkpoint decides) or give another checkpoint"
             )
     dataset = _own_dataset(args.checkpoint, (payload.get("config") or {}).get("dataset"), args.dataset)
-    return RunSpec(
-        net=spec.notation, dataset=dataset, k=precision.k, B=precision.B, ternary=precision.ternary,
-        full_precision=precision.full_precision, encoding_k=precision.encoding_k,
-        encoding_B=precision.encoding_B, checkpoint=args.checkpoint, **common,
-    )
+    return RunSpec(net=spec.notation, dataset=dataset, **precision_fields(precision), checkpoint=args.checkpoint, **common)
 
 
 def _training_options(args: argparse.Namespace) -> dict[str, bool]:

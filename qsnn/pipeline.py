@@ -36,7 +36,7 @@ from qsnn import data as qdata
 from qsnn.data.readers import embedded_mnist_test
 from qsnn.errors import QsnnError
 from qsnn.io import folder_lock, provenance, read_json, write_csv, write_json, write_text
-from qsnn.net.quantization import SAME, bound_text, parse_bound
+from qsnn.net.quantization import SAME, bound_text, parse_bound, precision_fields
 from qsnn.report.plots import plot_runs, ratio_text
 from qsnn.report.summary import counted, summarize
 from qsnn.report.tables import write_simulation
@@ -88,17 +88,14 @@ class RunSpec:
             precision = f"k{self.k}-B{bound_text(self.B)}" + ("-ternary" if self.ternary else "")
         return f"{self.dataset}-{self.net}-{precision}"
 
-    def train_config(self, data_dir: str | None, device: str):
-
-        network = dict(
-            k=self.k, B=self.B, ternary=self.ternary, full_precision=self.full_precision,
-            encoding_k=self.encoding_k, encoding_B=self.encoding_B, seed=self.seed, data_dir=data_dir,
-            train_limit=self.train_limit, device=device,
+    def train_config(self, data_dir: str | None, device: str) -> TrainConfig:
+        """The TrainConfig of this run's training (the recipe's schedule for what is None)."""
+        values = precision_fields(self) | dict(
+            net=self.net, dataset=self.dataset, seed=self.seed, recipe=self.recipe,
+            train_limit=self.train_limit, data_dir=data_dir, device=device,
         )
         schedule = {key: getattr(self, key) for key in ("epochs", "batch_size", "lr") if getattr(self, key) is not None}
-        if self.recipe == "paper":  # the original code's schedule for what is not given
-            return TrainConfig.paper(self.net, self.dataset, **network, **schedule)
-        return TrainConfig(net=self.net, dataset=self.dataset, **network, **schedule)
+        return TrainConfig.from_values(values | schedule)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -145,12 +142,43 @@ def _execute(
     spec: RunSpec, out: Path, *, data_dir: str | None, device: str, progress: bool, test_set=None,
     figures: bool = True,
 ) -> dict:
-    """:func:`execute` in a folder this process holds."""
-
+    """:func:`execute` in a folder this process holds: 1. the quantized ANN, 2. its spiking
+    networks, 3. their simulations, 4. run.json and the figures."""
     started = time.monotonic()
     record: dict = {"spec": spec.to_dict(), "provenance": provenance(spec.seed), "simulations": []}
+    model, checkpoint = _trained_model(spec, out, data_dir, device, progress, record)
+    if not model.quantized:
+        _log(progress, f"[{spec.tag()}] full-precision baseline: no spiking network to convert")
+        return _finish(out, record, started, figures)
+    if test_set is None:
+        test_set = qdata.load(spec.dataset, "test", data_dir)
+    if spec.test_limit:
+        test_set = test_set.subset(spec.test_limit)
+    pixels = qdata.prepare(test_set.images, spec.dataset, train=False)
+    source = {
+        "checkpoint": str(checkpoint),
+        "sha256": file_sha256(checkpoint),
+        "dataset": spec.dataset,
+        "epochs": record["training"]["epochs"],
+        "test_accuracy": record["training"]["test_accuracy"],
+    }  # as convert(checkpoint_path, ...) records it; the model is loaded once here
+    for scheme, scale in _variants(spec, model):
+        folder = out / (scheme if scale is None else f"{scheme}-scale{scale}")
+        net = convert(model, scheme, threshold_scale=scale, source=source)
+        net.save(folder / "net.npz")
+        for noise in spec.noise:
+            sim_dir = folder / _noise_tag(noise)
+            _simulated(spec, net, scale, noise, pixels, test_set.labels, sim_dir, device, progress)
+            record["simulations"].append({
+                "scheme": scheme, "threshold_scale": scale, "noise": noise,
+                "result": (sim_dir / "result.json").relative_to(out).as_posix(),
+            })
+    return _finish(out, record, started, figures)
 
-    # 1. the quantized ANN
+
+def _trained_model(spec: RunSpec, out: Path, data_dir: str | None, device: str, progress: bool, record: dict):
+    """The run's quantized ANN: the given checkpoint, or trained (resumed) into out/train;
+    its training recorded in ``record``."""
     if spec.checkpoint:
         checkpoint = Path(spec.checkpoint)
         record["training"] = {"checkpoint": str(checkpoint), "reused": True}
@@ -170,28 +198,15 @@ def _execute(
         net=model.spec.notation,
         precision=model.spec.precision.describe(),
     )
-    if not model.quantized:
-        _log(progress, f"[{spec.tag()}] full-precision baseline: no spiking network to convert")
-        return _finish(out, record, started, figures)
+    return model, checkpoint
 
-    # 2. convert, 3. simulate
-    dataset = spec.dataset
-    if test_set is None:
-        test_set = qdata.load(dataset, "test", data_dir)
-    if spec.test_limit:
-        test_set = test_set.subset(spec.test_limit)
-    pixels = qdata.prepare(test_set.images, dataset, train=False)
+
+def _variants(spec: RunSpec, model) -> list[tuple[str, int | None]]:
+    """(scheme, threshold scale) of every spiking network the run simulates."""
     schemes = spec.schemes or applicable_schemes(model)
     if not spec.schemes:
         for scheme, reason in skipped_schemes(model).items():
             print(f"[{spec.tag()}] {scheme} skipped: {reason}", file=sys.stderr)
-    source = {
-        "checkpoint": str(checkpoint),
-        "sha256": file_sha256(checkpoint),
-        "dataset": dataset,
-        "epochs": record["training"]["epochs"],
-        "test_accuracy": record["training"]["test_accuracy"],
-    }  # as convert(checkpoint_path, ...) records it; the model is loaded once here
     variants = [(scheme, None) for scheme in schemes]
     if spec.threshold_scale:
         rounding = [scheme for scheme in schemes if SCHEMES[scheme].rounded_thresholds]
@@ -201,45 +216,40 @@ def _execute(
                 f"INT scheme ({', '.join(schemes)}); train with --ternary and a bounded encoding block"
             )
         variants += [(scheme, spec.threshold_scale) for scheme in rounding]
-    for scheme, scale in variants:
-        folder = out / (scheme if scale is None else f"{scheme}-scale{scale}")
-        net = convert(model, scheme, threshold_scale=scale, source=source)
-        net.save(folder / "net.npz")
-        for noise in spec.noise:
-            sim_dir = folder / _noise_tag(noise)
-            fingerprint = {
-                "checkpoint_sha256": source["sha256"], "scheme": scheme, "threshold_scale": scale,
-                "noise": noise, "steps": spec.steps, "images": len(pixels), "seed": spec.seed,
-                "dataset": dataset, "noise_draws": "per image", "thresholds": "exact tables",
-                "reference": "the model's exact ANN on every image",
-            }  # (a result whose fingerprint differs in any of these is simulated again)
-            previous = _previous_result(sim_dir / "result.json")
-            if previous is not None and previous.get("fingerprint") == fingerprint:
-                summary = previous
-                _log(progress, f"[{spec.tag()}] {scheme} noise {noise:g}: done before, reused")
-            else:
-                tick = time.monotonic()
-                result = simulate(
-                    net, pixels, test_set.labels, steps=None if SCHEMES[scheme].single_step else spec.steps, noise=noise,
-                    device=device, seed=spec.seed, progress=progress,
-                )
-                summary = summarize(result, net, dataset=dataset, seed=spec.seed)
-                summary["seconds"] = time.monotonic() - tick
-                summary["fingerprint"] = fingerprint
-                write_simulation(sim_dir, summary, result)
-                _log(
-                    progress,
-                    f"[{spec.tag()}] {net.describe()}, noise {noise:g}: SNN {summary['snn_accuracy']:.2f}% "
-                    f"= ANN {summary['ann_accuracy']:.2f}% on {summary['agreement']:,}/{summary['images']:,} "
-                    f"images, T_lossless {summary['t_lossless']}, {summary['seconds']:.1f} s",
-                )
-            record["simulations"].append(
-                {
-                    "scheme": scheme, "threshold_scale": scale, "noise": noise,
-                    "result": (sim_dir / "result.json").relative_to(out).as_posix(),
-                }
-            )
-    return _finish(out, record, started, figures)
+    return variants
+
+
+def _simulated(spec: RunSpec, net, scale, noise: float, pixels, labels, sim_dir: Path, device: str,
+               progress: bool) -> dict:
+    """One simulation's summary, written to ``sim_dir``; reused when a result with the same
+    fingerprint is there already."""
+    scheme = net.scheme
+    fingerprint = {
+        "checkpoint_sha256": net.source["sha256"], "scheme": scheme, "threshold_scale": scale,
+        "noise": noise, "steps": spec.steps, "images": len(pixels), "seed": spec.seed,
+        "dataset": spec.dataset, "noise_draws": "per image", "thresholds": "exact tables",
+        "reference": "the model's exact ANN on every image",
+    }  # (a result whose fingerprint differs in any of these is simulated again)
+    previous = _previous_result(sim_dir / "result.json")
+    if previous is not None and previous.get("fingerprint") == fingerprint:
+        _log(progress, f"[{spec.tag()}] {scheme} noise {noise:g}: done before, reused")
+        return previous
+    tick = time.monotonic()
+    result = simulate(
+        net, pixels, labels, steps=None if SCHEMES[scheme].single_step else spec.steps, noise=noise,
+        device=device, seed=spec.seed, progress=progress,
+    )
+    summary = summarize(result, net, dataset=spec.dataset, seed=spec.seed)
+    summary["seconds"] = time.monotonic() - tick
+    summary["fingerprint"] = fingerprint
+    write_simulation(sim_dir, summary, result)
+    _log(
+        progress,
+        f"[{spec.tag()}] {net.describe()}, noise {noise:g}: SNN {summary['snn_accuracy']:.2f}% "
+        f"= ANN {summary['ann_accuracy']:.2f}% on {summary['agreement']:,}/{summary['images']:,} "
+        f"images, T_lossless {summary['t_lossless']}, {summary['seconds']:.1f} s",
+    )
+    return summary
 
 
 def _finish(out: Path, record: dict, started: float, figures: bool) -> dict:

@@ -12,6 +12,7 @@ estimator: the gradient of the quantizer is 1 where 0 < y < B (y > 0 when B is n
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -174,3 +175,12 @@ class Precision:
 
 def bound_text(bound: int | None) -> str:
     return "none" if bound is None else str(bound)
+
+
+PRECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Precision))  # also fields of TrainConfig and RunSpec
+
+
+def precision_fields(source) -> dict:
+    """The precision fields (:data:`PRECISION_FIELDS`) of ``source``: a Precision, a
+    TrainConfig or a RunSpec, so that one copies into another without naming them."""
+    return {name: getattr(source, name) for name in PRECISION_FIELDS}

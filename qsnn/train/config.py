@@ -167,6 +167,16 @@ class TrainConfig:
             values["lr_decay_epoch"] = None if dataset in CIFAR_DATA else NO_DECAY
         return cls(net=net, dataset=dataset, recipe="paper", **values)
 
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config from field values (``recipe`` among them), the recipe's schedule
+        filling in what they leave out."""
+        values = dict(values)
+        recipe = values.pop("recipe", "qsnn")
+        if recipe == "paper":
+            return cls.paper(values.pop("net"), values.pop("dataset"), **values)
+        return cls(recipe=recipe, **values)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

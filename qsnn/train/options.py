@@ -14,7 +14,7 @@ import signal
 import sys
 
 from qsnn.errors import QsnnError
-from qsnn.net.quantization import SAME
+from qsnn.net.quantization import SAME, parse_bound
 from qsnn.train.config import RECIPES, TrainConfig, default_out_dir
 from qsnn.train.loop import TrainingInterrupted, train
 
@@ -89,21 +89,30 @@ def check_precision_options(args: argparse.Namespace) -> None:
             raise QsnnError(f"--fp32 trains a full-precision baseline; drop {', '.join(quantizing)} (they quantize)")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def network_values(args: argparse.Namespace) -> dict:
+    """The fields that :func:`add_network_options` describe, as TrainConfig and RunSpec
+    take them: the precision (defaults filled in), seed, recipe, train limit, and the
+    schedule's epochs, batch size and lr where given (else the recipe's)."""
     check_precision_options(args)
     values = dict(
-        k=TrainConfig.k if args.k is None else args.k,
-        B="none" if args.B is None else args.B, ternary=args.ternary,
-        full_precision=args.full_precision, encoding_k=args.encoding_k,
-        encoding_B=args.encoding_B, seed=args.seed,
-        data_dir=args.data_dir, train_limit=args.train_limit, test_limit=args.test_limit,
-        device=args.device, checkpoint_interval=args.checkpoint_interval,
+        net=args.net, dataset=args.dataset, k=TrainConfig.k if args.k is None else args.k,
+        B=parse_bound("none" if args.B is None else args.B), ternary=args.ternary,
+        full_precision=args.full_precision, encoding_k=args.encoding_k, encoding_B=args.encoding_B,
+        seed=args.seed, train_limit=args.train_limit, recipe=args.recipe,
     )
-    schedule = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay_epoch=args.lr_decay_epoch)
-    if getattr(args, "recipe", "qsnn") == "paper":
-        return TrainConfig.paper(args.net, args.dataset, **values, **schedule)
-    given = {key: value for key, value in schedule.items() if value is not None}
-    return TrainConfig(net=args.net, dataset=args.dataset, **values, **given)
+    schedule = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    return values | {key: value for key, value in schedule.items() if value is not None}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = network_values(args)
+    values.update(
+        data_dir=args.data_dir, test_limit=args.test_limit, device=args.device,
+        checkpoint_interval=args.checkpoint_interval,
+    )
+    if args.lr_decay_epoch is not None:
+        values["lr_decay_epoch"] = args.lr_decay_epoch
+    return TrainConfig.from_values(values)
 
 
 def build_parser() -> argparse.ArgumentParser:
