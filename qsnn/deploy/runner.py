@@ -740,6 +740,103 @@ def _signed_step(layer: PackageLayer, state: _State) -> np.ndarray:
     return spikes
 
 
+def _layer_step(
+    layer: PackageLayer,
+    state: _State,
+    index: int,
+    t: int,
+    spikes: np.ndarray | None,
+    sending: np.ndarray | None,
+    engine: str,
+    rising_channels: np.ndarray | None,
+) -> np.ndarray:
+    """Layer ``index``'s spikes at step ``t`` (int64). The encoding layer (index 0) with a
+    rising threshold (``rising_channels``: each neuron's channel, else None) fires iff
+    V >= T(t); otherwise it is a signed neuron (:func:`_signed_step`). A hidden layer first
+    integrates the previous layer's ``spikes``, event-driven: only the images that sent any
+    (``sending``)."""
+    if index == 0 and rising_channels is not None:
+        spikes = (state.membrane >= layer.thresholds(t, rising_channels)).astype(np.int64)
+        state.count += spikes
+        return spikes
+    if index > 0:
+        rows = np.nonzero(sending)[0]
+        if rows.size:
+            state.membrane[rows] += layer.membrane(spikes[rows], 1, engine)
+    return _signed_step(layer, state)
+
+
+def _propagate(
+    package: Package,
+    states: list[_State],
+    t: int,
+    engine: str,
+    rising_channels: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int], list[int]]:
+    """Step ``t`` through every layer of the active images, same-step propagation. Returns
+    the last layer's spikes, which images it sent any from, which images spiked in any layer,
+    and the +1 and the -1 spikes of each layer."""
+    count = len(states[0].membrane)
+    spiked = np.zeros(count, bool)
+    step_positive, step_negative = [], []
+    spikes = sending = None  # the previous layer's spikes, and which images sent any
+    for index, layer in enumerate(package.layers):
+        state = states[index]
+        spikes = _layer_step(layer, state, index, t, spikes, sending, engine, rising_channels)
+        flat = spikes.reshape(count, -1)
+        sending = (flat != 0).any(axis=1)
+        spiked |= sending
+        step_positive.append(int((flat > 0).sum()))
+        step_negative.append(int((flat < 0).sum()))
+        if layer.levels is None:  # bounded counts never exceed the receiver's limit
+            _check_limit(state.count, *_receiver(package, index))
+    return spikes, sending, spiked, step_positive, step_negative
+
+
+def _retire(
+    active: np.ndarray,
+    accumulator: np.ndarray,
+    spiked: np.ndarray,
+    states: list[_State],
+    logits: np.ndarray,
+    final_counts: list[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Record the final logits and counts of the active images that did not spike (they never
+    will again) and drop them from ``states``; return the indices and accumulator of the rest."""
+    silent = ~spiked
+    done = active[silent]
+    logits[done] = accumulator[silent]
+    for i, state in enumerate(states):
+        final_counts[i][done] = state.count[silent]
+    keep = np.nonzero(spiked)[0]
+    for state in states:
+        state.keep(keep)
+    return active[keep], accumulator[keep]
+
+
+def _close_series(
+    predictions: list[np.ndarray],
+    positive: list[list[int]],
+    negative: list[list[int]],
+    prediction: np.ndarray,
+    steps: int | None,
+    t: int,
+    layers: int,
+) -> None:
+    """The per-step series once no image spikes any more, after step ``t``: with ``steps``
+    None, without the silent step when it only confirms the output is final (t > 0); with
+    ``steps`` given, filled up to ``steps`` with the final prediction and no spikes."""
+    if steps is None and t > 0:
+        predictions.pop()
+        positive.pop()
+        negative.pop()
+    if steps is not None:
+        rest = steps - len(predictions)
+        predictions.extend([prediction.copy()] * rest)
+        positive.extend([[0] * layers] * rest)
+        negative.extend([[0] * layers] * rest)
+
+
 def _run_temporal(
     package: Package, pixels: np.ndarray, steps: int | None, keep_counts: bool, engine: str
 ) -> DeployResult:
@@ -756,32 +853,12 @@ def _run_temporal(
     prediction = np.zeros(total, np.int64)
     predictions, positive, negative = [], [], []
     limit = steps if steps is not None else AUTO_MAX_STEPS
-    integer_encoding = SCHEMES[package.scheme].rising_encoding
-    encoding_channels = layers[0].channel_index()
+    rising_channels = layers[0].channel_index() if SCHEMES[package.scheme].rising_encoding else None
     states[0].membrane += encoding_current  # the input arrives once, at t = 0
     for t in range(limit):
-        spiked = np.zeros(len(active), bool)
-        step_positive, step_negative = [], []
-        spikes = sending = None  # the previous layer's spikes, and which images sent any
-        for index, layer in enumerate(layers):
-            state = states[index]
-            if index == 0 and integer_encoding:  # rising threshold: fire iff V >= T(t)
-                spikes = (state.membrane >= layer.thresholds(t, encoding_channels)).astype(np.int64)
-                state.count += spikes
-            elif index == 0:
-                spikes = _signed_step(layer, state)
-            else:
-                rows = np.nonzero(sending)[0]  # event-driven: only images whose sender spiked
-                if rows.size:
-                    state.membrane[rows] += layer.membrane(spikes[rows], 1, engine)
-                spikes = _signed_step(layer, state)
-            flat = spikes.reshape(len(active), -1)
-            sending = (flat != 0).any(axis=1)
-            spiked |= sending
-            step_positive.append(int((flat > 0).sum()))
-            step_negative.append(int((flat < 0).sum()))
-            if layer.levels is None:  # bounded counts never exceed the receiver's limit
-                _check_limit(state.count, *_receiver(package, index))
+        spikes, sending, spiked, step_positive, step_negative = _propagate(
+            package, states, t, engine, rising_channels
+        )
         rows = np.nonzero(sending)[0]
         if rows.size:
             accumulator[rows] += package.output_matrix.multiply(spikes[rows].reshape(rows.size, -1), output_dtype)
@@ -789,27 +866,10 @@ def _run_temporal(
         predictions.append(prediction.copy())
         positive.append(step_positive)
         negative.append(step_negative)
-        silent = ~spiked  # these images can never spike again: retire them
-        if silent.any():
-            done = active[silent]
-            logits[done] = accumulator[silent]
-            for i, state in enumerate(states):
-                final_counts[i][done] = state.count[silent]
-            keep = np.nonzero(spiked)[0]
-            active = active[keep]
-            accumulator = accumulator[keep]
-            for state in states:
-                state.keep(keep)
+        if not spiked.all():
+            active, accumulator = _retire(active, accumulator, spiked, states, logits, final_counts)
         if not active.size:
-            if steps is None and t > 0:  # the silent step only confirms the output is final
-                predictions.pop()
-                positive.pop()
-                negative.pop()
-            if steps is not None:  # nothing moves any more: the remaining steps repeat
-                rest = steps - len(predictions)
-                predictions.extend([prediction.copy()] * rest)
-                positive.extend([[0] * len(layers)] * rest)
-                negative.extend([[0] * len(layers)] * rest)
+            _close_series(predictions, positive, negative, prediction, steps, t, len(layers))
             break
     else:
         if steps is None:

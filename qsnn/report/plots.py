@@ -644,6 +644,113 @@ def _t_marks(ax: Axes, steps: list[int], accuracy: list[float], summary: dict, c
     return labels
 
 
+def _curve_look(style: dict, steps: Sequence[int]) -> dict[str, Any]:
+    """The plot keywords of one run's accuracy curve: its colour, line and marker, a single
+    larger marker when the run has one step, markers thinned out beyond 25 steps."""
+    many = len(steps) > 1
+    return {
+        "color": style["color"], "linestyle": style["linestyle"] if many else "none", "marker": style["marker"],
+        "markersize": 4.5 if many else 8, "linewidth": 1.6, "zorder": 3,
+        "markevery": 0.04 if len(steps) > 25 else None,
+    }
+
+
+def _mark_below(ax: Axes, figure: Figure, steps: Sequence[int], accuracy: Sequence[float], floor: float, color,
+                column: int) -> list[tuple[int, float]]:
+    """Draw a triangle on the bottom edge of ``ax`` at each step whose accuracy is under
+    ``floor``, shifted right by 5 points per ``column`` so that runs do not overlap; return
+    those (step, accuracy)."""
+    hidden = [(step, value) for step, value in zip(steps, accuracy) if value < floor]
+    shift = offset_copy(ax.transData, figure, x=5.0 * column, units="points")
+    for step, _value in hidden:
+        ax.plot([step], [floor], marker="v", color=color, markersize=7, linestyle="none",
+                clip_on=False, zorder=5, transform=shift)
+    return hidden
+
+
+def _below_text(label: str, hidden: Sequence[tuple[int, float]]) -> str:
+    """The note on a run's values under the axis: its first three steps and values, '…' if more."""
+    shown = ", ".join(f"t={step} {value:.1f}%" for step, value in hidden[:3])
+    return f"{label}: {shown}{', …' if len(hidden) > 3 else ''}"
+
+
+def _accuracy_rows(summary: dict, label: str) -> list[dict]:
+    """The CSV rows of one run: one per step, with the run's ANN accuracy, T (paper) and T_lossless."""
+    return [
+        {
+            "run": label,
+            "scheme": summary["scheme"],
+            "net": summary["net"],
+            "precision": summary["precision"],
+            "dataset": summary.get("dataset"),
+            "noise": summary.get("noise"),
+            "step": int(point["step"]),
+            "accuracy": float(point["accuracy"]),
+            "agree_fraction": point.get("agree_fraction"),
+            "ann_accuracy": summary["ann_accuracy"],
+            "t_paper": summary.get("t_paper"),
+            "t_lossless": summary.get("t_lossless"),
+        }
+        for point in summary["per_step"]
+    ]
+
+
+def _plot_accuracy_run(main: Axes, zoom: Axes, summary: dict, label: str, style: dict, low: float,
+                       band_low: float, column: int) -> tuple[list[tuple[float, float, str, Any]], str | None]:
+    """Draw one run's curve and T marks in both panels, with triangles for the values under
+    ``low`` in ``main``; return the T labels to place in ``main`` and the note on the values
+    under the axis (None when there are none)."""
+    color = style["color"]
+    steps = [int(p["step"]) for p in summary["per_step"]]
+    accuracy = [float(p["accuracy"]) for p in summary["per_step"]]
+    look = _curve_look(style, steps)
+    main.plot(steps, accuracy, label=label, **look)
+    zoom.plot(steps, accuracy, **look)
+    marks = _t_marks(main, steps, accuracy, summary, color, low, clip=False)
+    _t_marks(zoom, steps, accuracy, summary, color, band_low, clip=True)
+    hidden = _mark_below(main, main.figure, steps, accuracy, low, color, column)
+    return marks, _below_text(label, hidden) if hidden else None
+
+
+def _draw_ann_lines(main: Axes, zoom: Axes, ann: Sequence[tuple[float, str, Any]]) -> list[Annotation]:
+    """Draw each ANN accuracy as a dashed line across both panels; return its value labels
+    at the right of ``zoom``."""
+    for value, _, color in ann:
+        for ax in (main, zoom):
+            ax.axhline(value, color=color, linestyle=ANN_DASHES, linewidth=1.0, alpha=0.85, zorder=2)
+    return _label_column(zoom, ann)
+
+
+def _accuracy_axes(main: Axes, zoom: Axes, limits: tuple[float, float], band: tuple[float, float],
+                   max_step: int) -> None:
+    """The y-ranges, time axes, labels and titles of the whole-range and zoom panels."""
+    main.set_ylim(*limits)
+    margin = 0.02 * (band[1] - band[0])
+    zoom.set_ylim(band[0] - margin, band[1] + margin)
+    _time_axis(main, max_step)
+    _time_axis(zoom, max_step, nbins=5)
+    zoom.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+    main.set_ylabel("test accuracy (%)")
+    main.set_title("SNN accuracy versus time step")
+    zoom.set_title("zoom on the ANN accuracies")
+
+
+def _accuracy_legend(figure: Figure, main: Axes, summaries: Sequence[dict]) -> None:
+    """The legend under the figure: the runs, the ANN line, and T (paper) and T_lossless
+    where any run has them."""
+    handles, names = main.get_legend_handles_labels()
+    handles.append(Line2D([], [], color=ANN_COLOR, linestyle=ANN_DASHES, linewidth=1.0))
+    names.append("quantized ANN (dashed; value at the right)")
+    if any(s.get("t_paper") is not None for s in summaries):
+        handles.append(Line2D([], [], color=ANN_COLOR, marker=T_PAPER_MARKER, markersize=6.5, linestyle="none"))
+        names.append("T (paper): accuracy final from here")
+    if any(s.get("t_lossless") is not None for s in summaries):
+        handles.append(Line2D([], [], color=ANN_COLOR, marker="o", markersize=10, markerfacecolor="none",
+                              linestyle="none"))
+        names.append("T_lossless: SNN = ANN on every image from here")
+    _legend_below(figure, handles, names, 3)
+
+
 def _accuracy_figure(summaries: Sequence[dict]) -> tuple[Figure, list[dict]]:
     summaries = _check(summaries, "accuracy")
     labels = run_labels(summaries)
@@ -658,69 +765,16 @@ def _accuracy_figure(summaries: Sequence[dict]) -> tuple[Figure, list[dict]]:
         marks: list[tuple[float, float, str, Any]] = []
         below: list[tuple[Any, str]] = []
         for summary, label, style in zip(summaries, labels, styles):
-            color = style["color"]
-            steps = [int(p["step"]) for p in summary["per_step"]]
-            accuracy = [float(p["accuracy"]) for p in summary["per_step"]]
-            many = len(steps) > 1
-            look = {
-                "color": color, "linestyle": style["linestyle"] if many else "none", "marker": style["marker"],
-                "markersize": 4.5 if many else 8, "linewidth": 1.6, "zorder": 3,
-                "markevery": 0.04 if len(steps) > 25 else None,
-            }
-            main.plot(steps, accuracy, label=label, **look)
-            zoom.plot(steps, accuracy, **look)
-            marks += _t_marks(main, steps, accuracy, summary, color, low, clip=False)
-            _t_marks(zoom, steps, accuracy, summary, color, band[0], clip=True)
-            hidden = [(step, value) for step, value in zip(steps, accuracy) if value < low]
-            shift = offset_copy(main.transData, figure, x=5.0 * len(below), units="points")  # no overlap
-            for step, _value in hidden:
-                main.plot([step], [low], marker="v", color=color, markersize=7, linestyle="none",
-                          clip_on=False, zorder=5, transform=shift)
-            if hidden:
-                shown = ", ".join(f"t={step} {value:.1f}%" for step, value in hidden[:3])
-                below.append((color, f"{label}: {shown}{', …' if len(hidden) > 3 else ''}"))
-            for step, value, point in zip(steps, accuracy, summary["per_step"]):
-                rows.append({
-                    "run": label,
-                    "scheme": summary["scheme"],
-                    "net": summary["net"],
-                    "precision": summary["precision"],
-                    "dataset": summary.get("dataset"),
-                    "noise": summary.get("noise"),
-                    "step": step,
-                    "accuracy": value,
-                    "agree_fraction": point.get("agree_fraction"),
-                    "ann_accuracy": summary["ann_accuracy"],
-                    "t_paper": summary.get("t_paper"),
-                    "t_lossless": summary.get("t_lossless"),
-                })
-        ann = _ann_lines(summaries, styles)
-        for value, _, color in ann:
-            for ax in (main, zoom):
-                ax.axhline(value, color=color, linestyle=ANN_DASHES, linewidth=1.0, alpha=0.85, zorder=2)
-        ann_labels = _label_column(zoom, ann)
-        main.set_ylim(low, high)
-        margin = 0.02 * (band[1] - band[0])
-        zoom.set_ylim(band[0] - margin, band[1] + margin)
-        _time_axis(main, max_step)
-        _time_axis(zoom, max_step, nbins=5)
-        zoom.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
-        main.set_ylabel("test accuracy (%)")
-        main.set_title("SNN accuracy versus time step")
-        zoom.set_title("zoom on the ANN accuracies")
+            run_marks, note = _plot_accuracy_run(main, zoom, summary, label, style, low, band[0], len(below))
+            marks += run_marks
+            if note is not None:
+                below.append((style["color"], note))
+            rows += _accuracy_rows(summary, label)
+        ann_labels = _draw_ann_lines(main, zoom, _ann_lines(summaries, styles))
+        _accuracy_axes(main, zoom, (low, high), band, max_step)
         figure.suptitle(f"Accuracy versus time step ({_title(summaries)})", fontsize=10.5)
         notes = _note_below(main, below)
-        handles, names = main.get_legend_handles_labels()
-        handles.append(Line2D([], [], color=ANN_COLOR, linestyle=ANN_DASHES, linewidth=1.0))
-        names.append("quantized ANN (dashed; value at the right)")
-        if any(s.get("t_paper") is not None for s in summaries):
-            handles.append(Line2D([], [], color=ANN_COLOR, marker=T_PAPER_MARKER, markersize=6.5, linestyle="none"))
-            names.append("T (paper): accuracy final from here")
-        if any(s.get("t_lossless") is not None for s in summaries):
-            handles.append(Line2D([], [], color=ANN_COLOR, marker="o", markersize=10, markerfacecolor="none",
-                                  linestyle="none"))
-            names.append("T_lossless: SNN = ANN on every image from here")
-        _legend_below(figure, handles, names, 3)
+        _accuracy_legend(figure, main, summaries)
         _settle(figure)
         _stagger(ann_labels)
         _place_labels(main, marks, [_text_box(note) for note in notes])
@@ -1022,104 +1076,146 @@ def layer_labels(summary: dict, *, neurons: bool = False) -> list[str]:
     return texts
 
 
+def _draw_run_total(ax: Axes, index: int, per_image: dict, color) -> None:
+    """Row ``index`` of the totals panel: a run's positive and negative spikes per image
+    stacked, labelled with their sum and spikes per neuron, and its neurons as a dark bar beneath."""
+    positive = float(per_image["positive_spikes"])
+    negative = float(per_image["negative_spikes"])
+    neurons = float(per_image["neurons"])
+    ax.barh(index - 0.17, positive, 0.34, color=color)
+    ax.barh(index - 0.17, negative, 0.34, left=positive, color=_lighter(color), hatch="///",
+            edgecolor=color, linewidth=0)
+    ax.barh(index + 0.17, neurons, 0.34, color=NEURON_COLOR)
+    ax.annotate(f"{_si(positive + negative)} ({(positive + negative) / neurons:.2f} per neuron)",
+                (positive + negative, index - 0.17), xytext=(4, 0), textcoords="offset points",
+                ha="left", va="center", fontsize=9)
+    ax.annotate(_si(neurons), (neurons, index + 0.17), xytext=(4, 0), textcoords="offset points",
+                ha="left", va="center", fontsize=9, color=NEURON_COLOR)
+
+
+def _total_sparsity_row(label: str, per_image: dict) -> dict:
+    """The CSV row of a run's whole net (layer 'total'): spikes per image and per neuron."""
+    neurons = float(per_image["neurons"])
+    return {
+        "run": label, "layer": "total", "neurons": per_image["neurons"],
+        "positive_spikes_per_image": per_image["positive_spikes"],
+        "negative_spikes_per_image": per_image["negative_spikes"],
+        "spikes_per_neuron": per_image["spikes_per_neuron"],
+        "positive_per_neuron": float(per_image["positive_spikes"]) / neurons,
+        "negative_per_neuron": float(per_image["negative_spikes"]) / neurons,
+        "spiking_neurons_per_image": per_image.get("spiking_neurons"),
+    }
+
+
+def _totals_panel(ax: Axes, summaries: Sequence[dict], labels: Sequence[str], styles: Sequence[dict]) -> list[dict]:
+    """The left panel: each run's spikes per image against its neurons, one row per run;
+    return each run's 'total' CSV row."""
+    rows = []
+    for index, (summary, label, style) in enumerate(zip(summaries, labels, styles)):
+        _draw_run_total(ax, index, summary["per_image"], style["shade"])
+        rows.append(_total_sparsity_row(label, summary["per_image"]))
+    tallest = max(max(float(s["per_image"]["spikes"]), float(s["per_image"]["neurons"])) for s in summaries)
+    ax.set_xlim(0, tallest * 1.6)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v) if v else "0"))
+    ax.set_yticks(range(len(summaries)), [_wrap(label, 24) for label in labels])
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", length=0)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel("per image: spikes (+ and −) and neurons")
+    ax.set_title("spikes per image vs number of neurons")
+    return rows
+
+
+def _net_groups(summaries: Sequence[dict]) -> dict[str, list[int]]:
+    """The indices of the runs of each distinct net, nets in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for index, summary in enumerate(summaries):
+        groups.setdefault(str(summary["net"]), []).append(index)
+    return groups
+
+
+def _draw_run_layers(ax: Axes, summary: dict, label: str, color, start: float, slot: int, bar: float) -> list[dict]:
+    """A run's spikes per neuron in each of its layers, positive and negative stacked: the
+    bar of layer i in place ``slot`` (each ``bar`` wide) of the layer at ``start`` + i;
+    return the run's per-layer CSV rows."""
+    rows = []
+    for position, layer in enumerate(summary["layers"]):
+        neurons = float(layer["neurons"])
+        positive = float(layer["positive_spikes_per_image"]) / neurons
+        negative = float(layer["negative_spikes_per_image"]) / neurons
+        x = start + position - 0.4 + bar * (slot + 0.5)
+        ax.bar(x, positive, bar * 0.9, color=color)
+        ax.bar(x, negative, bar * 0.9, bottom=positive, color=_lighter(color), hatch="///", edgecolor=color, linewidth=0)
+        rows.append({
+            "run": label, "layer": layer["layer"], "neurons": layer["neurons"],
+            "positive_spikes_per_image": layer["positive_spikes_per_image"],
+            "negative_spikes_per_image": layer["negative_spikes_per_image"],
+            "spikes_per_neuron": layer["spikes_per_neuron"],
+            "positive_per_neuron": positive, "negative_per_neuron": negative,
+            "spiking_neurons_per_image": layer.get("spiking_neurons_per_image"),
+        })
+    return rows
+
+
+def _layers_panel(ax: Axes, summaries: Sequence[dict], labels: Sequence[str],
+                  styles: Sequence[dict]) -> list[list[dict]]:
+    """The right panel: spikes per neuron layer by layer, one group of layers per distinct
+    net, the runs of a net side by side in each layer; return each run's per-layer CSV rows."""
+    rows: list[list[dict]] = [[] for _ in summaries]
+    groups = _net_groups(summaries)
+    one_net = len(groups) == 1
+    ticks: list[float] = []
+    names: list[str] = []
+    start = 0.0
+    for number, members in enumerate(groups.values()):
+        depth = max(len(summaries[i]["layers"]) for i in members)
+        first = max(members, key=lambda i: len(summaries[i]["layers"]))
+        ticks += [start + position for position in range(depth)]
+        names += layer_labels(summaries[first], neurons=one_net)
+        bar = 0.8 / len(members)
+        for slot, index in enumerate(members):
+            rows[index] = _draw_run_layers(ax, summaries[index], labels[index], styles[index]["shade"], start,
+                                           slot, bar)
+        if number:
+            ax.axvline(start - 0.8, color=ANN_COLOR, linewidth=0.8, alpha=0.6)
+        start += depth + 0.6
+    ax.set_xticks(ticks, names)
+    ax.set_xlim(-0.6, start - 1.0)
+    ax.tick_params(axis="x", length=0)
+    ax.grid(axis="x", visible=False)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.05)
+    ax.set_xlabel("layer: notation item, output shape (neurons)" if one_net
+                  else "layer (notation item, output shape), one group per net")
+    ax.set_ylabel("spikes per neuron per image")
+    ax.set_title("spikes per neuron, layer by layer")
+    return rows
+
+
+def _sparsity_legend(figure: Figure, labels: Sequence[str], styles: Sequence[dict]) -> None:
+    """The legend under the figure: each run's colour, positive and negative spikes, neurons."""
+    handles: list[Any] = [Patch(color=style["shade"]) for style in styles]
+    handles += [
+        Patch(facecolor="#8c8c8c"),
+        Patch(facecolor=_lighter("#8c8c8c"), hatch="///", edgecolor="#8c8c8c", linewidth=0),
+        Patch(color=NEURON_COLOR),
+    ]
+    _legend_below(figure, handles, [*labels, "positive spikes", "negative spikes", "neurons"], 4)
+
+
 def _sparsity_figure(summaries: Sequence[dict]) -> tuple[Figure, list[dict]]:
     summaries = _check(summaries, "sparsity")
     labels = run_labels(summaries)
     styles = run_styles(summaries)
     figure = _figure("sparsity", len(summaries))
-    rows: list[list[dict]] = [[] for _ in summaries]  # per run: its total, then its layers
     with mpl.rc_context(_STYLE):
         left, right = figure.subplots(1, 2, width_ratios=[1, 1.25])
-        for index, (summary, label, style) in enumerate(zip(summaries, labels, styles)):
-            color = style["shade"]
-            per_image = summary["per_image"]
-            positive = float(per_image["positive_spikes"])
-            negative = float(per_image["negative_spikes"])
-            neurons = float(per_image["neurons"])
-            left.barh(index - 0.17, positive, 0.34, color=color)
-            left.barh(index - 0.17, negative, 0.34, left=positive, color=_lighter(color), hatch="///",
-                      edgecolor=color, linewidth=0)
-            left.barh(index + 0.17, neurons, 0.34, color=NEURON_COLOR)
-            left.annotate(f"{_si(positive + negative)} ({(positive + negative) / neurons:.2f} per neuron)",
-                          (positive + negative, index - 0.17), xytext=(4, 0), textcoords="offset points",
-                          ha="left", va="center", fontsize=9)
-            left.annotate(_si(neurons), (neurons, index + 0.17), xytext=(4, 0), textcoords="offset points",
-                          ha="left", va="center", fontsize=9, color=NEURON_COLOR)
-            rows[index].append({
-                "run": label, "layer": "total", "neurons": per_image["neurons"],
-                "positive_spikes_per_image": per_image["positive_spikes"],
-                "negative_spikes_per_image": per_image["negative_spikes"],
-                "spikes_per_neuron": per_image["spikes_per_neuron"],
-                "positive_per_neuron": positive / neurons, "negative_per_neuron": negative / neurons,
-                "spiking_neurons_per_image": per_image.get("spiking_neurons"),
-            })
-        tallest = max(max(float(s["per_image"]["spikes"]), float(s["per_image"]["neurons"])) for s in summaries)
-        left.set_xlim(0, tallest * 1.6)
-        left.xaxis.set_major_locator(MaxNLocator(nbins=4))
-        left.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v) if v else "0"))
-        left.set_yticks(range(len(summaries)), [_wrap(label, 24) for label in labels])
-        left.invert_yaxis()
-        left.tick_params(axis="y", length=0)
-        left.grid(axis="y", visible=False)
-        left.set_xlabel("per image: spikes (+ and −) and neurons")
-        left.set_title("spikes per image vs number of neurons")
-
-        # One group of layers per distinct net; the runs of a net side by side in each layer.
-        groups: dict[str, list[int]] = {}
-        for index, summary in enumerate(summaries):
-            groups.setdefault(str(summary["net"]), []).append(index)
-        one_net = len(groups) == 1
-        ticks: list[float] = []
-        names: list[str] = []
-        start = 0.0
-        for number, members in enumerate(groups.values()):
-            depth = max(len(summaries[i]["layers"]) for i in members)
-            first = max(members, key=lambda i: len(summaries[i]["layers"]))
-            ticks += [start + position for position in range(depth)]
-            names += layer_labels(summaries[first], neurons=one_net)
-            bar = 0.8 / len(members)
-            for slot, index in enumerate(members):
-                color = styles[index]["shade"]
-                for position, layer in enumerate(summaries[index]["layers"]):
-                    neurons = float(layer["neurons"])
-                    positive = float(layer["positive_spikes_per_image"]) / neurons
-                    negative = float(layer["negative_spikes_per_image"]) / neurons
-                    x = start + position - 0.4 + bar * (slot + 0.5)
-                    right.bar(x, positive, bar * 0.9, color=color)
-                    right.bar(x, negative, bar * 0.9, bottom=positive, color=_lighter(color), hatch="///",
-                              edgecolor=color, linewidth=0)
-                    rows[index].append({
-                        "run": labels[index], "layer": layer["layer"], "neurons": layer["neurons"],
-                        "positive_spikes_per_image": layer["positive_spikes_per_image"],
-                        "negative_spikes_per_image": layer["negative_spikes_per_image"],
-                        "spikes_per_neuron": layer["spikes_per_neuron"],
-                        "positive_per_neuron": positive, "negative_per_neuron": negative,
-                        "spiking_neurons_per_image": layer.get("spiking_neurons_per_image"),
-                    })
-            if number:
-                right.axvline(start - 0.8, color=ANN_COLOR, linewidth=0.8, alpha=0.6)
-            start += depth + 0.6
-        right.set_xticks(ticks, names)
-        right.set_xlim(-0.6, start - 1.0)
-        right.tick_params(axis="x", length=0)
-        right.grid(axis="x", visible=False)
-        right.set_ylim(0, right.get_ylim()[1] * 1.05)
-        right.set_xlabel("layer: notation item, output shape (neurons)" if one_net
-                         else "layer (notation item, output shape), one group per net")
-        right.set_ylabel("spikes per neuron per image")
-        right.set_title("spikes per neuron, layer by layer")
-
-        handles: list[Any] = [Patch(color=style["shade"]) for style in styles]
-        handles += [
-            Patch(facecolor="#8c8c8c"),
-            Patch(facecolor=_lighter("#8c8c8c"), hatch="///", edgecolor="#8c8c8c", linewidth=0),
-            Patch(color=NEURON_COLOR),
-        ]
-        legend_names = [*labels, "positive spikes", "negative spikes", "neurons"]
-        _legend_below(figure, handles, legend_names, 4)
+        totals = _totals_panel(left, summaries, labels, styles)
+        layers = _layers_panel(right, summaries, labels, styles)
+        _sparsity_legend(figure, labels, styles)
         figure.suptitle(f"Firing sparsity ({_title(summaries)})", fontsize=10.5)
         _settle(figure)
-    return figure, [row for run in rows for row in run]
+    return figure, [row for total, run in zip(totals, layers) for row in (total, *run)]
 
 
 def plot_sparsity(summaries: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:

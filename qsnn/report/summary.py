@@ -19,25 +19,9 @@ from qsnn.sim.run import SimulationResult
 from qsnn.snn.model import SpikingNet
 
 
-def summarize(
-    result: SimulationResult,
-    net: SpikingNet,
-    *,
-    dataset: str | None = None,
-    seed: int = 0,
-    e_add: float = ENERGY_PER_ADD_PJ,
-    e_mac: float = ENERGY_PER_MAC_PJ,
-) -> dict:
-    """Everything one simulation measured, per image where the papers report per image."""
+def _layer_breakdown(result: SimulationResult, costs: list, positive: list, negative: list, sops: list) -> list[dict]:
+    """One entry per spiking layer: its size, its spikes, SOPs and count mismatches per image."""
     images = result.images
-    costs = layer_costs(net)
-    macs = sum(cost.ann_macs for cost in costs)
-    positive = [sum(layer) for layer in result.positive]
-    negative = [sum(layer) for layer in result.negative]
-    sops = [sum(layer) for layer in result.sops]
-    neurons = sum(cost.neurons for cost in costs)
-    total_spikes = sum(positive) + sum(negative)
-    agreement = result.agree[-1]
     layers = []
     for index, cost in enumerate(costs):
         spikes = positive[index] + negative[index]
@@ -56,6 +40,12 @@ def summarize(
                 "count_mismatches": result.count_mismatches[index],
             }
         )
+    return layers
+
+
+def _step_breakdown(result: SimulationResult) -> list[dict]:
+    """One entry per time step t = 1..T: accuracy, agreement with the ANN, spikes and SOPs."""
+    images = result.images
     per_step = []
     cumulative_sops = 0
     for t in range(result.steps):
@@ -74,11 +64,90 @@ def summarize(
                 "cumulative_sops_per_image": cumulative_sops / images,
             }
         )
-    precision = net.spec.precision
+    return per_step
+
+
+def _is_lossless(result: SimulationResult) -> bool:
+    """Whether the SNN equals the quantized ANN: every prediction agrees and no count differs."""
+    return (
+        result.agree[-1] == result.images
+        and sum(result.count_mismatches) == 0
+        and sum(result.verified_count_mismatches) == 0
+        and result.verified_disagreements == 0
+    )
+
+
+def _image_totals(result: SimulationResult, costs: list, positive: list, negative: list, sops: list) -> dict:
+    """The whole net's SOPs, ANN operations, spikes and neurons, per image."""
+    images = result.images
+    macs = sum(cost.ann_macs for cost in costs)
+    neurons = sum(cost.neurons for cost in costs)
+    total_spikes = sum(positive) + sum(negative)
     sops_per_image = sum(sops) / images
+    return {
+        "sops": sops_per_image,
+        "ann_macs": macs,
+        "ann_ops": 3 * macs,
+        "sops_over_ann_ops": sops_per_image / (3 * macs) if macs else None,
+        "positive_spikes": sum(positive) / images,
+        "negative_spikes": sum(negative) / images,
+        "spikes": total_spikes / images,
+        "spike_collect": (sum(positive) - sum(negative)) / images,
+        "neurons": neurons,
+        "spikes_per_neuron": total_spikes / images / neurons,
+        "spiking_neurons": sum(result.spiking_neurons) / images,
+    }
+
+
+def _paper_counts(
+    net: SpikingNet,
+    dataset: str | None,
+    images: int,
+    positive: list,
+    negative: list,
+    sops: list,
+    e_add: float,
+    e_mac: float,
+) -> dict:
+    """SOPs, ANN operations, spikes and energy per image as the scheme's original code counts
+    them (:func:`qsnn.measure.fanout.paper_convention`), with the rule that was applied."""
     paper = paper_convention(net.scheme, net.spec.precision.k, dataset)
     paper_sops = paper.sops(sops) / images
     paper_macs = nominal_ann_macs(net, classifier=paper.classifier)
+    return {
+        "sops_per_image": paper_sops,
+        "ann_ops_per_image": 3 * paper_macs,
+        "sops_over_ann_ops": paper_sops / (3 * paper_macs) if paper_macs else None,
+        "spikes_per_image": paper.spikes([p + n for p, n in zip(positive, negative, strict=True)]) / images,
+        "energy": energy(paper_sops, paper_macs, e_add, e_mac),
+        "encoding_spikes_counted": paper.encoding_spikes,
+        "encoding_sop_weight": paper.encoding_weight,
+        "accumulator_counted": paper.classifier,
+        "factor": paper.factor,
+    }
+
+
+def summarize(
+    result: SimulationResult,
+    net: SpikingNet,
+    *,
+    dataset: str | None = None,
+    seed: int = 0,
+    e_add: float = ENERGY_PER_ADD_PJ,
+    e_mac: float = ENERGY_PER_MAC_PJ,
+) -> dict:
+    """Everything one simulation measured, per image where the papers report per image."""
+    images = result.images
+    costs = layer_costs(net)
+    positive = [sum(layer) for layer in result.positive]
+    negative = [sum(layer) for layer in result.negative]
+    sops = [sum(layer) for layer in result.sops]
+    agreement = result.agree[-1]
+    layers = _layer_breakdown(result, costs, positive, negative, sops)
+    per_step = _step_breakdown(result)
+    paper = _paper_counts(net, dataset, images, positive, negative, sops, e_add, e_mac)
+    per_image = _image_totals(result, costs, positive, negative, sops)
+    precision = net.spec.precision
     return {
         "scheme": net.scheme,
         "threshold_scale": net.threshold_scale,
@@ -101,35 +170,12 @@ def summarize(
         "verified_images": result.verified_images,
         "verified_count_mismatches": sum(result.verified_count_mismatches),
         "verified_disagreements": result.verified_disagreements,
-        "lossless": agreement == images and sum(result.count_mismatches) == 0
-        and sum(result.verified_count_mismatches) == 0 and result.verified_disagreements == 0,
+        "lossless": _is_lossless(result),
         "t_lossless": result.t_lossless,
         "t_paper": result.t_paper,
-        "per_image": {
-            "sops": sops_per_image,
-            "ann_macs": macs,
-            "ann_ops": 3 * macs,
-            "sops_over_ann_ops": sops_per_image / (3 * macs) if macs else None,
-            "positive_spikes": sum(positive) / images,
-            "negative_spikes": sum(negative) / images,
-            "spikes": total_spikes / images,
-            "spike_collect": (sum(positive) - sum(negative)) / images,
-            "neurons": neurons,
-            "spikes_per_neuron": total_spikes / images / neurons,
-            "spiking_neurons": sum(result.spiking_neurons) / images,
-        },
-        "energy": energy(sops_per_image, macs, e_add, e_mac),
-        "paper_convention": {  # the scheme's original code's way of counting (qsnn.measure.fanout.paper_convention)
-            "sops_per_image": paper_sops,
-            "ann_ops_per_image": 3 * paper_macs,
-            "sops_over_ann_ops": paper_sops / (3 * paper_macs) if paper_macs else None,
-            "spikes_per_image": paper.spikes([p + n for p, n in zip(positive, negative, strict=True)]) / images,
-            "energy": energy(paper_sops, paper_macs, e_add, e_mac),
-            "encoding_spikes_counted": paper.encoding_spikes,
-            "encoding_sop_weight": paper.encoding_weight,
-            "accumulator_counted": paper.classifier,
-            "factor": paper.factor,
-        },
+        "per_image": per_image,
+        "energy": energy(per_image["sops"], per_image["ann_macs"], e_add, e_mac),
+        "paper_convention": paper,  # the scheme's original code's way of counting
         "layers": layers,
         "per_step": per_step,
         "source": net.source,

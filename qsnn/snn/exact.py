@@ -252,48 +252,9 @@ class ExactANN:
 
         block = layer.block
         largest = float(x.abs().max()) if x.numel() else 0.0
-        kind, stride, padding = block.layer.kind, block.layer.stride, block.layer.padding
-
-        def linear(inputs, weight):
-            if kind == "conv":
-                return F.conv2d(inputs, weight, stride=stride, padding=padding)
-            return F.linear(inputs.flatten(1), weight)
-
+        first, box, unit_roundoff, exact_first = self._first_pass(index, layer, x, largest, integral)
         terms = int(np.prod(layer.scaled.shape[1:]))
-        ieee = float32_is_ieee() and x.dtype == torch.float32 and largest < 2.0**24
         channels = layer.scaled.shape[0]
-        # every partial sum of W_int x an integer below 2^24: float32 sums exactly in any order
-        exact_first = integral and ieee and layer.largest_scaled * largest * terms < 2.0**24
-        box = torch.empty((0, 1, 1), dtype=torch.float32)
-        unit_roundoff = UNIT_ROUNDOFF32
-
-        def input_sums(inputs):  # sum |x| over each receptive field (one channel)
-            magnitude = inputs.abs().sum(dim=1, keepdim=True)
-            if kind == "conv":
-                sums = F.conv2d(magnitude, layer.window32.to(inputs.dtype), stride=stride, padding=padding)
-            else:
-                sums = magnitude.flatten(1).sum(dim=1)
-            return sums.reshape(len(inputs), 1, -1)
-
-        with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round otherwise)
-            if exact_first:
-                first = linear(x, layer.weight32)
-            elif ieee and terms * UNIT_ROUNDOFF32 < 0.5:
-                # W x with the products' and sums' rounding only, at most gamma_n sum |w x|
-                first = linear(x, layer.weight32)
-                box = input_sums(x)
-            elif not integral:  # float64, the same bound with float64's unit roundoff
-                x64 = x.to(torch.float64)
-                first = linear(x64, layer.weight32.to(torch.float64))
-                box = input_sums(x64)
-                unit_roundoff = 2.0**-53
-            else:  # parts whose every sum is an exact float64 integer; their weighted total is
-                # within 2^-50 relative of W x (inside the kernel's FLOAT_SLACK margin), and exact
-                # only when there is one part
-                parts, bits = self._parts_for(index, layer.scaled, largest)
-                x64 = x.to(torch.float64)
-                first = sum(linear(x64, p) * 2.0 ** (bits * j - layer.exponent) for j, p in enumerate(parts))
-                exact_first = len(parts) == 1
         images = first.shape[0]
         shape = (images, *block.layer.out_shape)
         counts = torch.empty(shape, dtype=torch.int64)
@@ -333,6 +294,54 @@ class ExactANN:
             counts[tuple(where[i].tolist())] = layer.rules[int(channel[i])].count(Fraction(exact[i]) / per_unit)
         inputs[tuple(where.T)] = counts[tuple(where.T)].to(torch.float32)
         return counts, inputs, len(where)
+
+    def _first_pass(self, index: int, layer: _Block, x, largest: float, integral: bool):
+        """The float first pass W x of a block: (its result, the per-neuron sum of |x| that
+        bounds its rounding (empty where it is exact), the unit roundoff of that bound,
+        whether it is exact)."""
+        block = layer.block
+        kind, stride, padding = block.layer.kind, block.layer.stride, block.layer.padding
+
+        def linear(inputs, weight):
+            if kind == "conv":
+                return F.conv2d(inputs, weight, stride=stride, padding=padding)
+            return F.linear(inputs.flatten(1), weight)
+
+        terms = int(np.prod(layer.scaled.shape[1:]))
+        ieee = float32_is_ieee() and x.dtype == torch.float32 and largest < 2.0**24
+        # every partial sum of W_int x an integer below 2^24: float32 sums exactly in any order
+        exact_first = integral and ieee and layer.largest_scaled * largest * terms < 2.0**24
+        box = torch.empty((0, 1, 1), dtype=torch.float32)
+        unit_roundoff = UNIT_ROUNDOFF32
+
+        def input_sums(inputs):  # sum |x| over each receptive field (one channel)
+            magnitude = inputs.abs().sum(dim=1, keepdim=True)
+            if kind == "conv":
+                sums = F.conv2d(magnitude, layer.window32.to(inputs.dtype), stride=stride, padding=padding)
+            else:
+                sums = magnitude.flatten(1).sum(dim=1)
+            return sums.reshape(len(inputs), 1, -1)
+
+        with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round otherwise)
+            if exact_first:
+                first = linear(x, layer.weight32)
+            elif ieee and terms * UNIT_ROUNDOFF32 < 0.5:
+                # W x with the products' and sums' rounding only, at most gamma_n sum |w x|
+                first = linear(x, layer.weight32)
+                box = input_sums(x)
+            elif not integral:  # float64, the same bound with float64's unit roundoff
+                x64 = x.to(torch.float64)
+                first = linear(x64, layer.weight32.to(torch.float64))
+                box = input_sums(x64)
+                unit_roundoff = 2.0**-53
+            else:  # parts whose every sum is an exact float64 integer; their weighted total is
+                # within 2^-50 relative of W x (inside the kernel's FLOAT_SLACK margin), and exact
+                # only when there is one part
+                parts, bits = self._parts_for(index, layer.scaled, largest)
+                x64 = x.to(torch.float64)
+                first = sum(linear(x64, p) * 2.0 ** (bits * j - layer.exponent) for j, p in enumerate(parts))
+                exact_first = len(parts) == 1
+        return first, box, unit_roundoff, exact_first
 
     def _decide_at(self, layer: _Block, z, channel):
         slope, mean, shift = layer.slope[channel], layer.mean[channel], layer.shift[channel]
