@@ -31,6 +31,7 @@ _API = {
     "SpikingNet": "qsnn.snn.model",
     "convert": "qsnn.snn.convert",
     "reference_counts": "qsnn.snn.reference",
+    "ANNResult": "qsnn.snn.exact",
     "ExactANN": "qsnn.snn.exact",
     "evaluate_exact": "qsnn.snn.exact",
     "simulate": "qsnn.sim.run",

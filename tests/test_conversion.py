@@ -35,7 +35,8 @@ def assert_lossless(model, pixels, scheme, steps=None):
     net = convert(model, scheme)
     ann = model.double().counts(pixels.double() / 255)
     model.float()
-    reference, logits = reference_counts(net, pixels)
+    tables = reference_counts(net, pixels)
+    reference, logits = tables.counts, tables.logits
     record = simulate_batch(net, pixels, steps)
     for layer, (a, r, s) in enumerate(zip(ann, reference, record.counts, strict=True)):
         assert torch.equal(a, r), f"{scheme}: reference differs from the model in layer {layer + 1}"
@@ -95,7 +96,7 @@ def test_ties_at_a_threshold_fire_in_ann_and_snn(k):
     net = convert(model, "int")
     hidden = net.layers[1]
     assert np.all(hidden.offset == 0) and np.all(hidden.step == hidden.divisor)  # T(i) = i
-    reference, _ = reference_counts(net, pixels)
+    reference = reference_counts(net, pixels).counts
     # the hidden membrane is an integer V and the count is min(V + 1, N) for V >= 0: every
     # neuron with V = T(i) exactly must have fired level i
     membrane = torch.nn.functional.conv2d(reference[0].double(), torch.from_numpy(net.layers[1].weight).double(), stride=2)
@@ -357,8 +358,8 @@ def test_threshold_scale_reproduces_the_original_small_loss(tmp_path):
     rounded.save(tmp_path / "rounded.npz")
     rounded = SpikingNet.load(tmp_path / "rounded.npz")
     # the quantized ANN is the same exact one for both; only the rounded SNN departs from it
-    ann, _ = reference_counts(exact, pixels)
-    ann_of_rounded, _ = reference_counts(rounded, pixels)
+    ann = reference_counts(exact, pixels).counts
+    ann_of_rounded = reference_counts(rounded, pixels).counts
     assert all(torch.equal(a, b) for a, b in zip(ann, ann_of_rounded, strict=True))
     exact_snn = simulate_batch(exact, pixels, None).counts
     rounded_snn = simulate_batch(rounded, pixels, None).counts
@@ -422,14 +423,14 @@ def test_membranes_far_beyond_the_thresholds_count_exactly():
     assert int(truth.sum()) == 0
     for scheme in ("nsd", "sg"):
         net = convert(model, scheme)
-        ann, _ = reference_counts(net, pixels)
+        ann = reference_counts(net, pixels).counts
         assert torch.equal(ann[0], truth)
         assert torch.equal(simulate_batch(net, pixels, None).counts[0], truth)
         assert torch.equal(EventSimulator(net)(net, pixels, None).counts[0].to(torch.int64), truth)
     with torch.no_grad():
         model.blocks[0].weight.fill_(1.0)  # now far above: saturates at the bound
     net = convert(model, "sg")
-    ann, _ = reference_counts(net, pixels[200:])
+    ann = reference_counts(net, pixels[200:]).counts
     assert bool((ann[0] == 1).all())
 
 
@@ -451,7 +452,7 @@ def test_counting_membrane_is_exact_at_every_threshold_tie(notation, index, monk
     model = random_net(notation, k=2, B=None, seed=31, input_shape=shape, padding="same" if "s" in notation else "valid")
     net = convert(model, "nsd")
     pixels = random_pixels(6, shape=shape, seed=31)
-    ann, _ = reference_counts(net, pixels)
+    ann = reference_counts(net, pixels).counts
     inputs = pixels if index == 0 else ann[index - 1]
     layer = net.layers[index]
     largest = input_bound(net, index, inputs)

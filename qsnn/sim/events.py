@@ -139,10 +139,9 @@ class EventSimulator:
         it; see :func:`check_against_reference`).
         """
         if SCHEMES[net.scheme].single_step:
-            membranes: list = []
-            checked: list = []
-            counts, logits = reference_counts(net, pixels, membranes, checked)
-            if noise == 0 and all(differing == 0 for differing in checked):
+            ann = reference_counts(net, pixels, keep_membranes=True, check_spiking=True)
+            counts, logits, membranes = ann.counts, ann.logits, ann.membranes
+            if noise == 0 and all(differing == 0 for differing in ann.spiking_differences):
                 # every layer's binary neurons, counted by their own algorithm in the ANN's
                 # pass, fired as the ANN counts, so the spiking layers receive the ANN's
                 # inputs: the simulation is the ANN's counts

@@ -32,6 +32,7 @@ from qsnn.sim.events import EventSimulator
 from qsnn.sim.noise import SG_DROPS, NoiseDraws, noisy_pixels
 from qsnn.sim.stepwise import BatchRecord, simulate_batch
 from qsnn.sim.verify import VERIFY_CHOICES, ModelCheck, check_against_reference, count_differences
+from qsnn.snn.exact import ANNResult
 from qsnn.snn.model import SpikingNet
 from qsnn.snn.reference import (
     cpu_kernels,
@@ -236,19 +237,17 @@ def _simulate_one_batch(net, simulator, verifier, verify, clean, target, start, 
     inputs = noisy_pixels(clean, noise, draws) if rules.noise == "pixels" and noise > 0 else clean
     noise_here = noise if rules.noise == "spikes" else 0.0  # pixel noise is in ``inputs`` already
     if against_model:  # the reference is the trained model's exact ANN, on every image
-        exact = verifier.ann(clean.cpu())
-        counts, reference = exact.counts, exact.predictions
+        ann = verifier.ann(clean.cpu())
         record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
     elif isinstance(simulator, EventSimulator):
         record, counts, logits = simulator.against_ann(net, inputs, steps, noise=noise_here, draws=draws, checks=checks)
-        reference = logits.argmax(dim=1)
+        ann = ANNResult(counts, logits)
     else:
-        counts, logits = reference_counts(net, inputs)
-        reference = logits.argmax(dim=1)
+        ann = reference_counts(net, inputs)
         record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
-    reference = reference.to(record.predictions.device)
+    counts, reference = ann.counts, ann.predictions.to(record.predictions.device)
     if rules.noise == "pixels" and noise > 0:
-        _, clean_logits = reference_counts(net, clean)
+        clean_logits = reference_counts(net, clean).logits
         ann_clean = int((clean_logits.argmax(dim=1) == target).sum())
     else:
         ann_clean = int((reference == target).sum())

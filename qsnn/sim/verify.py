@@ -38,7 +38,8 @@ def check_against_reference(net: SpikingNet, checks: list) -> None:
     pixels = torch.cat([check[0] for check in checks])
     counts = [torch.cat([check[1][index] for check in checks]) for index in range(len(net.layers))]
     logits = torch.cat([check[2] for check in checks])
-    expected, expected_logits = reference_counts(net, pixels)
+    tables = reference_counts(net, pixels)
+    expected, expected_logits = tables.counts, tables.logits
     for index, (found, wanted) in enumerate(zip(counts, expected, strict=True)):
         if not torch.equal(found.to(torch.int64), wanted.to(torch.int64)):
             raise QsnnError(

@@ -73,13 +73,31 @@ def _combine(sums: list, bound: float, bits: int):
 
 
 @dataclass
-class ExactResult:
-    """The exact quantized ANN on a batch: every block's counts, the logits, the prediction."""
+class ANNResult:
+    """A quantized ANN evaluated exactly on a batch, by the trained model's own parameters
+    (:class:`ExactANN`) or by a converted net's tables (:func:`qsnn.snn.reference.reference_counts`).
 
-    counts: list  # int64 tensors (images, *block output shape)
-    logits: object  # float64 tensor (images, classes): exact logits, rounded to float64 for display
-    predictions: object  # int64 tensor (images,): argmax of the exact logits (the first among ties)
-    decided_exactly: int  # neurons that sat within float64's reach of a boundary, decided in fractions
+    ``counts``: every block's integer counts, int64 (images, *block output shape).
+    ``logits``: float64 (images, classes); exact integers for the tables' ANN, the exact
+    logits rounded to float64 for the exact ANN.
+    ``predictions``: int64 (images,), the argmax of the exact logits (the first among ties).
+    ``membranes``: every layer's membrane, where asked to keep them (tables' ANN).
+    ``spiking_differences``: per layer, where asked to check them, the neurons whose
+    binary neurons (SG's own counting, on the same membrane and the spiking tables) count
+    otherwise than the ANN, or None where not checked.
+    ``decided_exactly``: neurons decided in exact arithmetic beyond the first pass (exact ANN).
+    """
+
+    counts: list
+    logits: torch.Tensor
+    predictions: torch.Tensor | None = None
+    membranes: list | None = None
+    spiking_differences: list | None = None
+    decided_exactly: int = 0
+
+    def __post_init__(self) -> None:
+        if self.predictions is None:  # (exact integer logits: their float64 argmax is exact)
+            self.predictions = self.logits.argmax(dim=1)
 
 
 UNIT_ROUNDOFF32 = 2.0**-24
@@ -210,7 +228,7 @@ class ExactANN:
             self._parts[key, bits] = [torch.from_numpy(p) for p in _split(scaled, bits)]
         return self._parts[key, bits], bits
 
-    def __call__(self, pixels) -> ExactResult:
+    def __call__(self, pixels) -> ANNResult:
 
         x, inputs_per_unit = self._first_inputs(pixels.cpu())  # x = inputs / inputs_per_unit
         integral = inputs_per_unit != 1
@@ -412,7 +430,7 @@ class ExactANN:
                 found.append(Fraction(total, denominator << layer.exponent))
         return found
 
-    def _logits(self, counts, inputs_per_unit: Fraction, decided: int) -> ExactResult:
+    def _logits(self, counts, inputs_per_unit: Fraction, decided: int) -> ANNResult:
 
         x = counts[-1].to(torch.float64)
         scaled, s = self.output
@@ -425,14 +443,14 @@ class ExactANN:
             predictions = logits.argmax(dim=1)  # (the first index among ties)
             if power_of_two and denominator < 2**1000 and (not logits.numel() or int(logits.abs().max()) < 2**53):
                 # exact in float64, and so is the division by a power of two
-                return ExactResult(counts, logits.to(torch.float64) / float(denominator), predictions, decided)
+                return ANNResult(counts, logits.to(torch.float64) / float(denominator), predictions, decided_exactly=decided)
             rows = logits.tolist()
         else:
             classes = sums[0].shape[1]
             rows = [logits[b * classes : (b + 1) * classes] for b in range(sums[0].shape[0])]
             predictions = torch.tensor([max(range(classes), key=lambda c, r=r: (r[c], -c)) for r in rows], dtype=torch.int64)
         values = torch.tensor([[float(Fraction(v) / denominator) for v in row] for row in rows], dtype=torch.float64)
-        return ExactResult(counts, values, predictions, decided)
+        return ANNResult(counts, values, predictions, decided_exactly=decided)
 
 
 @dataclass

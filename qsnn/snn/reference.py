@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from qsnn.errors import QsnnError
 from qsnn.snn import counting
-from qsnn.snn.exact import float32_is_ieee
+from qsnn.snn.exact import ANNResult, float32_is_ieee
 from qsnn.snn.model import PIXEL_LEVELS, OutputLayer, SpikingLayer, SpikingNet
 from qsnn.snn.neurons import target_count
 
@@ -152,37 +152,39 @@ def layer_counts(layer: SpikingLayer, membrane: torch.Tensor, ann: bool = False)
 
 
 @torch.no_grad()
-def reference_counts(net: SpikingNet, pixels: torch.Tensor, membranes: list | None = None,
-                     spiking_differences: list | None = None):
-    """The quantized ANN evaluated exactly: integer counts of every block and the logits.
+def reference_counts(net: SpikingNet, pixels: torch.Tensor, *, keep_membranes: bool = False,
+                     check_spiking: bool = False) -> ANNResult:
+    """The quantized ANN evaluated exactly by the converted tables: integer counts of every
+    block and the logits (an :class:`~qsnn.snn.exact.ANNResult`).
 
     ``pixels`` are raw 0..255 values (uint8 or float for noisy inputs), shape (B, C, H, W).
-    Returns ([counts per hidden layer, int64], integer logits as float64). If a list is
-    given as ``membranes``, every layer's membrane (float32 or float64) is appended to it:
-    exact, or good for counting by the layer's tables (:func:`counting_membrane`). If a
-    list is given as ``spiking_differences``, each layer's number of neurons whose binary
-    neurons (the spiking side's own counting algorithm, on the same membrane and the
-    spiking tables) count otherwise than the ANN is appended to it, or None where that
-    was not checked (the layer has ANN tables of its own, or the membrane is not on the CPU).
+    ``keep_membranes``: also every layer's membrane (float32 or float64): exact, or good
+    for counting by the layer's tables (:func:`counting_membrane`). ``check_spiking``: also
+    each layer's number of neurons whose binary neurons (the spiking side's own counting
+    algorithm, on the same membrane and the spiking tables) count otherwise than the ANN,
+    or None where that was not checked (the layer has ANN tables of its own, or the
+    membrane is not on the CPU).
     """
     x = pixels
-    counts = []
+    counts, membranes, differences = [], [], []
     for index, layer in enumerate(net.layers):
         largest = input_bound(net, index, x)
         check_input_limit(layer, largest, index)
         membrane = counting_membrane(layer, x, largest)
-        if membranes is not None:
+        if keep_membranes:
             membranes.append(membrane)
-        if spiking_differences is not None and layer.ann_thresholds is None and cpu_kernels(membrane):
+        if check_spiking and layer.ann_thresholds is None and cpu_kernels(membrane):
             found, differing = counting.checked_counts(layer.thresholds(), membrane.numpy())
             n = torch.from_numpy(found)
-            spiking_differences.append(differing)
+            differences.append(differing)
         else:
             n = layer_counts(layer, membrane, ann=True)
-            if spiking_differences is not None:
-                spiking_differences.append(None)
+            differences.append(None)
         counts.append(n)
         x = n
     check_input_limit(net.output, input_bound(net, len(net.layers), x), len(net.layers))
     logits = F.linear(x.flatten(1).to(torch.float64), layer_weight(net.output, x.device))
-    return counts, logits
+    return ANNResult(
+        counts, logits, membranes=membranes if keep_membranes else None,
+        spiking_differences=differences if check_spiking else None,
+    )
