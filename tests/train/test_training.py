@@ -701,7 +701,7 @@ def test_the_papers_cifar_recipe_is_recorded_and_converts_losslessly(tmp_path, m
     from qsnn.sim.run import simulate
     from qsnn.snn.convert import convert
     from qsnn.snn.exact import ExactANN
-    from tests.test_data import accept_files, write_cifar
+    from tests.data.test_data import accept_files, write_cifar
 
     folder = tmp_path / "data" / "cifar-10-batches-py"
     write_cifar(folder, "cifar10", count=48, seed=3)
