@@ -149,3 +149,24 @@ def test_precision_blocks_and_round_trip() -> None:
     assert Precision.from_dict(precision.to_dict()) == precision
     assert precision.describe() == "k=0 B=none (encoding k=0 B=4) ternary"
     assert Precision(full_precision=True).describe() == "full precision"
+
+
+def test_train_config_and_run_spec_carry_the_precision_fields_as_precision_declares_them():
+    """TrainConfig and RunSpec keep the precision flat (config.json and run.json name each
+    field); their fields are Precision's, with the same names, types and defaults, so that
+    precision_fields copies one into another."""
+    import dataclasses
+
+    from qsnn.net.quantization import PRECISION_FIELDS, precision_fields
+    from qsnn.pipeline import RunSpec
+    from qsnn.train.config import TrainConfig
+
+    declared = {f.name: (f.type, f.default) for f in dataclasses.fields(Precision)}
+    assert tuple(declared) == PRECISION_FIELDS == ("k", "B", "ternary", "full_precision", "encoding_k", "encoding_B")
+    for holder in (TrainConfig, RunSpec):
+        mirrored = {f.name: (f.type, f.default) for f in dataclasses.fields(holder) if f.name in declared}
+        assert mirrored == declared, holder.__name__
+    config = TrainConfig(net="500", dataset="mnist", k=2, B=4, ternary=True, encoding_k=0, encoding_B=4)
+    assert Precision(**precision_fields(config)) == config.precision()
+    assert RunSpec(net="500", dataset="mnist", **precision_fields(config)).train_config(None, "cpu").precision() \
+        == config.precision()
