@@ -1,5 +1,6 @@
-"""Where a process stands in a run over several processes (``torchrun``), one place for
-training (data parallelism) and simulation (the test set in shards).
+"""The device a run uses (:func:`check_device`), and where a process stands in a run
+over several processes (``torchrun``): one place for training (data parallelism) and
+simulation (the test set in shards).
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`setup` joins the process group (gloo on
 the CPU, nccl for CUDA) unless the caller has; alone it returns a one-process
