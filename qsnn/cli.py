@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import math
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -449,7 +450,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = _run_spec(args)
     grid = pipeline.parse_grid(args.grid)
     out = Path(args.out or Path("runs") / f"sweep-{spec.dataset}-{spec.net}")
-    pipeline.sweep(spec, grid, out, data_dir=args.data_dir, device=args.device, progress=not args.quiet)
+    if args.list_cells:  # one command per cell, for a cluster's job array
+        command = ["qsnn", *(item for item in args.argv if item != "--list-cells")]
+        for number, cell in enumerate(pipeline.sweep_cells(spec, grid), 1):
+            print(f"{shlex.join([*command, '--cell', str(number)])}  # {out / cell.name}")
+        return 0
+    pipeline.sweep(spec, grid, out, data_dir=args.data_dir, device=args.device, progress=not args.quiet, cell=args.cell)
+    if args.cell is not None:
+        print(f"cell {args.cell} done in {out}; once every cell is, the sweep without --cell writes its report")
+        return 0
     _print_report(out)
     return 0
 
@@ -611,6 +620,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 def _sweep_options(p: argparse.ArgumentParser) -> None:
     _add_run_arguments(p)
     p.add_argument("--grid", action="append", required=True, help="NAME=V1,V2 over k, B, ternary, scheme, noise, epochs, seed")
+    p.add_argument("--cell", type=_positive_int, default=None, help="run only cell N of the grid (1-based), e.g. as one job of a cluster")
+    p.add_argument("--list-cells", action="store_true", help="print one command per cell (each with --cell N) and exit")
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:
@@ -674,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()  # (imports torch: seconds, in which Ctrl-C must not print a traceback)
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         if not getattr(args, "func", None):
             parser.print_help()
             return 0

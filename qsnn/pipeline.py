@@ -34,7 +34,7 @@ import torch
 
 from qsnn import data as qdata
 from qsnn.data.readers import embedded_mnist_test
-from qsnn.errors import QsnnError
+from qsnn.errors import QsnnError, integer_in
 from qsnn.io import folder_lock, provenance, read_json, write_csv, write_json, write_text
 from qsnn.net.quantization import SAME, bound_text, parse_bound, precision_fields
 from qsnn.report.plots import plot_runs, ratio_text
@@ -411,22 +411,9 @@ def write_report(out_dir: str | Path, paths: list[str | Path], convention: str =
 # --- sweeps ---------------------------------------------------------------------------------
 
 
-def sweep(
-    base: RunSpec,
-    grid: dict[str, list],
-    out_dir: str | Path,
-    *,
-    data_dir: str | None = None,
-    device: str = "cpu",
-    progress: bool = True,
-) -> list[dict]:
-    """Run every combination of ``grid`` (e.g. {"k": [0, 1], "B": [1, 2, 4]}) on top of
-    ``base``; a cell whose run.json exists is skipped, so an interrupted sweep resumes.
-
-    Each cell's folder is locked while it is run or checked: a cell another process is
-    running is refused (a QsnnError). The sweep's own files (sweep.json, plots, report)
-    are written holding ``out_dir``, waiting up to SUMMARY_WAIT seconds for a sweep that
-    writes them at the same time."""
+def sweep_cells(base: RunSpec, grid: dict[str, list]) -> list[RunSpec]:
+    """Every combination of ``grid`` on top of ``base``, each named after its values
+    (``k=0-B=1``, its folder's name), in the order the grid's values are given."""
     unknown = [key for key in grid if key not in RunSpec.__dataclass_fields__]
     if unknown:
         raise QsnnError(f"cannot sweep over {', '.join(unknown)}: use fields like k, B, schemes, noise, seed")
@@ -436,27 +423,59 @@ def sweep(
             f"--grid {', '.join(trained)} needs training, but --checkpoint fixes the trained net; "
             "sweep over schemes, noise or seed with it, or drop --checkpoint"
         )
-    out = Path(out_dir)
-    records = []
     keys = list(grid)
+    cells = []
     for values in itertools.product(*(grid[key] for key in keys)):
         name = "-".join(f"{key}={_grid_text(value)}" for key, value in zip(keys, values, strict=True))
-        cell = dataclasses.replace(base, **dict(zip(keys, values, strict=True)), name=name)
-        folder = out / name
-        with folder_lock(folder):  # (checked holding it: a cell finished meanwhile is not run again)
-            if (folder / "run.json").exists():
-                done = read_json(folder / "run.json")
-                _check_same_run(folder, done, cell)
-                _log(progress, f"[{cell.tag()}] done before, skipped")
-                records.append(done)
-                continue
-            records.append(_execute(cell, folder, data_dir=data_dir, device=device, progress=progress))
+        cells.append(dataclasses.replace(base, **dict(zip(keys, values, strict=True)), name=name))
+    return cells
 
+
+def sweep(
+    base: RunSpec,
+    grid: dict[str, list],
+    out_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    cell: int | None = None,
+) -> list[dict]:
+    """Run every combination of ``grid`` (e.g. {"k": [0, 1], "B": [1, 2, 4]}) on top of
+    ``base``; a cell whose run.json exists is skipped, so an interrupted sweep resumes.
+
+    Each cell's folder is locked while it is run or checked: a cell another process is
+    running is refused (a QsnnError). The sweep's own files (sweep.json, plots, report)
+    are written holding ``out_dir``, waiting up to SUMMARY_WAIT seconds for a sweep that
+    writes them at the same time.
+
+    ``cell`` (1-based, :func:`sweep_cells`' order): run that cell alone, as one job of a
+    cluster, and write no sweep files; the sweep without ``cell`` then finds every cell
+    done and writes them."""
+    cells = sweep_cells(base, grid)
+    out = Path(out_dir)
+    if cell is not None:
+        if not integer_in(cell, 1) or cell > len(cells):
+            raise QsnnError(f"--cell {cell} is not in the grid: its cells are 1 to {len(cells)}")
+        return [_sweep_cell(cells[cell - 1], out, data_dir, device, progress)]
+    records = [_sweep_cell(spec, out, data_dir, device, progress) for spec in cells]
     with folder_lock(out, wait=SUMMARY_WAIT):
         write_json(out / "sweep.json", {"base": base.to_dict(), "grid": grid, "runs": [r["spec"] for r in records]})
         plot_runs([out], out / "plots")
         write_report(out, [out])
     return records
+
+
+def _sweep_cell(cell: RunSpec, out: Path, data_dir: str | None, device: str, progress: bool) -> dict:
+    """One cell of a sweep, in its own locked folder; its run.json when done before."""
+    folder = out / cell.name
+    with folder_lock(folder):  # (checked holding it: a cell finished meanwhile is not run again)
+        if (folder / "run.json").exists():
+            done = read_json(folder / "run.json")
+            _check_same_run(folder, done, cell)
+            _log(progress, f"[{cell.tag()}] done before, skipped")
+            return done
+        return _execute(cell, folder, data_dir=data_dir, device=device, progress=progress)
 
 
 def _grid_text(value) -> str:

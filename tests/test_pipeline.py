@@ -250,3 +250,38 @@ def test_sweep_cells_run_as_separate_jobs_but_never_twice(tmp_path, shared_datas
         assert str(refused.value) == in_use(tmp_path / "run", pid)
     assert dot_files(tmp_path) == []
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_as_one_job_per_cell(tmp_path, shared_datasets, monkeypatch, capsys):
+    """`qsnn sweep ... --list-cells` prints one command per cell; each, run on its own
+    (--cell N), makes only its cell's folder and no sweep files; the sweep without --cell
+    then finds every cell done, runs nothing again and writes sweep.json and the report."""
+    from qsnn.pipeline import MODELS
+    from qsnn.report import plots
+
+    monkeypatch.setattr(plots, "plot_runs", lambda runs, out: [])  # (figures are not the point: seconds)
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--checkpoint", str(MODELS / "sg-lenet-k1B2.pt"), "--scheme", "sg", "--limit", "20",
+            "--data-dir", str(shared_datasets), "--grid", "noise=0,0.1", "--grid", "seed=0,1", "--out", str(out),
+            "--quiet"]
+    assert main([*argv, "--list-cells"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = ["noise=0-seed=0", "noise=0-seed=1", "noise=0.1-seed=0", "noise=0.1-seed=1"]
+    assert lines == [
+        f"qsnn {' '.join(argv)} --cell {number}  # {out / name}" for number, name in enumerate(names, 1)
+    ]
+    assert not out.exists()
+    assert main([*argv, "--cell", "3"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["noise=0.1-seed=0"]
+    assert "cell 3 done" in capsys.readouterr().out
+    stamp = (out / "noise=0.1-seed=0" / "run.json").stat().st_mtime_ns
+    for number in (1, 2, 4):
+        assert main([*argv, "--cell", str(number)]) == 0
+    assert not (out / "sweep.json").exists()
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "plots") == names
+    assert (out / "noise=0.1-seed=0" / "run.json").stat().st_mtime_ns == stamp  # not run again
+    assert [run["name"] for run in json.loads((out / "sweep.json").read_text())["runs"]] == names
+    assert (out / "report.md").read_text().count("| SG |") == 4
+    assert main([*argv, "--cell", "5"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "qsnn: error: --cell 5 is not in the grid: its cells are 1 to 4"
