@@ -76,6 +76,8 @@ def main() -> int:
                         help="write a CIFAR-10 from Fashion-MNIST, train the CIFAR presets on it, time them")
     parser.add_argument("--train-images", type=int, default=2000, help="--synthetic: training images per net")
     parser.add_argument("--epochs", type=int, default=1, help="--synthetic: training epochs per net")
+    parser.add_argument("--train-batch-size", type=int, default=32,
+                        help="--synthetic: training batch (default 32: more Adam steps from few images than CIFAR's 128)")
     parser.add_argument("--out", default=None,
                         help="--synthetic: keep the CIFAR-10 files and trained nets in this folder (default: a temporary one); "
                         "a later run with the same --out reuses them")
@@ -202,8 +204,10 @@ def benchmark(args, cases, data_dirs: dict) -> int:
                 lossless = lossless and result.agree[-1] == images and result.verified_images == images \
                     and result.verified_disagreements == 0 and (steps is not None or differing == 0)
             rows.append(row)
+            peak_so_far = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(
-                f"  {name} {label}: rounds (ratio, ANN s, SNN s) {[tuple(round(v, 2) for v in r) for r in rounds]}",
+                f"  {name} {label}: rounds (ratio, ANN s, SNN s) {[tuple(round(v, 2) for v in r) for r in rounds]}"
+                + (f"; peak host memory so far {peak_so_far:,.0f} MB" if args.synthetic else ""),
                 file=sys.stderr, flush=True,
             )
             if args.profile and label == step_counts[0][0]:  # (T_lossless; SG: its one step)
@@ -227,7 +231,8 @@ def benchmark(args, cases, data_dirs: dict) -> int:
     if args.synthetic:
         print(
             "(synthetic CIFAR-10: Fashion-MNIST images padded to 32x32x3, centre-cropped to 24x24; "
-            f"nets trained {args.epochs} epoch(s) on {args.train_images:,} images; reference: "
+            f"nets trained {args.epochs} epoch(s) on {args.train_images:,} images in batches of "
+            f"{args.train_batch_size}; reference: "
             f"{args.reference_images} images; counts differing: neuron counts that differ from the exact ANN's, "
             "all images and layers: 0 once quiescent (auto), not needed for the predictions to agree at T_lossless)"
         )
@@ -264,11 +269,11 @@ def synthetic_cases(args, stack: contextlib.ExitStack) -> tuple[list, str]:
     cases = []
     spawn = multiprocessing.get_context("spawn")
     for name, preset, scheme, precision in SYNTHETIC_NETS:
-        out = work / "runs" / f"{name}-n{args.train_images}"
+        out = work / "runs" / f"{name}-n{args.train_images}-b{args.train_batch_size}"
         started = time.perf_counter()
         with spawn.Pool(1) as pool:  # (a child: training's memory stays out of the peak measured here)
             summary = pool.apply(_train, (str(folder), str(root), str(out), preset, scheme, precision, args.epochs,
-                                          args.train_images, args.limit, args.threads))
+                                          args.train_images, args.train_batch_size, args.limit, args.threads))
         print(
             f"{name}: {summary['epochs']} epoch(s) on {args.train_images:,} images, test accuracy "
             f"{summary['final_test_acc']:.2f}% on {args.limit} images, "
@@ -279,7 +284,7 @@ def synthetic_cases(args, stack: contextlib.ExitStack) -> tuple[list, str]:
     return cases, str(root)
 
 
-def _train(folder, root, out, preset, scheme, precision, epochs, train_images, test_images, threads) -> dict:
+def _train(folder, root, out, preset, scheme, precision, epochs, train_images, batch_size, test_images, threads) -> dict:
     """(In a child process) train ``preset`` on the stand-in CIFAR-10 into ``out``, or
     resume it there; check that the scheme can convert it."""
     import torch
@@ -295,8 +300,8 @@ def _train(folder, root, out, preset, scheme, precision, epochs, train_images, t
     from qsnn.train.loop import train
 
     config = TrainConfig(
-        net=preset, dataset="cifar10", epochs=epochs, train_limit=train_images, test_limit=test_images,
-        data_dir=root, **precision,
+        net=preset, dataset="cifar10", epochs=epochs, batch_size=batch_size, train_limit=train_images,
+        test_limit=test_images, data_dir=root, **precision,
     )
     with synthetic_cifar.accepted(folder):
         summary = train(config, out, resume=(Path(out) / "last.pt").is_file(), progress=False)
@@ -311,9 +316,9 @@ def _train(folder, root, out, preset, scheme, precision, epochs, train_images, t
 
 def profile(args, profiled: list, test_set) -> None:
     """Where the simulation's time goes (docs/BENCHMARKS.md): simulate() as a whole with
-    each verify mode; its stages (model input, exact ANN, encoding, engine, read-off of the
-    ANN, the from-scratch check of one image per batch); the engine's time against its
-    synaptic operations and against the neurons it scans; cProfile of simulate()."""
+    verify "all" and "sample"; its stages (model input, exact ANN, with cProfile, encoding,
+    engine, read-off of the tables' ANN, the from-scratch check of one image per batch);
+    the engine's time against its synaptic operations and against the neurons it scans."""
     from qsnn import data
     from qsnn.pipeline import embedded_runs
     from qsnn.sim.run import simulate
@@ -377,23 +382,37 @@ def _profile_net(args, name, net, pixels, labels, result, simulate):
     size = args.batch_size
     batches = [slice(at, at + size) for at in range(0, images, size)]
     stage = net.spec.input_stage
-    totals = {mode: _best(lambda mode=mode: simulate(net, pixels, labels, steps=steps, verify=mode, batch_size=size))
-              for mode in ("all", "sample", "none")}
+    # (the long stages once, the engine's fastest of two, every path run first on two images,
+    # so that no kernel is compiled or loaded from numba's cache while timed)
+    check = ModelCheck(net)
+    simulator = EventSimulator(net)
+    few = spiking_input(pixels[:2], stage)
+    for mode in ("all", "sample"):
+        simulate(net, pixels[:2], labels[:2], steps=steps, verify=mode, batch_size=size)
+    check.ann(few)
+    simulator(net, few, steps)
+    simulator.against_ann(net, few, steps)
+    totals = {mode: _best(lambda mode=mode: simulate(net, pixels, labels, steps=steps, verify=mode, batch_size=size), 1)
+              for mode in ("all", "sample")}
     clean = [spiking_input(pixels[part], stage) for part in batches]
     parts = {"model input (spiking_input)": _best(lambda: [spiking_input(pixels[part], stage) for part in batches])}
     started = time.perf_counter()
-    check = ModelCheck(net)
-    check.ann  # noqa: B018 (builds the exact ANN)
-    parts["exact ANN: build"] = time.perf_counter() - started
-    parts["exact ANN: every image (verify=all)"] = _best(lambda: [check.ann(x) for x in clean])
-    simulator = EventSimulator(net)
+    ModelCheck(net).ann  # noqa: B018 (builds the exact ANN)
+    parts["exact ANN: build (ModelCheck.ann)"] = time.perf_counter() - started
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    for x in clean:
+        check.ann(x)
+    profiler.disable()
+    parts["exact ANN: every image (verify=all), under cProfile"] = time.perf_counter() - started
     engine_s = engine_cpu = scanned = engine_sops = None
-    parts["simulator alone (EventSimulator.__call__, as verify=all)"] = _best(lambda: [simulator(net, x, steps) for x in clean])
-    parts["simulator + tables' ANN (against_ann, as verify=sample/none)"] = _best(
-        lambda: [simulator.against_ann(net, x, steps) for x in clean]
+    parts["simulator alone (EventSimulator.__call__, as verify=all)"] = _best(lambda: [simulator(net, x, steps) for x in clean], 1)
+    parts["simulator + tables' ANN (against_ann, as verify=sample)"] = _best(
+        lambda: [simulator.against_ann(net, x, steps) for x in clean], 1
     )
     if steps is None:  # SG: one dense pass, the count of every binary neuron
-        parts["  of which: tables' ANN, dense (reference_counts)"] = _best(lambda: [reference_counts(net, x) for x in clean])
+        parts["  of which: tables' ANN, dense (reference_counts)"] = _best(lambda: [reference_counts(net, x) for x in clean], 1)
     else:
         program = simulator.program
         firsts = [engine.encode(program, x.numpy()) for x in clean]
@@ -410,7 +429,7 @@ def _profile_net(args, name, net, pixels, labels, result, simulate):
         for x in clean:
             simulator.against_ann(net, x, steps, checks=firsts_checks)
         parts["from-scratch check of 1 image per batch (in against_ann)"] = _best(
-            lambda: check_against_reference(net, firsts_checks)
+            lambda: check_against_reference(net, firsts_checks), 1
         )
         engine_sops, scanned = _engine_work(program, runs, steps)
     for mode, seconds in totals.items():
@@ -426,15 +445,11 @@ def _profile_net(args, name, net, pixels, labels, result, simulate):
         print(f"  engine work per image: {engine_sops:,.0f} SOPs, {scanned:,.0f} neuron scans; "
               f"{1e9 * engine_s / (engine_sops * images):.3f} ns per SOP (wall), "
               f"{1e9 * engine_cpu / (engine_sops * images):.3f} ns per SOP (CPU, both threads)")
-    profiler = cProfile.Profile()
-    profiler.enable()
-    simulate(net, pixels, labels, steps=steps, verify="all", batch_size=size)
-    profiler.disable()
     text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(8)
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(10)
     lines = [line for line in text.getvalue().splitlines() if line.strip()]
     at = next((i for i, line in enumerate(lines) if "tottime" in line), 0)
-    print("  cProfile of simulate(verify='all'), by own time:\n    " + "\n    ".join(lines[at : at + 9]))
+    print("  cProfile of the exact ANN on every image, by own time:\n    " + "\n    ".join(lines[at : at + 11]))
     return name, net.scheme.upper(), images, result.steps, engine_sops, scanned, engine_s, engine_cpu
 
 
