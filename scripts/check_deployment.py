@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from qsnn import data, deploy
-from qsnn.conversion import convert
+from qsnn import data
+from qsnn.deploy import runner as deploy
+from qsnn.deploy.export import export_nir, export_package
+from qsnn.deploy.mapping import format_mapping, map_cores
 from qsnn.errors import QsnnError
-from qsnn.export import export_nir, export_package
-from qsnn.mapping import format_mapping, map_cores
 from qsnn.pipeline import MODELS
-from qsnn.simulation import EventSimulator
+from qsnn.sim.events import EventSimulator
+from qsnn.snn.convert import convert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.nir_interpreter import run_one_step

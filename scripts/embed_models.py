@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qsnn.io import write_json
 from qsnn.pipeline import MODELS, slim_checkpoint
-from qsnn.training import load_checkpoint
+from qsnn.train.checkpoint import load_checkpoint
 
 DATA = "--data-dir ../shared/datasets"
 MODELS_TO_SHIP = [
