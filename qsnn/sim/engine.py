@@ -1001,34 +1001,44 @@ class EngineRun(NamedTuple):
     unsettled: np.ndarray  # (images, layers) neurons whose count is not between its two thresholds
 
 
-def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, every_membrane: bool = True) -> EngineRun:
-    """Run the kernel (an :class:`EngineRun` of per-image arrays). The final
+def allocate(program: Program, images: int, steps: int) -> EngineRun:
+    """The arrays :func:`run` writes for ``images`` images over ``steps`` steps (the
+    records zeroed; counts, membranes and logits left for the kernel to write)."""
+    layers = program.geometry.shape[0]
+    positive = np.zeros((images, layers, steps), np.int64)
+    hidden = int(program.outputs[-1] - program.outputs[1])
+    return EngineRun(
+        positive=positive,
+        negative=np.zeros_like(positive),
+        sops=np.zeros_like(positive),
+        spiking=np.zeros((images, layers), np.int64),
+        predictions=np.zeros((images, steps), np.int64),
+        counts=np.empty((images, int(program.outputs[-1])), np.int32),  # every entry is written
+        used=np.zeros(images, np.int64),
+        membranes=np.empty((images, hidden), program.dtype),  # see every_membrane
+        logits=np.empty((images, program.output.shape[1]), np.int64),
+        unsettled=np.zeros((images, layers), np.int64),
+    )
+
+
+def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, every_membrane: bool = True,
+        out: EngineRun | None = None) -> EngineRun:
+    """Run the kernel (an :class:`EngineRun` of per-image arrays, written into ``out``
+    when given: rows of :func:`allocate`'s arrays, for as many images). The final
     membranes are written for every image if ``every_membrane``, else only for the images
     with some unsettled neuron (``unsettled[b].any()``; column 0 counts the encoding
     neurons whose spike train was cut short); the other rows are left as they were."""
     images = encoding_counts.shape[0]
-    layers = program.geometry.shape[0]
-    positive = np.zeros((images, layers, steps), np.int64)
-    negative = np.zeros_like(positive)
-    sops = np.zeros_like(positive)
-    spiking = np.zeros((images, layers), np.int64)
-    predictions = np.zeros((images, steps), np.int64)
-    counts = np.empty((images, int(program.outputs[-1])), np.int32)  # every entry is written
-    used = np.zeros(images, np.int64)
-    hidden = int(program.outputs[-1] - program.outputs[1])
-    membranes = np.empty((images, hidden), program.dtype)  # see every_membrane
-    logits = np.empty((images, program.output.shape[1]), np.int64)
-    unsettled = np.zeros((images, layers), np.int64)
+    out = allocate(program, images, steps) if out is None else out
     _simulate(
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.exact, program.size, program.constant,
         program.output, program.big, program.neurons, program.outputs, program.initial_upper, program.origin, program.reach,
         program.channel_of, program.encoding_order, program.first_index,
-        program.levels, steps, auto,
-        positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled,
+        program.levels, steps, auto, *out,
         _chunks(images), min(steps, WINDOW), every_membrane,
     )
-    return EngineRun(positive, negative, sops, spiking, predictions, counts, used, membranes, logits, unsettled)
+    return out
 
 
 def _chunks(images: int) -> int:

@@ -66,13 +66,13 @@ class EventSimulator:
         outputs = self.program.outputs
         per_image = 8 * (3 * layers + 1) * cap + 4 * int(outputs[-1]) + 8 * int(outputs[-1] - outputs[1]) + 8 * layers
         size = max(1, ENGINE_MEMORY // per_image)
-        parts = [
-            engine.run(self.program, first[at : at + size], cap, auto, every_membrane)
-            for at in range(0, len(first), size)
-        ]
-        if len(parts) == 1:
-            return parts[0]
-        return engine.EngineRun(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
+        if len(first) <= size:
+            return engine.run(self.program, first, cap, auto, every_membrane)
+        whole = engine.allocate(self.program, len(first), cap)  # each slice writes its rows: nothing is copied
+        for at in range(0, len(first), size):
+            rows = engine.EngineRun(*(array[at : at + size] for array in whole))
+            engine.run(self.program, first[at : at + size], cap, auto, every_membrane, out=rows)
+        return whole
 
     def _scatter_gather(self, net, pixels, ann_counts, ann_membranes) -> BatchRecord:
         """SG without spike drop, on the CPU, against the reference ANN: each layer's count

@@ -796,3 +796,30 @@ def test_two_processes_under_torchrun_write_the_one_process_result(tmp_path, nam
         assert file.read_bytes() == (tmp_path / "two" / file.name).read_bytes(), file.name
     for file in ("per_step.csv", "layers.csv"):
         assert (tmp_path / "one" / file).read_bytes() == (tmp_path / "two" / file).read_bytes()
+
+
+@pytest.mark.parametrize("scheme", ["nsd", "int"])
+def test_a_batch_run_in_slices_writes_them_into_one_set_of_arrays(monkeypatch, scheme):
+    """A batch larger than ENGINE_MEMORY allows runs in slices, each writing its rows of
+    one set of arrays (no concatenation): the same records and counts as in one piece."""
+    net = convert(random_net("6C5-P2-8C3-12", k=1, B=2, ternary=True, seed=5), scheme)
+    pixels, labels = random_pixels(7, seed=5), torch.randint(0, 10, (7,))
+    whole = simulate(net, pixels, labels, steps=None, verify="all", batch_size=7)
+    calls = []
+    original = engine.run
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[1]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run", counted)
+    layers, steps = len(net.layers), 40
+    per_image = 8 * (3 * layers + 1) * steps  # (at most the per-step records of 2 images at a time)
+    monkeypatch.setattr(events, "ENGINE_MEMORY", 2 * per_image + 1)
+    sliced = simulate(net, pixels, labels, steps=steps, verify="all", batch_size=7)
+    assert calls and max(calls) <= 2 and sum(calls) >= 7
+    fixed = simulate(net, pixels, labels, steps=steps, verify="all", batch_size=7, simulator=simulate_batch)
+    for field in ("correct", "agree", "positive", "negative", "sops", "spiking_neurons", "count_mismatches",
+                  "verified_count_mismatches", "verified_disagreements"):
+        assert getattr(sliced, field) == getattr(fixed, field), field
+    assert sliced.count_mismatches == whole.count_mismatches == [0] * layers
