@@ -28,7 +28,8 @@ above on ``--limit`` test images (default 300), adding each row's count mismatch
 the exact ANN; ``--profile`` then times the simulation's stages (see docs/BENCHMARKS.md):
 
     python benchmarks/simulate.py --synthetic cifar10 [--train-images 2000] [--epochs 1]
-        [--limit 300] [--profile] [--out DIR: keep the files and nets, reuse them next time]
+        [--train-batch-size 32] [--limit 300] [--profile]
+        [--out DIR: keep the files and nets there, and reuse them next time]
 """
 
 from __future__ import annotations
