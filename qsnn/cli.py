@@ -29,7 +29,7 @@ from qsnn.measure.energy import ENERGY_PER_ADD_PJ, ENERGY_PER_MAC_PJ
 from qsnn.net.notation import PRESETS, build_plan, resolve_net
 from qsnn.net.quantization import SAME, parse_bound, precision_fields
 from qsnn.pipeline import RunSpec, markdown_table, report_rows, write_report
-from qsnn.report.plots import plot_runs
+from qsnn.report.plots import default_plot_dir, plot_runs
 from qsnn.report.summary import SOP_CONVENTIONS, summarize
 from qsnn.report.tables import summary_table, write_simulation
 from qsnn.sim.noise import SG_DROPS
@@ -466,7 +466,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
 
     if args.out:
-        path = write_report(args.out, args.runs, args.sop_convention)
+        with folder_lock(args.out, option="-o"):
+            path = write_report(args.out, args.runs, args.sop_convention)
         print(f"written {path} and {path.with_suffix('.csv')}")
     else:
         print(markdown_table(report_rows(args.runs, args.sop_convention)))
@@ -526,7 +527,10 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
 
-    for path in plot_runs(args.runs, args.out):
+    out = Path(args.out) if args.out else default_plot_dir(args.runs)
+    with folder_lock(out, option="-o"):  # (another qsnn writing the same figures is refused)
+        written = plot_runs(args.runs, out)
+    for path in written:
         print(path)
     return 0
 

@@ -166,6 +166,17 @@ def test_command_line_run_and_report(tmp_path, shared_datasets, capsys):
     assert (tmp_path / "rep" / "report.csv").read_text().splitlines()[0].startswith(
         "Quantization,Network,Dataset,Epochs,Scheme,Noise,ANN,SNN,T (paper),T_lossless,Agreement"
     )
+    capsys.readouterr()
+    pid = os.getpid()
+    for command, folder in (("report", tmp_path / "rep"), ("plot", tmp_path / "figures")):
+        with folder_lock(folder):  # another qsnn process writes there: refused, nothing written
+            assert main([command, str(out), "-o", str(folder)]) == 2
+        assert capsys.readouterr().err.strip() == f"qsnn: error: {in_use(folder, pid, '-o')}"
+    assert not (tmp_path / "figures").exists()
+    assert main(["plot", str(out), "-o", str(tmp_path / "figures")]) == 0
+    assert sorted(p.suffix for p in (tmp_path / "figures").iterdir() if p.name != ".qsnn.lock") == sorted(
+        Path(line).suffix for line in capsys.readouterr().out.splitlines()
+    )
     assert main(["run", "--net", NET]) == 2
     assert "give --net and --dataset (or --checkpoint)" in capsys.readouterr().err
 
