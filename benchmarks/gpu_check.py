@@ -52,7 +52,7 @@ def main() -> int:
     from qsnn.report.tables import format_table
     from qsnn.sim.run import simulate
     from qsnn.sim.stepwise import simulate_batch
-    from qsnn.snn.convert import convert
+    from qsnn.snn.convert import applicable_schemes, convert
     from qsnn.train.checkpoint import load_checkpoint
 
     cases = [(spec.name, spec.checkpoint, spec.schemes[0], "mnist") for spec in embedded_runs()]
@@ -63,7 +63,7 @@ def main() -> int:
     rows, failures = [], 0
     for name, checkpoint, scheme, dataset in cases:
         model, _ = load_checkpoint(checkpoint)
-        schemes = [scheme] if scheme else [s for s in ("nsd", "sg", "int") if not _missing(model, s)]
+        schemes = [scheme] if scheme else applicable_schemes(model)
         test = data.load(dataset, "test", args.data_dir if dataset != "mnist" or args.data_dir else None)
         test = test.subset(min(args.limit, len(test)))
         pixels = data.prepare(test.images, dataset, train=False)
@@ -85,12 +85,6 @@ def main() -> int:
     print(f"GPU: {card}, torch {torch.__version__}")
     print(format_table(rows, ["net", "images", "T", "SNN img/s (GPU)", "ANN img/s (GPU)", "SNN/ANN", "equal to the CPU"]))
     return 1 if failures else 0
-
-
-def _missing(model, scheme: str) -> list[str]:
-    from qsnn.snn.schemes import of
-
-    return of(scheme).missing(model)
 
 
 def _ann_pass(model, pixels, batch_size: int, device) -> None:
