@@ -214,7 +214,7 @@ def _loaded(net) -> SpikingNet:
 def _check_options(net: SpikingNet, steps, noise, batch_size, seed, sg_drop, verify) -> None:
     """simulate()'s options, each refused with one line naming it and its range."""
     if not isinstance(noise, int | float) or not 0 <= noise <= 1:  # also refuses NaN
-        raise QsnnError(f"--noise must be between 0 and 1, got {noise}")
+        raise QsnnError(f"--noise must be between 0 and 1, got {noise!r}")
     if steps is not None and not integer_in(steps, 1):
         raise QsnnError(f"steps must be a positive integer or None (until nothing is in flight), got {steps!r}")
     rules = SCHEMES[net.scheme]
