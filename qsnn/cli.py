@@ -28,7 +28,17 @@ from qsnn.io import check_target, folder_lock, write_json
 from qsnn.measure.energy import ENERGY_PER_ADD_PJ, ENERGY_PER_MAC_PJ
 from qsnn.net.notation import PRESETS, build_plan, resolve_net
 from qsnn.net.quantization import SAME, parse_bound, precision_fields
-from qsnn.pipeline import RunSpec, markdown_table, report_rows, write_report
+from qsnn.options import (
+    Option,
+    add_options,
+    energy,
+    field_options,
+    given_values,
+    positive_int,
+    ratio,
+    time_steps,
+)
+from qsnn.pipeline import RUN_FIELDS, RunSpec, markdown_table, report_rows, write_report
 from qsnn.report.plots import default_plot_dir, plot_runs
 from qsnn.report.summary import SOP_CONVENTIONS, summarize
 from qsnn.report.tables import summary_table, write_simulation
@@ -41,14 +51,7 @@ from qsnn.snn.model import SpikingNet
 from qsnn.snn.schemes import SCHEMES
 from qsnn.train.checkpoint import load_checkpoint
 from qsnn.train.loop import evaluate
-from qsnn.train.options import add_arguments as add_train_arguments
-from qsnn.train.options import (
-    add_network_options,
-    network_values,
-    run_from_args,
-)
-
-AUTO_MAX_STEPS = 100_000  # as qsnn.sim.stepwise.AUTO_MAX_STEPS, without importing torch here
+from qsnn.train.options import NETWORK_FIELDS, network_values, run_from_args, train_options
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,20 +59,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _steps(text: str) -> int | None:
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--steps must be a positive integer or 'auto', got {text!r}") from None
-    if not 1 <= value <= AUTO_MAX_STEPS:
-        raise argparse.ArgumentTypeError(
-            f"--steps must be a positive integer up to {AUTO_MAX_STEPS:,} or 'auto', got {text!r}"
-        )
-    return value
 
 
 def _device(text: str) -> str:
@@ -80,42 +69,6 @@ def _device(text: str) -> str:
     except QsnnError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
-
-
-def _number(text: str, accept, expected: str) -> float:
-    """A float that ``accept`` takes (NaN and non-numbers never pass), else a one-line error."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not accept(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    return _number(text, lambda value: 0 <= value <= 1, "a ratio between 0 and 1")
-
-
-def _energy(text: str) -> float:
-    return _number(text, lambda value: 0 < value < math.inf, "a positive energy in pJ")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _add_data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir", default=None,
-        help="dataset folder (default: $QSNN_DATA, else the per-user cache)",
-    )
 
 
 # --- qsnn nets --------------------------------------------------------------------------
@@ -345,28 +298,29 @@ def _run_spec(args: argparse.Namespace):
 
 
 def _simulation_options(args: argparse.Namespace) -> dict:
-    """The RunSpec fields of the simulation options, checked."""
+    """The RunSpec fields of the simulation options given (--scheme and --noise read and
+    checked), and --seed, which also seeds the noise."""
 
-    schemes = None
-    if args.scheme is not None:
-        schemes = [s.strip().lower() for s in args.scheme.split(",")]
+    values = given_values(args, (*RUN_FIELDS, "seed"))
+    if args.schemes is not None:
+        schemes = [s.strip().lower() for s in args.schemes.split(",")]
         if not all(s in SCHEMES for s in schemes) or len(set(schemes)) != len(schemes):
-            raise QsnnError(f"--scheme takes {', '.join(SCHEMES)} separated by commas, each once; got {args.scheme!r}")
+            raise QsnnError(f"--scheme takes {', '.join(SCHEMES)} separated by commas, each once; got {args.schemes!r}")
         if all(SCHEMES[s].single_step for s in schemes) and args.steps not in (None, 1):
             titles = ", ".join(SCHEMES[s].title for s in schemes)
             raise QsnnError(f"{titles} takes one time step; --steps {args.steps} does not apply to it (drop it)")
-    try:
-        noise = [float(v) for v in args.noise.split(",")]
-    except ValueError:
-        noise = [math.nan]
-    if len(set(noise)) != len(noise):
-        raise QsnnError(f"--noise gives a ratio twice ({args.noise!r}); give each once")
-    if not all(0 <= r <= 1 for r in noise):
-        raise QsnnError(f"--noise takes ratios between 0 and 1 separated by commas, e.g. 0,0.1,0.2; got {args.noise!r}")
-    return dict(
-        seed=args.seed, schemes=schemes, steps=args.steps, noise=noise,
-        threshold_scale=args.threshold_scale, test_limit=args.limit,
-    )
+        values["schemes"] = schemes
+    if args.noise is not None:
+        try:
+            noise = [float(v) for v in args.noise.split(",")]
+        except ValueError:
+            noise = [math.nan]
+        if len(set(noise)) != len(noise):
+            raise QsnnError(f"--noise gives a ratio twice ({args.noise!r}); give each once")
+        if not all(0 <= r <= 1 for r in noise):
+            raise QsnnError(f"--noise takes ratios between 0 and 1 separated by commas, e.g. 0,0.1,0.2; got {args.noise!r}")
+        values["noise"] = noise
+    return values
 
 
 def _checkpoint_run(args: argparse.Namespace, common: dict):
@@ -398,7 +352,7 @@ def _checkpoint_run(args: argparse.Namespace, common: dict):
                 "(the checkpoint decides) or give another checkpoint"
             )
     dataset = _own_dataset(args.checkpoint, (payload.get("config") or {}).get("dataset"), args.dataset)
-    return RunSpec(net=spec.notation, dataset=dataset, **precision_fields(precision), checkpoint=args.checkpoint, **common)
+    return RunSpec(net=spec.notation, dataset=dataset, **precision_fields(precision), **common)
 
 
 def _training_options(args: argparse.Namespace) -> dict[str, bool]:
@@ -406,10 +360,10 @@ def _training_options(args: argparse.Namespace) -> dict[str, bool]:
 
     return {
         "--ternary": args.ternary, "--fp32": args.full_precision,
-        "--encoding-k": args.encoding_k != SAME, "--encoding-B": args.encoding_B != SAME,
+        "--encoding-k": args.encoding_k not in (None, SAME), "--encoding-B": args.encoding_B not in (None, SAME),
         "--epochs": args.epochs is not None, "--batch-size": args.batch_size is not None,
         "--lr": args.lr is not None, "--train-limit": args.train_limit is not None,
-        "--recipe": args.recipe != "qsnn",
+        "--recipe": args.recipe not in (None, "qsnn"),
     }
 
 
@@ -425,8 +379,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.net is None and args.checkpoint is None and args.dataset is None:
         given = [option for option, value in {
             **_training_options(args), "--k": args.k is not None, "--B": args.B is not None,
-            "--seed": args.seed != 0, "--scheme": args.scheme is not None, "--steps": args.steps is not None,
-            "--noise": args.noise.strip() not in ("0", "0.0", "0.", ""),
+            "--seed": args.seed not in (None, 0), "--scheme": args.schemes is not None,
+            "--steps": args.steps is not None, "--noise": (args.noise or "0").strip() not in ("0", "0.0", "0.", ""),
             "--threshold-scale": args.threshold_scale is not None,
             "--data-dir": args.data_dir is not None,
         }.items() if value]
@@ -436,7 +390,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "the shipped demo, which takes only --limit, --device, --out and --quiet"
             )
         out = Path(args.out or "runs/default")
-        pipeline.run_default(out, device=args.device, progress=progress, test_limit=args.limit)
+        pipeline.run_default(out, device=args.device, progress=progress, test_limit=args.test_limit)
     else:
         spec = _run_spec(args)
         out = Path(args.out or Path("runs") / spec.tag())
@@ -472,29 +426,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print(markdown_table(report_rows(args.runs, args.sop_convention)))
     return 0
-
-
-def _add_sop_convention(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--sop-convention", choices=SOP_CONVENTIONS, default=SOP_CONVENTIONS[0],
-        help="count SOPs, ANN ops and energy as qsnn does (default: every synapse, borders exact, output "
-        "accumulator included) or as each scheme's original code does (paper; see docs/RESULTS.md)",
-    )
-
-
-def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-
-    add_network_options(p, required=False)
-    p.add_argument("--checkpoint", help="reuse a trained checkpoint instead of training")
-    p.add_argument("--scheme", help="comma-separated schemes (default: every scheme the net allows)")
-    p.add_argument("--steps", type=_steps, default=None, help="time steps, or auto (default)")
-    p.add_argument("--noise", default="0", help="noise ratios, comma-separated (default 0)")
-    p.add_argument("--threshold-scale", type=_positive_int, default=None, help="INT: also simulate thresholds rounded to 1/SCALE")
-    p.add_argument("--limit", type=_positive_int, help="only the first N test images")
-    _add_data_dir(p)
-    p.add_argument("--device", type=_device, default="cpu")
-    p.add_argument("--out", help="run folder (default: runs/<dataset>-<net>-<precision>)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 # --- qsnn export, map -----------------------------------------------------------------------
@@ -538,136 +469,123 @@ def cmd_plot(args: argparse.Namespace) -> int:
 # --- the parser ---------------------------------------------------------------------------
 
 
+# Options several commands take, declared once; each command below lists its own.
+DATA_DIR = Option.of("--data-dir", help="dataset folder (default: $QSNN_DATA, else the per-user cache)")
+DEVICE = Option.of("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+LIMIT = Option.of("--limit", type=positive_int, help="only the first N test images")
+QUIET = Option.of("--quiet", action="store_true", help="no progress output")
+TRAINED_ON = Option.of("--dataset", help="default: the dataset it was trained on")
+NET_FILE = Option.of("file", help="a converted network (qsnn convert)")
+SOP_CONVENTION = Option.of(
+    "--sop-convention", choices=SOP_CONVENTIONS, default=SOP_CONVENTIONS[0],
+    help="count SOPs, ANN ops and energy as qsnn does (default: every synapse, borders exact, output "
+    "accumulator included) or as each scheme's original code does (paper; see docs/RESULTS.md)",
+)
+# `qsnn run` and `qsnn sweep`: RunSpec's fields, and where the run goes
+RUN_OPTIONS = (
+    *field_options(RunSpec, (*NETWORK_FIELDS, *RUN_FIELDS)),
+    DATA_DIR, DEVICE, QUIET,
+    Option.of("--out", help="run folder (default: runs/<dataset>-<net>-<precision>)"),
+)
+
+
 class Command(NamedTuple):
-    """One subcommand: its name, the function that declares its options, the function
-    that runs it, and add_parser's help and description."""
+    """One subcommand: its name, its options, the function that runs it, and add_parser's
+    help and description."""
 
     name: str
-    options: Callable[[argparse.ArgumentParser], None]
+    options: tuple[Option, ...]
     run: Callable[[argparse.Namespace], int]
     texts: dict
 
 
-def _nets_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("net", nargs="?", help="a preset name or notation (default: all presets)")
-    p.add_argument("--dataset", help="resolve against this dataset's input shape")
-
-
-def _data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["download", "verify", "list"])
-    p.add_argument("name", nargs="?", help="mnist, fashion-mnist, cifar10 or cifar100")
-    _add_data_dir(p)
-    p.add_argument(
-        "--mirror", action="append", metavar="URL",
-        help="download: a base URL (http, https or file) to fetch the files from instead of the official "
-        "mirrors; repeat it for several",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _train_options(p: argparse.ArgumentParser) -> None:
-    add_train_arguments(p, out_required=False)
-
-
-def _eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint")
-    p.add_argument("--dataset", help="default: the dataset it was trained on")
-    p.add_argument("--net", help="the net you expect the checkpoint to hold (checked)")
-    _add_data_dir(p)
-    p.add_argument("--limit", type=_positive_int, help="only the first N test images")
-    p.add_argument("--device", type=_device, default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _convert_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint")
-    p.add_argument("--scheme", required=True, choices=list(SCHEMES))
-    p.add_argument("-o", "--output", help="output file (default: CHECKPOINT.SCHEME.npz)")
-    p.add_argument(
-        "--threshold-scale", type=_positive_int, default=None,
-        help="INT only: round thresholds to 1/SCALE like the original code (e.g. 10000) instead of exact",
-    )
-
-
-def _simulate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="a converted network (qsnn convert)")
-    p.add_argument("--dataset", help="default: the dataset the network was trained on")
-    _add_data_dir(p)
-    p.add_argument("--steps", type=_steps, default=None, help="time steps, or auto (default): until nothing is in flight")
-    p.add_argument("--noise", type=_ratio, default=0.0, help="noise ratio r (NSD/INT: pixel noise; SG: spike drop)")
-    p.add_argument("--batch-size", type=_positive_int, default=200, help="images simulated together (default 200)")
-    p.add_argument("--limit", type=_positive_int, help="only the first N test images")
-    p.add_argument("--device", type=_device, default="cpu")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    p.add_argument(
-        "--sg-drop", choices=SG_DROPS, default=SG_DROPS[0],
-        help="SG under --noise: drop spikes in the encoding layer only (default, the SG paper's model) "
-        "or in every layer",
-    )
-    _add_sop_convention(p)
-    p.add_argument("--energy-add", type=_energy, default=ENERGY_PER_ADD_PJ, help="pJ per addition (SNN)")
-    p.add_argument("--energy-mac", type=_energy, default=ENERGY_PER_MAC_PJ, help="pJ per MAC (ANN)")
-    p.add_argument(
-        "--verify", choices=VERIFY_CHOICES, default="all",
-        help="the reference the SNN is compared with: all (default): the exact ANN of the trained model, "
-        "computed from its own parameters, on every image; sample: the converted tables' ANN, and the "
-        "trained model's exact ANN on the first image of every batch; none: the tables' ANN only",
-    )
-    p.add_argument("--out", help="results folder (default: next to FILE)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _run_options(p: argparse.ArgumentParser) -> None:
-    _add_run_arguments(p)
-
-
-def _sweep_options(p: argparse.ArgumentParser) -> None:
-    _add_run_arguments(p)
-    p.add_argument("--grid", action="append", required=True, help="NAME=V1,V2 over k, B, ternary, scheme, noise, epochs, seed")
-    p.add_argument("--cell", type=_positive_int, default=None, help="run only cell N of the grid (1-based), e.g. as one job of a cluster")
-    p.add_argument("--list-cells", action="store_true", help="print one command per cell (each with --cell N) and exit")
-
-
-def _report_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run or sweep folders (searched for run.json)")
-    p.add_argument("-o", "--out", help="write report.md and report.csv into this folder")
-    _add_sop_convention(p)
-
-
-def _export_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="a converted network (qsnn convert)")
-    p.add_argument("--format", required=True, choices=list(EXPORT_FORMATS))
-    p.add_argument("-o", "--output", required=True, help="qsnn-int: a folder; nir: a .nir file")
-    p.add_argument("--steps", type=_steps, default=None, help="time steps to record in the package (default: until quiescent)")
-
-
-def _map_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="a converted network (qsnn convert)")
-    p.add_argument("--core", default="256x256", help="core size AXONSxNEURONS (default 256x256)")
-    p.add_argument("--json", help="also write the mapping as JSON to this file")
-
-
-def _plot_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN", help="result.json files or folders holding them (searched recursively)")
-    p.add_argument("-o", "--out", default=None, help="output folder (default: plots/ in the runs' common folder)")
-
-
 COMMANDS = [
-    Command("nets", _nets_options, cmd_nets, dict(help="list the papers' nets (layers, output shapes, parameters)")),
-    Command("data", _data_options, cmd_data, dict(help="download, verify or list datasets")),
-    Command("train", _train_options, cmd_train, dict(help="train a quantized (or full-precision) network",
+    Command("nets", (
+        Option.of("net", nargs="?", help="a preset name or notation (default: all presets)"),
+        Option.of("--dataset", help="resolve against this dataset's input shape"),
+    ), cmd_nets, dict(help="list the papers' nets (layers, output shapes, parameters)")),
+    Command("data", (
+        Option.of("action", choices=["download", "verify", "list"]),
+        Option.of("name", nargs="?", help="mnist, fashion-mnist, cifar10 or cifar100"),
+        DATA_DIR,
+        Option.of(
+            "--mirror", action="append", metavar="URL",
+            help="download: a base URL (http, https or file) to fetch the files from instead of the official "
+            "mirrors; repeat it for several",
+        ),
+        QUIET,
+    ), cmd_data, dict(help="download, verify or list datasets")),
+    Command("train", tuple(train_options(out_required=False)), cmd_train, dict(
+        help="train a quantized (or full-precision) network",
         description="Train with Adam and the papers' schedule; resumable, torchrun-compatible.")),
-    Command("eval", _eval_options, cmd_eval, dict(help="test accuracy of a trained checkpoint")),
-    Command("convert", _convert_options, cmd_convert, dict(help="convert a checkpoint into a spiking network file")),
-    Command("simulate", _simulate_options, cmd_simulate, dict(help="simulate a converted network on a test set")),
-    Command("run", _run_options, cmd_run, dict(help="train, convert, simulate, plot and report in one folder (no options: the embedded MNIST demo)",
+    Command("eval", (
+        Option.of("checkpoint"), TRAINED_ON,
+        Option.of("--net", help="the net you expect the checkpoint to hold (checked)"),
+        DATA_DIR, LIMIT, DEVICE, QUIET,
+    ), cmd_eval, dict(help="test accuracy of a trained checkpoint")),
+    Command("convert", (
+        Option.of("checkpoint"),
+        Option.of("--scheme", required=True, choices=list(SCHEMES)),
+        Option.of("-o", "--output", help="output file (default: CHECKPOINT.SCHEME.npz)"),
+        Option.of(
+            "--threshold-scale", type=positive_int, default=None,
+            help="INT only: round thresholds to 1/SCALE like the original code (e.g. 10000) instead of exact",
+        ),
+    ), cmd_convert, dict(help="convert a checkpoint into a spiking network file")),
+    Command("simulate", (
+        NET_FILE, TRAINED_ON.but(help="default: the dataset the network was trained on"), DATA_DIR,
+        Option.of("--steps", type=time_steps, default=None, help="time steps, or auto (default): until nothing is in flight"),
+        Option.of("--noise", type=ratio, default=0.0, help="noise ratio r (NSD/INT: pixel noise; SG: spike drop)"),
+        Option.of("--batch-size", type=positive_int, default=200, help="images simulated together (default 200)"),
+        LIMIT, DEVICE,
+        Option.of("--seed", type=int, default=0, help="seed of the noise"),
+        Option.of(
+            "--sg-drop", choices=SG_DROPS, default=SG_DROPS[0],
+            help="SG under --noise: drop spikes in the encoding layer only (default, the SG paper's model) "
+            "or in every layer",
+        ),
+        SOP_CONVENTION,
+        Option.of("--energy-add", type=energy, default=ENERGY_PER_ADD_PJ, help="pJ per addition (SNN)"),
+        Option.of("--energy-mac", type=energy, default=ENERGY_PER_MAC_PJ, help="pJ per MAC (ANN)"),
+        Option.of(
+            "--verify", choices=VERIFY_CHOICES, default="all",
+            help="the reference the SNN is compared with: all (default): the exact ANN of the trained model, "
+            "computed from its own parameters, on every image; sample: the converted tables' ANN, and the "
+            "trained model's exact ANN on the first image of every batch; none: the tables' ANN only",
+        ),
+        Option.of("--out", help="results folder (default: next to FILE)"),
+        QUIET,
+    ), cmd_simulate, dict(help="simulate a converted network on a test set")),
+    Command("run", RUN_OPTIONS, cmd_run, dict(
+        help="train, convert, simulate, plot and report in one folder (no options: the embedded MNIST demo)",
         description="With no options, converts qsnn's embedded MNIST nets and simulates the 10,000 "
         "embedded MNIST test images offline. With --net and --dataset, trains first.")),
-    Command("sweep", _sweep_options, cmd_sweep, dict(help="a resumable grid of runs, e.g. --grid k=0,1,2 --grid B=1,2,4")),
-    Command("report", _report_options, cmd_report, dict(help="the papers' table (Markdown and CSV) from run folders")),
-    Command("export", _export_options, cmd_export, dict(help="export a converted network: integer deployment package or NIR")),
-    Command("map", _map_options, cmd_map, dict(help="how many crossbar cores each layer of a converted network needs")),
-    Command("plot", _plot_options, cmd_plot, dict(help="draw the papers' figures (PNG, SVG and CSV) from simulation results")),
+    Command("sweep", (
+        *RUN_OPTIONS,
+        Option.of("--grid", action="append", required=True, help="NAME=V1,V2 over k, B, ternary, scheme, noise, epochs, seed"),
+        Option.of("--cell", type=positive_int, default=None, help="run only cell N of the grid (1-based), e.g. as one job of a cluster"),
+        Option.of("--list-cells", action="store_true", help="print one command per cell (each with --cell N) and exit"),
+    ), cmd_sweep, dict(help="a resumable grid of runs, e.g. --grid k=0,1,2 --grid B=1,2,4")),
+    Command("report", (
+        Option.of("runs", nargs="+", metavar="RUN", help="run or sweep folders (searched for run.json)"),
+        Option.of("-o", "--out", help="write report.md and report.csv into this folder"),
+        SOP_CONVENTION,
+    ), cmd_report, dict(help="the papers' table (Markdown and CSV) from run folders")),
+    Command("export", (
+        NET_FILE,
+        Option.of("--format", required=True, choices=list(EXPORT_FORMATS)),
+        Option.of("-o", "--output", required=True, help="qsnn-int: a folder; nir: a .nir file"),
+        Option.of("--steps", type=time_steps, default=None, help="time steps to record in the package (default: until quiescent)"),
+    ), cmd_export, dict(help="export a converted network: integer deployment package or NIR")),
+    Command("map", (
+        NET_FILE,
+        Option.of("--core", default="256x256", help="core size AXONSxNEURONS (default 256x256)"),
+        Option.of("--json", help="also write the mapping as JSON to this file"),
+    ), cmd_map, dict(help="how many crossbar cores each layer of a converted network needs")),
+    Command("plot", (
+        Option.of("runs", nargs="+", metavar="RUN", help="result.json files or folders holding them (searched recursively)"),
+        Option.of("-o", "--out", default=None, help="output folder (default: plots/ in the runs' common folder)"),
+    ), cmd_plot, dict(help="draw the papers' figures (PNG, SVG and CSV) from simulation results")),
 ]
 
 
@@ -680,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         p = sub.add_parser(command.name, **command.texts)
-        command.options(p)
+        add_options(p, command.options)
         p.set_defaults(func=command.run)
     return parser
 

@@ -27,7 +27,7 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,7 +36,8 @@ from qsnn import data as qdata
 from qsnn.data.readers import embedded_mnist_test
 from qsnn.errors import QsnnError, integer_in
 from qsnn.io import folder_lock, provenance, read_json, write_csv, write_json, write_text
-from qsnn.net.quantization import SAME, bound_text, parse_bound, precision_fields
+from qsnn.net.quantization import Precision, parse_bound, precision_fields
+from qsnn.options import field_like, field_option, positive_int, time_steps
 from qsnn.report.plots import plot_runs, ratio_text
 from qsnn.report.summary import counted, summarize
 from qsnn.report.tables import write_simulation
@@ -44,7 +45,7 @@ from qsnn.sim.run import simulate
 from qsnn.snn.convert import applicable_schemes, convert, file_sha256, skipped_schemes
 from qsnn.snn.schemes import SCHEMES
 from qsnn.train.checkpoint import load_checkpoint, torch_save
-from qsnn.train.config import TrainConfig
+from qsnn.train.config import TrainConfig, net_first
 from qsnn.train.loop import train
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -53,40 +54,38 @@ SUMMARY_WAIT = 120.0  # seconds a sweep waits for another to finish writing thei
 MODELS = ASSETS / "models"
 
 
-@dataclass
-class RunSpec:
-    """What one run trains (or reuses) and how its spiking networks are simulated."""
+RUN_FIELDS = ("checkpoint", "schemes", "steps", "noise", "threshold_scale", "test_limit")  # the simulations' options
 
-    net: str
-    dataset: str
-    k: int = 1
-    B: int | None = None
-    ternary: bool = False
-    full_precision: bool = False
-    encoding_k: int | str = SAME
-    encoding_B: int | str | None = SAME
-    epochs: int | None = None  # None: the recipe's (qsnn: 3)
-    seed: int = 0
-    batch_size: int | None = None  # None: the recipe's
-    lr: float | None = None  # None: the recipe's (qsnn: 1e-3)
-    train_limit: int | None = None
-    recipe: str = "qsnn"  # "paper": the original code's recipe for what is not given (TrainConfig.paper)
-    checkpoint: str | None = None  # reuse this checkpoint instead of training
-    schemes: list[str] | None = None  # None: every scheme the network allows
-    steps: int | None = None  # None: until nothing is in flight
-    noise: list[float] = field(default_factory=lambda: [0.0])
-    threshold_scale: int | None = None  # INT: also simulate the original rounded thresholds
-    test_limit: int | None = None
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec(Precision):
+    """What one run trains (or reuses) and how its spiking networks are simulated: the
+    precision (the fields of :class:`Precision`), the net and its training (as
+    :class:`TrainConfig` names them, None for the recipe's), and the simulations. Each
+    field carries its command-line option (`qsnn run`, `qsnn sweep`)."""
+
+    net: str = field_like(TrainConfig, "net")
+    dataset: str = field_like(TrainConfig, "dataset")
+    epochs: int | None = field_like(TrainConfig, "epochs", default=None, help="default: the recipe's (qsnn: 3)")
+    seed: int = field_like(TrainConfig, "seed")
+    batch_size: int | None = field_like(TrainConfig, "batch_size")
+    lr: float | None = field_like(TrainConfig, "lr", default=None, help="Adam learning rate (default: the recipe's, qsnn: 1e-3)")
+    train_limit: int | None = field_like(TrainConfig, "train_limit")
+    recipe: str = field_like(TrainConfig, "recipe")
+    checkpoint: str | None = field_option(default=None, help="reuse a trained checkpoint instead of training")
+    schemes: list[str] | None = field_option(  # None: every scheme the network allows
+        "--scheme", default=None, help="comma-separated schemes (default: every scheme the net allows)",
+    )
+    steps: int | None = field_option(default=None, type=time_steps, help="time steps, or auto (default)")  # None: until nothing is in flight
+    noise: list[float] = field_option(default=[0.0], help="noise ratios, comma-separated (default 0)")
+    threshold_scale: int | None = field_option(  # INT: also simulate the original rounded thresholds
+        default=None, type=positive_int, help="INT: also simulate thresholds rounded to 1/SCALE",
+    )
+    test_limit: int | None = field_option("--limit", default=None, type=positive_int, help="only the first N test images")
     name: str | None = None
 
     def tag(self) -> str:
-        if self.name:
-            return self.name
-        if self.full_precision:
-            precision = "fp32"
-        else:
-            precision = f"k{self.k}-B{bound_text(self.B)}" + ("-ternary" if self.ternary else "")
-        return f"{self.dataset}-{self.net}-{precision}"
+        return self.name or f"{self.dataset}-{self.net}-{self.label()}"
 
     def train_config(self, data_dir: str | None, device: str) -> TrainConfig:
         """The TrainConfig of this run's training (the recipe's schedule for what is None)."""
@@ -98,7 +97,8 @@ class RunSpec:
         return TrainConfig.from_values(values | schedule)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field, the net and the dataset first (run.json)."""
+        return net_first(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> RunSpec:
@@ -591,7 +591,7 @@ def run_default(out_dir: str | Path, *, device: str = "cpu", progress: bool = Tr
     records = []
     with folder_lock(out):
         for spec in embedded_runs():
-            spec.test_limit = test_limit
+            spec = dataclasses.replace(spec, test_limit=test_limit)
             records.append(execute(
                 spec, out / spec.tag(), device=device, progress=progress, test_set=test_set, figures=False,
             ))

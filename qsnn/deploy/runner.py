@@ -35,6 +35,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from qsnn.errors import QsnnError, integer_in
 from qsnn.io import SEAL, content_digest
+from qsnn.options import AUTO_MAX_STEPS  # (also what --steps accepts)
 from qsnn.snn.schemes import SCHEMES
 
 FORMAT = "qsnn-int"
@@ -43,7 +44,6 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.npz"
 PLUS_INFINITY = int(np.iinfo(np.int64).max)  # T(i) for levels out of reach
 MINUS_INFINITY = int(np.iinfo(np.int64).min)  # T(i) for levels below 0
-AUTO_MAX_STEPS = 100_000
 MAX_STEPS = AUTO_MAX_STEPS  # the most time steps a package or a run may ask for
 PIXEL_MAX = 255
 # Sanity bounds a package is checked against before anything is allocated:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from qsnn.errors import QsnnError, integer_in
+from qsnn.options import field_option
 
 MAX_K = 4
 MAX_BOUND = 64  # 2^k B levels per neuron stay within a table of 1,024
@@ -122,16 +123,34 @@ class Precision:
     k=0, B=4 there); "same" (the default) means as the hidden blocks.
     ``ternary``: ternary weights in the hidden blocks after the first.
     ``full_precision``: plain ReLU everywhere, no quantizer (the papers' baselines).
+
+    The fields are also those of :class:`~qsnn.train.config.TrainConfig` and
+    :class:`~qsnn.pipeline.RunSpec` (subclasses), each with its command-line option.
+    B and the encoding values may be given as command-line text ("2", "none", "same").
     """
 
-    k: int = 1
-    B: int | None = None
-    ternary: bool = False
-    full_precision: bool = False
-    encoding_k: int | str = SAME
-    encoding_B: int | str | None = SAME
+    k: int = field_option(default=1, type=int, help="quantization level 0..4 (default {default})")
+    B: int | None = field_option(default=None, help="upper bound: a positive integer or none (default)")
+    ternary: bool = field_option(default=False, action="store_true", help="ternary weights in the hidden blocks")
+    full_precision: bool = field_option(
+        "--fp32", "--full-precision", default=False, action="store_true",
+        help="full-precision baseline: plain ReLU, no quantizer",
+    )
+    encoding_k: int | str = field_option(default=SAME, help="k of the first block (default: same as --k)")
+    encoding_B: int | str | None = field_option(default=SAME, help="B of the first block (default: same as --B)")
 
     def __post_init__(self) -> None:
+        if isinstance(self.B, str):
+            object.__setattr__(self, "B", parse_bound(self.B))
+        if isinstance(self.encoding_k, str) and self.encoding_k != SAME:
+            try:
+                object.__setattr__(self, "encoding_k", int(self.encoding_k))
+            except ValueError:
+                raise QsnnError(
+                    f"encoding k must be an integer from 0 to 4 or 'same', got {self.encoding_k!r}"
+                ) from None
+        if isinstance(self.encoding_B, str) and self.encoding_B != SAME:
+            object.__setattr__(self, "encoding_B", parse_bound(self.encoding_B))
         check_level(self.k)
         check_bound(self.B)
         if self.encoding_k != SAME:
@@ -156,15 +175,18 @@ class Precision:
             text += f" (encoding k={encoding_k} B={bound_text(encoding_b)})"
         return text + (" ternary" if self.ternary else "")
 
+    def label(self) -> str:
+        """How run folders name it: fp32, or k1-Bnone, k1-B2-ternary, ..."""
+        if self.full_precision:
+            return "fp32"
+        return f"k{self.k}-B{bound_text(self.B)}" + ("-ternary" if self.ternary else "")
+
+    def precision(self) -> Precision:
+        """The precision alone (of a TrainConfig or a RunSpec, which are Precisions too)."""
+        return Precision(**precision_fields(self))
+
     def to_dict(self) -> dict:
-        return {
-            "k": self.k,
-            "B": self.B,
-            "ternary": self.ternary,
-            "full_precision": self.full_precision,
-            "encoding_k": self.encoding_k,
-            "encoding_B": self.encoding_B,
-        }
+        return precision_fields(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> Precision:
@@ -181,6 +203,6 @@ PRECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Precision))  # also 
 
 
 def precision_fields(source) -> dict:
-    """The precision fields (:data:`PRECISION_FIELDS`) of ``source``: a Precision, a
-    TrainConfig or a RunSpec, so that one copies into another without naming them."""
+    """The precision fields (:data:`PRECISION_FIELDS`) of ``source`` (a Precision, a
+    TrainConfig or a RunSpec), so that one copies into another without naming them."""
     return {name: getattr(source, name) for name in PRECISION_FIELDS}

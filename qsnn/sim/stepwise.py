@@ -17,17 +17,11 @@ import torch.nn.functional as F
 
 from qsnn.errors import QsnnError
 from qsnn.measure.fanout import fanout_maps, replication
+from qsnn.options import AUTO_MAX_STEPS  # (also what --steps accepts)
 from qsnn.sim import engine
 from qsnn.sim.noise import NoiseDraws, dropped_spikes
 from qsnn.snn.model import SpikingNet
-from qsnn.snn.neurons import (
-    adaptive_init,
-    adaptive_step,
-    nsd_init,
-    nsd_step,
-    rising_threshold_step,
-    target_count,
-)
+from qsnn.snn.neurons import NEURON_MODELS, target_count
 from qsnn.snn.reference import (
     apply_layer,
     check_input_limit,
@@ -37,8 +31,6 @@ from qsnn.snn.reference import (
     layer_weight,
 )
 from qsnn.snn.schemes import SCHEMES
-
-AUTO_MAX_STEPS = 100_000
 
 
 class BatchRecord(NamedTuple):
@@ -161,13 +153,11 @@ def simulate_batch(
     batch = pixels.shape[0]
 
     encoding_current = _dense_membrane(0, net.layers[0], pixels, None)
-    states = []
-    for index, layer in enumerate(net.layers):
-        like = torch.zeros((batch, *layer.out_shape), dtype=torch.float64, device=device)
-        if rules.hidden_neuron == "adaptive" and index > 0:
-            states.append(adaptive_init(like, thresholds[index]))
-        else:
-            states.append(nsd_init(like))
+    neurons = [NEURON_MODELS[rules.neuron("encoding" if index == 0 else "hidden")] for index in range(len(net.layers))]
+    states = [
+        neuron.init(torch.zeros((batch, *layer.out_shape), dtype=torch.float64, device=device), thresholds[index])
+        for index, (neuron, layer) in enumerate(zip(neurons, net.layers, strict=True))
+    ]
     accumulator = torch.zeros((batch, net.classes), dtype=torch.float64, device=device)
     totals = [torch.zeros((batch, *layer.out_shape), dtype=torch.float64, device=device) for layer in net.layers]
     predictions = []
@@ -181,15 +171,7 @@ def simulate_batch(
             else:
                 check_input_limit(layer, input_bound(net, index, totals[index - 1]), index)
                 current = apply_layer(layer, spikes.to(torch.float64), weights[index])
-            if rules.rising_encoding and index == 0:
-                state = states[0]
-                membrane = state.membrane + current
-                spikes = rising_threshold_step(t, membrane, thresholds[0])
-                states[0] = state._replace(membrane=membrane, count=state.count + spikes)
-            elif rules.hidden_neuron == "adaptive":
-                states[index], spikes = adaptive_step(states[index], current, thresholds[index])
-            else:
-                states[index], spikes = nsd_step(states[index], current, thresholds[index])
+            states[index], spikes = neurons[index].step(states[index], current, thresholds[index], t)
             totals[index] += spikes
             stats.record(index, spikes.clamp(min=0), (-spikes).clamp(min=0))
             any_spike = any_spike or bool(spikes.any())

@@ -19,7 +19,8 @@ from qsnn import data as qdata
 from qsnn.errors import QsnnError, check_seed, integer_in
 from qsnn.net.models import NetSpec
 from qsnn.net.notation import resolve_net
-from qsnn.net.quantization import SAME, Precision, bound_text, parse_bound
+from qsnn.net.quantization import Precision
+from qsnn.options import field_option, optional_int
 
 # Options that may change when a run is resumed; every other one must match the saved run.
 RESUMABLE_CHANGES = ("epochs", "data_dir", "device", "checkpoint_interval")
@@ -52,45 +53,41 @@ def paper_recipe(net: str, dataset: str) -> dict[str, Any]:
     return {"epochs": epochs, "batch_size": batch, "lr": 1e-4}
 
 
-@dataclass
-class TrainConfig:
-    """What to train and how. ``net`` is notation (``20C5-P2-50C5-P2-500``) or a preset."""
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Precision):
+    """What to train and how: the precision (the fields of :class:`Precision`), the net
+    (notation such as ``20C5-P2-50C5-P2-500``, or a preset), the data and the schedule.
+    Each field carries its command-line option (:mod:`qsnn.train.options`)."""
 
-    net: str
-    dataset: str
-    k: int = 1
-    B: int | None = None
-    ternary: bool = False
-    full_precision: bool = False
-    encoding_k: int | str = SAME
-    encoding_B: int | str | None = SAME
-    epochs: int = 3
-    batch_size: int | None = None  # None: 200 for MNIST-like data, 128 for CIFAR
-    lr: float = 1e-3
-    lr_decay_epoch: int | None = None  # None: epochs // 2 (at least 1)
-    seed: int = 0
-    data_dir: str | None = None
-    train_limit: int | None = None
-    test_limit: int | None = None
-    device: str = "cpu"
-    checkpoint_interval: float = 300.0
-    recipe: str = "qsnn"  # "paper": trained as the original code trains (see paper_recipe)
+    net: str = field_option(help="notation (20C5-P2-50C5-P2-500) or a preset (qsnn nets)")
+    dataset: str = field_option(help="mnist, fashion-mnist, cifar10 or cifar100")
+    epochs: int = field_option(default=3, type=int, help="default {default}")
+    batch_size: int | None = field_option(  # None: 200 for MNIST-like data, 128 for CIFAR
+        default=None, type=optional_int, help="default 200 (MNIST-like) or 128 (CIFAR)",
+    )
+    lr: float = field_option(default=1e-3, type=float, help="Adam learning rate (default {default})")
+    lr_decay_epoch: int | None = field_option(  # None: epochs // 2 (at least 1)
+        default=None, type=optional_int, help="epoch from which lr is divided by 10 (default: half the epochs)",
+    )
+    seed: int = field_option(default=0, type=int, help="random seed (default {default})")
+    data_dir: str | None = field_option(default=None, help="dataset folder (default: $QSNN_DATA or the cache)")
+    train_limit: int | None = field_option(default=None, type=optional_int, help="only the first N training images")
+    test_limit: int | None = field_option(default=None, type=optional_int, help="only the first N test images")
+    device: str = field_option(default="cpu", help="cpu, cuda or cuda:N (default {default})")
+    checkpoint_interval: float = field_option(
+        default=300.0, type=float, help="seconds between mid-epoch checkpoints (default 300)",
+    )
+    recipe: str = field_option(  # "paper": trained as the original code trains (see paper_recipe)
+        default="qsnn", choices=RECIPES,
+        help="qsnn: a short schedule (the defaults below); paper: as the original code trains (its epochs, "
+        "batch, lr and schedule, and for CIFAR its colour augmentation and per-image standardization), "
+        "for what is not given",
+    )
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise QsnnError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        if isinstance(self.B, str):
-            self.B = parse_bound(self.B)
-        if isinstance(self.encoding_k, str) and self.encoding_k != SAME:
-            try:
-                self.encoding_k = int(self.encoding_k)
-            except ValueError:
-                raise QsnnError(
-                    f"encoding k must be an integer from 0 to 4 or 'same', got {self.encoding_k!r}"
-                ) from None
-        if isinstance(self.encoding_B, str) and self.encoding_B != SAME:
-            self.encoding_B = parse_bound(self.encoding_B)
-        self.precision()  # checks k, B and the encoding values
+        super().__post_init__()  # reads B and the encoding values, checks k, B and them
         for name in ("epochs", "batch_size", "lr_decay_epoch", "train_limit", "test_limit"):
             value = getattr(self, name)
             minimum = 0 if name == "lr_decay_epoch" else 1
@@ -105,16 +102,6 @@ class TrainConfig:
             raise QsnnError(
                 f"checkpoint_interval must be >= 0 seconds, got {self.checkpoint_interval!r}"
             )
-
-    def precision(self) -> Precision:
-        return Precision(
-            k=self.k,
-            B=self.B,
-            ternary=self.ternary,
-            full_precision=self.full_precision,
-            encoding_k=self.encoding_k,
-            encoding_B=self.encoding_B,
-        )
 
     def spec(self) -> NetSpec:
         """The network to build: notation resolved, input shape, classes and padding of the data."""
@@ -178,7 +165,8 @@ class TrainConfig:
         return cls(recipe=recipe, **values)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, the net and the dataset first (config.json)."""
+        return net_first(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -204,8 +192,9 @@ FIELDS_ADDED = {"recipe": "qsnn"}  # config fields a run written before them had
 
 def default_out_dir(config: TrainConfig) -> Path:
     """runs/<dataset>-<net>-<precision>, e.g. runs/mnist-20C5-P2-50C5-P2-500-k1-Bnone."""
-    if config.full_precision:
-        tag = "fp32"
-    else:
-        tag = f"k{config.k}-B{bound_text(config.B)}" + ("-ternary" if config.ternary else "")
-    return Path("runs") / f"{config.dataset}-{config.net}-{tag}"
+    return Path("runs") / f"{config.dataset}-{config.net}-{config.label()}"
+
+
+def net_first(values: dict[str, Any]) -> dict[str, Any]:
+    """A config's or a run's fields with the net and the dataset first, as a reader looks for them."""
+    return {"net": values.pop("net"), "dataset": values.pop("dataset"), **values}

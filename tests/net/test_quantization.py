@@ -115,14 +115,24 @@ def test_bad_k_is_a_one_line_error(k: object) -> None:
     assert str(caught.value) == "k must be an integer from 0 to 4, got 9"
 
 
-@pytest.mark.parametrize("bound", [0, -2, 1.5, True, "2"])
+@pytest.mark.parametrize("bound", [0, -2, 1.5, True, "0", "two"])
 def test_bad_b_is_a_one_line_error(bound: object) -> None:
     with pytest.raises(QsnnError) as caught:
         Precision(B=bound)  # type: ignore[arg-type]
-    assert str(caught.value) == f"B must be an integer from 1 to 64 or 'none', got {bound!r}"
+    shown = 0 if bound == "0" else bound  # (text is read first, then checked)
+    assert str(caught.value) == f"B must be an integer from 1 to 64 or 'none', got {shown!r}"
     with pytest.raises(QsnnError) as caught:
         Precision(encoding_B=0)
     assert str(caught.value) == "encoding B must be an integer from 1 to 64 or 'none', got 0"
+
+
+def test_precision_reads_command_line_text() -> None:
+    """B and the encoding values as the options give them: integers, "none" and "same"."""
+    assert Precision(B="2", encoding_k="0", encoding_B="none") == Precision(B=2, encoding_k=0, encoding_B=None)
+    assert Precision(encoding_k="same", encoding_B="same").block(0) == (1, None)
+    with pytest.raises(QsnnError) as caught:
+        Precision(encoding_k="x")
+    assert str(caught.value) == "encoding k must be an integer from 0 to 4 or 'same', got 'x'"
 
 
 def test_parse_bound() -> None:
@@ -151,22 +161,29 @@ def test_precision_blocks_and_round_trip() -> None:
     assert Precision(full_precision=True).describe() == "full precision"
 
 
-def test_train_config_and_run_spec_carry_the_precision_fields_as_precision_declares_them():
-    """TrainConfig and RunSpec keep the precision flat (config.json and run.json name each
-    field); their fields are Precision's, with the same names, types and defaults, so that
-    precision_fields copies one into another."""
+def test_train_config_and_run_spec_are_precisions_declared_once():
+    """TrainConfig and RunSpec are Precisions: their precision fields are Precision's own
+    field objects (one declaration, options included), flat in config.json and run.json,
+    and precision_fields copies one into another."""
     import dataclasses
 
     from qsnn.net.quantization import PRECISION_FIELDS, precision_fields
     from qsnn.pipeline import RunSpec
     from qsnn.train.config import TrainConfig
 
-    declared = {f.name: (f.type, f.default) for f in dataclasses.fields(Precision)}
-    assert tuple(declared) == PRECISION_FIELDS == ("k", "B", "ternary", "full_precision", "encoding_k", "encoding_B")
+    declared = dataclasses.fields(Precision)
+    assert tuple(f.name for f in declared) == PRECISION_FIELDS == (
+        "k", "B", "ternary", "full_precision", "encoding_k", "encoding_B",
+    )
     for holder in (TrainConfig, RunSpec):
-        mirrored = {f.name: (f.type, f.default) for f in dataclasses.fields(holder) if f.name in declared}
-        assert mirrored == declared, holder.__name__
+        inherited = [f for f in dataclasses.fields(holder) if f.name in PRECISION_FIELDS]
+        assert all(a is b for a, b in zip(inherited, declared, strict=True)), holder.__name__
     config = TrainConfig(net="500", dataset="mnist", k=2, B=4, ternary=True, encoding_k=0, encoding_B=4)
+    assert list(config.to_dict())[:8] == ["net", "dataset", *PRECISION_FIELDS]
+    assert type(config.precision()) is Precision
     assert Precision(**precision_fields(config)) == config.precision()
-    assert RunSpec(net="500", dataset="mnist", **precision_fields(config)).train_config(None, "cpu").precision() \
-        == config.precision()
+    run = RunSpec(net="500", dataset="mnist", **precision_fields(config))
+    assert list(run.to_dict())[:8] == ["net", "dataset", *PRECISION_FIELDS]
+    assert run.train_config(None, "cpu").precision() == config.precision()
+    assert (config.label(), run.tag()) == ("k2-B4-ternary", "mnist-500-k2-B4-ternary")
+    assert TrainConfig(net="500", dataset="mnist", full_precision=True).label() == "fp32"
