@@ -71,12 +71,13 @@ def smallest_int_dtype(values: np.ndarray) -> np.dtype:
 
 def check_integral(net: SpikingNet) -> None:
     """Raise if ``net`` cannot be expressed as a qsnn-int package (see module docstring)."""
-    if schemes.of(net.scheme).integer_package:
+    scheme = schemes.of(net.scheme)
+    if scheme.integer_package:
         return
     scaled = [i + 1 for i, layer in enumerate(net.layers) if layer.role == "hidden" and layer.exponent > 0]
     if scaled:
         raise QsnnError(
-            f"this NSD network has real-valued hidden weights (layer(s) {scaled} on a 2^-s grid), "
+            f"this {scheme.title} network has real-valued hidden weights (layer(s) {scaled} on a 2^-s grid), "
             "and the qsnn-int package holds integer-weight networks; train with --ternary, "
             "or export with --format nir"
         )

@@ -23,6 +23,7 @@ itself; every scheme makes its spike count converge to it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -182,6 +183,35 @@ def rising_threshold_step(
     ``membrane`` is the constant input received at t = 0. Returns spikes in {0, 1}.
     """
     return (membrane >= threshold(th, step_index, membrane)).to(torch.int64)
+
+
+# --- the neuron models by name (Scheme.neuron names one per layer role) -----------------
+
+
+def _rising_step(state: NSDState, current: torch.Tensor, th: Thresholds, t: int) -> tuple[NSDState, torch.Tensor]:
+    membrane = state.membrane + current
+    spikes = rising_threshold_step(t, membrane, th)
+    return NSDState(membrane, state.count + spikes), spikes
+
+
+class NeuronModel(NamedTuple):
+    """A time-stepped neuron as the step-by-step simulator runs it, Norse-style: its state
+    at rest, ``init(like, thresholds)``, and one step, ``step(state, current, thresholds,
+    t) -> (state, signed spikes)``, pure functions of their arguments."""
+
+    name: str
+    init: Callable[[torch.Tensor, Thresholds], NamedTuple]
+    step: Callable[[NamedTuple, torch.Tensor, Thresholds, int], tuple[NamedTuple, torch.Tensor]]
+
+
+NEURON_MODELS: dict[str, NeuronModel] = {
+    model.name: model
+    for model in (
+        NeuronModel("negative-spike", lambda like, th: nsd_init(like), lambda state, i, th, t: nsd_step(state, i, th)),
+        NeuronModel("adaptive", adaptive_init, lambda state, i, th, t: adaptive_step(state, i, th)),
+        NeuronModel("rising-threshold", lambda like, th: nsd_init(like), _rising_step),
+    )
+}
 
 
 # --- SG: scatter-and-gather, one time step (ALGORITHMS.md §3b) ---------------------------

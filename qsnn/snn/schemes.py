@@ -77,6 +77,12 @@ class Scheme:
     encoding_rule: str = ""  # the encoding layer's neuron, in words (exported with the net)
     hidden_rule: str = ""  # a hidden layer's neuron, in words
 
+    def neuron(self, role: str) -> str:
+        """The neuron model of a layer with ``role`` ("encoding" or "hidden"): a name in
+        :data:`qsnn.snn.neurons.NEURON_MODELS` (time-stepped schemes), where the step
+        functions are; "rising-threshold" for a rising encoding, else the hidden neuron."""
+        return "rising-threshold" if role == "encoding" and self.rising_encoding else self.hidden_neuron
+
     def neuron_rule(self, role: str) -> str:
         """What a neuron of a layer with ``role`` ("encoding" or "hidden") does, in words."""
         return self.encoding_rule if role == "encoding" else self.hidden_rule

@@ -61,3 +61,38 @@ def test_every_registered_scheme_from_conversion_to_deployment(name, tmp_path):
     assert np.array_equal(ran.positive.sum(axis=1), np.array([sum(layer) for layer in result.positive]))
     assert np.array_equal(ran.negative.sum(axis=1), np.array([sum(layer) for layer in result.negative]))
     assert int((ran.predictions[-1] == labels.numpy()).sum()) == result.correct[-1]
+
+
+TOY = schemes.Scheme(
+    "nsd-rising", "NSD-R", "(none: a scheme made for this test)", single_step=False, binary_copies=False,
+    hidden_neuron="negative-spike", rising_encoding=True, noise="pixels", needs_bounds=False, needs_ternary=False,
+    needs_bounded_encoding=True, rounded_thresholds=False, integer_package=False, standard_nir=False,
+    encoding_rule="thermometer code with rising thresholds", hidden_rule="integrate-and-fire with negative spikes",
+)
+
+
+def test_a_fourth_scheme_is_one_registry_entry(monkeypatch, tmp_path):
+    """A scheme made of registered parts (here INT's rising encoding before NSD's hidden
+    neurons) needs its Scheme entry and nothing else: it converts, the event engine and
+    the step-by-step simulator run it count for count, it is lossless against the exact
+    ANN, and its exported package runs in the NumPy runner."""
+    from qsnn.sim.stepwise import simulate_batch
+    from qsnn.snn.neurons import NEURON_MODELS
+
+    monkeypatch.setitem(SCHEMES, TOY.name, TOY)
+    assert [NEURON_MODELS[TOY.neuron(role)].name for role in ("encoding", "hidden")] == ["rising-threshold", "negative-spike"]
+    model = random_net("6C5-P2-8C3-12", k=1, B=2, ternary=True, seed=7)
+    assert TOY.name in applicable_schemes(model)
+    pixels, labels = random_pixels(12, seed=7), torch.randint(0, 10, (12,), generator=torch.Generator().manual_seed(7))
+    net = convert(model, TOY.name)
+    result = simulate(net, pixels, labels, steps=None)
+    assert result.agree[-1] == 12 and result.count_mismatches == [0, 0, 0, 0] and result.verified_disagreements == 0
+    stepwise = simulate_batch(net, pixels.to(torch.float64), result.steps)
+    assert [int(p.sum()) for p in stepwise.positive] == [sum(layer) for layer in result.positive]
+    assert [int(n.sum()) for n in stepwise.negative] == [sum(layer) for layer in result.negative]
+    with pytest.raises(QsnnError, match="^this NSD-R network has real-valued hidden weights"):
+        export_package(convert(random_net("6C5-P2-8C3-12", k=1, B=2, ternary=False, seed=7), TOY.name), tmp_path / "no")
+    ran = deploy.run(deploy.load(export_package(net, tmp_path / "pkg")), pixels.numpy())
+    assert ran.steps == result.steps
+    assert np.array_equal(ran.positive.sum(axis=1), np.array([sum(layer) for layer in result.positive]))
+    assert int((ran.predictions[-1] == labels.numpy()).sum()) == result.correct[-1]
