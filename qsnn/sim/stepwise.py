@@ -147,7 +147,7 @@ def simulate_batch(
         return scatter_gather_batch(net, pixels, noise, draws, _dense_membrane, _count_levels)
     weights = [layer_weight(layer, device) for layer in net.layers]
     out_weight = layer_weight(net.output, device)
-    thresholds = [net.thresholds(i).to(device) for i in range(len(net.layers))]
+    thresholds = [net.thresholds(i).to(device).prepared() for i in range(len(net.layers))]
     stats = _Statistics(net, device)
     check_input_limit(net.layers[0], input_bound(net, 0, pixels), 0)
     batch = pixels.shape[0]

@@ -42,6 +42,7 @@ class Thresholds(NamedTuple):
     size: torch.Tensor  # int64 [C]: levels at or above are out of reach
     constant: torch.Tensor  # int64 [C]: fixed count, or -1 for input-driven channels
     table: torch.Tensor  # int64 [C, width]: T(i) for i < size, exact
+    lookup: torch.Tensor | None = None  # float64 [C, width + 2]: T(i - 1) for i = 0 .. width + 1 (see prepared)
 
     @classmethod
     def linear(cls, offset, step, divisor: int, size, constant) -> Thresholds:
@@ -58,7 +59,23 @@ class Thresholds(NamedTuple):
             size=self.size.to(device),
             constant=self.constant.to(device),
             table=self.table.to(device),
+            lookup=None if self.lookup is None else self.lookup.to(device),
         )
+
+    def prepared(self) -> Thresholds:
+        """The same tables with ``lookup``: every level's threshold as :func:`threshold`
+        gives it, -BIG at level -1, +BIG from the channel's size (and at width), constant
+        channels included, so that a simulator stepping many times looks each one up
+        with one gather."""
+        channels, width = self.table.shape
+        level = torch.arange(width, device=self.table.device)
+        inside = self.table.clamp(-int(BIG), int(BIG)).to(torch.float64)
+        inside = torch.where(level[None, :] < self.size[:, None], inside, BIG)
+        constant = self.constant[:, None]
+        inside = torch.where(constant >= 0, torch.where(level[None, :] < constant, -BIG, BIG), inside)
+        lookup = torch.cat([torch.full((channels, 1), -BIG, dtype=torch.float64, device=inside.device), inside,
+                            torch.full((channels, 1), BIG, dtype=torch.float64, device=inside.device)], dim=1)
+        return self._replace(lookup=lookup.contiguous())
 
 
 def _channel_view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -77,6 +94,10 @@ def threshold(th: Thresholds, level: torch.Tensor | int, like: torch.Tensor) -> 
     from it on.
     """
     level = torch.as_tensor(level, dtype=torch.int64, device=like.device)
+    if th.lookup is not None:  # (prepared: one gather)
+        width = th.lookup.shape[1]
+        rows = _channel_view(torch.arange(th.lookup.shape[0], device=like.device) * width, like)
+        return torch.take(th.lookup, (rows + (level + 1).clamp(0, width - 1)).expand(like.shape))
     size = _channel_view(th.size, like)
     inside = torch.minimum(level.clamp(min=0), (size - 1).clamp(min=0)).clamp(max=th.table.shape[1] - 1).expand(like.shape)
     channel = _channel_view(torch.arange(th.table.shape[0], device=like.device), like).expand(like.shape)

@@ -161,3 +161,23 @@ def test_thresholds_out_of_reach_and_zero_steps():
     short = table([0.0], [1.0], levels=None)._replace(size=torch.tensor([5]))
     assert target_count(column([100.0]), short).flatten().tolist() == [5]
     assert float(threshold(short, 5, column([0.0]))) == BIG
+
+
+def test_prepared_tables_give_every_threshold_the_table_gives():
+    """threshold() through the prepared lookup equals the table's own rule at every level
+    from far below -1 to beyond the width: per-channel sizes, a constant channel, the
+    ends at +-BIG; on a batch of maps and on a single map."""
+    th = Thresholds.linear([3, -5, 0, 7], [4, 2, 0, 9], 3, [5, 2, 1, 5], [-1, -1, 2, -1])
+    prepared = th.prepared()
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((6, 4, 3, 3), (4,)):
+        like = torch.zeros(shape, dtype=torch.float64)
+        levels = torch.randint(-4, 9, shape, generator=generator)
+        assert torch.equal(threshold(prepared, levels, like), threshold(th, levels, like))
+        for level in (-2, -1, 0, 1, 4, 5, 7):
+            assert torch.equal(threshold(prepared, level, like), threshold(th, level, like))
+    assert prepared.lookup[2].tolist() == [-BIG, -BIG, -BIG, BIG, BIG, BIG, BIG]  # (constant count 2)
+    assert prepared.lookup[1].tolist() == [-BIG, -1.0, -1.0, BIG, BIG, BIG, BIG]  # (size 2: ceil(-5/3), ceil(-3/3))
+    state = nsd_init(torch.zeros(4, dtype=torch.float64))
+    current = torch.tensor([4.0, -1.0, 0.0, 30.0], dtype=torch.float64)
+    assert torch.equal(nsd_step(state, current, prepared)[1], nsd_step(state, current, th)[1])
