@@ -7,6 +7,7 @@ reference runner) never loads PyTorch::
     from qsnn import train, TrainConfig, load_checkpoint                # training
     from qsnn import convert, SpikingNet, reference_counts              # conversion
     from qsnn import simulate, summarize                                # simulation
+    from qsnn import SpikingGraph, simulate_graph, model_agreement      # a model of one's own
 """
 
 from importlib import import_module
@@ -34,7 +35,10 @@ _API = {
     "ANNResult": "qsnn.snn.exact",
     "ExactANN": "qsnn.snn.exact",
     "evaluate_exact": "qsnn.snn.exact",
+    "SpikingGraph": "qsnn.snn.graph",
     "simulate": "qsnn.sim.run",
+    "simulate_graph": "qsnn.sim.graph",
+    "model_agreement": "qsnn.sim.graph",
     "SimulationResult": "qsnn.sim.run",
     "summarize": "qsnn.report.summary",
     "RunSpec": "qsnn.pipeline",

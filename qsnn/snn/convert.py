@@ -37,12 +37,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from qsnn.errors import QsnnError, integer_in
 from qsnn.net.models import QuantizedNet
 from qsnn.net.quantization import max_count
 from qsnn.snn import schemes
+from qsnn.snn.graph import SpikingGraph, convert_module
 from qsnn.snn.model import (
+    COUNT_LIMIT,
     EXACT_LIMIT,
     PIXEL_HEADROOM,
     PIXEL_LEVELS,
@@ -108,7 +111,6 @@ def _count_bound(weight: torch.Tensor, zeta0, delta, constant, levels, input_bou
     return bound if math.isfinite(bound) else math.inf
 
 
-COUNT_LIMIT = 1023  # unbounded layers: a count beyond this is refused at run time
 TABLE_BITS = 61  # |A| + size * D of the linear estimate stays below 2^61, well inside int64
 
 
@@ -209,17 +211,29 @@ def skipped_schemes(model) -> dict[str, str]:
 
 
 def convert(
-    model: QuantizedNet | str | Path,
-    scheme: str,
-    *,
+    model: QuantizedNet | str | Path | nn.Module,
+    scheme: str | torch.Tensor,
+    *more: str,
     threshold_scale: int | None = None,
     source: dict | None = None,
-) -> SpikingNet:
-    """Convert a trained quantized network (or a checkpoint file) into a spiking network.
+) -> SpikingNet | SpikingGraph:
+    """Convert a trained network into a spiking network.
 
-    ``threshold_scale`` (INT only) reproduces the original code's thresholds rounded to
-    1/scale instead of the exact integer thresholds; the quantized ANN keeps the exact ones.
+    - ``convert(net, scheme)``: a qsnn QuantizedNet (or the path of its checkpoint) into
+      a SpikingNet. ``threshold_scale`` (INT only) reproduces the original code's
+      thresholds rounded to 1/scale instead of the exact integer thresholds; the quantized
+      ANN keeps the exact ones.
+    - ``convert(module, example_input, scheme)``: a PyTorch model of one's own, with
+      :class:`qsnn.nn.QuantAct` activations, into a SpikingGraph
+      (:func:`qsnn.snn.graph.convert_module`).
     """
+    if isinstance(model, nn.Module) and not isinstance(model, QuantizedNet):
+        if not isinstance(scheme, torch.Tensor) or len(more) != 1 or threshold_scale is not None:
+            raise QsnnError("convert a model of your own as convert(model, example_input, scheme), e.g. "
+                            "convert(model, torch.zeros(1, 1, 28, 28), 'nsd')")
+        return convert_module(model, scheme, more[0])
+    if more or isinstance(scheme, torch.Tensor):
+        raise QsnnError("convert a qsnn network or checkpoint as convert(net, scheme), e.g. convert(net, 'nsd')")
     schemes.of(scheme)  # (a QsnnError naming the schemes, for anything else)
     if isinstance(model, str | Path):
         return _convert_checkpoint(Path(model), scheme, threshold_scale)

@@ -32,6 +32,7 @@ FORMAT = "qsnn-snn"
 FORMAT_VERSION = 2
 EXACT_LIMIT = 2.0**53  # float64 holds every integer below this exactly
 PIXEL_LEVELS = 255  # x = p / 255 for 8-bit images
+COUNT_LIMIT = 1023  # unbounded layers: a count beyond this is refused at run time
 PIXEL_HEADROOM = 2.0  # pixels may reach 2x their range under multiplicative noise
 
 

@@ -1,0 +1,301 @@
+"""Simulating a spiking graph (:class:`qsnn.snn.graph.SpikingGraph`), checked image by image.
+
+Time-stepped schemes (NSD, INT): at step t every node passes on what changed in that
+step, in execution order: the input gives its pixels at t = 0 and nothing after; a
+weighted node (conv, linear, scale) multiplies its input's change by its integer weights
+(its bias enters once, at t = 0); pools, additions, concatenations and flattening pass
+changes on; a population integrates its input's change into its membranes and fires
+by its scheme's neuron model (:data:`qsnn.snn.neurons.NEURON_MODELS`: NSD's negative
+spikes, INT's adaptive thresholds and rising encoding), its change being its signed
+spikes over 2^k. Every node is linear between populations, so a population's membrane
+after the last step is exactly its ANN pre-activation from the counts upstream, and its
+count converges to the ANN's. SG: one step, every population's binary neurons fire
+against the table (count = #{i : V >= T(i)}).
+
+Each batch is checked against the exact evaluation of the converted model
+(:func:`qsnn.snn.graph.exact_ann`): every population's final counts and the predictions.
+
+Synaptic operations (SOPs) are counted as an event-driven implementation does them: for
+every weighted node and average pool, its non-zero inputs of the step times the
+(output, non-zero weight) pairs each reaches (for a node fed by a population: its spikes
+times their fan-out, borders included); additions, concatenations and flattening are
+wiring, and the pixels' products are the encoding's, not events.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from qsnn.errors import QsnnError
+from qsnn.options import AUTO_MAX_STEPS
+from qsnn.snn import schemes
+from qsnn.snn.graph import LINEAR, GraphNode, SpikingGraph, apply_node, exact_ann
+from qsnn.snn.neurons import NEURON_MODELS, target_count
+
+
+@dataclass
+class GraphResult:
+    """A spiking graph on a test set: per step (0-based), summed over the images."""
+
+    images: int
+    steps: int
+    populations: list[str]
+    positive: list[list[int]] = field(default_factory=list)  # [population][step]
+    negative: list[list[int]] = field(default_factory=list)
+    sops: list[int] = field(default_factory=list)  # [step]
+    correct: list[int] = field(default_factory=list)  # [step]
+    agree: list[int] = field(default_factory=list)  # [step]: predictions equal to the exact ANN's
+    count_mismatches: dict[str, int] = field(default_factory=dict)  # final counts unequal to the exact ANN's
+    ann_correct: int = 0
+    ann_ops: int = 0  # the ANN's multiply-accumulates for these images
+
+    @property
+    def lossless(self) -> bool:
+        return self.agree[-1] == self.images and not any(self.count_mismatches.values())
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct[-1] / self.images
+
+
+def ann_ops(graph: SpikingGraph) -> int:
+    """Multiply-accumulates of one dense ANN pass (weighted nodes and average pools)."""
+    total = 0
+    for node in graph.nodes:
+        outputs = 1
+        for size in node.shape:
+            outputs *= size
+        if node.kind in ("conv", "linear"):
+            total += outputs * (node.weight[0].size)
+        elif node.kind == "scale":
+            total += outputs
+        elif node.kind == "avgpool":
+            total += outputs * node.attrs["kernel"][0] * node.attrs["kernel"][1]
+    return total
+
+
+def _synapse_map(node: GraphNode, in_shape: tuple[int, ...], device) -> torch.Tensor:
+    """For every input of a weighted node or average pool, how many (output, non-zero
+    weight) pairs it reaches: the gradient of the sum of the node's outputs when every
+    weight is replaced by 1 where it is non-zero (borders, stride and groups included)."""
+    x = torch.zeros((1, *in_shape), dtype=torch.float64, device=device, requires_grad=True)
+    a = node.attrs
+    if node.kind == "avgpool":
+        y = F.avg_pool2d(x, a["kernel"], a["stride"], a["padding"], count_include_pad=True, divisor_override=1)
+    else:
+        synapses = torch.from_numpy(node.weight != 0).to(device, torch.float64)
+        if node.kind == "conv":
+            y = F.conv2d(x, synapses, stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"])
+        elif node.kind == "linear":
+            y = x @ synapses.T
+        else:
+            y = x * synapses.view(1, -1, *([1] * (x.dim() - 2)))
+    y.sum().backward()
+    return x.grad[0].detach()
+
+
+class _Batch:
+    """One batch's simulation record."""
+
+    def __init__(self, graph: SpikingGraph) -> None:
+        self.positive = [[] for _ in graph.populations]
+        self.negative = [[] for _ in graph.populations]
+        self.sops: list[int] = []
+        self.predictions: list[torch.Tensor] = []
+        self.counts: dict[str, torch.Tensor] = {}
+
+
+def _synapse_maps(graph: SpikingGraph, device) -> dict[str, torch.Tensor]:
+    """The synapse maps of the nodes whose inputs are events (not the pixels)."""
+    return {
+        node.name: _synapse_map(node, graph.by_name[node.inputs[0]].shape, device)
+        for node in graph.nodes
+        if node.kind in (*LINEAR, "avgpool") and graph.by_name[node.inputs[0]].kind != "input"
+    }
+
+
+def _single_step(graph: SpikingGraph, pixels: torch.Tensor) -> _Batch:
+    """SG: every population's binary neurons fire once against its table, in one step."""
+    record = _Batch(graph)
+    synapses = _synapse_maps(graph, pixels.device)
+    values: dict[str, torch.Tensor] = {}
+    sops = 0
+    index = 0
+    for node in graph.nodes:
+        if node.kind == "input":
+            values[node.name] = pixels
+            continue
+        inputs = [values[name] for name in node.inputs]
+        if node.name in synapses:
+            sops += int(((inputs[0] != 0) * synapses[node.name]).sum())
+        if node.kind == "quant":
+            counts = target_count(inputs[0], graph.thresholds(node).to(pixels.device))
+            record.counts[node.name] = counts
+            record.positive[index].append(int(counts.sum()))
+            record.negative[index].append(0)
+            index += 1
+            values[node.name] = counts.to(torch.float64)
+        else:
+            values[node.name] = apply_node(node, inputs)
+    record.sops.append(sops)
+    record.predictions.append(values[graph.nodes[-1].name].argmax(dim=1))
+    return record
+
+
+def _time_stepped(graph: SpikingGraph, pixels: torch.Tensor, steps: int | None) -> _Batch:
+    rules = schemes.of(graph.scheme)
+    record = _Batch(graph)
+    device = pixels.device
+    synapses = _synapse_maps(graph, device)
+    batch = pixels.shape[0]
+    populations = graph.populations
+    tables = {node.name: graph.thresholds(node).to(device).prepared() for node in populations}
+    neurons = {node.name: NEURON_MODELS[rules.neuron(node.attrs["role"])] for node in populations}
+    states = {node.name: neurons[node.name].init(torch.zeros((batch, *node.shape), dtype=torch.float64, device=device),
+                                                 tables[node.name]) for node in populations}
+    logits = torch.zeros((batch, graph.classes), dtype=torch.float64, device=device)
+    limit = steps if steps is not None else AUTO_MAX_STEPS
+    for t in range(limit):
+        changes: dict[str, torch.Tensor | None] = {}
+        spiked, sops, index = False, 0, 0
+        for node in graph.nodes:
+            if node.kind == "input":
+                changes[node.name] = pixels if t == 0 else None
+                continue
+            inputs = [changes[name] for name in node.inputs]
+            if node.kind == "quant":
+                source = graph.by_name[node.inputs[0]]
+                current = inputs[0] if inputs[0] is not None else torch.zeros((batch, *source.shape), dtype=torch.float64, device=device)
+                states[node.name], spikes = neurons[node.name].step(states[node.name], current, tables[node.name], t)
+                positive, negative = int((spikes > 0).sum()), int((spikes < 0).sum())
+                record.positive[index].append(positive)
+                record.negative[index].append(negative)
+                index += 1
+                spiked = spiked or positive + negative > 0
+                changes[node.name] = spikes.to(torch.float64) if positive + negative else None
+                continue
+            if all(x is None for x in inputs) and (t > 0 or node.kind not in LINEAR):
+                changes[node.name] = None
+                continue
+            filled = [x if x is not None else torch.zeros((batch, *graph.by_name[name].shape), dtype=torch.float64, device=device)
+                      for x, name in zip(inputs, node.inputs, strict=True)]
+            if node.name in synapses and inputs[0] is not None:
+                sops += int(((inputs[0] != 0) * synapses[node.name]).sum())
+            changes[node.name] = apply_node(node, filled, with_bias=t == 0)
+        record.sops.append(sops)
+        change = changes[graph.nodes[-1].name]
+        if change is not None:
+            logits = logits + change
+        record.predictions.append(logits.argmax(dim=1))
+        if steps is None and not spiked and t > 0:  # the silent step only confirms the output
+            record.predictions.pop()
+            record.sops.pop()
+            for per_step in (*record.positive, *record.negative):
+                per_step.pop()
+            break
+    else:
+        if steps is None:
+            raise QsnnError(f"the graph was still spiking after {AUTO_MAX_STEPS} steps; give steps")
+    record.counts = {name: state.count for name, state in states.items()}
+    return record
+
+
+def simulate_graph(
+    graph: SpikingGraph,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int | None = None,
+    batch_size: int = 200,
+    device: str = "cpu",
+    progress: bool = False,
+) -> GraphResult:
+    """Simulate ``graph`` on raw 0..255 ``pixels`` (N, C, H, W) with ``labels``, each batch
+    checked against the exact evaluation of the converted model. ``steps``: time steps,
+    or None for until nothing is in flight (time-stepped schemes)."""
+    rules = schemes.of(graph.scheme)
+    if rules.single_step and steps not in (None, 1):
+        raise QsnnError(f"{rules.title} takes one time step; drop steps={steps}")
+    names = [node.name for node in graph.populations]
+    batches = []
+    bar = tqdm(total=len(pixels), desc=f"{rules.title} graph", unit="img", disable=not progress, leave=False)
+    for start in range(0, len(pixels), batch_size):
+        x = pixels[start : start + batch_size].to(device, torch.float64)
+        y = labels[start : start + batch_size].to(device)
+        ann = exact_ann(graph, x)
+        record = _single_step(graph, x) if rules.single_step else _time_stepped(graph, x, steps)
+        batches.append((record, ann, y))
+        bar.update(len(x))
+    bar.close()
+    return _gathered(graph, names, batches, len(pixels))
+
+
+def _gathered(graph: SpikingGraph, names: list[str], batches: list, images: int) -> GraphResult:
+    steps = max(len(record.predictions) for record, _, _ in batches)
+    result = GraphResult(images, steps, names, ann_ops=ann_ops(graph) * images)
+    result.positive = [[0] * steps for _ in names]
+    result.negative = [[0] * steps for _ in names]
+    result.sops = [0] * steps
+    result.correct = [0] * steps
+    result.agree = [0] * steps
+    result.count_mismatches = dict.fromkeys(names, 0)
+    for record, ann, labels in batches:
+        for t in range(steps):
+            prediction = record.predictions[min(t, len(record.predictions) - 1)]  # (quiescent: final)
+            result.correct[t] += int((prediction == labels).sum())
+            result.agree[t] += int((prediction == ann.predictions).sum())
+            if t < len(record.sops):
+                result.sops[t] += record.sops[t]
+                for index in range(len(names)):
+                    result.positive[index][t] += record.positive[index][t]
+                    result.negative[index][t] += record.negative[index][t]
+        for name in names:
+            result.count_mismatches[name] += int((record.counts[name] != ann.counts[name]).sum())
+        result.ann_correct += int((ann.predictions == labels).sum())
+    return result
+
+
+@dataclass
+class ModelAgreement:
+    """The trained model as PyTorch computes it (float64, batch norms unfolded) against the
+    converted graph's exact evaluation: where folding the batch norms and keeping 24
+    bits of each folded weight moved a pre-activation across a level boundary."""
+
+    images: int
+    same_predictions: int
+    count_mismatches: dict[str, int]
+
+
+def model_agreement(model: nn.Module, graph: SpikingGraph, pixels: torch.Tensor, *, batch_size: int = 500) -> ModelAgreement:
+    """Evaluate ``model`` itself in float64 on ``pixels`` / 255 and compare its every
+    QuantAct's counts and its predictions with ``graph``'s exact evaluation."""
+    reference = copy.deepcopy(model).to("cpu", torch.float64).eval()
+    modules = dict(reference.named_modules())
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [
+        modules[node.attrs["module"]].register_forward_hook(
+            lambda _m, _i, output, name=node.name, k=node.attrs["k"]: captured.__setitem__(name, torch.round(output * (1 << k)))
+        )
+        for node in graph.populations
+    ]
+    names = [node.name for node in graph.populations]
+    result = ModelAgreement(len(pixels), 0, dict.fromkeys(names, 0))
+    try:
+        with torch.no_grad():
+            for start in range(0, len(pixels), batch_size):
+                x = pixels[start : start + batch_size].to(torch.float64)
+                predictions = reference(x / 255).argmax(dim=1)
+                ann = exact_ann(graph, x)
+                result.same_predictions += int((predictions == ann.predictions).sum())
+                for name in names:
+                    result.count_mismatches[name] += int((captured[name].to(torch.int64) != ann.counts[name]).sum())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return result

@@ -1,0 +1,343 @@
+"""A converted model of one's own: a graph of spiking populations on exact integer grids.
+
+:func:`convert_module` traces a PyTorch model (:mod:`qsnn.snn.trace`) and puts every value
+of it on an integer grid: each node's values are integers over the node's own
+``denominator`` (a positive integer), so that every operation is exact integer
+arithmetic:
+
+- the input is the raw pixels p = 0..255 over 255 (x = p / 255);
+- a conv, linear or per-channel scale multiplies by integer weights W_int = W 2^s (the
+  folded weights, kept to 24 significant bits as float32 holds them: this defines the
+  converted model) and adds its bias on the output's grid;
+- an average pool sums its window (its denominator takes the window size);
+- ``+`` and ``torch.cat`` bring their inputs to the least common denominator;
+- a ``QuantAct(k, B)`` is a population: its membrane is its input V (over d), its count
+  n = min(floor(2^k V / d + 1/2), 2^k B) >= 0, and its output n over 2^k. Its
+  threshold table is T(i) = ceil(d (2 i + 1) / 2^(k+1)), the least membrane whose count
+  is above i: the same for every neuron.
+
+Every integer stays below 2^53 (bounded through the graph; a graph that could exceed it
+is refused), so float64 tensors compute them exactly. :func:`exact_ann` evaluates the
+converted model exactly from these integers (the counts by the formula above, not by the
+tables); :mod:`qsnn.sim.graph` simulates its spiking populations.
+
+Populations fed by the input alone are the encoding populations (INT: rising
+thresholds); max pooling is exact only where counts arrive at once (SG).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qsnn.errors import QsnnError
+from qsnn.io import content_digest, write_bytes
+from qsnn.snn import schemes
+from qsnn.snn.model import COUNT_LIMIT, EXACT_LIMIT, PIXEL_LEVELS
+from qsnn.snn.neurons import Thresholds
+from qsnn.snn.trace import Op, trace
+
+WEIGHT_BITS = 24  # significant bits kept of each folded weight and bias tensor (float32's)
+FORMAT = "qsnn-graph"
+FORMAT_VERSION = 1
+LINEAR = ("conv", "linear", "scale")
+
+
+@dataclass
+class GraphNode:
+    """One node on its integer grid: values = integers / ``denominator``.
+
+    ``weight``: int64 integer weights (conv, linear, scale); ``bias``: int64, on the
+    output grid; ``multipliers``: per input, the integer that brings it onto the output
+    grid (add, cat; one factor for the weighted ops); ``bound``: the largest integer
+    magnitude the node's values reach; ``attrs``: the op's (stride, padding, kernel, k,
+    B, ...) and, for a population, ``levels`` (its count limit) and ``role``."""
+
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    shape: tuple[int, ...]
+    denominator: int
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    multipliers: tuple[int, ...] = ()
+    bound: float = 0.0
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def levels(self) -> int:
+        return int(self.attrs["levels"])
+
+
+@dataclass
+class SpikingGraph:
+    """A converted model: its nodes in execution order (input first, output last), the
+    scheme, and what it was converted from."""
+
+    scheme: str
+    nodes: list[GraphNode]
+    source: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_name = {node.name: node for node in self.nodes}
+
+    @property
+    def populations(self) -> list[GraphNode]:
+        return [node for node in self.nodes if node.kind == "quant"]
+
+    @property
+    def classes(self) -> int:
+        return self.nodes[-1].shape[0]
+
+    def thresholds(self, node: GraphNode) -> Thresholds:
+        """The population's table T(i) = ceil(d (2 i + 1) / 2^(k+1)), i < levels."""
+        channels = node.shape[0]
+        d = self.by_name[node.inputs[0]].denominator
+        ones = np.ones(channels, np.int64)
+        return Thresholds.linear(ones * d, ones * 2 * d, 2 << node.attrs["k"], ones * node.levels, -ones)
+
+    def describe(self) -> str:
+        kinds = [node.kind for node in self.nodes]
+        return (f"{schemes.of(self.scheme).title} spiking graph: {len(self.populations)} populations, "
+                f"{kinds.count('add')} additions, {kinds.count('cat')} concatenations, "
+                f"{sum(k in LINEAR for k in kinds)} weighted layers")
+
+    # --- file format ------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        nodes = []
+        for index, node in enumerate(self.nodes):
+            meta = {"name": node.name, "kind": node.kind, "inputs": list(node.inputs), "shape": list(node.shape),
+                    "denominator": str(node.denominator), "multipliers": [str(m) for m in node.multipliers],
+                    "bound": node.bound, "attrs": node.attrs}
+            for key in ("weight", "bias"):
+                if getattr(node, key) is not None:
+                    arrays[f"node{index}.{key}"] = getattr(node, key)
+            nodes.append(meta)
+        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "scheme": self.scheme, "source": self.source, "nodes": nodes}
+        manifest = json.loads(json.dumps(manifest))
+        manifest["sha256"] = content_digest(manifest, arrays)
+        arrays["manifest"] = np.array(json.dumps(manifest))
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> SpikingGraph:
+        path = Path(path)
+        if not path.is_file():
+            raise QsnnError(f"no converted graph at {path}: create one with qsnn.convert(model, example_input, scheme)")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                manifest = json.loads(str(data["manifest"]))
+                arrays = {key: data[key] for key in data.files if key != "manifest"}
+        except (OSError, ValueError, KeyError, EOFError, RecursionError, zipfile.BadZipFile) as error:
+            raise QsnnError(f"{path} is not a converted qsnn graph or is damaged ({type(error).__name__})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+            raise QsnnError(f"{path} is not a qsnn graph of format version {FORMAT_VERSION}; re-create it with qsnn.convert")
+        if manifest.get("sha256") != content_digest(manifest, arrays):
+            raise QsnnError(f"{path} is damaged: its contents do not match their checksum; re-create it with qsnn.convert")
+        nodes = [
+            GraphNode(meta["name"], meta["kind"], tuple(meta["inputs"]), tuple(meta["shape"]), int(meta["denominator"]),
+                      arrays.get(f"node{index}.weight"), arrays.get(f"node{index}.bias"),
+                      tuple(int(m) for m in meta["multipliers"]), float(meta["bound"]), _tuples(meta["attrs"]))
+            for index, meta in enumerate(manifest["nodes"])
+        ]
+        return cls(manifest["scheme"], nodes, manifest["source"])
+
+
+def _tuples(attrs: dict) -> dict:
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in attrs.items()}
+
+
+# --- conversion -------------------------------------------------------------------------
+
+
+def _snap(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """``values`` as integers over 2^s: s keeps WEIGHT_BITS significant bits of the largest
+    (fewer where every value is exact with fewer, e.g. ternary weights: s = 0)."""
+    nonzero = np.abs(values[values != 0])
+    if nonzero.size == 0:
+        return np.zeros(values.shape, np.int64), 0
+    mantissa, exponent = np.frexp(nonzero)
+    digits = np.abs(mantissa * 2.0**53).astype(np.int64)
+    trailing = np.log2((digits & -digits).astype(np.float64)).round().astype(np.int64)
+    exact = int((53 - exponent - trailing).max())
+    s = max(0, min(exact, WEIGHT_BITS - int(np.frexp(nonzero.max())[1])))
+    return np.rint(values * 2.0**s).astype(np.int64), s
+
+
+def convert_module(model: nn.Module, example_input: torch.Tensor, scheme: str) -> SpikingGraph:
+    """Convert a PyTorch model built with :class:`qsnn.nn.QuantAct` activations into a
+    spiking graph under ``scheme`` (see the module docstring)."""
+    rules = schemes.of(scheme)
+    ops = trace(model, example_input)
+    if not any(op.kind == "quant" for op in ops):
+        raise QsnnError("the model has no QuantAct: put qsnn.nn.QuantAct(k, B) after each layer that should spike")
+    nodes: dict[str, GraphNode] = {}
+    for op in ops:
+        nodes[op.name] = _integer_node(op, nodes)
+    graph = SpikingGraph(rules.name, list(nodes.values()), {"model": type(model).__name__})
+    _check_scheme(graph, rules)
+    return graph
+
+
+def _integer_node(op: Op, nodes: dict[str, GraphNode]) -> GraphNode:
+    inputs = [nodes[name] for name in op.inputs]
+    if op.kind == "input":
+        return GraphNode(op.name, "input", (), op.shape, PIXEL_LEVELS, bound=PIXEL_LEVELS)
+    source = inputs[0] if inputs else None
+    if op.kind in LINEAR:
+        weight, s = _snap(op.weight)
+        bias, s_bias = _snap(op.bias)
+        product = source.denominator << s
+        denominator = math.lcm(product, 1 << s_bias)
+        multiplier = denominator // product
+        bias = bias * (denominator >> s_bias)
+        rows = np.abs(weight).reshape(weight.shape[0], -1).sum(axis=1) if op.kind != "scale" else np.abs(weight)
+        bound = multiplier * float(rows.max()) * source.bound + float(np.abs(bias).max(initial=0))
+        node = GraphNode(op.name, op.kind, op.inputs, op.shape, denominator, weight, bias, (multiplier,), bound, dict(op.attrs))
+    elif op.kind == "avgpool":
+        window = op.attrs["kernel"][0] * op.attrs["kernel"][1]
+        node = GraphNode(op.name, op.kind, op.inputs, op.shape, source.denominator * window, bound=source.bound * window,
+                         attrs=dict(op.attrs))
+    elif op.kind in ("add", "cat"):
+        denominator = math.lcm(*(node.denominator for node in inputs))
+        multipliers = tuple(denominator // node.denominator for node in inputs)
+        combine = sum if op.kind == "add" else max
+        bound = combine(m * node.bound for m, node in zip(multipliers, inputs, strict=True))
+        node = GraphNode(op.name, op.kind, op.inputs, op.shape, denominator, multipliers=multipliers, bound=bound,
+                         attrs=dict(op.attrs))
+    elif op.kind in ("flatten", "maxpool", "output"):
+        node = GraphNode(op.name, op.kind, op.inputs, op.shape, source.denominator, bound=source.bound, attrs=dict(op.attrs))
+    else:  # quant: a population
+        k, bound = op.attrs["k"], op.attrs["B"]
+        levels = COUNT_LIMIT if bound is None else (1 << k) * bound
+        role = "encoding" if _fed_by_input_only(source, nodes) else "hidden"
+        node = GraphNode(op.name, "quant", op.inputs, op.shape, 1 << k, bound=levels,
+                         attrs={"k": k, "B": bound, "levels": levels, "role": role, "module": op.attrs["module"]})
+    if node.bound >= EXACT_LIMIT or (node.kind == "quant" and source.bound * (2 << node.attrs["k"]) >= 2.0**62):
+        raise QsnnError(
+            f"node {op.name!r} could reach integers of 2^{math.log2(max(node.bound, 1)):.0f} on its exact grid, beyond "
+            "float64's exact 2^53; bound the QuantActs before it (B) or use fewer channels"
+        )
+    return node
+
+
+def _fed_by_input_only(node: GraphNode, nodes: dict[str, GraphNode]) -> bool:
+    if node.kind == "quant":
+        return False
+    if node.kind == "input":
+        return True
+    return all(_fed_by_input_only(nodes[name], nodes) for name in node.inputs)
+
+
+def _check_scheme(graph: SpikingGraph, rules: schemes.Scheme) -> None:
+    maxpool = next((node for node in graph.nodes if node.kind == "maxpool"), None)
+    if maxpool is not None and not rules.single_step:
+        raise QsnnError(
+            f"node {maxpool.name!r} is a max pool, exact only where counts arrive at once (SG); "
+            f"under {rules.title} use AvgPool2d, or convert with scheme='sg'"
+        )
+    if rules.needs_bounds:
+        unbounded = [node.name for node in graph.populations if node.attrs["B"] is None]
+        if unbounded:
+            raise QsnnError(f"{rules.title} needs an upper bound B on every QuantAct; {', '.join(unbounded)} has none")
+
+
+# --- evaluation on the integer grid -----------------------------------------------------
+
+
+def apply_node(node: GraphNode, values: list[torch.Tensor], *, with_bias: bool = True) -> torch.Tensor:
+    """A non-population node's integer output from its inputs' integers (float64 tensors
+    holding exact integers). ``with_bias``: add the bias (the spiking graph adds it once,
+    at the first step, and only the weighted inputs after)."""
+    kind = node.kind
+    if kind in LINEAR:
+        x = values[0]
+        weight = torch.from_numpy(node.weight).to(x.device, torch.float64)
+        if kind == "conv":
+            a = node.attrs
+            y = F.conv2d(x, weight, stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"])
+        elif kind == "linear":
+            y = x @ weight.T
+        else:
+            y = x * weight.view(1, -1, *([1] * (x.dim() - 2)))
+        if node.multipliers[0] != 1:
+            y = y * float(node.multipliers[0])
+        if with_bias:
+            y = y + torch.from_numpy(node.bias).to(x.device, torch.float64).view(1, -1, *([1] * (x.dim() - 2)))
+        return y
+    if kind == "avgpool":
+        a = node.attrs
+        return F.avg_pool2d(values[0], a["kernel"], a["stride"], a["padding"], count_include_pad=True, divisor_override=1)
+    if kind == "maxpool":
+        a = node.attrs
+        return F.max_pool2d(values[0], a["kernel"], a["stride"], a["padding"])
+    if kind == "add":
+        return sum(v * float(m) if m != 1 else v for v, m in zip(values, node.multipliers, strict=True))
+    if kind == "cat":
+        return torch.cat([v * float(m) if m != 1 else v for v, m in zip(values, node.multipliers, strict=True)], dim=1)
+    if kind == "flatten":
+        return values[0].flatten(1)
+    if kind == "output":
+        return values[0]
+    raise ValueError(f"apply_node does not compute {kind} nodes")
+
+
+def population_counts(node: GraphNode, membrane: torch.Tensor, d: int) -> torch.Tensor:
+    """n = clamp(floor(2^k V / d + 1/2), 0, 2^k B) for integer membranes V over d, in exact
+    integer arithmetic: floor((2^(k+1) V + d) / 2d). An unbounded population counting
+    beyond its limit is refused (its spiking neurons could not follow)."""
+    k = node.attrs["k"]
+    v = membrane.to(torch.int64)
+    n = torch.div((v << (k + 1)) + d, 2 * d, rounding_mode="floor").clamp(min=0)
+    if node.attrs["B"] is not None:
+        return n.clamp(max=node.levels)
+    if n.numel() and int(n.max()) > node.levels:
+        raise QsnnError(
+            f"population {node.name!r} counts up to {int(n.max())}, beyond the {node.levels} an unbounded QuantAct "
+            "may reach here; give it an upper bound B"
+        )
+    return n
+
+
+@dataclass
+class GraphANN:
+    """The converted model evaluated exactly: every population's counts (int64), the
+    logits (integers over the output's denominator, int64) and the predictions (the
+    first among equal logits)."""
+
+    counts: dict[str, torch.Tensor]
+    logits: torch.Tensor
+    predictions: torch.Tensor
+
+
+def exact_ann(graph: SpikingGraph, pixels: torch.Tensor) -> GraphANN:
+    """The converted model's exact evaluation on raw 0..255 integer pixels."""
+    if pixels.is_floating_point() and not torch.equal(pixels, pixels.round()):
+        raise QsnnError("the exact ANN of a graph takes raw integer pixels 0..255")
+    values: dict[str, torch.Tensor] = {}
+    counts = {}
+    for node in graph.nodes:
+        if node.kind == "input":
+            values[node.name] = pixels.to(torch.float64)
+        elif node.kind == "quant":
+            source = graph.by_name[node.inputs[0]]
+            n = population_counts(node, values[source.name], source.denominator)
+            counts[node.name] = n
+            values[node.name] = n.to(torch.float64)
+        else:
+            values[node.name] = apply_node(node, [values[name] for name in node.inputs])
+    logits = values[graph.nodes[-1].name].to(torch.int64)
+    return GraphANN(counts, logits, logits.argmax(dim=1))
