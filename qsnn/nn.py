@@ -69,3 +69,68 @@ class QuantLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", ternary=True" if self.ternary else "")
+
+
+# --- residual nets built from these modules ----------------------------------------------
+
+
+class ResidualBlock(nn.Module):
+    """The basic block of a ResNet with quantized activations: 3x3 conv, batch norm,
+    QuantAct, 3x3 conv, batch norm, plus the shortcut (the input itself, or a 1x1 conv and
+    batch norm where the shape changes), then QuantAct. The addition joins two integer
+    grids; qsnn.convert brings them to one (and folds the batch norms)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, k: int, B: int | None, *, ternary: bool) -> None:
+        super().__init__()
+        self.conv1 = QuantConv2d(in_channels, out_channels, 3, stride, 1, ternary=ternary)
+        self.norm1 = nn.BatchNorm2d(out_channels)
+        self.act1 = QuantAct(k, B)
+        self.conv2 = QuantConv2d(out_channels, out_channels, 3, 1, 1, ternary=ternary)
+        self.norm2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                QuantConv2d(in_channels, out_channels, 1, stride, ternary=ternary), nn.BatchNorm2d(out_channels),
+            )
+        self.act2 = QuantAct(k, B)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
+        return self.act2(y + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A ResNet for small images with quantized activations: a 3x3 stem (conv, batch norm,
+    QuantAct; full-precision weights, as the papers' encoding layers), stages of
+    ``blocks`` residual blocks of ``widths`` channels (each stage after the first halves
+    the map), a global average pool and a linear classifier with bias.
+    ``ternary``: ternary weights in the residual blocks."""
+
+    def __init__(self, in_channels: int, classes: int, widths: tuple[int, ...] = (16, 32, 64), blocks: int = 3,
+                 k: int = 1, B: int | None = 2, *, ternary: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(QuantConv2d(in_channels, widths[0], 3, 1, 1), nn.BatchNorm2d(widths[0]), QuantAct(k, B))
+        stages, channels = [], widths[0]
+        for index, width in enumerate(widths):
+            for block in range(blocks):
+                stride = 2 if index > 0 and block == 0 else 1
+                stages.append(ResidualBlock(channels, width, stride, k, B, ternary=ternary))
+                channels = width
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+
+def resnet20(k: int = 1, B: int | None = 2, classes: int = 10, *, ternary: bool = False) -> ResNet:
+    """ResNet-20 for CIFAR (3x32x32): 16, 32 and 64 channels, three blocks each, as the
+    conversion papers use it."""
+    return ResNet(3, classes, (16, 32, 64), 3, k, B, ternary=ternary)
+
+
+def small_resnet(k: int = 1, B: int | None = 2, classes: int = 10, in_channels: int = 1, *, ternary: bool = False) -> ResNet:
+    """A small ResNet for MNIST-sized images (8 and 16 channels, one block each): trains in
+    a minute on a CPU."""
+    return ResNet(in_channels, classes, (8, 16), 1, k, B, ternary=ternary)

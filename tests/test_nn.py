@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -63,3 +65,27 @@ def test_a_model_of_qsnn_nn_modules_equals_the_notation_net_with_the_same_parame
     assert torch.equal(model(x), reference(x))
     assert set(torch.unique(model[7](torch.eye(96))).tolist()) == {-1.0, 0.0, 1.0}
     assert "ternary=True" in repr(model[7]) and "ternary" not in repr(model[0])
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "YOUR_MODEL.md"
+
+
+def test_the_documented_example_runs_and_is_lossless(shared_datasets, capsys):
+    """docs/YOUR_MODEL.md's example, whole (under 40 lines), on fewer images: every scheme
+    agrees on every image with 0 mismatching counts."""
+    text = DOC.read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 40
+    smaller = {
+        '"datasets"': repr(str(shared_datasets)), "[:20000]": "[:600]", "range(2)": "range(1)",
+        "test.images.float(), test.labels": "test.images[:40].float(), test.labels[:40]",
+    }
+    for old, new in smaller.items():
+        assert old in code, old
+        code = code.replace(old, new)
+    exec(compile(code, str(DOC), "exec"), {"__name__": "docs_example"})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" ", 1)[0] for line in lines] == ["nsd", "int", "sg"]
+    for line in lines:
+        assert "40/40 agree," in line and ": 1" not in line
+        assert line.count(": 0") == 3  # (three QuantActs, each 0 mismatching counts)
