@@ -393,3 +393,14 @@ def content_digest(manifest: dict, arrays: Mapping) -> str:
         digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def write_sealed_npz(path: str | os.PathLike, manifest: dict, arrays: dict, *, default=None) -> None:
+    """Write ``arrays`` and the JSON ``manifest`` (as it reads back, ``default`` turning
+    what JSON does not hold into what it does) as one .npz, sealed with
+    :func:`content_digest`, atomically."""
+    manifest = json.loads(json.dumps(manifest, default=default))
+    manifest[SEAL] = content_digest(manifest, arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, manifest=np.array(json.dumps(manifest)))
+    write_bytes(path, buffer.getvalue())

@@ -27,7 +27,6 @@ thresholds); max pooling is exact only where counts arrive at once (SG).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import zipfile
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qsnn.errors import QsnnError
-from qsnn.io import content_digest, write_bytes
+from qsnn.io import content_digest, write_sealed_npz
 from qsnn.snn import schemes
 from qsnn.snn.model import COUNT_LIMIT, EXACT_LIMIT, PIXEL_LEVELS
 from qsnn.snn.neurons import Thresholds
@@ -125,12 +124,7 @@ class SpikingGraph:
                     arrays[f"node{index}.{key}"] = getattr(node, key)
             nodes.append(meta)
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, "scheme": self.scheme, "source": self.source, "nodes": nodes}
-        manifest = json.loads(json.dumps(manifest))
-        manifest["sha256"] = content_digest(manifest, arrays)
-        arrays["manifest"] = np.array(json.dumps(manifest))
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        write_bytes(path, buffer.getvalue())
+        write_sealed_npz(path, manifest, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> SpikingGraph:

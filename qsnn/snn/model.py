@@ -11,7 +11,6 @@ version 2): a JSON manifest plus arrays, checked for structure on load.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import math
 import zipfile
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from qsnn.errors import QsnnError, integer_in
-from qsnn.io import content_digest, write_bytes
+from qsnn.io import content_digest, write_sealed_npz
 from qsnn.net.models import NetSpec, QuantizedNet
 from qsnn.net.quantization import max_count
 from qsnn.snn.neurons import Thresholds
@@ -189,12 +188,7 @@ class SpikingNet:
                 "classes": self.output.classes,
             },
         }
-        manifest = json.loads(json.dumps(manifest, default=_json_number))  # (as it reads back)
-        manifest["sha256"] = content_digest(manifest, arrays)
-        arrays["manifest"] = np.array(json.dumps(manifest))
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        write_bytes(path, buffer.getvalue())
+        write_sealed_npz(path, manifest, arrays, default=_json_number)
 
     @classmethod
     def load(cls, path: str | Path) -> SpikingNet:
