@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qsnn.errors import QsnnError
+from qsnn.io import provenance, write_csv, write_json
 from qsnn.options import AUTO_MAX_STEPS
 from qsnn.snn import schemes
 from qsnn.snn.graph import LINEAR, GraphNode, SpikingGraph, apply_node, exact_ann
@@ -62,6 +64,36 @@ class GraphResult:
     @property
     def accuracy(self) -> float:
         return 100.0 * self.correct[-1] / self.images
+
+    def to_dict(self) -> dict:
+        """The summary result.json holds: totals, per population and per step."""
+        return {
+            "images": self.images, "steps": self.steps, "lossless": self.lossless, "agreement": self.agree[-1],
+            "count_mismatches": self.count_mismatches, "accuracy": self.accuracy,
+            "ann_accuracy": 100.0 * self.ann_correct / self.images,
+            "spikes_per_image": (sum(map(sum, self.positive)) + sum(map(sum, self.negative))) / self.images,
+            "sops_per_image": sum(self.sops) / self.images, "ann_ops_per_image": self.ann_ops / self.images,
+            "populations": self.population_rows(), "per_step": self.step_rows(),
+        }
+
+    def step_rows(self) -> list[dict]:
+        return [{"step": t, "correct": self.correct[t], "agree": self.agree[t], "sops": self.sops[t],
+                 "positive": sum(p[t] for p in self.positive), "negative": sum(n[t] for n in self.negative)}
+                for t in range(self.steps)]
+
+    def population_rows(self) -> list[dict]:
+        return [{"population": name, "positive": sum(self.positive[i]), "negative": sum(self.negative[i]),
+                 "count_mismatches": self.count_mismatches[name]} for i, name in enumerate(self.populations)]
+
+    def write(self, folder: str | Path, graph: SpikingGraph, *, seed: int | None = None) -> Path:
+        """result.json (with the scheme, the command, versions and seed), per_step.csv and
+        populations.csv in ``folder``."""
+        out = Path(folder)
+        write_json(out / "result.json", {"scheme": graph.scheme, "source": graph.source, **self.to_dict(),
+                                         "provenance": provenance(seed)})
+        write_csv(out / "per_step.csv", self.step_rows())
+        write_csv(out / "populations.csv", self.population_rows())
+        return out
 
 
 def ann_ops(graph: SpikingGraph) -> int:

@@ -7,6 +7,7 @@ so folding is exact and every count of the spiking graph must equal the referenc
 
 from __future__ import annotations
 
+import json
 import math
 from fractions import Fraction
 
@@ -159,16 +160,23 @@ def test_every_scheme_counts_exactly_what_the_model_defines(k, B):
             assert result.steps == 1 and all(sum(n) == 0 for n in result.negative)
 
 
-def test_the_residual_sum_makes_negative_spikes_and_they_are_counted():
+def test_the_residual_sum_makes_negative_spikes_and_they_are_counted(tmp_path):
     """q3's input falls when q2's spikes arrive after q1's: NSD sends negative spikes and
-    its counts still end at the model's."""
+    its counts still end at the model's; the result's files say so."""
     model = tiny_residual(2, None, seed=3)
     pixels = tie_pixels(16, seed=4)
     counts, _, _ = fraction_forward(model, pixels)
-    result = simulate_graph(convert(model, pixels[:1] / 255, "nsd"), pixels, torch.zeros(16, dtype=torch.int64))
+    graph = convert(model, pixels[:1] / 255, "nsd")
+    result = simulate_graph(graph, pixels, torch.zeros(16, dtype=torch.int64))
     assert result.lossless and sum(map(sum, result.negative)) > 0
     for index, name in enumerate(("q1", "q2", "q3")):
         assert sum(result.positive[index]) - sum(result.negative[index]) == int(counts[name].sum())
+    result.write(tmp_path / "sim", graph, seed=0)
+    saved = json.loads((tmp_path / "sim" / "result.json").read_text())
+    assert (saved["scheme"], saved["lossless"], saved["agreement"], saved["provenance"]["seed"]) == ("nsd", True, 16, 0)
+    assert saved["per_step"][-1]["agree"] == 16 and len(saved["per_step"]) == result.steps
+    rows = (tmp_path / "sim" / "populations.csv").read_text().splitlines()
+    assert rows[0] == "population,positive,negative,count_mismatches" and rows[3].endswith(f",{sum(result.negative[2])},0")
 
 
 def test_folding_and_grids():
