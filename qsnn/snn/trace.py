@@ -117,6 +117,10 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> list[Op]:
     return _fold_norms(ops)
 
 
+def _is_tensor(node: fx.Node) -> bool:
+    return hasattr(node.meta.get("tensor_meta"), "shape")
+
+
 def _shape(node: fx.Node) -> tuple[int, ...]:
     meta = node.meta.get("tensor_meta")
     if meta is None or not hasattr(meta, "shape"):
@@ -125,10 +129,8 @@ def _shape(node: fx.Node) -> tuple[int, ...]:
 
 
 def _sources(node: fx.Node, alias: dict[str, str]) -> tuple[str, ...]:
-    found = []
-    for arg in node.all_input_nodes:
-        found.append(alias.get(arg.name, arg.name))
-    return tuple(found)
+    """The tensors a node reads (not the shape arithmetic beside them)."""
+    return tuple(alias.get(arg.name, arg.name) for arg in node.all_input_nodes if _is_tensor(arg))
 
 
 def _op(node: fx.Node, modules: dict, alias: dict[str, str]):
@@ -142,6 +144,8 @@ def _op(node: fx.Node, modules: dict, alias: dict[str, str]):
         return Op("output", "output", (alias.get(result.name, result.name),), _shape(result))
     if node.op == "get_attr":
         raise _refuse(node, f"a parameter {node.target} used as a tensor")
+    if node.target in ("size", "dim", getattr, operator.getitem) and not _is_tensor(node):
+        return None  # (shape arithmetic, e.g. x.view(x.size(0), -1): not a value of the network)
     inputs = _sources(node, alias)
     if node.op == "call_module":
         return _module_op(node, modules[node.target], inputs, modules)

@@ -303,3 +303,21 @@ def test_a_graph_file_round_trips_and_a_damaged_one_is_refused(tmp_path):
         SpikingGraph.load(tmp_path / "bad.npz")
     with pytest.raises(QsnnError, match="^no converted graph at"):
         SpikingGraph.load(tmp_path / "missing.npz")
+
+
+class _Viewed(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.c, self.q, self.fc = how, nn.Conv2d(1, 2, 3), QuantAct(1, 1), nn.Linear(2 * 6 * 6, 3)
+
+    def forward(self, x):
+        y = self.q(self.c(x))
+        return self.fc(y.view(y.size(0), -1) if self.how == "view" else y.reshape(y.shape[0], -1))
+
+
+@pytest.mark.parametrize("how", ["view", "reshape"])
+def test_flattening_by_view_or_reshape_of_the_batch_size(how):
+    graph = convert(_Viewed(how).eval(), torch.zeros(1, 1, 8, 8), "nsd")
+    assert [node.kind for node in graph.nodes] == ["input", "conv", "quant", "flatten", "linear", "output"]
+    pixels = torch.randint(0, 256, (10, 1, 8, 8), generator=torch.Generator().manual_seed(1)).float()
+    assert simulate_graph(graph, pixels, torch.zeros(10, dtype=torch.int64)).lossless
