@@ -28,8 +28,8 @@ def _trained_small_resnet(folder, images: int = 1500):
 
 @pytest.mark.slow
 def test_a_trained_residual_net_converts_losslessly_under_every_scheme(shared_datasets):
-    """The small ResNet (two residual blocks, a strided 1x1 shortcut, global average
-    pooling), trained briefly on Fashion-MNIST: every scheme agrees with the converted
+    """The small ResNet (two residual blocks, a strided 1x1 shortcut, average pooling),
+    trained briefly on Fashion-MNIST: every scheme agrees with the converted
     model's exact evaluation on every image and every neuron, and that evaluation is the
     trained model's own up to the float rounding of folding its batch norms."""
     model = _trained_small_resnet(shared_datasets)
@@ -64,4 +64,4 @@ def test_the_presets_have_the_papers_shapes():
     assert len(graph.populations) == 19 and [n.kind for n in graph.nodes].count("add") == 9
     small = small_resnet()
     assert small(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
-    assert sum(p.numel() for p in small.parameters()) < 10_000
+    assert sum(p.numel() for p in small.parameters()) < 20_000 and small.classifier.in_features == 16 * 7 * 7
