@@ -42,11 +42,13 @@ from qsnn.pipeline import RUN_FIELDS, RunSpec, markdown_table, report_rows, writ
 from qsnn.report.plots import default_plot_dir, plot_runs
 from qsnn.report.summary import SOP_CONVENTIONS, summarize
 from qsnn.report.tables import summary_table, write_simulation
+from qsnn.sim.graph import simulate_graph
 from qsnn.sim.noise import SG_DROPS
 from qsnn.sim.run import simulate
 from qsnn.sim.verify import VERIFY_CHOICES
 from qsnn.snn.convert import convert
 from qsnn.snn.exact import evaluate_exact
+from qsnn.snn.graph import SpikingGraph, is_graph_file, model_from_factory
 from qsnn.snn.model import SpikingNet
 from qsnn.snn.schemes import SCHEMES
 from qsnn.train.checkpoint import load_checkpoint
@@ -193,6 +195,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     out = Path(args.output or Path(args.checkpoint).with_suffix(f".{args.scheme}.npz"))
     _not_the_input(out, args.checkpoint)
+    if args.model:
+        return _convert_model(args, out)
+    given = [option for option, value in (("--input-shape", args.input_shape), ("--dataset", args.dataset)) if value]
+    if given:
+        raise QsnnError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for a model of your own (--model); "
+                        "a qsnn checkpoint knows its input and dataset")
     net = convert(args.checkpoint, args.scheme, threshold_scale=args.threshold_scale)
     net.save(out)
     layers = ", ".join(
@@ -201,6 +209,34 @@ def cmd_convert(args: argparse.Namespace) -> int:
     )
     print(f"{net.describe()}\n  layers: {layers}\n  written to {out}")
     return 0
+
+
+def _convert_model(args: argparse.Namespace, out: Path) -> int:
+    """`qsnn convert WEIGHTS --model MODULE:FACTORY`: a model of one's own into a SpikingGraph."""
+
+    if args.threshold_scale is not None:
+        raise QsnnError("--threshold-scale is for the INT papers' nets; a model of your own converts with exact thresholds")
+    if args.input_shape is None and args.dataset is None:
+        raise QsnnError("give --input-shape C,H,W (or --dataset, whose images the model takes)")
+    shape = tuple(dataset_info(args.dataset).input_shape) if args.input_shape is None else _shape(args.input_shape)
+    if os.getcwd() not in sys.path:  # (MODULE may be a file of the current folder, as for python -m)
+        sys.path.insert(0, os.getcwd())
+    model = model_from_factory(args.model, args.checkpoint)
+    graph = convert(model, torch.zeros((1, *shape)), args.scheme)
+    graph.source.update(model=args.model, weights=str(args.checkpoint), dataset=args.dataset)
+    graph.save(out)
+    print(f"{graph.describe()}\n  written to {out}")
+    return 0
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise QsnnError(f"--input-shape takes channels,height,width, e.g. 1,28,28; got {text!r}")
+    return shape
 
 
 # --- qsnn simulate ----------------------------------------------------------------------
@@ -229,8 +265,38 @@ def load_test_pixels(dataset: str, data_dir: str | None, limit: int | None):
     return data.prepare(test.images, dataset, train=False), test.labels
 
 
+def _simulate_graph(args: argparse.Namespace) -> int:
+    """`qsnn simulate` of a converted model of one's own: every image checked against the
+    converted model's exact evaluation."""
+
+    fixed = [option for option, differs in (
+        ("--noise", args.noise != 0.0), ("--verify", args.verify != "all"), ("--sg-drop", args.sg_drop != SG_DROPS[0]),
+    ) if differs]
+    if fixed:
+        raise QsnnError(f"{', '.join(fixed)} does not apply to a converted model of your own (no noise; every image is "
+                        "checked against the model's exact evaluation); drop it")
+    graph = SpikingGraph.load(args.file)
+    dataset = _own_dataset(args.file, graph.source.get("dataset"), args.dataset)
+    pixels, labels = load_test_pixels(dataset, args.data_dir, args.limit)
+    out = Path(args.out or Path(args.file).with_suffix("").as_posix() + "-sim")
+    with folder_lock(out):
+        result = simulate_graph(graph, pixels, labels, steps=args.steps, batch_size=args.batch_size, device=args.device,
+                                progress=not args.quiet)
+        result.write(out, graph, seed=args.seed)
+    spikes = (sum(map(sum, result.positive)) + sum(map(sum, result.negative))) / result.images
+    print(
+        f"{'LOSSLESS' if result.lossless else 'NOT lossless'}: the spiking graph agrees with the converted model's "
+        f"exact evaluation on {result.agree[-1]:,} of {result.images:,} images, "
+        f"{sum(result.count_mismatches.values()):,} neuron counts differ; accuracy {result.accuracy:.2f}% at T = "
+        f"{result.steps}, {spikes:,.0f} spikes and {sum(result.sops) / result.images:,.0f} SOPs per image; results in {out}"
+    )
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
 
+    if is_graph_file(args.file):
+        return _simulate_graph(args)
     net = SpikingNet.load(args.file)
     dataset = _own_dataset(args.file, net.source.get("dataset"), args.dataset)
     pixels, labels = load_test_pixels(dataset, args.data_dir, args.limit)
@@ -524,9 +590,14 @@ COMMANDS = [
         DATA_DIR, LIMIT, DEVICE, QUIET,
     ), cmd_eval, dict(help="test accuracy of a trained checkpoint")),
     Command("convert", (
-        Option.of("checkpoint"),
+        Option.of("checkpoint", help="a qsnn checkpoint, or with --model the weights (a state dict) of a model of your own"),
         Option.of("--scheme", required=True, choices=list(SCHEMES)),
         Option.of("-o", "--output", help="output file (default: CHECKPOINT.SCHEME.npz)"),
+        Option.of("--model", metavar="MODULE:FACTORY",
+                  help="a model of your own, made by calling FACTORY() from MODULE (importable, e.g. from the current folder), "
+                  "with qsnn.nn.QuantAct activations: converted into a spiking graph"),
+        Option.of("--input-shape", metavar="C,H,W", help="--model: the images it takes (default: --dataset's)"),
+        Option.of("--dataset", help="--model: the dataset it was trained on (recorded for qsnn simulate)"),
         Option.of(
             "--threshold-scale", type=positive_int, default=None,
             help="INT only: round thresholds to 1/SCALE like the original code (e.g. 10000) instead of exact",

@@ -379,3 +379,74 @@ def test_run_takes_the_papers_recipe_like_train():
     shared = ("k", "B", "ternary", "full_precision", "encoding_k", "encoding_B", "recipe", "epochs", "batch_size", "lr",
               "seed", "train_limit")
     assert {name: getattr(train, name) for name in shared} == {name: getattr(run, name) for name in shared}
+
+
+MODEL_MODULE = '''
+import torch
+from torch import nn
+from qsnn.nn import QuantAct
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm, self.act = nn.Conv2d(1, 4, 5, stride=2), nn.BatchNorm2d(4), QuantAct(1, 2)
+        self.conv2, self.act2 = nn.Conv2d(4, 4, 3, padding=1), QuantAct(1, 2)
+        self.fc = nn.Linear(4 * 12 * 12, 10)
+
+    def forward(self, x):
+        a = self.act(self.norm(self.conv(x)))
+        return self.fc(torch.flatten(self.act2(self.conv2(a)) + a, 1))
+
+
+def make():
+    torch.manual_seed(0)
+    return Net()
+'''
+
+
+def test_a_model_of_ones_own_through_the_command_line(capsys, tmp_path, monkeypatch, shared_datasets):
+    """qsnn convert WEIGHTS --model MODULE:FACTORY writes a spiking graph; qsnn simulate
+    runs it, checks every image and writes its results; the mistakes are one line each."""
+    import json
+
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_nets.py").write_text(MODEL_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_nets
+
+    torch.save(my_nets.make().state_dict(), tmp_path / "w.pt")
+    assert main(["convert", "w.pt", "--model", "my_nets:make", "--dataset", "mnist", "--scheme", "nsd", "-o", "g.npz"]) == 0
+    assert capsys.readouterr().out.startswith("NSD spiking graph: 2 populations, 1 additions")
+    data_dir = str(shared_datasets)
+    assert main(["simulate", "g.npz", "--data-dir", data_dir, "--limit", "30", "--out", "sim", "--quiet"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("LOSSLESS: the spiking graph agrees with the converted model's exact evaluation on 30 of 30 "
+                           "images, 0 neuron counts differ;"), line
+    saved = json.loads((tmp_path / "sim" / "result.json").read_text())
+    assert (saved["images"], saved["lossless"], saved["source"]["model"]) == (30, True, "my_nets:make")
+    assert _error(capsys, ["simulate", "g.npz", "--data-dir", data_dir, "--noise", "0.1"]) == (
+        "--noise does not apply to a converted model of your own (no noise; every image is checked against the "
+        "model's exact evaluation); drop it"
+    )
+    assert _error(capsys, ["simulate", "g.npz", "--dataset", "fashion-mnist", "--data-dir", data_dir]) == (
+        "g.npz was trained on mnist, not fashion-mnist; drop --dataset (or give --dataset mnist)"
+    )
+    assert _error(capsys, ["convert", "w.pt", "--model", "my_nets", "--dataset", "mnist", "--scheme", "nsd"]) == (
+        "--model takes MODULE:FACTORY (e.g. mynets:resnet), got 'my_nets'"
+    )
+    assert _error(capsys, ["convert", "w.pt", "--model", "my_nets:missing", "--dataset", "mnist", "--scheme", "nsd"]) == (
+        "cannot make the model my_nets:missing: module 'my_nets' has no attribute 'missing'; check the module path "
+        "and the function name"
+    )
+    assert _error(capsys, ["convert", "w.pt", "--model", "my_nets:make", "--scheme", "nsd"]) == (
+        "give --input-shape C,H,W (or --dataset, whose images the model takes)"
+    )
+    torch.save({"conv.weight": torch.zeros(4, 1, 5, 5)}, tmp_path / "partial.pt")
+    assert _error(capsys, ["convert", "partial.pt", "--model", "my_nets:make", "--input-shape", "1,28,28",
+                           "--scheme", "nsd"]).startswith("partial.pt does not match the model my_nets:make: Error(s) in loading")
+    assert _error(capsys, ["convert", "w.pt", "--dataset", "mnist", "--scheme", "nsd"]) == (
+        "--dataset is for a model of your own (--model); a qsnn checkpoint knows its input and dataset"
+    )

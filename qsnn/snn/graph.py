@@ -27,8 +27,10 @@ thresholds); max pooling is exact only where counts arrive at once (SG).
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +154,41 @@ class SpikingGraph:
 
 def _tuples(attrs: dict) -> dict:
     return {key: tuple(value) if isinstance(value, list) else value for key, value in attrs.items()}
+
+
+def is_graph_file(path: str | Path) -> bool:
+    """Whether ``path`` is a converted graph (a qsnn-graph .npz), from its manifest alone."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return "manifest" in data.files and json.loads(str(data["manifest"])).get("format") == FORMAT
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError):
+        return False
+
+
+def model_from_factory(factory: str, weights: str | Path) -> nn.Module:
+    """``module.path:function``, called without arguments, with the state dict in
+    ``weights`` (torch.save(model.state_dict(), ...)) loaded into it."""
+    module_name, _, function = factory.partition(":")
+    if not module_name or not function.isidentifier():
+        raise QsnnError(f"--model takes MODULE:FACTORY (e.g. mynets:resnet), got {factory!r}")
+    try:
+        made = getattr(importlib.import_module(module_name), function)()
+    except (ImportError, AttributeError) as error:
+        raise QsnnError(f"cannot make the model {factory}: {error}; check the module path and the function name") from None
+    if not isinstance(made, nn.Module):
+        raise QsnnError(f"{factory}() returned a {type(made).__name__}, not a torch.nn.Module")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise QsnnError(f"cannot read the weights {weights}: {str(error).splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise QsnnError(f"{weights} holds no state dict; save it with torch.save(model.state_dict(), path)")
+    try:
+        made.load_state_dict(state)
+    except RuntimeError as error:
+        problem = " ".join(str(error).split())[:200]
+        raise QsnnError(f"{weights} does not match the model {factory}: {problem}") from None
+    return made.eval()
 
 
 # --- conversion -------------------------------------------------------------------------
