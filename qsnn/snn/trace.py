@@ -94,12 +94,15 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> list[Op]:
         raise QsnnError(f"torch.fx cannot trace this model: {str(error).splitlines()[0]}; "
                         "write its forward without data-dependent branches") from None
     module = fx.GraphModule(model, graph)
-    cpu = example_input.detach().to("cpu", torch.float32)
+    device = next(model.parameters(), torch.empty(0)).device  # (shapes are found where the model is)
+    example = example_input.detach().to(device, torch.float32)[:1]
     try:
         with torch.no_grad():
-            ShapeProp(module).propagate(cpu[:1])
+            ShapeProp(module).propagate(example)
     except Exception as error:
-        raise QsnnError(f"the model does not run on example_input of shape {tuple(cpu.shape)}: {str(error).splitlines()[0]}") from None
+        raise QsnnError(
+            f"the model does not run on example_input of shape {tuple(example_input.shape)}: {str(error).splitlines()[0]}"
+        ) from None
     finally:
         model.train(was_training)
     modules = dict(module.named_modules())
