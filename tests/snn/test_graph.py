@@ -321,3 +321,18 @@ def test_flattening_by_view_or_reshape_of_the_batch_size(how):
     assert [node.kind for node in graph.nodes] == ["input", "conv", "quant", "flatten", "linear", "output"]
     pixels = torch.randint(0, 256, (10, 1, 8, 8), generator=torch.Generator().manual_seed(1)).float()
     assert simulate_graph(graph, pixels, torch.zeros(10, dtype=torch.int64)).lossless
+
+
+def test_an_unbounded_population_beyond_its_count_limit_is_refused_not_clipped():
+    model = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), QuantAct(3, None), nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(200.0)  # (x = 1: 2^3 * 200 = 1600 levels, beyond the 1,023 an unbounded QuantAct may reach)
+    graph = convert(model, torch.zeros(1, 1, 2, 2), "nsd")
+    assert graph.populations[0].levels == 1023
+    pixels = torch.full((1, 1, 2, 2), 255.0)
+    with pytest.raises(QsnnError) as caught:
+        simulate_graph(graph, pixels, torch.zeros(1, dtype=torch.int64))
+    assert str(caught.value) == (
+        "population '_1' counts up to 1600, beyond the 1023 an unbounded QuantAct may reach here; give it an upper bound B"
+    )
+    assert simulate_graph(graph, pixels / 255 * 100, torch.zeros(1, dtype=torch.int64)).lossless  # (x = 100/255: 627 levels)
