@@ -457,3 +457,90 @@ def test_standardized_inputs_at_a_tie_are_decided_as_the_model_defines():
     result = ExactANN(model)(pixels)
     assert result.decided_exactly >= 1
     assert result.counts[0][0].tolist() == [defined_count(z, 1.0, 0.0, float(z - HALF), Fraction(1), 0, None)] * 4 == [1] * 4
+
+
+# --- the near neurons' exact membranes (qsnn.snn.exact._near_sums) --------------------------
+
+
+def _membrane_in_fractions(block, x: torch.Tensor, image: int, neuron: int) -> Fraction:
+    """z = sum w x of one neuron (flat index in its image), from the float weights, in fractions."""
+    weight = block.effective_weight().detach().double()
+    if block.layer.kind != "conv":
+        row = weight[neuron].tolist()
+        return sum((Fraction(w) * int(v) for w, v in zip(row, x[image].reshape(-1).tolist(), strict=True) if w), Fraction(0))
+    _, out_h, out_w = block.layer.out_shape
+    channel, position = divmod(neuron, out_h * out_w)
+    oy, ox = divmod(position, out_w)
+    kernel, stride, pad = block.layer.kernel, block.layer.stride, block.layer.padding
+    total = Fraction(0)
+    for ci in range(x.shape[1]):
+        for ky in range(kernel):
+            for kx in range(kernel):
+                iy, ix = oy * stride + ky - pad, ox * stride + kx - pad
+                if 0 <= iy < x.shape[2] and 0 <= ix < x.shape[3]:
+                    total += Fraction(float(weight[channel, ci, ky, kx])) * int(x[image, ci, iy, ix])
+    return total
+
+
+@pytest.mark.parametrize(("notation", "padding", "largest", "dtype"), [
+    ("5C3-P2-7C3-9", "same", 255, torch.float32),  # padded convolutions, a pooling one, dense; one part
+    ("5C3-P2-7C3-9", "valid", 2**23, torch.float32),  # several parts, int64 totals
+    ("4C3-6", "same", 2**40, torch.float64),  # counts past float32: totals past int64, as Python ints
+])
+def test_near_membranes_are_the_exact_sums(notation, padding, largest, dtype):
+    """ExactANN._exact_membranes (the float64 parts summed by _near_sums, then combined)
+    equals sum w x in fractions at any neuron, border and padding included."""
+    from tests.helpers import random_net
+
+    model = random_net(notation, k=1, B=None, seed=7, input_shape=(2, 8, 8), padding=padding)
+    ann = ExactANN(model)
+    generator = torch.Generator().manual_seed(11)
+    for index, layer in enumerate(ann.blocks):
+        shape = layer.block.layer.in_shape
+        x = torch.randint(0, largest + 1, (3, *shape), generator=generator, dtype=torch.int64)
+        x[0] = largest  # the largest inputs everywhere: every part's sums at their bound
+        x[1].view(-1)[::3] = 0
+        x = x.to(dtype)
+        assert torch.equal(x.to(torch.int64).to(dtype), x)  # (exact in dtype)
+        neurons = math.prod(layer.block.layer.out_shape)
+        image = np.repeat(np.arange(3), neurons)
+        neuron = np.tile(np.arange(neurons), 3)
+        found = ann._exact_membranes(index, layer, x, float(largest), image, neuron)
+        found = found.tolist() if isinstance(found, torch.Tensor) else found
+        scale = Fraction(2) ** layer.exponent
+        for i in range(0, len(image), 7 if neurons > 50 else 1):
+            assert Fraction(found[i]) / scale == _membrane_in_fractions(layer.block, x, int(image[i]), int(neuron[i])), (
+                f"block {index + 1}, image {image[i]}, neuron {neuron[i]}"
+            )
+
+
+def test_a_tie_the_float32_pass_misses_is_decided_by_the_exact_membrane():
+    """z = 5 + 2^-40 (float32 sums it to 5) with mean 2^-40: u = 2^k y + 1/2 = 6 exactly, a
+    tie decided upwards; the first pass's bound leaves it in doubt, and the exact membrane
+    of the weight grid (parts summed by _near_sums) with the rational decision gives 6."""
+    model = _two_dense_blocks(0, [5.0, 1.0, 0, 0], {"weights": {(0, 0): 1.0, (0, 1): 2.0**-40},
+                                                     "gamma": 1.0, "beta": 0.5, "mean": 2.0**-40})
+    assert float(model.blocks[1].norm.running_mean[0]) == 2.0**-40
+    result = ExactANN(model)(torch.zeros((2, 1, 2, 2), dtype=torch.uint8))
+    assert result.counts[0][0].tolist() == [5, 1, 0, 0]
+    z = Fraction(5) + Fraction(1, 2**40)
+    assert result.counts[1][:, 0].tolist() == [defined_count(z, 1.0, 0.5, 2.0**-40, Fraction(1), 0, None)] * 2 == [6, 6]
+    assert result.decided_exactly >= 2
+
+
+@pytest.mark.parametrize("room", [1, 3])
+def test_more_near_neurons_than_the_kernel_lists_are_all_decided(monkeypatch, room):
+    """Images with more near neurons than NEAR_ROOM are found by a scan: the same counts."""
+    import qsnn.snn.exact as exact
+
+    model = tie_net(1, None, False)
+    pixels = tie_pixels()
+    expected = ExactANN(model)(pixels)
+    monkeypatch.setattr(exact, "NEAR_ROOM", room)
+    found = ExactANN(model)(pixels)
+    assert found.decided_exactly == expected.decided_exactly > 0
+    for a, b in zip(found.counts, expected.counts, strict=True):
+        assert torch.equal(a, b)
+    wanted, _ = defined_counts(model, pixels)
+    for index, (a, b) in enumerate(zip(found.counts, wanted, strict=True)):
+        assert np.array_equal(a.reshape(len(pixels), -1).numpy(), b), f"block {index + 1}"
