@@ -122,41 +122,46 @@ def _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inve
     margin."""
     images, channels, plane = first.shape
     bounded = box.shape[0] > 0
+    capped = levels >= 0
+    top_level = np.float64(levels)
     room = found.shape[1]
     for b in prange(images):
         listed = 0
-        largest = 0
+        largest = 0.0
         for c in range(channels):
             a, m, h = slope[c], mean[c], shift[c]
             alpha, beta = a * inverse, h - a * m
             per_input = abs(alpha) * FLOAT_SLACK
             per_box = abs(alpha) * gamma_n * (1 + 4 * gamma_n) * np.float64(largest_weight[c]) if bounded else 0.0
             constant = FLOAT_SLACK * (abs(a) * abs(m) + abs(h) + 1.0) + abs(alpha) * 2.0**-100
+            doubts = 0
+            # branch-free (most counts are 0, some not, unpredictably): n = floor(u) as a
+            # float64 integer, exact; the doubt at a clamped end only where u is near it
             for p in range(plane):
                 f = np.float64(first[b, c, p])
                 u = alpha * f + beta
                 margin = per_input * abs(f) + constant
                 if bounded:
                     margin += per_box * np.float64(box[b, 0, p])
-                n = math.floor(u)
-                doubt = (u - n <= margin) or (n + 1 - u <= margin)
-                if n < 0:
-                    n = 0
-                    doubt = doubt and u > -margin
-                if levels >= 0 and n >= levels:
-                    doubt = doubt and u < levels + 1 + margin
-                    n = levels
-                counts[b, c, p] = n
-                inputs[b, c, p] = n
+                n = np.floor(u)
+                doubt = ((u - n <= margin) | (n + 1.0 - u <= margin)) & ((n >= 0.0) | (u > -margin))
+                n = max(n, 0.0)
+                if capped:
+                    doubt = doubt & ((n < top_level) | (u < top_level + 1.0 + margin))
+                    n = min(n, top_level)
+                counts[b, c, p] = np.int64(n)
+                inputs[b, c, p] = np.float32(n)
                 near[b, c, p] = doubt
-                if doubt:
-                    if listed < room:
-                        found[b, listed] = c * plane + p
-                    listed += 1
-                else:
-                    largest = max(largest, n)
+                doubts += doubt
+                largest = max(largest, 0.0 if doubt else n)
+            if doubts:
+                for p in range(plane):
+                    if near[b, c, p]:
+                        if listed < room:
+                            found[b, listed] = c * plane + p
+                        listed += 1
         found_count[b] = listed
-        top[b] = largest
+        top[b] = np.int64(largest)
 
 
 NEAR_ROOM = 256  # near neurons per image listed by the decision kernel (more: found by a scan)
