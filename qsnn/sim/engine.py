@@ -867,20 +867,37 @@ def _statistics(counts, fanout, out):
         out[b, 2] = spiking
 
 
+@njit(inline="always", cache=True)
+def _row_difference(first, second, out, b):
+    found = 0
+    for j in range(first.shape[1]):
+        found += first[b, j] != second[b, j]
+    out[b] = found
+
+
 @njit(parallel=True, cache=True)
 def _differences(first, second, out):
     for b in prange(first.shape[0]):
-        found = 0
-        for j in range(first.shape[1]):
-            found += first[b, j] != second[b, j]
-        out[b] = found
+        _row_difference(first, second, out, b)
+
+
+@njit(cache=True)
+def _differences_serial(first, second, out):
+    for b in range(first.shape[0]):
+        _row_difference(first, second, out, b)
+
+
+# entries below which a comparison runs on one thread: starting the threads costs more, and
+# far more on a loaded machine, where a parallel region waits for its slowest thread's turn
+SERIAL_ENTRIES = 1 << 22
 
 
 def row_differences(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """For two arrays of the same shape (any integer dtypes): how many entries differ,
     per row (first dimension)."""
     out = np.empty(first.shape[0], np.int64)
-    _differences(first.reshape(first.shape[0], -1), second.reshape(second.shape[0], -1), out)
+    kernel = _differences_serial if first.size < SERIAL_ENTRIES else _differences
+    kernel(first.reshape(first.shape[0], -1), second.reshape(second.shape[0], -1), out)
     return out
 
 

@@ -104,45 +104,61 @@ UNIT_ROUNDOFF32 = 2.0**-24
 
 
 @njit(parallel=True, cache=True)
-def _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inverse, levels, counts, inputs, near,
-                   found, found_count, top):
+def _decide_kernel(first, x, kernel, stride, pad, out_w, bounded, largest_weight, gamma_n, slope, mean, shift, inverse,
+                   levels, counts, inputs, found, found_count, top):
     """counts[b, c, p] = clamp(floor(u), 0, levels), u = slope (z - mean) + shift with
-    z = first[b, c, p] * inverse, as int64 and as float32 (``inputs``, the next block's),
-    and near[b, c, p] where an integer may lie within the float error of u. ``first``:
-    (images, C, plane) membranes, exact when ``box`` is empty; else within gamma_n
-    sum |w x| <= gamma_n largest_weight[c] box[b, 0, p] (float32 summation; box: the sum
-    of the inputs in the neuron's receptive field). levels < 0: unbounded.
+    z = first[b, c, p] * inverse, as int64 and as float32 (``inputs``, the next block's);
+    levels < 0: unbounded. ``first``: (images, C, plane) membranes W x of the inputs
+    ``x`` (images, C_in, H, W) (a dense layer's as (images, features, 1, 1), kernel =
+    stride = out_w = 1, pad = 0); exact unless ``bounded``, else within gamma_n sum |w x|
+    <= gamma_n largest_weight[c] box, box = sum |x| over the neuron's receptive field
+    (padding: 0), which is summed here in float64 once per position: exact for integer
+    inputs, and otherwise within a relative fan-in 2^-53 (inside the 4 gamma_n below).
 
-    Per image b it also lists the near neurons' flat indices c * plane + p in
-    ``found[b, :found_count[b]]`` (found_count[b] counts them all, also beyond the room
-    ``found`` has) and writes the largest count of the other neurons to ``top[b]``.
+    A neuron is near where an integer may lie within the float error of u. Per image b
+    the near neurons' flat indices c * plane + p go to ``found[b, :found_count[b]]``
+    (found_count[b] counts them all, also beyond the room ``found`` has), and the
+    largest count of the other neurons to ``top[b]``.
 
     u is computed as alpha first + beta (alpha = slope inverse, beta = shift - slope mean):
     its rounding, like that of every float64 step here, is far inside the FLOAT_SLACK
     margin."""
     images, channels, plane = first.shape
-    bounded = box.shape[0] > 0
+    in_c, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
     capped = levels >= 0
     top_level = np.float64(levels)
     room = found.shape[1]
     for b in prange(images):
         listed = 0
         largest = 0.0
+        box = np.zeros(plane)
+        if bounded:
+            for q in range(plane):
+                oy = q // out_w
+                ox = q - oy * out_w
+                total = 0.0
+                for ci in range(in_c):
+                    for ky in range(kernel):
+                        iy = oy * stride + ky - pad
+                        if 0 <= iy < in_h:
+                            for kx in range(kernel):
+                                ix = ox * stride + kx - pad
+                                if 0 <= ix < in_w:
+                                    total += abs(np.float64(x[b, ci, iy, ix]))
+                box[q] = total
         for c in range(channels):
             a, m, h = slope[c], mean[c], shift[c]
             alpha, beta = a * inverse, h - a * m
             per_input = abs(alpha) * FLOAT_SLACK
             per_box = abs(alpha) * gamma_n * (1 + 4 * gamma_n) * np.float64(largest_weight[c]) if bounded else 0.0
             constant = FLOAT_SLACK * (abs(a) * abs(m) + abs(h) + 1.0) + abs(alpha) * 2.0**-100
-            doubts = 0
-            # branch-free (most counts are 0, some not, unpredictably): n = floor(u) as a
-            # float64 integer, exact; the doubt at a clamped end only where u is near it
+            # branch-free but for the rare near neurons (most counts are 0, some not,
+            # unpredictably): n = floor(u) as a float64 integer, exact; the doubt at a
+            # clamped end only where u is near it
             for p in range(plane):
                 f = np.float64(first[b, c, p])
                 u = alpha * f + beta
-                margin = per_input * abs(f) + constant
-                if bounded:
-                    margin += per_box * np.float64(box[b, 0, p])
+                margin = per_input * abs(f) + constant + per_box * box[p]
                 n = np.floor(u)
                 doubt = ((u - n <= margin) | (n + 1.0 - u <= margin)) & ((n >= 0.0) | (u > -margin))
                 n = max(n, 0.0)
@@ -151,23 +167,47 @@ def _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inve
                     n = min(n, top_level)
                 counts[b, c, p] = np.int64(n)
                 inputs[b, c, p] = np.float32(n)
-                near[b, c, p] = doubt
-                doubts += doubt
-                largest = max(largest, 0.0 if doubt else n)
-            if doubts:
-                for p in range(plane):
-                    if near[b, c, p]:
-                        if listed < room:
-                            found[b, listed] = c * plane + p
-                        listed += 1
+                if doubt:
+                    if listed < room:
+                        found[b, listed] = c * plane + p
+                    listed += 1
+                else:
+                    largest = max(largest, n)
         found_count[b] = listed
         top[b] = np.int64(largest)
 
 
-NEAR_ROOM = 256  # near neurons per image listed by the decision kernel (more: found by a scan)
+NEAR_ROOM = 256  # near neurons per image the decision kernel lists at first (more: it runs again)
 
 
-@njit(parallel=True, cache=True)
+@njit(inline="always", cache=True)
+def _near_sum(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i):
+    """out[:, i] (see :func:`_near_sums`) for the neuron ``flat`` of image ``b``."""
+    pieces = parts.shape[0]
+    in_c, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
+    c = flat // plane
+    q = flat - c * plane
+    oy = q // out_w
+    ox = q - oy * out_w
+    for j in range(pieces):
+        out[j, i] = 0.0
+    for ci in range(in_c):
+        for ky in range(kernel):
+            iy = oy * stride + ky - pad
+            if iy < 0 or iy >= in_h:
+                continue
+            for kx in range(kernel):
+                ix = ox * stride + kx - pad
+                if ix < 0 or ix >= in_w:
+                    continue
+                value = np.float64(x[b, ci, iy, ix])
+                if value != 0.0:
+                    t = (ci * kernel + ky) * kernel + kx
+                    for j in range(pieces):
+                        out[j, i] += parts[j, c, t] * value
+
+
+@njit(cache=True)
 def _near_sums(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
     """out[j, i] = sum_t parts[j, c, t] x_t over the inputs x_t of neuron i: channel c and
     output position q of the flat index neuron[i] = c * plane + q, in image image[i].
@@ -176,31 +216,20 @@ def _near_sums(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
     C * kernel * kernel) in the weights' (channel, row, column) order; inputs outside
     the image (padding) are 0. The caller makes every part's every sum of products an
     integer below 2^53 in float64, so that each is exact, whatever the order."""
-    count = image.shape[0]
-    pieces = parts.shape[0]
-    in_c, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
-    for i in prange(count):
-        b = image[i]
-        c = neuron[i] // plane
-        q = neuron[i] - c * plane
-        oy = q // out_w
-        ox = q - oy * out_w
-        for j in range(pieces):
-            out[j, i] = 0.0
-        for ci in range(in_c):
-            for ky in range(kernel):
-                iy = oy * stride + ky - pad
-                if iy < 0 or iy >= in_h:
-                    continue
-                for kx in range(kernel):
-                    ix = ox * stride + kx - pad
-                    if ix < 0 or ix >= in_w:
-                        continue
-                    value = np.float64(x[b, ci, iy, ix])
-                    if value != 0.0:
-                        t = (ci * kernel + ky) * kernel + kx
-                        for j in range(pieces):
-                            out[j, i] += parts[j, c, t] * value
+    for i in range(image.shape[0]):
+        _near_sum(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, out, i)
+
+
+@njit(parallel=True, cache=True)
+def _near_sums_parallel(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
+    """:func:`_near_sums` with the neurons shared among the threads."""
+    for i in prange(image.shape[0]):
+        _near_sum(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, out, i)
+
+
+# multiply-adds below which a kernel runs on one thread: starting the threads costs more, and
+# far more on a loaded machine, where a parallel region waits for its slowest thread's turn
+SERIAL_WORK = 1 << 22
 
 
 def float32_is_ieee() -> bool:
@@ -223,7 +252,6 @@ class _Block:
     rules: list[ChannelRule]
     levels: int | None
     weight32: object  # the float32 weights the model computes with (tensor)
-    window32: object  # conv: ones (1, 1, k, k), to sum the inputs in each receptive field (tensor)
     largest_weight32: np.ndarray  # float32 [C]: max |w| per output channel
     largest_scaled: float  # max |W_int|
     row_sum: float  # max over output neurons of sum |W|
@@ -266,7 +294,7 @@ class ExactANN:
             scale = float(1 << block.k)
             weight32 = weight.to(torch.float32).contiguous()
             self.blocks.append(_Block(
-                block, scaled, exponent, rules, levels, weight32, torch.ones((1, 1, *weight32.shape[2:])),
+                block, scaled, exponent, rules, levels, weight32,
                 weight32.abs().flatten(1).max(dim=1).values.numpy(),
                 float(np.abs(scaled).max()) if scaled.size else 0.0,
                 float(weight.to(torch.float64).abs().reshape(weight.shape[0], -1).sum(dim=1).max()),
@@ -310,7 +338,7 @@ class ExactANN:
             if largest >= 2**24:  # (float32 would round such counts: pass them exactly)
                 x = n.to(torch.float64)
             inputs_per_unit = Fraction(1 << layer.block.k)
-        return self._logits(counts, inputs_per_unit, decided)
+        return self._logits(counts, inputs_per_unit, decided, largest)
 
     def _first_inputs(self, pixels):
         """The first block's inputs and their scale: raw integer pixels 0..255 (x = p / 255),
@@ -342,35 +370,40 @@ class ExactANN:
         block = layer.block
         if largest is None:
             largest = float(x.abs().max()) if x.numel() else 0.0
-        first, box, unit_roundoff, exact_first = self._first_pass(index, layer, x, largest, integral)
+        first, bounded, unit_roundoff, exact_first = self._first_pass(index, layer, x, largest, integral)
         terms = int(np.prod(layer.scaled.shape[1:]))
         channels = layer.scaled.shape[0]
         images = first.shape[0]
         shape = (images, *block.layer.out_shape)
         counts = torch.empty(shape, dtype=torch.int64)
         inputs = torch.empty(shape, dtype=torch.float32)
-        near = torch.empty(shape, dtype=torch.bool)
-        found = np.empty((images, NEAR_ROOM), np.int64)
-        found_count = np.empty(images, np.int64)
-        top = np.zeros(images, np.int64)
         gamma_n = terms * unit_roundoff / (1 - terms * unit_roundoff)
         flat_first = first.reshape(images, channels, -1).numpy()
-        _decide_kernel(
-            flat_first, box.numpy(), layer.largest_weight32, gamma_n,
-            layer.slope.numpy(), layer.mean.numpy(), layer.shift.numpy(), 1.0 / float(inputs_per_unit),
-            -1 if layer.levels is None else layer.levels,
-            counts.reshape(images, channels, -1).numpy(), inputs.reshape(images, channels, -1).numpy(),
-            near.reshape(images, channels, -1).numpy(), found, found_count, top,
-        )
+        if block.layer.kind == "conv":
+            receptive = (x, block.layer.kernel, block.layer.stride, block.layer.padding, block.layer.out_shape[2])
+        else:
+            receptive = (x.reshape(len(x), -1, 1, 1), 1, 1, 0, 1)
+        room = NEAR_ROOM
+        while True:
+            found = np.empty((images, room), np.int64)
+            found_count = np.empty(images, np.int64)
+            top = np.zeros(images, np.int64)
+            _decide_kernel(
+                flat_first, receptive[0].numpy(), *receptive[1:], bounded, layer.largest_weight32, gamma_n,
+                layer.slope.numpy(), layer.mean.numpy(), layer.shift.numpy(), 1.0 / float(inputs_per_unit),
+                -1 if layer.levels is None else layer.levels,
+                counts.reshape(images, channels, -1).numpy(), inputs.reshape(images, channels, -1).numpy(),
+                found, found_count, top,
+            )
+            if not images or int(found_count.max()) <= room:
+                break
+            room = int(found_count.max())  # (rare: again, with room for every near neuron)
         largest_count = int(top.max()) if images else 0
         total = int(found_count.sum())
         if total == 0:
             return counts, inputs, 0, largest_count
-        if int(found_count.max()) <= NEAR_ROOM:  # the near neurons as (image, flat index in the image)
-            image = np.repeat(np.arange(images), found_count)
-            neuron = found[np.arange(NEAR_ROOM)[None, :] < found_count[:, None]]
-        else:
-            image, neuron = np.divmod(np.flatnonzero(near.numpy()), int(np.prod(block.layer.out_shape)))
+        image = np.repeat(np.arange(images), found_count)  # the near neurons: image, flat index in it
+        neuron = found[np.arange(room)[None, :] < found_count[:, None]]
         flat_counts = counts.reshape(images, -1).numpy()
         flat_inputs = inputs.reshape(images, -1).numpy()
         if not integral:  # each near neuron's z = sum w x, in fractions, and its count
@@ -399,9 +432,9 @@ class ExactANN:
         return counts, inputs, total, max(largest_count, int(flat_counts[image, neuron].max()))
 
     def _first_pass(self, index: int, layer: _Block, x, largest: float, integral: bool):
-        """The float first pass W x of a block: (its result, the per-neuron sum of |x| that
-        bounds its rounding (empty where it is exact), the unit roundoff of that bound,
-        whether it is exact)."""
+        """The float first pass W x of a block: (its result, whether its rounding is bounded
+        by gamma_n sum |w x| (False: exact up to FLOAT_SLACK), the unit roundoff of that
+        bound, whether it is exact)."""
         block = layer.block
         kind, stride, padding = block.layer.kind, block.layer.stride, block.layer.padding
 
@@ -414,16 +447,8 @@ class ExactANN:
         ieee = float32_is_ieee() and x.dtype == torch.float32 and largest < 2.0**24
         # every partial sum of W_int x an integer below 2^24: float32 sums exactly in any order
         exact_first = integral and ieee and layer.largest_scaled * largest * terms < 2.0**24
-        box = torch.empty((0, 1, 1), dtype=torch.float32)
+        bounded = False
         unit_roundoff = UNIT_ROUNDOFF32
-
-        def input_sums(inputs):  # sum |x| over each receptive field (one channel)
-            magnitude = (inputs if integral else inputs.abs()).sum(dim=1, keepdim=True)  # (integral: x >= 0)
-            if kind == "conv":
-                sums = F.conv2d(magnitude, layer.window32.to(inputs.dtype), stride=stride, padding=padding)
-            else:
-                sums = magnitude.flatten(1).sum(dim=1)
-            return sums.reshape(len(inputs), 1, -1)
 
         with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round otherwise)
             if exact_first:
@@ -431,11 +456,11 @@ class ExactANN:
             elif ieee and terms * UNIT_ROUNDOFF32 < 0.5:
                 # W x with the products' and sums' rounding only, at most gamma_n sum |w x|
                 first = linear(x, layer.weight32)
-                box = input_sums(x)
+                bounded = True
             elif not integral:  # float64, the same bound with float64's unit roundoff
                 x64 = x.to(torch.float64)
                 first = linear(x64, layer.weight32.to(torch.float64))
-                box = input_sums(x64)
+                bounded = True
                 unit_roundoff = 2.0**-53
             else:  # parts whose every sum is an exact float64 integer; their weighted total is
                 # within 2^-50 relative of W x (inside the kernel's FLOAT_SLACK margin), and exact
@@ -444,7 +469,7 @@ class ExactANN:
                 x64 = x.to(torch.float64)
                 first = sum(linear(x64, p) * 2.0 ** (bits * j - layer.exponent) for j, p in enumerate(parts))
                 exact_first = len(parts) == 1
-        return first, box, unit_roundoff, exact_first
+        return first, bounded, unit_roundoff, exact_first
 
     def _decide_at(self, layer: _Block, z, channel):
         slope, mean, shift = layer.slope[channel], layer.mean[channel], layer.shift[channel]
@@ -504,7 +529,8 @@ class ExactANN:
             plane = out_w = kernel = stride = 1
             pad = 0
         out = np.empty((len(parts), len(image)))
-        _near_sums(np.ascontiguousarray(inputs.numpy()), parts, np.ascontiguousarray(image, dtype=np.int64),
+        kernel_for = _near_sums if len(image) * parts.shape[0] * parts.shape[2] < SERIAL_WORK else _near_sums_parallel
+        kernel_for(np.ascontiguousarray(inputs.numpy()), parts, np.ascontiguousarray(image, dtype=np.int64),
                    np.ascontiguousarray(neuron, dtype=np.int64), plane, out_w, kernel, stride, pad, out)
         sums = [torch.from_numpy(row) for row in out]
         return _combine(sums, max(float(m.abs().max()) for m in sums), bits)
@@ -523,11 +549,12 @@ class ExactANN:
                 found.append(Fraction(total, denominator << layer.exponent))
         return found
 
-    def _logits(self, counts, inputs_per_unit: Fraction, decided: int) -> ANNResult:
+    def _logits(self, counts, inputs_per_unit: Fraction, decided: int, largest: int) -> ANNResult:
+        """The exact logits of the last block's ``counts`` (the largest of them: ``largest``)."""
 
         x = counts[-1].to(torch.float64)
         scaled, s = self.output
-        parts, bits = self._parts_for("output", scaled, float(x.max()) if x.numel() else 0.0)
+        parts, bits = self._parts_for("output", scaled, float(largest))
         sums = [F.linear(x.flatten(1), part) for part in parts]
         logits = _combine(sums, max(float(m.abs().max()) for m in sums), bits)
         denominator = Fraction(2) ** s * inputs_per_unit

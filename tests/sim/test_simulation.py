@@ -823,3 +823,16 @@ def test_a_batch_run_in_slices_writes_them_into_one_set_of_arrays(monkeypatch, s
                   "verified_count_mismatches", "verified_disagreements"):
         assert getattr(sliced, field) == getattr(fixed, field), field
     assert sliced.count_mismatches == whole.count_mismatches == [0] * layers
+
+
+@pytest.mark.parametrize("threads", ["one", "all"])
+def test_row_differences_count_the_differing_entries_of_each_row(monkeypatch, threads):
+    """engine.row_differences, on one thread or shared among them, across integer dtypes."""
+    monkeypatch.setattr(engine, "SERIAL_ENTRIES", 2**62 if threads == "one" else 0)
+    rng = np.random.default_rng(3)
+    first = rng.integers(0, 4, (7, 3, 5, 5)).astype(np.int32)
+    second = first.astype(np.int64)
+    second[rng.random(second.shape) < 0.2] += 1
+    wanted = (first != second).reshape(7, -1).sum(axis=1)
+    assert engine.row_differences(first, second).tolist() == wanted.tolist()
+    assert engine.differences(first, second) == int(wanted.sum())
