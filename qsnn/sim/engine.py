@@ -789,7 +789,7 @@ def _simulate_image(
         spiking[b, layer] = spiked[layer]
         unsettled[b, layer] = moving
         keep = keep or moving > 0
-    if keep:  # the membranes are read only where something is unsettled (or every time)
+    if keep and membranes.shape[1] > 0:  # read only where something is unsettled (or every time), if at all
         for layer in range(1, layers):
             out_c = geometry[layer, OUT_C]
             padded = geometry[layer, PADDED_C]
@@ -1018,9 +1018,10 @@ class EngineRun(NamedTuple):
     unsettled: np.ndarray  # (images, layers) neurons whose count is not between its two thresholds
 
 
-def allocate(program: Program, images: int, steps: int) -> EngineRun:
+def allocate(program: Program, images: int, steps: int, membranes: bool = True) -> EngineRun:
     """The arrays :func:`run` writes for ``images`` images over ``steps`` steps (the
-    records zeroed; counts, membranes and logits left for the kernel to write)."""
+    records zeroed; counts, membranes and logits left for the kernel to write; no
+    membranes at all unless ``membranes``)."""
     layers = program.geometry.shape[0]
     positive = np.zeros((images, layers, steps), np.int64)
     hidden = int(program.outputs[-1] - program.outputs[1])
@@ -1032,21 +1033,23 @@ def allocate(program: Program, images: int, steps: int) -> EngineRun:
         predictions=np.zeros((images, steps), np.int64),
         counts=np.empty((images, int(program.outputs[-1])), np.int32),  # every entry is written
         used=np.zeros(images, np.int64),
-        membranes=np.empty((images, hidden), program.dtype),  # see every_membrane
+        membranes=np.empty((images, hidden if membranes else 0), program.dtype),  # see every_membrane
         logits=np.empty((images, program.output.shape[1]), np.int64),
         unsettled=np.zeros((images, layers), np.int64),
     )
 
 
 def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, every_membrane: bool = True,
-        out: EngineRun | None = None) -> EngineRun:
+        out: EngineRun | None = None, membranes: bool = True) -> EngineRun:
     """Run the kernel (an :class:`EngineRun` of per-image arrays, written into ``out``
     when given: rows of :func:`allocate`'s arrays, for as many images). The final
     membranes are written for every image if ``every_membrane``, else only for the images
     with some unsettled neuron (``unsettled[b].any()``; column 0 counts the encoding
-    neurons whose spike train was cut short); the other rows are left as they were."""
+    neurons whose spike train was cut short); the other rows are left as they were. Without
+    ``membranes`` (a caller that reads none) they are not written at all: the array has
+    no columns."""
     images = encoding_counts.shape[0]
-    out = allocate(program, images, steps) if out is None else out
+    out = allocate(program, images, steps, membranes) if out is None else out
     _simulate(
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.exact, program.size, program.constant,
