@@ -104,61 +104,45 @@ UNIT_ROUNDOFF32 = 2.0**-24
 
 
 @njit(parallel=True, cache=True)
-def _decide_kernel(first, x, kernel, stride, pad, out_w, bounded, largest_weight, gamma_n, slope, mean, shift, inverse,
-                   levels, counts, inputs, found, found_count, top):
+def _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inverse, levels, counts, inputs, near,
+                   found, found_count, top):
     """counts[b, c, p] = clamp(floor(u), 0, levels), u = slope (z - mean) + shift with
-    z = first[b, c, p] * inverse, as int64 and as float32 (``inputs``, the next block's);
-    levels < 0: unbounded. ``first``: (images, C, plane) membranes W x of the inputs
-    ``x`` (images, C_in, H, W) (a dense layer's as (images, features, 1, 1), kernel =
-    stride = out_w = 1, pad = 0); exact unless ``bounded``, else within gamma_n sum |w x|
-    <= gamma_n largest_weight[c] box, box = sum |x| over the neuron's receptive field
-    (padding: 0), which is summed here in float64 once per position: exact for integer
-    inputs, and otherwise within a relative fan-in 2^-53 (inside the 4 gamma_n below).
+    z = first[b, c, p] * inverse, as int64 and as float32 (``inputs``, the next block's),
+    and near[b, c, p] where an integer may lie within the float error of u. ``first``:
+    (images, C, plane) membranes, exact when ``box`` is empty; else within gamma_n
+    sum |w x| <= gamma_n largest_weight[c] box[b, 0, p] (float32 summation; box: the sum
+    of the inputs in the neuron's receptive field). levels < 0: unbounded.
 
-    A neuron is near where an integer may lie within the float error of u. Per image b
-    the near neurons' flat indices c * plane + p go to ``found[b, :found_count[b]]``
-    (found_count[b] counts them all, also beyond the room ``found`` has), and the
-    largest count of the other neurons to ``top[b]``.
+    Per image b it also lists the near neurons' flat indices c * plane + p in
+    ``found[b, :found_count[b]]`` (found_count[b] counts them all, also beyond the room
+    ``found`` has) and writes the largest count of the other neurons to ``top[b]``.
 
     u is computed as alpha first + beta (alpha = slope inverse, beta = shift - slope mean):
     its rounding, like that of every float64 step here, is far inside the FLOAT_SLACK
     margin."""
     images, channels, plane = first.shape
-    in_c, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
+    bounded = box.shape[0] > 0
     capped = levels >= 0
     top_level = np.float64(levels)
     room = found.shape[1]
     for b in prange(images):
         listed = 0
         largest = 0.0
-        box = np.zeros(plane)
-        if bounded:
-            for q in range(plane):
-                oy = q // out_w
-                ox = q - oy * out_w
-                total = 0.0
-                for ci in range(in_c):
-                    for ky in range(kernel):
-                        iy = oy * stride + ky - pad
-                        if 0 <= iy < in_h:
-                            for kx in range(kernel):
-                                ix = ox * stride + kx - pad
-                                if 0 <= ix < in_w:
-                                    total += abs(np.float64(x[b, ci, iy, ix]))
-                box[q] = total
         for c in range(channels):
             a, m, h = slope[c], mean[c], shift[c]
             alpha, beta = a * inverse, h - a * m
             per_input = abs(alpha) * FLOAT_SLACK
             per_box = abs(alpha) * gamma_n * (1 + 4 * gamma_n) * np.float64(largest_weight[c]) if bounded else 0.0
             constant = FLOAT_SLACK * (abs(a) * abs(m) + abs(h) + 1.0) + abs(alpha) * 2.0**-100
-            # branch-free but for the rare near neurons (most counts are 0, some not,
-            # unpredictably): n = floor(u) as a float64 integer, exact; the doubt at a
-            # clamped end only where u is near it
+            doubts = 0
+            # branch-free (most counts are 0, some not, unpredictably): n = floor(u) as a
+            # float64 integer, exact; the doubt at a clamped end only where u is near it
             for p in range(plane):
                 f = np.float64(first[b, c, p])
                 u = alpha * f + beta
-                margin = per_input * abs(f) + constant + per_box * box[p]
+                margin = per_input * abs(f) + constant
+                if bounded:
+                    margin += per_box * np.float64(box[b, 0, p])
                 n = np.floor(u)
                 doubt = ((u - n <= margin) | (n + 1.0 - u <= margin)) & ((n >= 0.0) | (u > -margin))
                 n = max(n, 0.0)
@@ -167,17 +151,20 @@ def _decide_kernel(first, x, kernel, stride, pad, out_w, bounded, largest_weight
                     n = min(n, top_level)
                 counts[b, c, p] = np.int64(n)
                 inputs[b, c, p] = np.float32(n)
-                if doubt:
-                    if listed < room:
-                        found[b, listed] = c * plane + p
-                    listed += 1
-                else:
-                    largest = max(largest, n)
+                near[b, c, p] = doubt
+                doubts += doubt
+                largest = max(largest, 0.0 if doubt else n)
+            if doubts:
+                for p in range(plane):
+                    if near[b, c, p]:
+                        if listed < room:
+                            found[b, listed] = c * plane + p
+                        listed += 1
         found_count[b] = listed
         top[b] = np.int64(largest)
 
 
-NEAR_ROOM = 256  # near neurons per image the decision kernel lists at first (more: it runs again)
+NEAR_ROOM = 256  # near neurons per image listed by the decision kernel (more: found by a scan)
 
 
 @njit(inline="always", cache=True)
@@ -252,6 +239,7 @@ class _Block:
     rules: list[ChannelRule]
     levels: int | None
     weight32: object  # the float32 weights the model computes with (tensor)
+    window32: object  # conv: ones (1, 1, k, k), to sum the inputs in each receptive field (tensor)
     largest_weight32: np.ndarray  # float32 [C]: max |w| per output channel
     largest_scaled: float  # max |W_int|
     row_sum: float  # max over output neurons of sum |W|
@@ -294,7 +282,7 @@ class ExactANN:
             scale = float(1 << block.k)
             weight32 = weight.to(torch.float32).contiguous()
             self.blocks.append(_Block(
-                block, scaled, exponent, rules, levels, weight32,
+                block, scaled, exponent, rules, levels, weight32, torch.ones((1, 1, *weight32.shape[2:])),
                 weight32.abs().flatten(1).max(dim=1).values.numpy(),
                 float(np.abs(scaled).max()) if scaled.size else 0.0,
                 float(weight.to(torch.float64).abs().reshape(weight.shape[0], -1).sum(dim=1).max()),
@@ -370,40 +358,35 @@ class ExactANN:
         block = layer.block
         if largest is None:
             largest = float(x.abs().max()) if x.numel() else 0.0
-        first, bounded, unit_roundoff, exact_first = self._first_pass(index, layer, x, largest, integral)
+        first, box, unit_roundoff, exact_first = self._first_pass(index, layer, x, largest, integral)
         terms = int(np.prod(layer.scaled.shape[1:]))
         channels = layer.scaled.shape[0]
         images = first.shape[0]
         shape = (images, *block.layer.out_shape)
         counts = torch.empty(shape, dtype=torch.int64)
         inputs = torch.empty(shape, dtype=torch.float32)
+        near = torch.empty(shape, dtype=torch.bool)
+        found = np.empty((images, NEAR_ROOM), np.int64)
+        found_count = np.empty(images, np.int64)
+        top = np.zeros(images, np.int64)
         gamma_n = terms * unit_roundoff / (1 - terms * unit_roundoff)
         flat_first = first.reshape(images, channels, -1).numpy()
-        if block.layer.kind == "conv":
-            receptive = (x, block.layer.kernel, block.layer.stride, block.layer.padding, block.layer.out_shape[2])
-        else:
-            receptive = (x.reshape(len(x), -1, 1, 1), 1, 1, 0, 1)
-        room = NEAR_ROOM
-        while True:
-            found = np.empty((images, room), np.int64)
-            found_count = np.empty(images, np.int64)
-            top = np.zeros(images, np.int64)
-            _decide_kernel(
-                flat_first, receptive[0].numpy(), *receptive[1:], bounded, layer.largest_weight32, gamma_n,
-                layer.slope.numpy(), layer.mean.numpy(), layer.shift.numpy(), 1.0 / float(inputs_per_unit),
-                -1 if layer.levels is None else layer.levels,
-                counts.reshape(images, channels, -1).numpy(), inputs.reshape(images, channels, -1).numpy(),
-                found, found_count, top,
-            )
-            if not images or int(found_count.max()) <= room:
-                break
-            room = int(found_count.max())  # (rare: again, with room for every near neuron)
+        _decide_kernel(
+            flat_first, box.numpy(), layer.largest_weight32, gamma_n,
+            layer.slope.numpy(), layer.mean.numpy(), layer.shift.numpy(), 1.0 / float(inputs_per_unit),
+            -1 if layer.levels is None else layer.levels,
+            counts.reshape(images, channels, -1).numpy(), inputs.reshape(images, channels, -1).numpy(),
+            near.reshape(images, channels, -1).numpy(), found, found_count, top,
+        )
         largest_count = int(top.max()) if images else 0
         total = int(found_count.sum())
         if total == 0:
             return counts, inputs, 0, largest_count
-        image = np.repeat(np.arange(images), found_count)  # the near neurons: image, flat index in it
-        neuron = found[np.arange(room)[None, :] < found_count[:, None]]
+        if int(found_count.max()) <= NEAR_ROOM:  # the near neurons as (image, flat index in the image)
+            image = np.repeat(np.arange(images), found_count)
+            neuron = found[np.arange(NEAR_ROOM)[None, :] < found_count[:, None]]
+        else:
+            image, neuron = np.divmod(np.flatnonzero(near.numpy()), int(np.prod(block.layer.out_shape)))
         flat_counts = counts.reshape(images, -1).numpy()
         flat_inputs = inputs.reshape(images, -1).numpy()
         if not integral:  # each near neuron's z = sum w x, in fractions, and its count
@@ -432,9 +415,9 @@ class ExactANN:
         return counts, inputs, total, max(largest_count, int(flat_counts[image, neuron].max()))
 
     def _first_pass(self, index: int, layer: _Block, x, largest: float, integral: bool):
-        """The float first pass W x of a block: (its result, whether its rounding is bounded
-        by gamma_n sum |w x| (False: exact up to FLOAT_SLACK), the unit roundoff of that
-        bound, whether it is exact)."""
+        """The float first pass W x of a block: (its result, the per-neuron sum of |x| that
+        bounds its rounding (empty where it is exact), the unit roundoff of that bound,
+        whether it is exact)."""
         block = layer.block
         kind, stride, padding = block.layer.kind, block.layer.stride, block.layer.padding
 
@@ -447,8 +430,16 @@ class ExactANN:
         ieee = float32_is_ieee() and x.dtype == torch.float32 and largest < 2.0**24
         # every partial sum of W_int x an integer below 2^24: float32 sums exactly in any order
         exact_first = integral and ieee and layer.largest_scaled * largest * terms < 2.0**24
-        bounded = False
+        box = torch.empty((0, 1, 1), dtype=torch.float32)
         unit_roundoff = UNIT_ROUNDOFF32
+
+        def input_sums(inputs):  # sum |x| over each receptive field (one channel)
+            magnitude = (inputs if integral else inputs.abs()).sum(dim=1, keepdim=True)  # (integral: x >= 0)
+            if kind == "conv":
+                sums = F.conv2d(magnitude, layer.window32.to(inputs.dtype), stride=stride, padding=padding)
+            else:
+                sums = magnitude.flatten(1).sum(dim=1)
+            return sums.reshape(len(inputs), 1, -1)
 
         with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round otherwise)
             if exact_first:
@@ -456,11 +447,11 @@ class ExactANN:
             elif ieee and terms * UNIT_ROUNDOFF32 < 0.5:
                 # W x with the products' and sums' rounding only, at most gamma_n sum |w x|
                 first = linear(x, layer.weight32)
-                bounded = True
+                box = input_sums(x)
             elif not integral:  # float64, the same bound with float64's unit roundoff
                 x64 = x.to(torch.float64)
                 first = linear(x64, layer.weight32.to(torch.float64))
-                bounded = True
+                box = input_sums(x64)
                 unit_roundoff = 2.0**-53
             else:  # parts whose every sum is an exact float64 integer; their weighted total is
                 # within 2^-50 relative of W x (inside the kernel's FLOAT_SLACK margin), and exact
@@ -469,7 +460,7 @@ class ExactANN:
                 x64 = x.to(torch.float64)
                 first = sum(linear(x64, p) * 2.0 ** (bits * j - layer.exponent) for j, p in enumerate(parts))
                 exact_first = len(parts) == 1
-        return first, bounded, unit_roundoff, exact_first
+        return first, box, unit_roundoff, exact_first
 
     def _decide_at(self, layer: _Block, z, channel):
         slope, mean, shift = layer.slope[channel], layer.mean[channel], layer.shift[channel]

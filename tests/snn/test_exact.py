@@ -551,8 +551,7 @@ def test_more_near_neurons_than_the_kernel_lists_are_all_decided(monkeypatch, ro
         assert np.array_equal(a.reshape(len(pixels), -1).numpy(), b), f"block {index + 1}"
 
 
-def _decide_by_the_definition(first, x, kernel, stride, pad, out_w, bounded, largest_weight, gamma_n, slope, mean,
-                              shift, inverse, levels):
+def _decide_by_the_definition(first, box, largest_weight, gamma_n, slope, mean, shift, inverse, levels):
     """_decide_kernel's contract, neuron by neuron in Python floats: (counts, near)."""
     from qsnn.snn.exact import FLOAT_SLACK
 
@@ -563,13 +562,8 @@ def _decide_by_the_definition(first, x, kernel, stride, pad, out_w, bounded, lar
         f = float(first[b, c, p])
         u = alpha * f + beta
         margin = abs(alpha) * FLOAT_SLACK * abs(f) + FLOAT_SLACK * (abs(a) * abs(m) + abs(h) + 1.0) + abs(alpha) * 2.0**-100
-        if bounded:  # sum |x| over the receptive field of position p, in fractions
-            oy, ox = divmod(p, out_w)
-            box = sum((abs(Fraction(float(x[b, ci, oy * stride + ky - pad, ox * stride + kx - pad])))
-                       for ci in range(x.shape[1]) for ky in range(kernel) for kx in range(kernel)
-                       if 0 <= oy * stride + ky - pad < x.shape[2] and 0 <= ox * stride + kx - pad < x.shape[3]),
-                      Fraction(0))
-            margin += abs(alpha) * gamma_n * (1 + 4 * gamma_n) * float(largest_weight[c]) * float(box)
+        if len(box):
+            margin += abs(alpha) * gamma_n * (1 + 4 * gamma_n) * float(largest_weight[c]) * float(box[b, 0, p])
         n = math.floor(u)
         doubt = (u - n <= margin) or (n + 1 - u <= margin)
         if n < 0:
@@ -581,44 +575,39 @@ def _decide_by_the_definition(first, x, kernel, stride, pad, out_w, bounded, lar
 
 
 @pytest.mark.parametrize("levels", [-1, 0, 3])
-@pytest.mark.parametrize(("bounded", "geometry"), [
-    (False, (1, 1, 0, 60, 1, 1)),
-    (True, (1, 1, 0, 60, 1, 1)),  # box = the sum over the input channels at the same position
-    (True, (3, 2, 1, 12, 20, 10)),  # a strided, padded 3x3 convolution: (kernel, stride, pad, in h, in w, out w)
-])
-def test_the_decision_kernel_is_its_definition(levels, bounded, geometry):
+@pytest.mark.parametrize("bounded", [False, True])
+def test_the_decision_kernel_is_its_definition(levels, bounded):
     """u on integers, within the margin of them, beyond both ends, and anywhere: the same
-    counts and doubts as the definition (box in fractions); the near neurons listed per
-    image (all of them, also past the room of the list), and the largest count of the others."""
+    counts and doubts as the definition; the near neurons listed per image (all of them,
+    also past the room of the list), and the largest count of the others."""
     from qsnn.snn.exact import _decide_kernel
 
     rng = np.random.default_rng(5)
-    images = 4  # (three channels, 60 positions: 6 x 10 for the convolution)
-    kernel, stride, pad, in_h, in_w, out_w = geometry
+    images, plane = 4, 60  # (three channels)
     slope = np.array([1.5, -0.75, 2.0**-10])
     mean, shift, inverse = np.array([0.25, -3.0, 100.0]), np.array([0.5, 2.5, -1.0]), 1 / 255
     targets = np.concatenate([np.arange(-2, 6), np.arange(-2, 6) + 1e-13, np.arange(-2, 6) - 1e-13,
                               np.arange(-2, 6) + 1e-5, rng.uniform(-3, 7, 28)])  # u values (plane of them)
     alpha = slope * inverse
     beta = shift - slope * mean
+    first = ((targets[None, None, :] - beta[None, :, None]) / alpha[None, :, None]).repeat(images, 0)
+    first = first * rng.choice([1.0, 1 + 2.0**-40], first.shape)  # some a hair off
+    first = first.astype(np.float32)
+    box = rng.uniform(0, 50, (images, 1, plane)).astype(np.float32) if bounded else np.empty((0, 1, 1), np.float32)
     largest_weight = np.array([0.5, 2.0, 1e-3], np.float32)
     gamma_n = 25 * 2.0**-24
-    u = targets[None, None, :].repeat(images, 0).repeat(3, 1)
-    # the last third: an integer plus up to about the box's part of the margin (the box, some
-    # 60 inputs of up to 11: about 300), so that the box decides
-    u[:, :, 40:] = np.round(u[:, :, 40:]) + rng.uniform(-1, 1, (images, 3, 20)) * (
-        np.abs(alpha) * gamma_n * largest_weight.astype(np.float64) * 400)[None, :, None]
-    first = ((u - beta[None, :, None]) / alpha[None, :, None]).astype(np.float32)
-    x = (rng.integers(0, 12, (images, 2, in_h, in_w)) * rng.choice([1.0, -0.5], (images, 2, in_h, in_w))).astype(np.float32)
-    arguments = (x, kernel, stride, pad, out_w, bounded, largest_weight, gamma_n, slope, mean, shift, inverse, levels)
-    wanted_counts, wanted_near = _decide_by_the_definition(first, *arguments)
+    wanted_counts, wanted_near = _decide_by_the_definition(first, box, largest_weight, gamma_n, slope, mean, shift,
+                                                           inverse, levels)
     assert wanted_near.any() and (~wanted_near).any() and ((wanted_counts > 0).any() or levels == 0)
     for room in (256, 2):
         counts = np.empty(first.shape, np.int64)
         inputs = np.empty(first.shape, np.float32)
+        near = np.empty(first.shape, bool)
         found, found_count, top = np.empty((images, room), np.int64), np.empty(images, np.int64), np.empty(images, np.int64)
-        _decide_kernel(first, *arguments, counts, inputs, found, found_count, top)
+        _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inverse, levels, counts, inputs, near,
+                       found, found_count, top)
         assert np.array_equal(counts, wanted_counts) and np.array_equal(inputs, wanted_counts.astype(np.float32))
+        assert np.array_equal(near, wanted_near)
         for b in range(images):
             listed = np.flatnonzero(wanted_near[b])
             assert found_count[b] == len(listed)
