@@ -102,6 +102,22 @@ def test_a_flipped_byte_is_refused_or_changes_nothing(tmp_path_factory, position
     assert all(np.array_equal(loaded.model_state[k], v) for k, v in net.model_state.items())
 
 
+def test_a_zip_version_this_python_cannot_read_is_refused(tmp_path_factory):
+    """A central-directory entry that asks for zip version 6.4 (zipfile: NotImplementedError)."""
+    original, _ = _sealed(tmp_path_factory)
+    data = bytearray(original)
+    entry = data.index(b"PK\x01\x02")  # the first central-directory header
+    data[entry + 6] = 64  # version needed to extract: 6.4
+    path = tmp_path_factory.mktemp("version") / "net.npz"
+    path.write_bytes(bytes(data))
+    try:
+        SpikingNet.load(path)
+    except QsnnError as error:
+        assert "damaged" in str(error) and "\n" not in str(error)
+    else:
+        raise AssertionError("a zip entry of version 6.4 was read")
+
+
 def _leaves(value, path=()):
     if isinstance(value, dict):
         for key, item in value.items():

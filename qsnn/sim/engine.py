@@ -789,7 +789,7 @@ def _simulate_image(
         spiking[b, layer] = spiked[layer]
         unsettled[b, layer] = moving
         keep = keep or moving > 0
-    if keep:  # the membranes are read only where something is unsettled (or every time)
+    if keep and membranes.shape[1] > 0:  # read only where something is unsettled (or every time), if at all
         for layer in range(1, layers):
             out_c = geometry[layer, OUT_C]
             padded = geometry[layer, PADDED_C]
@@ -867,20 +867,37 @@ def _statistics(counts, fanout, out):
         out[b, 2] = spiking
 
 
+@njit(inline="always", cache=True)
+def _row_difference(first, second, out, b):
+    found = 0
+    for j in range(first.shape[1]):
+        found += first[b, j] != second[b, j]
+    out[b] = found
+
+
 @njit(parallel=True, cache=True)
 def _differences(first, second, out):
     for b in prange(first.shape[0]):
-        found = 0
-        for j in range(first.shape[1]):
-            found += first[b, j] != second[b, j]
-        out[b] = found
+        _row_difference(first, second, out, b)
+
+
+@njit(cache=True)
+def _differences_serial(first, second, out):
+    for b in range(first.shape[0]):
+        _row_difference(first, second, out, b)
+
+
+# entries below which a comparison runs on one thread: starting the threads costs more, and
+# far more on a loaded machine, where a parallel region waits for its slowest thread's turn
+SERIAL_ENTRIES = 1 << 22
 
 
 def row_differences(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """For two arrays of the same shape (any integer dtypes): how many entries differ,
     per row (first dimension)."""
     out = np.empty(first.shape[0], np.int64)
-    _differences(first.reshape(first.shape[0], -1), second.reshape(second.shape[0], -1), out)
+    kernel = _differences_serial if first.size < SERIAL_ENTRIES else _differences
+    kernel(first.reshape(first.shape[0], -1), second.reshape(second.shape[0], -1), out)
     return out
 
 
@@ -1001,9 +1018,10 @@ class EngineRun(NamedTuple):
     unsettled: np.ndarray  # (images, layers) neurons whose count is not between its two thresholds
 
 
-def allocate(program: Program, images: int, steps: int) -> EngineRun:
+def allocate(program: Program, images: int, steps: int, membranes: bool = True) -> EngineRun:
     """The arrays :func:`run` writes for ``images`` images over ``steps`` steps (the
-    records zeroed; counts, membranes and logits left for the kernel to write)."""
+    records zeroed; counts, membranes and logits left for the kernel to write; no
+    membranes at all unless ``membranes``)."""
     layers = program.geometry.shape[0]
     positive = np.zeros((images, layers, steps), np.int64)
     hidden = int(program.outputs[-1] - program.outputs[1])
@@ -1015,21 +1033,23 @@ def allocate(program: Program, images: int, steps: int) -> EngineRun:
         predictions=np.zeros((images, steps), np.int64),
         counts=np.empty((images, int(program.outputs[-1])), np.int32),  # every entry is written
         used=np.zeros(images, np.int64),
-        membranes=np.empty((images, hidden), program.dtype),  # see every_membrane
+        membranes=np.empty((images, hidden if membranes else 0), program.dtype),  # see every_membrane
         logits=np.empty((images, program.output.shape[1]), np.int64),
         unsettled=np.zeros((images, layers), np.int64),
     )
 
 
 def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, every_membrane: bool = True,
-        out: EngineRun | None = None) -> EngineRun:
+        out: EngineRun | None = None, membranes: bool = True) -> EngineRun:
     """Run the kernel (an :class:`EngineRun` of per-image arrays, written into ``out``
     when given: rows of :func:`allocate`'s arrays, for as many images). The final
     membranes are written for every image if ``every_membrane``, else only for the images
     with some unsettled neuron (``unsettled[b].any()``; column 0 counts the encoding
-    neurons whose spike train was cut short); the other rows are left as they were."""
+    neurons whose spike train was cut short); the other rows are left as they were. Without
+    ``membranes`` (a caller that reads none) they are not written at all: the array has
+    no columns."""
     images = encoding_counts.shape[0]
-    out = allocate(program, images, steps) if out is None else out
+    out = allocate(program, images, steps, membranes) if out is None else out
     _simulate(
         np.ascontiguousarray(encoding_counts, dtype=np.int64), program.geometry, program.weights,
         program.offset, program.step, program.divisor, program.exact, program.size, program.constant,

@@ -59,19 +59,20 @@ class EventSimulator:
             self._float_weights[index] = np.ascontiguousarray(layer.weight, dtype=np.float64)
         return self._float_weights[index]
 
-    def _run(self, first: np.ndarray, cap: int, auto: bool, every_membrane: bool):
+    def _run(self, first: np.ndarray, cap: int, auto: bool, every_membrane: bool, membranes: bool = True):
         """The engine on images in slices small enough that the per-step records of ``cap``
-        steps stay within ENGINE_MEMORY, whatever the batch size and step count."""
+        steps stay within ENGINE_MEMORY, whatever the batch size and step count; the final
+        membranes only if ``membranes`` (see :func:`qsnn.sim.engine.run`)."""
         layers = self.program.geometry.shape[0]
         outputs = self.program.outputs
         per_image = 8 * (3 * layers + 1) * cap + 4 * int(outputs[-1]) + 8 * int(outputs[-1] - outputs[1]) + 8 * layers
         size = max(1, ENGINE_MEMORY // per_image)
         if len(first) <= size:
-            return engine.run(self.program, first, cap, auto, every_membrane)
-        whole = engine.allocate(self.program, len(first), cap)  # each slice writes its rows: nothing is copied
+            return engine.run(self.program, first, cap, auto, every_membrane, membranes=membranes)
+        whole = engine.allocate(self.program, len(first), cap, membranes)  # each slice writes its rows: nothing is copied
         for at in range(0, len(first), size):
             rows = engine.EngineRun(*(array[at : at + size] for array in whole))
-            engine.run(self.program, first[at : at + size], cap, auto, every_membrane, out=rows)
+            engine.run(self.program, first[at : at + size], cap, auto, every_membrane, out=rows, membranes=membranes)
         return whole
 
     def _scatter_gather(self, net, pixels, ann_counts, ann_membranes) -> BatchRecord:
@@ -178,8 +179,8 @@ class EventSimulator:
         every_membrane = with_ann and any(block.ann_thresholds is not None for block in net.layers)
         while True:
             positive, negative, sops, spiking, predictions, counts, used, final, final_logits, unsettled = self._run(
-                first.reshape(first.shape[0], -1).numpy(), cap, steps is None, every_membrane
-            )
+                first.reshape(first.shape[0], -1).numpy(), cap, steps is None, every_membrane, with_ann
+            )  # (the final membranes: only for the read-off)
             if steps is not None or int(used.max()) < cap:
                 break
             if cap >= AUTO_MAX_STEPS:

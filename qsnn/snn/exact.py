@@ -104,7 +104,8 @@ UNIT_ROUNDOFF32 = 2.0**-24
 
 
 @njit(parallel=True, cache=True)
-def _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inverse, levels, counts, inputs, near):
+def _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inverse, levels, counts, inputs, near,
+                   found, found_count, top):
     """counts[b, c, p] = clamp(floor(u), 0, levels), u = slope (z - mean) + shift with
     z = first[b, c, p] * inverse, as int64 and as float32 (``inputs``, the next block's),
     and near[b, c, p] where an integer may lie within the float error of u. ``first``:
@@ -112,38 +113,110 @@ def _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inve
     sum |w x| <= gamma_n largest_weight[c] box[b, 0, p] (float32 summation; box: the sum
     of the inputs in the neuron's receptive field). levels < 0: unbounded.
 
+    Per image b it also lists the near neurons' flat indices c * plane + p in
+    ``found[b, :found_count[b]]`` (found_count[b] counts them all, also beyond the room
+    ``found`` has) and writes the largest count of the other neurons to ``top[b]``.
+
     u is computed as alpha first + beta (alpha = slope inverse, beta = shift - slope mean):
     its rounding, like that of every float64 step here, is far inside the FLOAT_SLACK
     margin."""
     images, channels, plane = first.shape
     bounded = box.shape[0] > 0
+    capped = levels >= 0
+    top_level = np.float64(levels)
+    room = found.shape[1]
     for b in prange(images):
+        listed = 0
+        largest = 0.0
         for c in range(channels):
             a, m, h = slope[c], mean[c], shift[c]
             alpha, beta = a * inverse, h - a * m
             per_input = abs(alpha) * FLOAT_SLACK
             per_box = abs(alpha) * gamma_n * (1 + 4 * gamma_n) * np.float64(largest_weight[c]) if bounded else 0.0
             constant = FLOAT_SLACK * (abs(a) * abs(m) + abs(h) + 1.0) + abs(alpha) * 2.0**-100
+            doubts = 0
+            # branch-free (most counts are 0, some not, unpredictably): n = floor(u) as a
+            # float64 integer, exact; the doubt at a clamped end only where u is near it
             for p in range(plane):
                 f = np.float64(first[b, c, p])
                 u = alpha * f + beta
                 margin = per_input * abs(f) + constant
                 if bounded:
                     margin += per_box * np.float64(box[b, 0, p])
-                n = math.floor(u)
-                doubt = (u - n <= margin) or (n + 1 - u <= margin)
-                if n < 0:
-                    n = 0
-                    doubt = doubt and u > -margin
-                if levels >= 0 and n >= levels:
-                    doubt = doubt and u < levels + 1 + margin
-                    n = levels
-                counts[b, c, p] = n
-                inputs[b, c, p] = n
+                n = np.floor(u)
+                doubt = ((u - n <= margin) | (n + 1.0 - u <= margin)) & ((n >= 0.0) | (u > -margin))
+                n = max(n, 0.0)
+                if capped:
+                    doubt = doubt & ((n < top_level) | (u < top_level + 1.0 + margin))
+                    n = min(n, top_level)
+                counts[b, c, p] = np.int64(n)
+                inputs[b, c, p] = np.float32(n)
                 near[b, c, p] = doubt
+                doubts += doubt
+                largest = max(largest, 0.0 if doubt else n)
+            if doubts:
+                for p in range(plane):
+                    if near[b, c, p]:
+                        if listed < room:
+                            found[b, listed] = c * plane + p
+                        listed += 1
+        found_count[b] = listed
+        top[b] = np.int64(largest)
 
 
-GATHER_ELEMENTS = 1 << 22  # inputs gathered at once for the exact recomputation of near neurons
+NEAR_ROOM = 256  # near neurons per image listed by the decision kernel (more: found by a scan)
+
+
+@njit(inline="always", cache=True)
+def _near_sum(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i):
+    """out[:, i] (see :func:`_near_sums`) for the neuron ``flat`` of image ``b``."""
+    pieces = parts.shape[0]
+    in_c, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
+    c = flat // plane
+    q = flat - c * plane
+    oy = q // out_w
+    ox = q - oy * out_w
+    for j in range(pieces):
+        out[j, i] = 0.0
+    for ci in range(in_c):
+        for ky in range(kernel):
+            iy = oy * stride + ky - pad
+            if iy < 0 or iy >= in_h:
+                continue
+            for kx in range(kernel):
+                ix = ox * stride + kx - pad
+                if ix < 0 or ix >= in_w:
+                    continue
+                value = np.float64(x[b, ci, iy, ix])
+                if value != 0.0:
+                    t = (ci * kernel + ky) * kernel + kx
+                    for j in range(pieces):
+                        out[j, i] += parts[j, c, t] * value
+
+
+@njit(cache=True)
+def _near_sums(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
+    """out[j, i] = sum_t parts[j, c, t] x_t over the inputs x_t of neuron i: channel c and
+    output position q of the flat index neuron[i] = c * plane + q, in image image[i].
+    ``x``: (images, C, H, W) (a dense layer's inputs as (images, features, 1, 1), with
+    plane = out_w = kernel = stride = 1, pad = 0); ``parts``: (parts, out channels,
+    C * kernel * kernel) in the weights' (channel, row, column) order; inputs outside
+    the image (padding) are 0. The caller makes every part's every sum of products an
+    integer below 2^53 in float64, so that each is exact, whatever the order."""
+    for i in range(image.shape[0]):
+        _near_sum(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, out, i)
+
+
+@njit(parallel=True, cache=True)
+def _near_sums_parallel(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
+    """:func:`_near_sums` with the neurons shared among the threads."""
+    for i in prange(image.shape[0]):
+        _near_sum(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, out, i)
+
+
+# multiply-adds below which a kernel runs on one thread: starting the threads costs more, and
+# far more on a loaded machine, where a parallel region waits for its slowest thread's turn
+SERIAL_WORK = 1 << 22
 
 
 def float32_is_ieee() -> bool:
@@ -228,20 +301,32 @@ class ExactANN:
             self._parts[key, bits] = [torch.from_numpy(p) for p in _split(scaled, bits)]
         return self._parts[key, bits], bits
 
+    def _stacked_parts(self, index: int, scaled: np.ndarray, largest_input: float):
+        """:meth:`_parts_for` as one float64 array (parts, out channels, fan-in), for
+        :func:`_near_sums`: (that array, bits)."""
+
+        parts, bits = self._parts_for(index, scaled, largest_input)
+        if ("stacked", index, bits) not in self._parts:
+            self._parts["stacked", index, bits] = np.ascontiguousarray(
+                np.stack([p.reshape(p.shape[0], -1).numpy() for p in parts])
+            )
+        return self._parts["stacked", index, bits], bits
+
     def __call__(self, pixels) -> ANNResult:
 
         x, inputs_per_unit = self._first_inputs(pixels.cpu())  # x = inputs / inputs_per_unit
         integral = inputs_per_unit != 1
         counts, decided = [], 0
+        largest = None  # the largest input of the next block, where known
         for index, layer in enumerate(self.blocks):
-            n, x, recomputed = self._block(index, layer, x, inputs_per_unit, integral)
+            n, x, recomputed, largest = self._block(index, layer, x, inputs_per_unit, integral, largest)
             integral = True
             counts.append(n)
             decided += recomputed
-            if n.numel() and int(n.max()) >= 2**24:  # (float32 would round such counts: pass them exactly)
+            if largest >= 2**24:  # (float32 would round such counts: pass them exactly)
                 x = n.to(torch.float64)
             inputs_per_unit = Fraction(1 << layer.block.k)
-        return self._logits(counts, inputs_per_unit, decided)
+        return self._logits(counts, inputs_per_unit, decided, largest)
 
     def _first_inputs(self, pixels):
         """The first block's inputs and their scale: raw integer pixels 0..255 (x = p / 255),
@@ -262,14 +347,17 @@ class ExactANN:
             raise ValueError("the exact ANN takes raw integer pixels 0..255")
         return pixels.to(torch.float32), Fraction(PIXEL_SCALE)  # (pixels: exact)
 
-    def _block(self, index: int, layer: _Block, x, inputs_per_unit: Fraction, integral: bool = True):
-        """(counts, the same as float32, neurons decided beyond the first pass) of one
-        block for inputs x: integers >= 0 (pixels or counts), as float32 where they are
-        below 2^24, else as float64; or, not ``integral``, any float32 values (a
-        standardized image), whose near neurons are decided in rational arithmetic."""
+    def _block(self, index: int, layer: _Block, x, inputs_per_unit: Fraction, integral: bool = True,
+               largest: float | None = None):
+        """(counts, the same as float32, neurons decided beyond the first pass, the largest
+        count) of one block for inputs x: integers >= 0 (pixels or counts), as float32
+        where they are below 2^24, else as float64; or, not ``integral``, any float32
+        values (a standardized image), whose near neurons are decided in rational
+        arithmetic. ``largest``: the largest |x|, where the caller knows it."""
 
         block = layer.block
-        largest = float(x.abs().max()) if x.numel() else 0.0
+        if largest is None:
+            largest = float(x.abs().max()) if x.numel() else 0.0
         first, box, unit_roundoff, exact_first = self._first_pass(index, layer, x, largest, integral)
         terms = int(np.prod(layer.scaled.shape[1:]))
         channels = layer.scaled.shape[0]
@@ -278,40 +366,53 @@ class ExactANN:
         counts = torch.empty(shape, dtype=torch.int64)
         inputs = torch.empty(shape, dtype=torch.float32)
         near = torch.empty(shape, dtype=torch.bool)
+        found = np.empty((images, NEAR_ROOM), np.int64)
+        found_count = np.empty(images, np.int64)
+        top = np.zeros(images, np.int64)
         gamma_n = terms * unit_roundoff / (1 - terms * unit_roundoff)
+        flat_first = first.reshape(images, channels, -1).numpy()
         _decide_kernel(
-            first.reshape(images, channels, -1).numpy(), box.numpy(), layer.largest_weight32, gamma_n,
+            flat_first, box.numpy(), layer.largest_weight32, gamma_n,
             layer.slope.numpy(), layer.mean.numpy(), layer.shift.numpy(), 1.0 / float(inputs_per_unit),
             -1 if layer.levels is None else layer.levels,
             counts.reshape(images, channels, -1).numpy(), inputs.reshape(images, channels, -1).numpy(),
-            near.reshape(images, channels, -1).numpy(),
+            near.reshape(images, channels, -1).numpy(), found, found_count, top,
         )
-        where = near.nonzero()
-        if len(where) == 0:
-            return counts, inputs, 0
+        largest_count = int(top.max()) if images else 0
+        total = int(found_count.sum())
+        if total == 0:
+            return counts, inputs, 0, largest_count
+        if int(found_count.max()) <= NEAR_ROOM:  # the near neurons as (image, flat index in the image)
+            image = np.repeat(np.arange(images), found_count)
+            neuron = found[np.arange(NEAR_ROOM)[None, :] < found_count[:, None]]
+        else:
+            image, neuron = np.divmod(np.flatnonzero(near.numpy()), int(np.prod(block.layer.out_shape)))
+        flat_counts = counts.reshape(images, -1).numpy()
+        flat_inputs = inputs.reshape(images, -1).numpy()
         if not integral:  # each near neuron's z = sum w x, in fractions, and its count
+            where = torch.from_numpy(np.stack([image, *np.unravel_index(neuron, block.layer.out_shape)], axis=1))
             for i, z in enumerate(self._rational_membranes(layer, x, where)):
-                counts[tuple(where[i].tolist())] = layer.rules[int(where[i, 1])].count(z)
-            inputs[tuple(where.T)] = counts[tuple(where.T)].to(torch.float32)
-            return counts, inputs, len(where)
-        if exact_first:  # the first pass's membranes are exact: W_int x = first 2^s
-            exact = (first[tuple(where.T)].to(torch.float64) * 2.0**layer.exponent).to(torch.int64)
+                flat_counts[image[i], neuron[i]] = layer.rules[int(where[i, 1])].count(z)
         else:
-            parts, bits = self._parts_for(index, layer.scaled, largest)
-            exact = self._exact_membranes(layer, parts, bits, x, where)
-        per_unit = inputs_per_unit * Fraction(2) ** layer.exponent  # z = V / per_unit
-        if isinstance(exact, torch.Tensor):  # int64 -> float64 rounds by 2^-53 at most: within the margin
-            zf = exact.to(torch.float64) / float(per_unit)
-            exact = exact.tolist()
-        else:
-            zf = torch.tensor([float(Fraction(v) / per_unit) for v in exact], dtype=torch.float64)
-        channel = where[:, 1]
-        sub, still = self._decide_at(layer, zf, channel)
-        counts[tuple(where.T)] = sub
-        for i in still.nonzero()[:, 0].tolist():
-            counts[tuple(where[i].tolist())] = layer.rules[int(channel[i])].count(Fraction(exact[i]) / per_unit)
-        inputs[tuple(where.T)] = counts[tuple(where.T)].to(torch.float32)
-        return counts, inputs, len(where)
+            plane = int(np.prod(block.layer.out_shape[1:]))
+            channel = torch.from_numpy(neuron // plane)
+            if exact_first:  # the first pass's membranes are exact: W_int x = first 2^s
+                exact = (torch.from_numpy(flat_first.reshape(images, -1)[image, neuron]).to(torch.float64)
+                         * 2.0**layer.exponent).to(torch.int64)
+            else:
+                exact = self._exact_membranes(index, layer, x, largest, image, neuron)
+            per_unit = inputs_per_unit * Fraction(2) ** layer.exponent  # z = V / per_unit
+            if isinstance(exact, torch.Tensor):  # int64 -> float64 rounds by 2^-53 at most: within the margin
+                zf = exact.to(torch.float64) / float(per_unit)
+                exact = exact.tolist()
+            else:
+                zf = torch.tensor([float(Fraction(v) / per_unit) for v in exact], dtype=torch.float64)
+            sub, still = self._decide_at(layer, zf, channel)
+            flat_counts[image, neuron] = sub.numpy()
+            for i in still.nonzero()[:, 0].tolist():
+                flat_counts[image[i], neuron[i]] = layer.rules[int(channel[i])].count(Fraction(exact[i]) / per_unit)
+        flat_inputs[image, neuron] = flat_counts[image, neuron]
+        return counts, inputs, total, max(largest_count, int(flat_counts[image, neuron].max()))
 
     def _first_pass(self, index: int, layer: _Block, x, largest: float, integral: bool):
         """The float first pass W x of a block: (its result, the per-neuron sum of |x| that
@@ -333,7 +434,7 @@ class ExactANN:
         unit_roundoff = UNIT_ROUNDOFF32
 
         def input_sums(inputs):  # sum |x| over each receptive field (one channel)
-            magnitude = inputs.abs().sum(dim=1, keepdim=True)
+            magnitude = (inputs if integral else inputs.abs()).sum(dim=1, keepdim=True)  # (integral: x >= 0)
             if kind == "conv":
                 sums = F.conv2d(magnitude, layer.window32.to(inputs.dtype), stride=stride, padding=padding)
             else:
@@ -401,19 +502,28 @@ class ExactANN:
             else:
                 yield chunk, x.flatten(1)[chunk[:, 0]].to(torch.float64)
 
-    @staticmethod
-    def _exact_membranes(layer: _Block, parts, bits: int, x, where):
-        """W_int x at the neurons ``where`` (rows of (image, channel, ...)): an int64 tensor
-        where every value fits, else a list of Python ints."""
+    def _exact_membranes(self, index: int, layer: _Block, x, largest: float, image: np.ndarray, neuron: np.ndarray):
+        """W_int x at the neurons ``neuron`` (flat indices within their image) of the images
+        ``image``, for integer inputs x up to ``largest``: an int64 tensor where every value
+        fits, else a list of Python ints. Each part of W_int (see :meth:`_parts_for`) is
+        summed exactly in float64 by :func:`_near_sums`, and the parts are combined in
+        integers."""
 
-        rows = [p.reshape(p.shape[0], -1) for p in parts]
-        sums_all: list[list] = [[] for _ in rows]
-        step = max(1, GATHER_ELEMENTS // rows[0].shape[1])  # neurons whose inputs are gathered at once
-        for chunk, columns in ExactANN._receptive_fields(layer, x, where, step):
-            channel = chunk[:, 1]
-            for j, r in enumerate(rows):  # float64 integers below 2^53: exact in any order
-                sums_all[j].append((columns * r[channel]).sum(dim=1))
-        sums = [torch.cat(parts_j) for parts_j in sums_all]
+        parts, bits = self._stacked_parts(index, layer.scaled, largest)
+        block = layer.block
+        if block.layer.kind == "conv":
+            inputs = x
+            plane, out_w = int(np.prod(block.layer.out_shape[1:])), block.layer.out_shape[2]
+            kernel, stride, pad = block.layer.kernel, block.layer.stride, block.layer.padding
+        else:
+            inputs = x.reshape(len(x), -1, 1, 1)
+            plane = out_w = kernel = stride = 1
+            pad = 0
+        out = np.empty((len(parts), len(image)))
+        kernel_for = _near_sums if len(image) * parts.shape[0] * parts.shape[2] < SERIAL_WORK else _near_sums_parallel
+        kernel_for(np.ascontiguousarray(inputs.numpy()), parts, np.ascontiguousarray(image, dtype=np.int64),
+                   np.ascontiguousarray(neuron, dtype=np.int64), plane, out_w, kernel, stride, pad, out)
+        sums = [torch.from_numpy(row) for row in out]
         return _combine(sums, max(float(m.abs().max()) for m in sums), bits)
 
     @staticmethod
@@ -430,11 +540,12 @@ class ExactANN:
                 found.append(Fraction(total, denominator << layer.exponent))
         return found
 
-    def _logits(self, counts, inputs_per_unit: Fraction, decided: int) -> ANNResult:
+    def _logits(self, counts, inputs_per_unit: Fraction, decided: int, largest: int) -> ANNResult:
+        """The exact logits of the last block's ``counts`` (the largest of them: ``largest``)."""
 
         x = counts[-1].to(torch.float64)
         scaled, s = self.output
-        parts, bits = self._parts_for("output", scaled, float(x.max()) if x.numel() else 0.0)
+        parts, bits = self._parts_for("output", scaled, float(largest))
         sums = [F.linear(x.flatten(1), part) for part in parts]
         logits = _combine(sums, max(float(m.abs().max()) for m in sums), bits)
         denominator = Fraction(2) ** s * inputs_per_unit

@@ -206,7 +206,8 @@ class SpikingNet:
                     )
                 manifest = json.loads(str(data["manifest"]))
                 arrays = {key: data[key] for key in data.files if key != "manifest"}
-        except (OSError, ValueError, KeyError, EOFError, RecursionError, zipfile.BadZipFile) as error:
+        except (OSError, ValueError, KeyError, EOFError, RecursionError, NotImplementedError, zipfile.BadZipFile) as error:
+            # (NotImplementedError: zipfile's answer to a damaged version or compression field)
             raise QsnnError(
                 f"{path} is not a converted qsnn network or is damaged ({type(error).__name__}); "
                 "re-create it with `qsnn convert`"

@@ -567,8 +567,8 @@ def test_the_ann_read_off_the_simulation_is_checked(monkeypatch, corruption, bat
     original = engine.run
     calls = []
 
-    def corrupted(*args):
-        *outputs, counts, used, membranes, logits, unsettled = original(*args)
+    def corrupted(*args, **options):
+        *outputs, counts, used, membranes, logits, unsettled = original(*args, **options)
         assert not unsettled.any()  # quiescent: every count settled
         calls.append(1)
         if len(calls) < -(-len(pixels) // batch_size):  # only the last batch goes wrong
@@ -823,3 +823,34 @@ def test_a_batch_run_in_slices_writes_them_into_one_set_of_arrays(monkeypatch, s
                   "verified_count_mismatches", "verified_disagreements"):
         assert getattr(sliced, field) == getattr(fixed, field), field
     assert sliced.count_mismatches == whole.count_mismatches == [0] * layers
+
+
+@pytest.mark.parametrize("threads", ["one", "all"])
+def test_row_differences_count_the_differing_entries_of_each_row(monkeypatch, threads):
+    """engine.row_differences, on one thread or shared among them, across integer dtypes."""
+    monkeypatch.setattr(engine, "SERIAL_ENTRIES", 2**62 if threads == "one" else 0)
+    rng = np.random.default_rng(3)
+    first = rng.integers(0, 4, (7, 3, 5, 5)).astype(np.int32)
+    second = first.astype(np.int64)
+    second[rng.random(second.shape) < 0.2] += 1
+    wanted = (first != second).reshape(7, -1).sum(axis=1)
+    assert engine.row_differences(first, second).tolist() == wanted.tolist()
+    assert engine.differences(first, second) == int(wanted.sum())
+
+
+@pytest.mark.parametrize("steps", [2, 40])
+def test_the_engine_without_membranes_writes_the_same_records(steps):
+    """engine.run(membranes=False), what a caller that reads no final membrane asks for:
+    every other output as with them, and a membrane array without columns."""
+    model = random_net("6C5-P2-8C3-12", k=2, B=None, seed=4)
+    net = convert(model, "nsd")
+    program = engine.compile_program(net)
+    first = engine.encode(program, random_pixels(9, seed=4).numpy())
+    kept = engine.run(program, first, steps, True, False)
+    bare = engine.run(program, first, steps, True, False, membranes=False)
+    assert bare.membranes.shape == (9, 0) and kept.membranes.shape[1] > 0
+    if steps == 2:
+        assert kept.unsettled.any()  # (membranes written for those images)
+    for name in engine.EngineRun._fields:
+        if name != "membranes":
+            assert np.array_equal(getattr(kept, name), getattr(bare, name)), name

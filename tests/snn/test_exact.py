@@ -457,3 +457,159 @@ def test_standardized_inputs_at_a_tie_are_decided_as_the_model_defines():
     result = ExactANN(model)(pixels)
     assert result.decided_exactly >= 1
     assert result.counts[0][0].tolist() == [defined_count(z, 1.0, 0.0, float(z - HALF), Fraction(1), 0, None)] * 4 == [1] * 4
+
+
+# --- the near neurons' exact membranes (qsnn.snn.exact._near_sums) --------------------------
+
+
+def _membrane_in_fractions(block, x: torch.Tensor, image: int, neuron: int) -> Fraction:
+    """z = sum w x of one neuron (flat index in its image), from the float weights, in fractions."""
+    weight = block.effective_weight().detach().double()
+    if block.layer.kind != "conv":
+        row = weight[neuron].tolist()
+        return sum((Fraction(w) * int(v) for w, v in zip(row, x[image].reshape(-1).tolist(), strict=True) if w), Fraction(0))
+    _, out_h, out_w = block.layer.out_shape
+    channel, position = divmod(neuron, out_h * out_w)
+    oy, ox = divmod(position, out_w)
+    kernel, stride, pad = block.layer.kernel, block.layer.stride, block.layer.padding
+    total = Fraction(0)
+    for ci in range(x.shape[1]):
+        for ky in range(kernel):
+            for kx in range(kernel):
+                iy, ix = oy * stride + ky - pad, ox * stride + kx - pad
+                if 0 <= iy < x.shape[2] and 0 <= ix < x.shape[3]:
+                    total += Fraction(float(weight[channel, ci, ky, kx])) * int(x[image, ci, iy, ix])
+    return total
+
+
+@pytest.mark.parametrize(("notation", "padding", "largest", "dtype"), [
+    ("5C3-P2-7C3-9", "same", 255, torch.float32),  # padded convolutions, a pooling one, dense; one part
+    ("5C3-P2-7C3-9", "valid", 2**23, torch.float32),  # several parts, int64 totals
+    ("4C3-6", "same", 2**40, torch.float64),  # counts past float32: totals past int64, as Python ints
+])
+@pytest.mark.parametrize("threads", ["one", "all"])
+def test_near_membranes_are_the_exact_sums(monkeypatch, notation, padding, largest, dtype, threads):
+    """ExactANN._exact_membranes (the float64 parts summed by _near_sums, on one thread or
+    shared among them, then combined) equals sum w x in fractions at any neuron, border and
+    padding included."""
+    import qsnn.snn.exact as exact
+    from tests.helpers import random_net
+
+    monkeypatch.setattr(exact, "SERIAL_WORK", 2**62 if threads == "one" else 0)
+
+    model = random_net(notation, k=1, B=None, seed=7, input_shape=(2, 8, 8), padding=padding)
+    ann = ExactANN(model)
+    generator = torch.Generator().manual_seed(11)
+    for index, layer in enumerate(ann.blocks):
+        shape = layer.block.layer.in_shape
+        x = torch.randint(0, largest + 1, (3, *shape), generator=generator, dtype=torch.int64)
+        x[0] = largest  # the largest inputs everywhere: every part's sums at their bound
+        x[1].view(-1)[::3] = 0
+        x = x.to(dtype)
+        assert torch.equal(x.to(torch.int64).to(dtype), x)  # (exact in dtype)
+        neurons = math.prod(layer.block.layer.out_shape)
+        image = np.repeat(np.arange(3), neurons)
+        neuron = np.tile(np.arange(neurons), 3)
+        found = ann._exact_membranes(index, layer, x, float(largest), image, neuron)
+        found = found.tolist() if isinstance(found, torch.Tensor) else found
+        scale = Fraction(2) ** layer.exponent
+        for i in range(0, len(image), 7 if neurons > 50 else 1):
+            assert Fraction(found[i]) / scale == _membrane_in_fractions(layer.block, x, int(image[i]), int(neuron[i])), (
+                f"block {index + 1}, image {image[i]}, neuron {neuron[i]}"
+            )
+
+
+def test_a_tie_the_float32_pass_misses_is_decided_by_the_exact_membrane():
+    """z = 5 + 2^-40 (float32 sums it to 5) with mean 2^-40: u = 2^k y + 1/2 = 6 exactly, a
+    tie decided upwards; the first pass's bound leaves it in doubt, and the exact membrane
+    of the weight grid (parts summed by _near_sums) with the rational decision gives 6."""
+    model = _two_dense_blocks(0, [5.0, 1.0, 0, 0], {"weights": {(0, 0): 1.0, (0, 1): 2.0**-40},
+                                                     "gamma": 1.0, "beta": 0.5, "mean": 2.0**-40})
+    assert float(model.blocks[1].norm.running_mean[0]) == 2.0**-40
+    result = ExactANN(model)(torch.zeros((2, 1, 2, 2), dtype=torch.uint8))
+    assert result.counts[0][0].tolist() == [5, 1, 0, 0]
+    z = Fraction(5) + Fraction(1, 2**40)
+    assert result.counts[1][:, 0].tolist() == [defined_count(z, 1.0, 0.5, 2.0**-40, Fraction(1), 0, None)] * 2 == [6, 6]
+    assert result.decided_exactly >= 2
+
+
+@pytest.mark.parametrize("room", [1, 3])
+def test_more_near_neurons_than_the_kernel_lists_are_all_decided(monkeypatch, room):
+    """Images with more near neurons than NEAR_ROOM are found by a scan: the same counts."""
+    import qsnn.snn.exact as exact
+
+    model = tie_net(1, None, False)
+    pixels = tie_pixels()
+    expected = ExactANN(model)(pixels)
+    monkeypatch.setattr(exact, "NEAR_ROOM", room)
+    found = ExactANN(model)(pixels)
+    assert found.decided_exactly == expected.decided_exactly > 0
+    for a, b in zip(found.counts, expected.counts, strict=True):
+        assert torch.equal(a, b)
+    wanted, _ = defined_counts(model, pixels)
+    for index, (a, b) in enumerate(zip(found.counts, wanted, strict=True)):
+        assert np.array_equal(a.reshape(len(pixels), -1).numpy(), b), f"block {index + 1}"
+
+
+def _decide_by_the_definition(first, box, largest_weight, gamma_n, slope, mean, shift, inverse, levels):
+    """_decide_kernel's contract, neuron by neuron in Python floats: (counts, near)."""
+    from qsnn.snn.exact import FLOAT_SLACK
+
+    counts, near = np.zeros(first.shape, np.int64), np.zeros(first.shape, bool)
+    for b, c, p in np.ndindex(*first.shape):
+        a, m, h = float(slope[c]), float(mean[c]), float(shift[c])
+        alpha, beta = a * inverse, h - a * m
+        f = float(first[b, c, p])
+        u = alpha * f + beta
+        margin = abs(alpha) * FLOAT_SLACK * abs(f) + FLOAT_SLACK * (abs(a) * abs(m) + abs(h) + 1.0) + abs(alpha) * 2.0**-100
+        if len(box):
+            margin += abs(alpha) * gamma_n * (1 + 4 * gamma_n) * float(largest_weight[c]) * float(box[b, 0, p])
+        n = math.floor(u)
+        doubt = (u - n <= margin) or (n + 1 - u <= margin)
+        if n < 0:
+            n, doubt = 0, doubt and u > -margin
+        if levels >= 0 and n >= levels:
+            n, doubt = levels, doubt and u < levels + 1 + margin
+        counts[b, c, p], near[b, c, p] = n, doubt
+    return counts, near
+
+
+@pytest.mark.parametrize("levels", [-1, 0, 3])
+@pytest.mark.parametrize("bounded", [False, True])
+def test_the_decision_kernel_is_its_definition(levels, bounded):
+    """u on integers, within the margin of them, beyond both ends, and anywhere: the same
+    counts and doubts as the definition; the near neurons listed per image (all of them,
+    also past the room of the list), and the largest count of the others."""
+    from qsnn.snn.exact import _decide_kernel
+
+    rng = np.random.default_rng(5)
+    images, plane = 4, 60  # (three channels)
+    slope = np.array([1.5, -0.75, 2.0**-10])
+    mean, shift, inverse = np.array([0.25, -3.0, 100.0]), np.array([0.5, 2.5, -1.0]), 1 / 255
+    targets = np.concatenate([np.arange(-2, 6), np.arange(-2, 6) + 1e-13, np.arange(-2, 6) - 1e-13,
+                              np.arange(-2, 6) + 1e-5, rng.uniform(-3, 7, 28)])  # u values (plane of them)
+    alpha = slope * inverse
+    beta = shift - slope * mean
+    first = ((targets[None, None, :] - beta[None, :, None]) / alpha[None, :, None]).repeat(images, 0)
+    first = first * rng.choice([1.0, 1 + 2.0**-40], first.shape)  # some a hair off
+    first = first.astype(np.float32)
+    box = rng.uniform(0, 50, (images, 1, plane)).astype(np.float32) if bounded else np.empty((0, 1, 1), np.float32)
+    largest_weight = np.array([0.5, 2.0, 1e-3], np.float32)
+    gamma_n = 25 * 2.0**-24
+    wanted_counts, wanted_near = _decide_by_the_definition(first, box, largest_weight, gamma_n, slope, mean, shift,
+                                                           inverse, levels)
+    assert wanted_near.any() and (~wanted_near).any() and ((wanted_counts > 0).any() or levels == 0)
+    for room in (256, 2):
+        counts = np.empty(first.shape, np.int64)
+        inputs = np.empty(first.shape, np.float32)
+        near = np.empty(first.shape, bool)
+        found, found_count, top = np.empty((images, room), np.int64), np.empty(images, np.int64), np.empty(images, np.int64)
+        _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inverse, levels, counts, inputs, near,
+                       found, found_count, top)
+        assert np.array_equal(counts, wanted_counts) and np.array_equal(inputs, wanted_counts.astype(np.float32))
+        assert np.array_equal(near, wanted_near)
+        for b in range(images):
+            listed = np.flatnonzero(wanted_near[b])
+            assert found_count[b] == len(listed)
+            assert found[b, : min(room, len(listed))].tolist() == listed[:room].tolist()
+            assert top[b] == max([0, *wanted_counts[b][~wanted_near[b]].tolist()])
