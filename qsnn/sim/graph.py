@@ -25,6 +25,7 @@ wiring, and the pixels' products are the encoding's, not events.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from qsnn.errors import QsnnError
 from qsnn.io import provenance, write_csv, write_json
 from qsnn.options import AUTO_MAX_STEPS
 from qsnn.snn import schemes
+from qsnn.snn.exact import _split, float32_is_ieee
 from qsnn.snn.graph import LINEAR, GraphNode, SpikingGraph, apply_node, exact_ann
 from qsnn.snn.neurons import NEURON_MODELS, target_count
 
@@ -132,6 +134,66 @@ def _synapse_map(node: GraphNode, in_shape: tuple[int, ...], device) -> torch.Te
     return x.grad[0].detach()
 
 
+def _change_bounds(graph: SpikingGraph) -> dict[str, float]:
+    """The largest integer magnitude of each node's change in a step after the first:
+    the pixels give none, a population's spikes are +-1, and the rest follows."""
+    bounds: dict[str, float] = {}
+    for node in graph.nodes:
+        inputs = [bounds[name] for name in node.inputs]
+        if node.kind == "input":
+            bounds[node.name] = 0.0
+        elif node.kind == "quant":
+            bounds[node.name] = 1.0
+        elif node.kind in LINEAR:
+            rows = abs(node.weight).reshape(node.weight.shape[0], -1).sum(axis=1) if node.kind != "scale" else abs(node.weight)
+            bounds[node.name] = node.multipliers[0] * float(rows.max()) * inputs[0]
+        elif node.kind == "avgpool":
+            bounds[node.name] = inputs[0] * node.attrs["kernel"][0] * node.attrs["kernel"][1]
+        elif node.kind == "add":
+            bounds[node.name] = sum(m * b for m, b in zip(node.multipliers, inputs, strict=True))
+        elif node.kind == "cat":
+            bounds[node.name] = max(m * b for m, b in zip(node.multipliers, inputs, strict=True))
+        else:
+            bounds[node.name] = inputs[0]
+    return bounds
+
+
+def _float32_parts(graph: SpikingGraph, device) -> dict[str, tuple[list[torch.Tensor], int]]:
+    """For each conv and linear node whose changes after the first step are small
+    integers: its integer weights split into parts of ``bits`` bits (W = sum_j part_j
+    2^(bits j)) so narrow that every sum of products with such a change stays below 2^24,
+    which float32 adds exactly in any order (float32 convolutions are several times
+    faster than float64 ones). Empty where float32 products are not IEEE."""
+    if not float32_is_ieee():
+        return {}
+    bounds = _change_bounds(graph)
+    found = {}
+    for node in graph.nodes:
+        if node.kind not in ("conv", "linear") or bounds[node.inputs[0]] == 0:
+            continue
+        room = 2.0**24 / (bounds[node.inputs[0]] * node.weight[0].size)
+        bits = math.floor(math.log2(room)) if room >= 2 else 0
+        if bits >= 8:
+            found[node.name] = ([torch.from_numpy(p).to(device, torch.float32) for p in _split(node.weight, bits)], bits)
+    return found
+
+
+def _float32_product(node: GraphNode, x: torch.Tensor, parts: list[torch.Tensor], bits: int) -> torch.Tensor:
+    """The node's weighted change (no bias) from its float32 parts, exactly (see _float32_parts)."""
+    x32 = x.to(torch.float32)
+    total = None
+    with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round)
+        for j, part in enumerate(parts):
+            if node.kind == "conv":
+                a = node.attrs
+                y = F.conv2d(x32, part, stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"])
+            else:
+                y = x32 @ part.T
+            y = y.to(torch.float64) * float(2 ** (bits * j))
+            total = y if total is None else total + y
+    return total * float(node.multipliers[0]) if node.multipliers[0] != 1 else total
+
+
 class _Batch:
     """One batch's simulation record."""
 
@@ -188,6 +250,7 @@ def _time_stepped(graph: SpikingGraph, pixels: torch.Tensor, steps: int | None) 
     batch = pixels.shape[0]
     populations = graph.populations
     tables = {node.name: graph.thresholds(node).to(device).prepared() for node in populations}
+    parts = _float32_parts(graph, device)
     neurons = {node.name: NEURON_MODELS[rules.neuron(node.attrs["role"])] for node in populations}
     states = {node.name: neurons[node.name].init(torch.zeros((batch, *node.shape), dtype=torch.float64, device=device),
                                                  tables[node.name]) for node in populations}
@@ -219,7 +282,10 @@ def _time_stepped(graph: SpikingGraph, pixels: torch.Tensor, steps: int | None) 
                       for x, name in zip(inputs, node.inputs, strict=True)]
             if node.name in synapses and inputs[0] is not None:
                 sops += int(((inputs[0] != 0) * synapses[node.name]).sum())
-            changes[node.name] = apply_node(node, filled, with_bias=t == 0)
+            if t > 0 and node.name in parts:
+                changes[node.name] = _float32_product(node, filled[0], *parts[node.name])
+            else:
+                changes[node.name] = apply_node(node, filled, with_bias=t == 0)
         record.sops.append(sops)
         change = changes[graph.nodes[-1].name]
         if change is not None:

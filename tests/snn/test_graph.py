@@ -336,3 +336,28 @@ def test_an_unbounded_population_beyond_its_count_limit_is_refused_not_clipped()
         "population '_1' counts up to 1600, beyond the 1023 an unbounded QuantAct may reach here; give it an upper bound B"
     )
     assert simulate_graph(graph, pixels / 255 * 100, torch.zeros(1, dtype=torch.int64)).lossless  # (x = 100/255: 627 levels)
+
+
+def test_float32_parts_give_the_float64_products_exactly(monkeypatch):
+    """After the first step, conv and linear nodes fed by spikes multiply in float32 parts
+    of their integer weights; every statistic equals the float64 path's."""
+    from qsnn.nn import small_resnet
+    from qsnn.sim import graph as simulation
+
+    torch.manual_seed(3)
+    model = small_resnet(k=2, B=1).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_var.uniform_(0.2, 2.0)
+                module.bias.uniform_(0.0, 0.6)
+    pixels = torch.randint(0, 256, (12, 1, 28, 28), generator=torch.Generator().manual_seed(3)).float()
+    graph = convert(model, pixels[:1] / 255, "nsd")
+    parts = simulation._float32_parts(graph, "cpu")
+    assert len(parts) == 6 and all(bits >= 8 and len(p) >= 2 for p, bits in parts.values())  # (the 5 convs after the stem, fc)
+    fast = simulate_graph(graph, pixels, torch.zeros(12, dtype=torch.int64))
+    monkeypatch.setattr(simulation, "_float32_parts", lambda graph, device: {})
+    slow = simulate_graph(graph, pixels, torch.zeros(12, dtype=torch.int64))
+    assert fast.steps > 2 and fast.lossless
+    assert (fast.positive, fast.negative, fast.sops, fast.agree, fast.count_mismatches) == (
+        slow.positive, slow.negative, slow.sops, slow.agree, slow.count_mismatches)
