@@ -28,6 +28,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ from qsnn.options import AUTO_MAX_STEPS
 from qsnn.snn import schemes
 from qsnn.snn.exact import _split, float32_is_ieee
 from qsnn.snn.graph import LINEAR, GraphNode, SpikingGraph, apply_node, exact_ann
-from qsnn.snn.neurons import NEURON_MODELS, target_count
+from qsnn.snn.neurons import NEURON_MODELS, NeuronModel, Thresholds, target_count
 
 
 @dataclass
@@ -145,8 +146,7 @@ def _change_bounds(graph: SpikingGraph) -> dict[str, float]:
         elif node.kind == "quant":
             bounds[node.name] = 1.0
         elif node.kind in LINEAR:
-            rows = abs(node.weight).reshape(node.weight.shape[0], -1).sum(axis=1) if node.kind != "scale" else abs(node.weight)
-            bounds[node.name] = node.multipliers[0] * float(rows.max()) * inputs[0]
+            bounds[node.name] = node.multipliers[0] * node.largest_row() * inputs[0]
         elif node.kind == "avgpool":
             bounds[node.name] = inputs[0] * node.attrs["kernel"][0] * node.attrs["kernel"][1]
         elif node.kind == "add":
@@ -205,19 +205,36 @@ class _Batch:
         self.counts: dict[str, torch.Tensor] = {}
 
 
-def _synapse_maps(graph: SpikingGraph, device) -> dict[str, torch.Tensor]:
-    """The synapse maps of the nodes whose inputs are events (not the pixels)."""
-    return {
-        node.name: _synapse_map(node, graph.by_name[node.inputs[0]].shape, device)
-        for node in graph.nodes
-        if node.kind in (*LINEAR, "avgpool") and graph.by_name[node.inputs[0]].kind != "input"
-    }
+class _Setup(NamedTuple):
+    """What every batch of one simulation uses, made once: the populations' prepared
+    tables and neuron models, the synapse maps of the nodes whose inputs are events (not
+    the pixels), and the float32 weight parts."""
+
+    tables: dict[str, Thresholds]
+    neurons: dict[str, NeuronModel]
+    synapses: dict[str, torch.Tensor]
+    parts: dict[str, tuple[list[torch.Tensor], int]]
+
+    @classmethod
+    def of(cls, graph: SpikingGraph, device) -> _Setup:
+        rules = schemes.of(graph.scheme)
+        populations = graph.populations
+        return cls(
+            {node.name: graph.thresholds(node).to(device).prepared() for node in populations},
+            {node.name: NEURON_MODELS[rules.neuron(node.attrs["role"])] for node in populations},
+            {
+                node.name: _synapse_map(node, graph.by_name[node.inputs[0]].shape, device)
+                for node in graph.nodes
+                if node.kind in (*LINEAR, "avgpool") and graph.by_name[node.inputs[0]].kind != "input"
+            },
+            _float32_parts(graph, device),
+        )
 
 
-def _single_step(graph: SpikingGraph, pixels: torch.Tensor) -> _Batch:
+def _single_step(graph: SpikingGraph, setup: _Setup, pixels: torch.Tensor) -> _Batch:
     """SG: every population's binary neurons fire once against its table, in one step."""
     record = _Batch(graph)
-    synapses = _synapse_maps(graph, pixels.device)
+    synapses = setup.synapses
     values: dict[str, torch.Tensor] = {}
     sops = 0
     index = 0
@@ -229,7 +246,7 @@ def _single_step(graph: SpikingGraph, pixels: torch.Tensor) -> _Batch:
         if node.name in synapses:
             sops += int(((inputs[0] != 0) * synapses[node.name]).sum())
         if node.kind == "quant":
-            counts = target_count(inputs[0], graph.thresholds(node).to(pixels.device))
+            counts = target_count(inputs[0], setup.tables[node.name])
             record.counts[node.name] = counts
             record.positive[index].append(int(counts.sum()))
             record.negative[index].append(0)
@@ -242,16 +259,12 @@ def _single_step(graph: SpikingGraph, pixels: torch.Tensor) -> _Batch:
     return record
 
 
-def _time_stepped(graph: SpikingGraph, pixels: torch.Tensor, steps: int | None) -> _Batch:
-    rules = schemes.of(graph.scheme)
+def _time_stepped(graph: SpikingGraph, setup: _Setup, pixels: torch.Tensor, steps: int | None) -> _Batch:
     record = _Batch(graph)
     device = pixels.device
-    synapses = _synapse_maps(graph, device)
     batch = pixels.shape[0]
     populations = graph.populations
-    tables = {node.name: graph.thresholds(node).to(device).prepared() for node in populations}
-    parts = _float32_parts(graph, device)
-    neurons = {node.name: NEURON_MODELS[rules.neuron(node.attrs["role"])] for node in populations}
+    tables, neurons, synapses, parts = setup
     states = {node.name: neurons[node.name].init(torch.zeros((batch, *node.shape), dtype=torch.float64, device=device),
                                                  tables[node.name]) for node in populations}
     logits = torch.zeros((batch, graph.classes), dtype=torch.float64, device=device)
@@ -321,13 +334,14 @@ def simulate_graph(
     if rules.single_step and steps not in (None, 1):
         raise QsnnError(f"{rules.title} takes one time step; drop steps={steps}")
     names = [node.name for node in graph.populations]
+    setup = _Setup.of(graph, device)
     batches = []
     bar = tqdm(total=len(pixels), desc=f"{rules.title} graph", unit="img", disable=not progress, leave=False)
     for start in range(0, len(pixels), batch_size):
         x = pixels[start : start + batch_size].to(device, torch.float64)
         y = labels[start : start + batch_size].to(device)
         ann = exact_ann(graph, x)
-        record = _single_step(graph, x) if rules.single_step else _time_stepped(graph, x, steps)
+        record = _single_step(graph, setup, x) if rules.single_step else _time_stepped(graph, setup, x, steps)
         batches.append((record, ann, y))
         bar.update(len(x))
     bar.close()

@@ -78,6 +78,11 @@ class GraphNode:
     def levels(self) -> int:
         return int(self.attrs["levels"])
 
+    def largest_row(self) -> float:
+        """A weighted node's largest sum of |integer weights| into one output."""
+        magnitude = np.abs(self.weight)
+        return float((magnitude if self.kind == "scale" else magnitude.reshape(len(magnitude), -1).sum(axis=1)).max())
+
 
 @dataclass
 class SpikingGraph:
@@ -235,9 +240,8 @@ def _integer_node(op: Op, nodes: dict[str, GraphNode]) -> GraphNode:
         denominator = math.lcm(product, 1 << s_bias)
         multiplier = denominator // product
         bias = bias * (denominator >> s_bias)
-        rows = np.abs(weight).reshape(weight.shape[0], -1).sum(axis=1) if op.kind != "scale" else np.abs(weight)
-        bound = multiplier * float(rows.max()) * source.bound + float(np.abs(bias).max(initial=0))
-        node = GraphNode(op.name, op.kind, op.inputs, op.shape, denominator, weight, bias, (multiplier,), bound, dict(op.attrs))
+        node = GraphNode(op.name, op.kind, op.inputs, op.shape, denominator, weight, bias, (multiplier,), attrs=dict(op.attrs))
+        node.bound = multiplier * node.largest_row() * source.bound + float(np.abs(bias).max(initial=0))
     elif op.kind == "avgpool":
         window = op.attrs["kernel"][0] * op.attrs["kernel"][1]
         node = GraphNode(op.name, op.kind, op.inputs, op.shape, source.denominator * window, bound=source.bound * window,
