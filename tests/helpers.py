@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from qsnn.net.models import NetSpec, QuantizedNet
 from qsnn.net.quantization import Precision
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a small, shared CPU, OpenMP threads that wait for each
+    other make these tiny nets many times slower, and the results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def random_net(

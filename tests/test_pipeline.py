@@ -6,23 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from qsnn.cli import main
 from qsnn.errors import QsnnError
 from qsnn.io import folder_lock
 from qsnn.pipeline import RunSpec, execute, markdown_table, parse_grid, report_rows, sweep
+from tests.helpers import one_thread  # noqa: F401  (autouse: one intra-op thread in this module)
 from tests.test_io import dot_files, in_use
 
 NET = "4C5-P2-8C5-P2-16"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_spec(**changes) -> RunSpec:

@@ -11,19 +11,10 @@ from qsnn.net import models
 from qsnn.net.models import NetSpec, QuantizedNet
 from qsnn.net.notation import PRESETS
 from qsnn.net.quantization import Precision
+from tests.helpers import one_thread  # noqa: F401  (autouse: one intra-op thread in this module)
 
 MNIST = ((1, 28, 28), "valid")
 CIFAR = ((3, 24, 24), "same")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small, shared CPU, OpenMP threads that wait for each
-    other make these tiny nets many times slower, and the results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make(notation: str, shape=MNIST, classes: int = 10, seed: int = 0, **precision) -> QuantizedNet:

@@ -24,20 +24,11 @@ from qsnn.train.checkpoint import load_checkpoint, save_checkpoint
 from qsnn.train.config import TrainConfig
 from qsnn.train.loop import TrainingInterrupted, evaluate, train
 from qsnn.train.options import main
+from tests.helpers import one_thread  # noqa: F401  (autouse: one intra-op thread in this module)
 from tests.test_io import dot_files, fail_writes, in_use
 
 NET = "8C5-P2-16C5-P2-32"
 ROW_KEYS = ["epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small, shared CPU, OpenMP threads that wait for each
-    other make these tiny nets many times slower, and the results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
