@@ -360,7 +360,7 @@ def test_ignored_or_repeated_values_and_interruptions(capsys, tmp_path, monkeypa
 
 
 def test_run_takes_the_papers_recipe_like_train():
-    """`qsnn run` and `qsnn train` declare their shared options once (qsnn.train.options.add_network_options)."""
+    """`qsnn run` and `qsnn train` declare their shared options once (the TrainConfig fields of qsnn.train.options.NETWORK_FIELDS)."""
     from qsnn.cli import _run_spec, build_parser
 
     args = build_parser().parse_args(["run", "--net", "nsd-lenet", "--dataset", "mnist", "--recipe", "paper", "--epochs", "2"])

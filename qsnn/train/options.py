@@ -1,9 +1,9 @@
 """The training options of the command line, made from TrainConfig's fields.
 
 Each option is declared with the field it fills (:mod:`qsnn.options`).
-:func:`add_network_options` (the net, dataset, precision and recipe: shared by ``train``,
-``run`` and ``sweep``) and :func:`add_arguments` (the rest of ``train``) build the
-parsers; :func:`config_from_args` turns the parsed options into a :class:`TrainConfig`.
+:data:`NETWORK_FIELDS` (the net, dataset, precision and recipe) are shared by ``train``,
+``run`` and ``sweep``; :func:`train_options` lists every option of ``train``;
+:func:`config_from_args` turns the parsed options into a :class:`TrainConfig`.
 ``python -m qsnn.train`` (and ``torchrun -m qsnn.train``) runs :func:`main`.
 """
 
@@ -38,11 +38,6 @@ TRAIN_ONLY = (
         help="every process writes OUT/rank{r}_weights.pt at the end (for checks)",
     ),
 )
-
-
-def add_network_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    """The options of :data:`NETWORK_FIELDS` (None, or False for a flag, where not given)."""
-    add_options(parser, field_options(TrainConfig, NETWORK_FIELDS, required=("net", "dataset") if required else ()))
 
 
 def train_options(*, out_required: bool = True) -> list[Option]:
