@@ -207,7 +207,7 @@ class _Batch:
 
 class _Setup(NamedTuple):
     """What every batch of one simulation uses, made once: the populations' prepared
-    tables and neuron models, the synapse maps of the nodes whose inputs are events (not
+    tables and neuron models (time-stepped schemes), the synapse maps of the nodes whose inputs are events (not
     the pixels), and the float32 weight parts."""
 
     tables: dict[str, Thresholds]
@@ -221,7 +221,7 @@ class _Setup(NamedTuple):
         populations = graph.populations
         return cls(
             {node.name: graph.thresholds(node).to(device).prepared() for node in populations},
-            {node.name: NEURON_MODELS[rules.neuron(node.attrs["role"])] for node in populations},
+            {} if rules.single_step else {node.name: NEURON_MODELS[rules.neuron(node.attrs["role"])] for node in populations},
             {
                 node.name: _synapse_map(node, graph.by_name[node.inputs[0]].shape, device)
                 for node in graph.nodes
