@@ -48,6 +48,7 @@ from qsnn.sim.run import simulate
 from qsnn.sim.verify import VERIFY_CHOICES
 from qsnn.snn.convert import convert
 from qsnn.snn.exact import evaluate_exact
+from qsnn.snn.from_nir import INPUT_RANGES, is_nir_file
 from qsnn.snn.graph import SpikingGraph, is_graph_file, model_from_factory
 from qsnn.snn.model import SpikingNet
 from qsnn.snn.schemes import SCHEMES
@@ -195,6 +196,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     out = Path(args.output or Path(args.checkpoint).with_suffix(f".{args.scheme}.npz"))
     _not_the_input(out, args.checkpoint)
+    if is_nir_file(args.checkpoint):
+        return _convert_nir(args, out)
+    if args.nir_input is not None:
+        raise QsnnError(f"--nir-input is for NIR files; {args.checkpoint} is not one")
     if args.model:
         return _convert_model(args, out)
     given = [option for option, value in (("--input-shape", args.input_shape), ("--dataset", args.dataset)) if value]
@@ -226,6 +231,25 @@ def _convert_model(args: argparse.Namespace, out: Path) -> int:
     graph.source.update(model=args.model, weights=str(args.checkpoint), dataset=args.dataset)
     graph.save(out)
     print(f"{graph.describe()}\n  written to {out}")
+    return 0
+
+
+def _convert_nir(args: argparse.Namespace, out: Path) -> int:
+    """`qsnn convert FILE.nir`: a NIR graph read for one time step into a SpikingGraph."""
+
+    given = [option for option, value in (("--model", args.model), ("--input-shape", args.input_shape),
+                                          ("--threshold-scale", args.threshold_scale)) if value is not None]
+    if given:
+        raise QsnnError(f"{', '.join(given)} does not apply to a NIR file (it holds its network and input shape); drop it")
+    graph = convert(args.checkpoint, args.scheme, nir_input=args.nir_input)
+    shape = graph.nodes[0].shape
+    if args.dataset is not None and tuple(dataset_info(args.dataset).input_shape) != shape:
+        raise QsnnError(f"{args.checkpoint} takes {'x'.join(map(str, shape))} inputs, but {args.dataset} gives "
+                        f"{'x'.join(map(str, dataset_info(args.dataset).input_shape))}; give the dataset it was made for")
+    graph.source.update(dataset=args.dataset)
+    graph.save(out)
+    pixels = "raw pixels 0..255" if graph.source["input_range"] == "raw" else "pixels / 255"
+    print(f"{graph.describe()}, read for one time step from NIR (input: {pixels})\n  written to {out}")
     return 0
 
 
@@ -590,14 +614,18 @@ COMMANDS = [
         DATA_DIR, LIMIT, DEVICE, QUIET,
     ), cmd_eval, dict(help="test accuracy of a trained checkpoint")),
     Command("convert", (
-        Option.of("checkpoint", help="a qsnn checkpoint, or with --model the weights (a state dict) of a model of your own"),
+        Option.of("checkpoint", help="a qsnn checkpoint, a NIR file (.nir: read for one time step, every IF node a "
+                  "layer of binary neurons), or with --model the weights (a state dict) of a model of your own"),
         Option.of("--scheme", required=True, choices=list(SCHEMES)),
         Option.of("-o", "--output", help="output file (default: CHECKPOINT.SCHEME.npz)"),
         Option.of("--model", metavar="MODULE:FACTORY",
                   help="a model of your own, made by calling FACTORY() from MODULE (importable, e.g. from the current folder), "
                   "with qsnn.nn.QuantAct activations: converted into a spiking graph"),
         Option.of("--input-shape", metavar="C,H,W", help="--model: the images it takes (default: --dataset's)"),
-        Option.of("--dataset", help="--model: the dataset it was trained on (recorded for qsnn simulate)"),
+        Option.of("--dataset", help="--model or a NIR file: the dataset it was trained on (recorded for qsnn simulate)"),
+        Option.of("--nir-input", choices=INPUT_RANGES, default=None,
+                  help="a NIR file: the pixels it takes, raw (0..255) or unit (p / 255); default: raw for qsnn's "
+                  "own NIR exports, unit for others"),
         Option.of(
             "--threshold-scale", type=positive_int, default=None,
             help="INT only: round thresholds to 1/SCALE like the original code (e.g. 10000) instead of exact",

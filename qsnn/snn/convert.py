@@ -43,7 +43,8 @@ from qsnn.errors import QsnnError, integer_in
 from qsnn.net.models import QuantizedNet
 from qsnn.net.quantization import max_count
 from qsnn.snn import schemes
-from qsnn.snn.graph import SpikingGraph, convert_module
+from qsnn.snn.from_nir import is_nir_file
+from qsnn.snn.graph import SpikingGraph, convert_module, convert_nir
 from qsnn.snn.model import (
     COUNT_LIMIT,
     EXACT_LIMIT,
@@ -216,6 +217,7 @@ def convert(
     *more: str,
     threshold_scale: int | None = None,
     source: dict | None = None,
+    nir_input: str | None = None,
 ) -> SpikingNet | SpikingGraph:
     """Convert a trained network into a spiking network.
 
@@ -226,6 +228,9 @@ def convert(
     - ``convert(module, example_input, scheme)``: a PyTorch model of one's own, with
       :class:`qsnn.nn.QuantAct` activations, into a SpikingGraph
       (:func:`qsnn.snn.graph.convert_module`).
+    - ``convert("net.nir", scheme)``: a NIR graph read for one time step, every IF node a
+      layer of binary neurons (:func:`qsnn.snn.graph.convert_nir`; ``nir_input``: the
+      pixels it takes, "raw" 0..255 or "unit" p / 255), into a SpikingGraph.
     """
     if isinstance(model, nn.Module) and not isinstance(model, QuantizedNet):
         if not isinstance(scheme, torch.Tensor) or len(more) != 1 or threshold_scale is not None:
@@ -235,8 +240,8 @@ def convert(
     if more or isinstance(scheme, torch.Tensor):
         raise QsnnError("convert a qsnn network or checkpoint as convert(net, scheme), e.g. convert(net, 'nsd')")
     schemes.of(scheme)  # (a QsnnError naming the schemes, for anything else)
-    if isinstance(model, str | Path):
-        return _convert_checkpoint(Path(model), scheme, threshold_scale)
+    if isinstance(model, str | Path) or nir_input is not None:
+        return _convert_file(model, scheme, threshold_scale, nir_input)
     if not isinstance(model, QuantizedNet):
         raise QsnnError(
             f"convert() takes a qsnn QuantizedNet or the path of a checkpoint, got {type(model).__name__}; "
@@ -282,6 +287,17 @@ def convert(
     state = {key: value.detach().cpu().numpy().copy() for key, value in model.state_dict().items()}
     eps = [float(block.norm.eps) for block in model.blocks]
     return SpikingNet(scheme, layers, output, model.spec, threshold_scale, dict(source or {}), state, eps)
+
+
+def _convert_file(path, scheme: str, threshold_scale: int | None, nir_input: str | None) -> SpikingNet | SpikingGraph:
+    """A NIR file into a SpikingGraph, a qsnn checkpoint into a SpikingNet."""
+    if isinstance(path, str | Path) and is_nir_file(path):
+        if threshold_scale is not None:
+            raise QsnnError("threshold_scale is for the INT papers' nets; a NIR graph converts with exact thresholds")
+        return convert_nir(path, scheme, input_range=nir_input)
+    if nir_input is not None:
+        raise QsnnError("nir_input is for NIR files; give the path of an .nir file")
+    return _convert_checkpoint(Path(path), scheme, threshold_scale)
 
 
 def _check_convertible(model: QuantizedNet, rules: schemes.Scheme, threshold_scale: int | None) -> None:

@@ -5,7 +5,8 @@ of it on an integer grid: each node's values are integers over the node's own
 ``denominator`` (a positive integer), so that every operation is exact integer
 arithmetic:
 
-- the input is the raw pixels p = 0..255 over 255 (x = p / 255);
+- the input is the raw pixels p = 0..255 over 255 (x = p / 255), or over 1 for a NIR
+  graph that takes them raw;
 - a conv, linear or per-channel scale multiplies by integer weights W_int = W 2^s (the
   folded weights, kept to 24 significant bits as float32 holds them: this defines the
   converted model) and adds its bias on the output's grid;
@@ -21,6 +22,10 @@ is refused), so float64 tensors compute them exactly. :func:`exact_ann` evaluate
 converted model exactly from these integers (the counts by the formula above, not by the
 tables); :mod:`qsnn.sim.graph` simulates its spiking populations.
 
+:func:`convert_nir` builds the same graph from a NIR file (:mod:`qsnn.snn.from_nir`):
+its IF nodes are binary populations (k = 0, B = 1) whose thresholds become integer shifts
+of their sources' biases.
+
 Populations fed by the input alone are the encoding populations (INT: rising
 thresholds); max pooling is exact only where counts arrive at once (SG).
 """
@@ -33,6 +38,7 @@ import math
 import pickle
 import zipfile
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +49,7 @@ from torch import nn
 from qsnn.errors import QsnnError
 from qsnn.io import content_digest, write_sealed_npz
 from qsnn.snn import schemes
+from qsnn.snn.from_nir import default_input_range, nir_ops, read_nir
 from qsnn.snn.model import COUNT_LIMIT, EXACT_LIMIT, PIXEL_LEVELS
 from qsnn.snn.neurons import Thresholds
 from qsnn.snn.trace import Op, trace
@@ -220,18 +227,36 @@ def convert_module(model: nn.Module, example_input: torch.Tensor, scheme: str) -
     ops = trace(model, example_input)
     if not any(op.kind == "quant" for op in ops):
         raise QsnnError("the model has no QuantAct: put qsnn.nn.QuantAct(k, B) after each layer that should spike")
+    return _graph_of(ops, rules, {"model": type(model).__name__})
+
+
+def convert_nir(path: str | Path, scheme: str, *, input_range: str | None = None) -> SpikingGraph:
+    """Convert a NIR graph read for one time step (:mod:`qsnn.snn.from_nir`: every IF or
+    Threshold node a population of binary neurons with its own exact threshold) into a
+    spiking graph under ``scheme``. ``input_range``: "raw" (pixels 0..255) or "unit"
+    (p / 255); by default raw for qsnn's own NIR exports, unit for the others."""
+    rules = schemes.of(scheme)
+    nir_graph = read_nir(path)
+    input_range = input_range or default_input_range(nir_graph)
+    ops = nir_ops(nir_graph, input_range)
+    if not any(op.kind == "quant" for op in ops):
+        raise QsnnError(f"the NIR graph {path} has no IF or Threshold node: nothing in it spikes")
+    return _graph_of(ops, rules, {"nir": str(path), "input_range": input_range})
+
+
+def _graph_of(ops: list[Op], rules: schemes.Scheme, source: dict) -> SpikingGraph:
     nodes: dict[str, GraphNode] = {}
     for op in ops:
         nodes[op.name] = _integer_node(op, nodes)
-    graph = SpikingGraph(rules.name, list(nodes.values()), {"model": type(model).__name__})
+    graph = SpikingGraph(rules.name, list(nodes.values()), source)
     _check_scheme(graph, rules)
     return graph
 
 
 def _integer_node(op: Op, nodes: dict[str, GraphNode]) -> GraphNode:
     inputs = [nodes[name] for name in op.inputs]
-    if op.kind == "input":
-        return GraphNode(op.name, "input", (), op.shape, PIXEL_LEVELS, bound=PIXEL_LEVELS)
+    if op.kind == "input":  # the pixels p = 0..255: x = p / 255, or p itself (denominator 1)
+        return GraphNode(op.name, "input", (), op.shape, op.attrs.get("denominator") or PIXEL_LEVELS, bound=PIXEL_LEVELS)
     source = inputs[0] if inputs else None
     if op.kind in LINEAR:
         weight, s = _snap(op.weight)
@@ -256,6 +281,8 @@ def _integer_node(op: Op, nodes: dict[str, GraphNode]) -> GraphNode:
     elif op.kind in ("flatten", "maxpool", "output"):
         node = GraphNode(op.name, op.kind, op.inputs, op.shape, source.denominator, bound=source.bound, attrs=dict(op.attrs))
     else:  # quant: a population
+        if "above" in op.attrs:
+            _shift_to_threshold(source, op.attrs["above"])
         k, bound = op.attrs["k"], op.attrs["B"]
         levels = COUNT_LIMIT if bound is None else (1 << k) * bound
         role = "encoding" if _fed_by_input_only(source, nodes) else "hidden"
@@ -267,6 +294,21 @@ def _integer_node(op: Op, nodes: dict[str, GraphNode]) -> GraphNode:
             "float64's exact 2^53; bound the QuantActs before it (B) or use fewer channels"
         )
     return node
+
+
+def _shift_to_threshold(source: GraphNode, above: tuple[str, ...]) -> None:
+    """A binary population (k = 0, B = 1) that fires where its input V / d is strictly
+    above theta_c (exact fractions, per channel): [V > theta d] is [V >= floor(theta d) + 1]
+    for integer V, and the population fires at V >= ceil(d / 2), so its source's bias is
+    shifted by ceil(d / 2) - floor(theta d) - 1 (its source feeds it alone). A threshold
+    beyond the source's bound (never or always reached) is clamped to just outside it."""
+    d, bound = source.denominator, math.ceil(source.bound)
+    least = [min(max(math.floor(Fraction(theta) * d) + 1, -bound), bound + 1) for theta in above]
+    shift = np.array([(d + 1) // 2 - value for value in least], dtype=np.int64)
+    source.bias = source.bias + shift
+    source.bound += float(np.abs(shift).max())
+    if source.bound >= EXACT_LIMIT:
+        raise QsnnError(f"node {source.name!r} could reach 2^53 on its exact grid with its thresholds; float64 is not exact there")
 
 
 def _fed_by_input_only(node: GraphNode, nodes: dict[str, GraphNode]) -> bool:
