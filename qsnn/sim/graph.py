@@ -16,20 +16,25 @@ Each batch is checked against the exact evaluation of the converted model
 (:func:`qsnn.snn.graph.exact_ann`): every population's final counts and the predictions.
 
 Synaptic operations (SOPs) are counted as an event-driven implementation does them: for
-every weighted node and average pool, its non-zero inputs of the step times the
-(output, non-zero weight) pairs each reaches (for a node fed by a population: its spikes
-times their fan-out, borders included); additions, concatenations and flattening are
-wiring, and the pixels' products are the encoding's, not events.
+every weighted node and average pool, the non-zero changes of its input that spikes
+caused in the step, times the (output, non-zero weight) pairs each reaches (for a node
+fed by a population: its spikes times their fan-out, borders included); additions,
+concatenations and flattening are wiring, and what the pixels and biases give at t = 0
+is the encoding's, not events.
+
+NSD and INT graphs run on the event engine (:mod:`qsnn.sim.graph_engine`, CPU) unless
+``engine="stepwise"`` asks for the dense step-by-step simulation above (any device, any
+registered neuron model); the two produce the same record, which the tests check.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,10 +43,23 @@ from tqdm.auto import tqdm
 from qsnn.errors import QsnnError
 from qsnn.io import provenance, write_csv, write_json
 from qsnn.options import AUTO_MAX_STEPS
+from qsnn.sim import graph_engine
+from qsnn.sim.graph_engine import GraphProgram
 from qsnn.snn import schemes
-from qsnn.snn.exact import _split, float32_is_ieee
-from qsnn.snn.graph import LINEAR, GraphNode, SpikingGraph, apply_node, exact_ann
+from qsnn.snn.graph import (
+    LINEAR,
+    GraphNode,
+    SpikingGraph,
+    apply_node,
+    exact_ann,
+    float32_parts,
+    float32_product,
+    silent_values,
+)
 from qsnn.snn.neurons import NEURON_MODELS, NeuronModel, Thresholds, target_count
+
+ENGINES = ("auto", "events", "stepwise")
+ENGINE_STEPS = 64  # the event engine's first run: steps recorded per image before it looks again
 
 
 @dataclass
@@ -160,38 +178,14 @@ def _change_bounds(graph: SpikingGraph) -> dict[str, float]:
 
 def _float32_parts(graph: SpikingGraph, device) -> dict[str, tuple[list[torch.Tensor], int]]:
     """For each conv and linear node whose changes after the first step are small
-    integers: its integer weights split into parts of ``bits`` bits (W = sum_j part_j
-    2^(bits j)) so narrow that every sum of products with such a change stays below 2^24,
-    which float32 adds exactly in any order (float32 convolutions are several times
-    faster than float64 ones). Empty where float32 products are not IEEE."""
-    if not float32_is_ieee():
-        return {}
+    integers: its weights in float32 parts (:func:`qsnn.snn.graph.float32_parts`)."""
     bounds = _change_bounds(graph)
     found = {}
     for node in graph.nodes:
-        if node.kind not in ("conv", "linear") or bounds[node.inputs[0]] == 0:
-            continue
-        room = 2.0**24 / (bounds[node.inputs[0]] * node.weight[0].size)
-        bits = math.floor(math.log2(room)) if room >= 2 else 0
-        if bits >= 8:
-            found[node.name] = ([torch.from_numpy(p).to(device, torch.float32) for p in _split(node.weight, bits)], bits)
+        parts = float32_parts(node, bounds[node.inputs[0]]) if node.inputs else None
+        if parts is not None:
+            found[node.name] = ([part.to(device) for part in parts[0]], parts[1])
     return found
-
-
-def _float32_product(node: GraphNode, x: torch.Tensor, parts: list[torch.Tensor], bits: int) -> torch.Tensor:
-    """The node's weighted change (no bias) from its float32 parts, exactly (see _float32_parts)."""
-    x32 = x.to(torch.float32)
-    total = None
-    with torch.backends.nnpack.flags(enabled=False):  # (Winograd and FFT convolutions round)
-        for j, part in enumerate(parts):
-            if node.kind == "conv":
-                a = node.attrs
-                y = F.conv2d(x32, part, stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"])
-            else:
-                y = x32 @ part.T
-            y = y.to(torch.float64) * float(2 ** (bits * j))
-            total = y if total is None else total + y
-    return total * float(node.multipliers[0]) if node.multipliers[0] != 1 else total
 
 
 class _Batch:
@@ -269,6 +263,7 @@ def _time_stepped(graph: SpikingGraph, setup: _Setup, pixels: torch.Tensor, step
                                                  tables[node.name]) for node in populations}
     logits = torch.zeros((batch, graph.classes), dtype=torch.float64, device=device)
     limit = steps if steps is not None else AUTO_MAX_STEPS
+    silent = silent_values(graph, pixels)  # (the part of step 0's changes that no spike caused)
     for t in range(limit):
         changes: dict[str, torch.Tensor | None] = {}
         spiked, sops, index = False, 0, 0
@@ -294,11 +289,13 @@ def _time_stepped(graph: SpikingGraph, setup: _Setup, pixels: torch.Tensor, step
             filled = [x if x is not None else torch.zeros((batch, *graph.by_name[name].shape), dtype=torch.float64, device=device)
                       for x, name in zip(inputs, node.inputs, strict=True)]
             if node.name in synapses and inputs[0] is not None:
-                sops += int(((inputs[0] != 0) * synapses[node.name]).sum())
+                events = inputs[0] - silent[node.inputs[0]] if t == 0 else inputs[0]
+                sops += int(((events != 0) * synapses[node.name]).sum())
             if t > 0 and node.name in parts:
-                changes[node.name] = _float32_product(node, filled[0], *parts[node.name])
-            else:
-                changes[node.name] = apply_node(node, filled, with_bias=t == 0)
+                changes[node.name] = float32_product(node, filled[0], *parts[node.name])
+            else:  # (at t = 0 the changes are the values, within the source's bound)
+                changes[node.name] = apply_node(node, filled, with_bias=t == 0,
+                                                input_bound=graph.by_name[node.inputs[0]].bound if t == 0 else None)
         record.sops.append(sops)
         change = changes[graph.nodes[-1].name]
         if change is not None:
@@ -317,6 +314,62 @@ def _time_stepped(graph: SpikingGraph, setup: _Setup, pixels: torch.Tensor, step
     return record
 
 
+def _engine_batch(graph: SpikingGraph, program: GraphProgram, pixels: torch.Tensor, steps: int | None) -> _Batch:
+    """A batch on the event engine (qsnn.sim.graph_engine), as the step-by-step record.
+    Until quiescent: a first run of up to ENGINE_STEPS steps, then the images still
+    spiking again with eight times as many, up to AUTO_MAX_STEPS."""
+    silent = silent_values(graph, pixels)
+    currents, output = graph_engine.static_currents(graph, silent, program)
+    if steps is not None:
+        runs = [(np.arange(len(pixels)), graph_engine.run(program, currents, output, steps, True))]
+    else:
+        runs, pending, cap = [], np.arange(len(pixels)), ENGINE_STEPS
+        while len(pending):
+            run = graph_engine.run(program, currents[pending], output[pending], cap, False)
+            done = run.steps > 0
+            runs.append((pending[done], graph_engine.EngineRecord(*(part[done] for part in run))))
+            pending = pending[~done]
+            if len(pending) and cap >= AUTO_MAX_STEPS:
+                raise QsnnError(f"the graph was still spiking after {AUTO_MAX_STEPS} steps; give steps")
+            cap = min(cap * 8, AUTO_MAX_STEPS)
+    length = max(int(run.steps.max(initial=0)) for _, run in runs)
+    record = _Batch(graph)
+    positive = np.zeros((len(graph.populations), length), np.int64)
+    negative, sops = np.zeros_like(positive), np.zeros(length, np.int64)
+    predictions = np.zeros((len(pixels), length), np.int64)
+    counts = np.zeros((len(pixels), program.state_size), np.int64)
+    for images, run in runs:
+        width = min(length, run.sops.shape[1])
+        positive[:, :width] += run.positive[:, :, :width].sum(axis=0)
+        negative[:, :width] += run.negative[:, :, :width].sum(axis=0)
+        sops[:width] += run.sops[:, :width].sum(axis=0)
+        for row, image in enumerate(images):  # (after its last step an image's prediction stays)
+            used = int(run.steps[row])
+            predictions[image, :used] = run.predictions[row, :used]
+            predictions[image, used:] = run.predictions[row, used - 1]
+        counts[images] = run.counts
+    record.positive, record.negative = positive.tolist(), negative.tolist()
+    record.sops = sops.tolist()
+    record.predictions = list(torch.from_numpy(predictions).T.to(pixels.device))
+    for p, node in enumerate(graph.populations):
+        start, size = program.populations[p, graph_engine.P_STATE], program.populations[p, graph_engine.P_SIZE]
+        per_neuron = graph_engine.channel_first(counts[:, start:start + size], node.shape)
+        record.counts[node.name] = torch.from_numpy(np.ascontiguousarray(per_neuron)).to(pixels.device)
+    return record
+
+
+def _engine_program(graph: SpikingGraph, setup: _Setup, engine: str, device: str) -> GraphProgram | None:
+    """The event engine's program where ``engine`` asks for it and it can run the graph."""
+    rules = schemes.of(graph.scheme)
+    models = {node.name: rules.neuron(node.attrs["role"]) for node in graph.populations} if not rules.single_step else {}
+    runnable = not rules.single_step and all(name in graph_engine.ENGINE_MODELS for name in models.values())
+    if engine == "events" and not runnable:
+        raise QsnnError(f"the event engine runs NSD and INT graphs; simulate this {rules.title} graph with engine='stepwise'")
+    if engine == "stepwise" or not runnable or (torch.device(device).type != "cpu" and engine == "auto"):
+        return None
+    return graph_engine.compile_graph(graph, setup.synapses, models)
+
+
 def simulate_graph(
     graph: SpikingGraph,
     pixels: torch.Tensor,
@@ -326,22 +379,34 @@ def simulate_graph(
     batch_size: int = 200,
     device: str = "cpu",
     progress: bool = False,
+    engine: str = "auto",
 ) -> GraphResult:
     """Simulate ``graph`` on raw 0..255 ``pixels`` (N, C, H, W) with ``labels``, each batch
     checked against the exact evaluation of the converted model. ``steps``: time steps,
-    or None for until nothing is in flight (time-stepped schemes)."""
+    or None for until nothing is in flight (time-stepped schemes). ``engine``: "events"
+    (:mod:`qsnn.sim.graph_engine`, CPU, NSD and INT), "stepwise" (dense tensors step by
+    step, any device and scheme; the two agree record for record), or "auto" (the event
+    engine where it can run)."""
     rules = schemes.of(graph.scheme)
     if rules.single_step and steps not in (None, 1):
         raise QsnnError(f"{rules.title} takes one time step; drop steps={steps}")
+    if engine not in ENGINES:
+        raise QsnnError(f"engine is one of {', '.join(ENGINES)}, got {engine!r}")
     names = [node.name for node in graph.populations]
     setup = _Setup.of(graph, device)
+    program = _engine_program(graph, setup, engine, device)
     batches = []
     bar = tqdm(total=len(pixels), desc=f"{rules.title} graph", unit="img", disable=not progress, leave=False)
     for start in range(0, len(pixels), batch_size):
         x = pixels[start : start + batch_size].to(device, torch.float64)
         y = labels[start : start + batch_size].to(device)
         ann = exact_ann(graph, x)
-        record = _single_step(graph, setup, x) if rules.single_step else _time_stepped(graph, setup, x, steps)
+        if rules.single_step:
+            record = _single_step(graph, setup, x)
+        elif program is not None:
+            record = _engine_batch(graph, program, x, steps)
+        else:
+            record = _time_stepped(graph, setup, x, steps)
         batches.append((record, ann, y))
         bar.update(len(x))
     bar.close()
