@@ -154,7 +154,7 @@ def _first_line(error: BaseException) -> str:
 def factory_name(factory: str) -> tuple[str, str]:
     """(MODULE, FACTORY) of ``MODULE:FACTORY``; anything else is a one-line error."""
     module_name, _, function = factory.partition(":") if isinstance(factory, str) else ("", "", "")
-    if not module_name or not function.isidentifier():
+    if not module_name or module_name.startswith(".") or not function.isidentifier():  # (MODULE: absolute)
         raise QsnnError(f"--model takes MODULE:FACTORY (e.g. mynets:resnet), got {factory!r}")
     return module_name, function
 

@@ -178,6 +178,7 @@ def test_the_config_refuses_what_does_not_apply_to_a_model() -> None:
         ({"model": TINY, "net": "64-32"}, "net and model are exclusive: give one of them"),
         ({}, "give a net (notation or a preset) or a model of your own (model, MODULE:FACTORY)"),
         ({"model": "tiny"}, "--model takes MODULE:FACTORY (e.g. mynets:resnet), got 'tiny'"),
+        ({"model": ".own_models:tiny"}, "--model takes MODULE:FACTORY (e.g. mynets:resnet), got '.own_models:tiny'"),
     ]:
         with pytest.raises(QsnnError) as refused:
             TrainConfig.from_values({"dataset": "mnist", **values})
