@@ -28,6 +28,7 @@ from qsnn.io import check_target, folder_lock, write_json
 from qsnn.measure.energy import ENERGY_PER_ADD_PJ, ENERGY_PER_MAC_PJ
 from qsnn.net.notation import PRESETS, build_plan, resolve_net
 from qsnn.net.quantization import SAME, parse_bound, precision_fields
+from qsnn.nn import check_model
 from qsnn.options import (
     Option,
     add_options,
@@ -135,8 +136,16 @@ def cmd_data(args: argparse.Namespace) -> int:
 # --- qsnn train ---------------------------------------------------------------------------
 
 
+def _current_folder_importable() -> None:
+    """MODULE of --model MODULE:FACTORY may be a file of the current folder, as for python -m."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def cmd_train(args: argparse.Namespace) -> int:
 
+    if args.model:
+        _current_folder_importable()
     return run_from_args(args)
 
 
@@ -221,14 +230,19 @@ def _convert_model(args: argparse.Namespace, out: Path) -> int:
 
     if args.threshold_scale is not None:
         raise QsnnError("--threshold-scale is for the INT papers' nets; a model of your own converts with exact thresholds")
-    if args.input_shape is None and args.dataset is None:
+    _current_folder_importable()
+    model, trained_on = model_from_factory(args.model, args.checkpoint)
+    dataset = args.dataset if trained_on is None else _own_dataset(args.checkpoint, trained_on, args.dataset)
+    if args.input_shape is None and dataset is None:
         raise QsnnError("give --input-shape C,H,W (or --dataset, whose images the model takes)")
-    shape = tuple(dataset_info(args.dataset).input_shape) if args.input_shape is None else _shape(args.input_shape)
-    if os.getcwd() not in sys.path:  # (MODULE may be a file of the current folder, as for python -m)
-        sys.path.insert(0, os.getcwd())
-    model = model_from_factory(args.model, args.checkpoint)
+    if args.input_shape is None:  # the dataset's images at full size, as qsnn train --model trains on them
+        info = dataset_info(dataset)
+        shape = tuple(info.stored_shape)
+        check_model(model, args.model, shape, info.num_classes, dataset)
+    else:
+        shape = _shape(args.input_shape)
     graph = convert(model, torch.zeros((1, *shape)), args.scheme)
-    graph.source.update(model=args.model, weights=str(args.checkpoint), dataset=args.dataset)
+    graph.source.update(model=args.model, weights=str(args.checkpoint), dataset=dataset)
     graph.save(out)
     print(f"{graph.describe()}\n  written to {out}")
     return 0
@@ -280,13 +294,14 @@ def _own_dataset(path, held: str | None, asked: str | None) -> str:
     return held
 
 
-def load_test_pixels(dataset: str, data_dir: str | None, limit: int | None):
-    """Test images as the network sees them (uint8, centre-cropped for CIFAR) and labels."""
+def load_test_pixels(dataset: str, data_dir: str | None, limit: int | None, shape: tuple[int, ...] | None = None):
+    """Test images as the network sees them (uint8; centre-cropped for CIFAR, or whole for a
+    network whose input ``shape`` is their full size) and labels."""
 
     test = data.load(dataset, "test", data_dir)
     if limit:
         test = test.subset(limit)
-    return data.prepare(test.images, dataset, train=False), test.labels
+    return data.prepare(test.images, dataset, train=False, shape=shape), test.labels
 
 
 def _simulate_graph(args: argparse.Namespace) -> int:
@@ -301,7 +316,7 @@ def _simulate_graph(args: argparse.Namespace) -> int:
                         "checked against the model's exact evaluation); drop it")
     graph = SpikingGraph.load(args.file)
     dataset = _own_dataset(args.file, graph.source.get("dataset"), args.dataset)
-    pixels, labels = load_test_pixels(dataset, args.data_dir, args.limit)
+    pixels, labels = load_test_pixels(dataset, args.data_dir, args.limit, graph.nodes[0].shape)
     out = Path(args.out or Path(args.file).with_suffix("").as_posix() + "-sim")
     with folder_lock(out):
         result = simulate_graph(graph, pixels, labels, steps=args.steps, batch_size=args.batch_size, device=args.device,
@@ -606,8 +621,9 @@ COMMANDS = [
         QUIET,
     ), cmd_data, dict(help="download, verify or list datasets")),
     Command("train", tuple(train_options(out_required=False)), cmd_train, dict(
-        help="train a quantized (or full-precision) network",
-        description="Train with Adam and the papers' schedule; resumable, torchrun-compatible.")),
+        help="train a quantized (or full-precision) network, or a model of your own (--model)",
+        description="Train with Adam and the papers' schedule a net in their notation (--net) or a model of your "
+        "own (--model MODULE:FACTORY); resumable, torchrun-compatible.")),
     Command("eval", (
         Option.of("checkpoint"), TRAINED_ON,
         Option.of("--net", help="the net you expect the checkpoint to hold (checked)"),
@@ -615,14 +631,17 @@ COMMANDS = [
     ), cmd_eval, dict(help="test accuracy of a trained checkpoint")),
     Command("convert", (
         Option.of("checkpoint", help="a qsnn checkpoint, a NIR file (.nir: read for one time step, every IF node a "
-                  "layer of binary neurons), or with --model the weights (a state dict) of a model of your own"),
+                  "layer of binary neurons), or with --model the weights of a model of your own: a checkpoint of "
+                  "qsnn train --model, or its state_dict() saved with torch.save"),
         Option.of("--scheme", required=True, choices=list(SCHEMES)),
         Option.of("-o", "--output", help="output file (default: CHECKPOINT.SCHEME.npz)"),
         Option.of("--model", metavar="MODULE:FACTORY",
                   help="a model of your own, made by calling FACTORY() from MODULE (importable, e.g. from the current folder), "
                   "with qsnn.nn.QuantAct activations: converted into a spiking graph"),
-        Option.of("--input-shape", metavar="C,H,W", help="--model: the images it takes (default: --dataset's)"),
-        Option.of("--dataset", help="--model or a NIR file: the dataset it was trained on (recorded for qsnn simulate)"),
+        Option.of("--input-shape", metavar="C,H,W",
+                  help="--model: the images it takes (default: --dataset's at full size, e.g. 3,32,32 for CIFAR)"),
+        Option.of("--dataset", help="--model or a NIR file: the dataset it was trained on (recorded for qsnn simulate; "
+                  "--model: default the one its qsnn checkpoint names)"),
         Option.of("--nir-input", choices=INPUT_RANGES, default=None,
                   help="a NIR file: the pixels it takes, raw (0..255) or unit (p / 255); default: raw for qsnn's "
                   "own NIR exports, unit for others"),

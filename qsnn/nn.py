@@ -15,14 +15,21 @@ with any loop::
         QuantConv2d(32, 64, 5, ternary=True), nn.BatchNorm2d(64), QuantAct(k=1, B=2),
         nn.Flatten(), QuantLinear(64 * 8 * 8, 10),
     )
+
+A model is named by ``MODULE:FACTORY`` (``qsnn.nn:small_resnet``): :func:`make_model`
+calls ``FACTORY()`` from ``MODULE``, and :func:`check_model` runs it on a dataset's image
+shape; ``qsnn train --model`` and ``qsnn convert --model`` use both.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qsnn.errors import QsnnError
 from qsnn.net.quantization import check_bound, check_level, quantize, ternarize
 
 
@@ -134,3 +141,75 @@ def small_resnet(k: int = 1, B: int | None = 2, classes: int = 10, in_channels: 
     """A small ResNet for 28x28 images (8 and 16 channels, one block each, pooled to 7x7:
     16 globally pooled features are too few for Fashion-MNIST): trains in minutes on a CPU."""
     return ResNet(in_channels, classes, (8, 16), 1, k, B, ternary=ternary, pooled=7)
+
+
+# --- a model named MODULE:FACTORY ------------------------------------------------------
+
+
+def _first_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or "no message"
+    return f"{type(error).__name__}: {text[:200]}"
+
+
+def factory_name(factory: str) -> tuple[str, str]:
+    """(MODULE, FACTORY) of ``MODULE:FACTORY``; anything else is a one-line error."""
+    module_name, _, function = factory.partition(":") if isinstance(factory, str) else ("", "", "")
+    if not module_name or module_name.startswith(".") or not function.isidentifier():  # (MODULE: absolute)
+        raise QsnnError(f"--model takes MODULE:FACTORY (e.g. mynets:resnet), got {factory!r}")
+    return module_name, function
+
+
+def make_model(factory: str) -> nn.Module:
+    """``FACTORY()`` of ``MODULE:FACTORY``: ``MODULE`` imported, the function called with
+    no arguments. A malformed name, a module or function that is not there, a factory that
+    raises or returns something other than a torch.nn.Module: one line each."""
+    module_name, function = factory_name(factory)
+    try:
+        make = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as error:
+        raise QsnnError(f"cannot make the model {factory}: {error}; check the module path and the function name") from None
+    except Exception as error:  # (the module's own code failed while it was imported)
+        raise QsnnError(f"cannot make the model {factory}: importing {module_name} raised {_first_line(error)}; "
+                        "fix the module") from None
+    if not callable(make):
+        raise QsnnError(f"{factory} is a {type(make).__name__}, not a function; name a function that returns the model")
+    try:
+        made = make()
+    except Exception as error:
+        raise QsnnError(f"{factory}() raised {_first_line(error)}; fix the factory (it is called with no arguments, so "
+                        "give every parameter a default)") from None
+    if not isinstance(made, nn.Module):
+        raise QsnnError(f"{factory}() returned a {type(made).__name__}, not a torch.nn.Module; return the model")
+    return made
+
+
+def check_model(model: nn.Module, factory: str, input_shape: tuple[int, ...], classes: int, dataset: str) -> int:
+    """Run ``model`` on two blank images of ``input_shape`` (eval mode, no gradients; its
+    mode restored) and refuse in one line a forward pass that fails or an output that is
+    not (batch, ``classes``). Returns how many values its modules output per image (what
+    a batch's activations take)."""
+    shape = "x".join(map(str, input_shape))
+    outputs: list[int] = []
+
+    def count(module: nn.Module, inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            outputs.append(output.numel())
+
+    hooks = [module.register_forward_hook(count) for module in model.modules() if next(module.children(), None) is None]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(torch.zeros((2, *input_shape)))
+    except Exception as error:
+        raise QsnnError(f"the model {factory} fails on {dataset}'s images ({shape}): {_first_line(error)}; make it "
+                        f"take a batch of {shape} images, x = pixels / 255") from None
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, classes):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else f"a {type(logits).__name__}"
+        raise QsnnError(f"the model {factory} gives {got} for a batch of 2 {dataset} images, not (2, {classes}); "
+                        f"make it output (batch, {classes}): one logit per class of {dataset}")
+    return sum(outputs) // 2

@@ -61,13 +61,16 @@ def field_option(*flags: str, default: Any = dataclasses.MISSING, **settings: An
     return field(default=default, metadata=metadata)
 
 
-def field_like(cls: type, name: str, *, default: Any = dataclasses.MISSING, **settings: Any) -> Any:
+_ITS_OWN = object()  # field_like's default: the declared field's
+
+
+def field_like(cls: type, name: str, *, default: Any = _ITS_OWN, **settings: Any) -> Any:
     """A field declared as field ``name`` of the dataclass ``cls`` is, with its option
-    (``settings`` changing some of it) and its default (unless ``default`` is given), for
-    another dataclass with the same field."""
+    (``settings`` changing some of it) and its default (unless ``default`` is given;
+    ``dataclasses.MISSING``: a required field), for another dataclass with the same field."""
     declared = next(f for f in dataclasses.fields(cls) if f.name == name)
     option: Option = declared.metadata[OPTION]
-    if default is dataclasses.MISSING:
+    if default is _ITS_OWN:
         default = declared.default
     metadata = {OPTION: option.but(**settings)}
     return field(default=default, metadata=metadata) if default is not dataclasses.MISSING else field(metadata=metadata)

@@ -64,7 +64,7 @@ class RunSpec(Precision):
     :class:`TrainConfig` names them, None for the recipe's), and the simulations. Each
     field carries its command-line option (`qsnn run`, `qsnn sweep`)."""
 
-    net: str = field_like(TrainConfig, "net")
+    net: str = field_like(TrainConfig, "net", default=dataclasses.MISSING)
     dataset: str = field_like(TrainConfig, "dataset")
     epochs: int | None = field_like(TrainConfig, "epochs", default=None, help="default: the recipe's (qsnn: 3)")
     seed: int = field_like(TrainConfig, "seed")

@@ -1,6 +1,7 @@
 """From stored images to network inputs: the papers' preprocessing and input stages.
 
-:func:`prepare` crops (and for training flips) CIFAR images; :func:`to_float` maps
+:func:`prepare` crops (and for training flips) CIFAR images, or for a network that
+reads them whole shifts and flips them; :func:`to_float` maps
 pixels to [0, 1]; :func:`model_input` and :func:`spiking_input` give a net's input
 stage (raw pixels, or per-image standardization for the paper recipe's CIFAR nets);
 :func:`paper_augment` is the paper recipe's colour augmentation; :func:`batches`
@@ -13,11 +14,15 @@ import math
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from qsnn.data.registry import ImageSet, dataset_info
 from qsnn.errors import QsnnError
 
 # --------------------------------------------------------------------------- preprocessing
+
+
+SHIFT = 4  # full-size training images move by up to this many pixels (zero-filled)
 
 
 def prepare(
@@ -26,29 +31,49 @@ def prepare(
     *,
     train: bool,
     generator: torch.Generator | None = None,
+    shape: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """The papers' preprocessing, uint8 in and out on the same device.
 
     MNIST-like images are returned unchanged. CIFAR images (N, 3, 32, 32) become 24x24:
     for training a random crop and a random horizontal flip (p = 0.5) per image, drawn
     from ``generator`` (offsets y, then x, then flips); for testing the centre crop.
+    ``shape``: the network's input, by default the dataset's input shape; the images'
+    stored size instead (CIFAR's whole 32x32, as a model of one's own reads them) keeps
+    test images whole and shifts training images by up to :data:`SHIFT` pixels (a random
+    crop of the image padded with zeros) and flips them, drawn the same way.
     """
     info = dataset_info(name)
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
             or tuple(images.shape[1:]) != info.stored_shape:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         dtype = getattr(images, "dtype", None)
         raise QsnnError(
             f"prepare({name!r}) needs uint8 images of shape (N, "
-            f"{', '.join(map(str, info.stored_shape))}), got {dtype} {shape}"
+            f"{', '.join(map(str, info.stored_shape))}), got {dtype} {got}"
         )
-    if info.input_shape == info.stored_shape:
+    shape = info.input_shape if shape is None else tuple(shape)
+    if shape not in (info.input_shape, info.stored_shape):
+        sizes = sorted({"x".join(map(str, s)) for s in (info.stored_shape, info.input_shape)})
+        raise QsnnError(f"{name}'s images go to networks of input {' or '.join(sizes)}, not {'x'.join(map(str, shape))}; "
+                        "give a network made for them")
+    if info.input_shape == info.stored_shape or (shape == info.stored_shape and not train):
         return images
-    count, _, height, width = images.shape
+    if shape == info.stored_shape:
+        padded = F.pad(images, (SHIFT, SHIFT, SHIFT, SHIFT))
+        return _random_crops(padded, info.stored_shape[1], generator)
+    _, _, height, width = images.shape
     size = info.input_shape[1]
     if not train:
         top, left = (height - size) // 2, (width - size) // 2
         return images[:, :, top:top + size, left:left + size].contiguous()
+    return _random_crops(images, size, generator)
+
+
+def _random_crops(images: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A random size x size crop of each image, flipped horizontally with p = 0.5, drawn
+    from ``generator``: offsets y, then x, then flips."""
+    count, _, height, width = images.shape
     where = generator.device if generator is not None else torch.device("cpu")
     top = torch.randint(0, height - size + 1, (count,), generator=generator, device=where)
     left = torch.randint(0, width - size + 1, (count,), generator=generator, device=where)

@@ -13,6 +13,7 @@ without bias, batch norm or quantizer whose outputs are the logits.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -46,6 +47,10 @@ class NetSpec:
 
     def plan(self) -> Plan:
         return build_plan(self.notation, self.input_shape, self.num_classes, self.padding)
+
+    def activations(self) -> int:
+        """How many values the layers output per image (what a batch's activations take)."""
+        return sum(math.prod(layer.out_shape) for layer in self.plan().layers)
 
     def to_dict(self) -> dict:
         data = asdict(self)

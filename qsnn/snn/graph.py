@@ -32,10 +32,8 @@ thresholds); max pooling is exact only where counts arrive at once (SG).
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import pickle
 import zipfile
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -48,12 +46,14 @@ from torch import nn
 
 from qsnn.errors import QsnnError
 from qsnn.io import content_digest, write_sealed_npz
+from qsnn.nn import make_model
 from qsnn.snn import schemes
 from qsnn.snn.exact import _split, float32_is_ieee
 from qsnn.snn.from_nir import default_input_range, nir_ops, read_nir
 from qsnn.snn.model import COUNT_LIMIT, EXACT_LIMIT, PIXEL_LEVELS
 from qsnn.snn.neurons import Thresholds
 from qsnn.snn.trace import Op, trace
+from qsnn.train.checkpoint import own_model_weights
 
 WEIGHT_BITS = 24  # significant bits kept of each folded weight and bias tensor (float32's)
 FORMAT = "qsnn-graph"
@@ -178,30 +178,19 @@ def is_graph_file(path: str | Path) -> bool:
         return False
 
 
-def model_from_factory(factory: str, weights: str | Path) -> nn.Module:
-    """``module.path:function``, called without arguments, with the state dict in
-    ``weights`` (torch.save(model.state_dict(), ...)) loaded into it."""
-    module_name, _, function = factory.partition(":")
-    if not module_name or not function.isidentifier():
-        raise QsnnError(f"--model takes MODULE:FACTORY (e.g. mynets:resnet), got {factory!r}")
-    try:
-        made = getattr(importlib.import_module(module_name), function)()
-    except (ImportError, AttributeError) as error:
-        raise QsnnError(f"cannot make the model {factory}: {error}; check the module path and the function name") from None
-    if not isinstance(made, nn.Module):
-        raise QsnnError(f"{factory}() returned a {type(made).__name__}, not a torch.nn.Module")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        raise QsnnError(f"cannot read the weights {weights}: {str(error).splitlines()[0]}") from None
-    if not isinstance(state, dict):
-        raise QsnnError(f"{weights} holds no state dict; save it with torch.save(model.state_dict(), path)")
+def model_from_factory(factory: str, weights: str | Path) -> tuple[nn.Module, str | None]:
+    """``module.path:function`` called without arguments (:func:`qsnn.nn.make_model`), with
+    the weights in ``weights`` loaded into it (a checkpoint of ``qsnn train --model`` of that
+    factory, or ``torch.save(model.state_dict(), ...)``); in eval mode, with the dataset
+    its checkpoint names (None for a plain state dict)."""
+    made = make_model(factory)
+    state, dataset = own_model_weights(weights, factory)
     try:
         made.load_state_dict(state)
     except RuntimeError as error:
         problem = " ".join(str(error).split())[:200]
         raise QsnnError(f"{weights} does not match the model {factory}: {problem}") from None
-    return made.eval()
+    return made.eval(), dataset
 
 
 # --- conversion -------------------------------------------------------------------------

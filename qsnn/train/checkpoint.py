@@ -4,6 +4,10 @@
 objects, so checkpoints load with ``weights_only``); :func:`load_checkpoint` reads one
 back into a :class:`~qsnn.net.models.QuantizedNet`, refusing with one line a file that
 is not a qsnn checkpoint, is corrupt, or does not match the net it is asked for.
+A model of one's own (``qsnn train --model``) is saved with its factory (``"factory"``,
+format version 2): :func:`checkpoint_model` rebuilds either kind for a resumed run, and
+:func:`own_model_weights` reads its weights, or those of a plain ``state_dict()`` file,
+for ``qsnn convert --model``.
 :func:`check_resumable` decides whether a run may continue from a checkpoint.
 """
 
@@ -30,15 +34,16 @@ from qsnn.net.models import NetSpec, QuantizedNet
 from qsnn.net.notation import resolve_net
 from qsnn.net.quantization import bound_text
 from qsnn.train.config import FIELDS_ADDED, RESUMABLE_CHANGES, TrainConfig
+from qsnn.train.model import ModelSpec, Spec, build_model
 
 CHECKPOINT_FORMAT = "qsnn-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # the newest this reads: a net in notation is written as 1, a model of one's own as 2
 
 
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def unwrapped(model: nn.Module) -> QuantizedNet:
+def unwrapped(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
@@ -56,20 +61,28 @@ def _plain(value: Any) -> Any:
 
 def save_checkpoint(
     path: str | os.PathLike, model: nn.Module, config: TrainConfig | None, *, retry: str = RUN_AGAIN,
-    **state: Any,
+    spec: Spec | None = None, **state: Any,
 ) -> None:
-    """Write a checkpoint atomically: format, NetSpec, config, weights, provenance and ``state``.
+    """Write a checkpoint atomically: format, spec, config, weights, provenance and ``state``.
 
+    ``spec``: what ``model`` is (default: a QuantizedNet's own NetSpec); a model of one's
+    own is saved with its :class:`ModelSpec` and its factory.
     ``state`` holds the rest (optimizer state, epoch, step, metrics...); it must be plain
     data and tensors so that the file loads with ``torch.load(weights_only=True)``.
     A failed write (a full disk...) is a one-line QsnnError naming ``path`` that ends in
     ``retry`` (what to do once the cause is fixed).
     """
     net = unwrapped(model)
+    if spec is None:
+        if not isinstance(net, QuantizedNet):
+            raise TypeError("save_checkpoint needs the ModelSpec of a model that is not a QuantizedNet")
+        spec = net.spec
+    own = isinstance(spec, ModelSpec)
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "spec": net.signature(),
+        "version": 2 if own else 1,
+        "spec": spec.to_dict(),
+        **({"factory": spec.factory} if own else {}),
         "config": None if config is None else config.to_dict(),
         "model": net.state_dict(),
         "provenance": _plain(provenance(None if config is None else config.seed)),
@@ -135,19 +148,31 @@ def _read_checkpoint(path: Path, device: str | torch.device) -> dict[str, Any]:
             payload, dict
         ) else f"a {type(payload).__name__}"
         raise QsnnError(f"{path} is not a qsnn checkpoint (it holds {what}); {fix}")
+    _check_version(path, payload)
+    return payload
+
+
+def _check_version(path: Path, payload: dict[str, Any]) -> None:
     version = payload.get("version")
     if not isinstance(version, int) or version > CHECKPOINT_VERSION:
         raise QsnnError(
             f"checkpoint {path} has format version {version!r}, newer than this qsnn reads "
             f"({CHECKPOINT_VERSION}); upgrade qsnn"
         )
-    return payload
+
+
+def _non_finite(model: nn.Module) -> list[str]:
+    """The parameters and buffers of any model holding NaN or infinity."""
+    return [
+        name for name, tensor in unwrapped(model).state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
 
 
 def check_finite(model: nn.Module, state: dict, config: TrainConfig, out_dir: Path) -> None:
     """Stop a diverged training before it writes a checkpoint: the epoch's loss or the
     weights are no longer finite (checked where checkpoints are written, not every step)."""
-    finite = bool(torch.isfinite(state["running"]["loss_sum"])) and not model.non_finite()
+    finite = bool(torch.isfinite(state["running"]["loss_sum"])) and not _non_finite(model)
     if not finite:
         raise QsnnError(
             f"training diverged in epoch {state['epoch'] + 1} (the loss or the weights are no longer finite at "
@@ -164,10 +189,25 @@ def load_checkpoint(
     """Rebuild the network a checkpoint holds (in eval mode) and return it with the checkpoint.
 
     ``spec_check``: the network the caller expects; a checkpoint of another network raises
-    a :class:`QsnnError` saying what it holds and what was asked.
+    a :class:`QsnnError` saying what it holds and what was asked. A checkpoint of a model
+    of one's own is refused in one line that says how to convert it.
     """
     path = Path(path)
     payload = _read_checkpoint(path, device)
+    factory = payload.get("factory")
+    if factory is not None:
+        dataset = (payload.get("config") or {}).get("dataset", "DATASET")
+        raise QsnnError(
+            f"checkpoint {path} holds a model of your own ({factory}), not a net in the papers' notation; convert "
+            f"it with qsnn convert {path} --model {factory} --dataset {dataset} --scheme SCHEME"
+        )
+    model = _notation_net(path, payload, spec_check)
+    model.to(device).eval()
+    return model, payload
+
+
+def _notation_net(path: Path, payload: dict[str, Any], spec_check: NetSpec | None = None) -> QuantizedNet:
+    """The QuantizedNet of a checkpoint of a net in notation, its weights checked."""
     try:
         spec = NetSpec.from_dict(payload["spec"])
         model = QuantizedNet(spec)  # (builds the plan: checks the notation against the shapes)
@@ -190,11 +230,76 @@ def load_checkpoint(
             f"({reason[:200]}); the file is damaged, retrain it"
         ) from None
     model.check_finite(f"checkpoint {path}")
-    model.to(device).eval()
-    return model, payload
+    return model
+
+
+def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """A qsnn checkpoint's contents, as written (one-line errors for anything else)."""
+    return _read_checkpoint(Path(path), device)
+
+
+def checkpoint_model(path: str | os.PathLike, payload: dict[str, Any], spec: Spec, seed: int) -> nn.Module:
+    """The network of ``spec`` with the weights of ``payload``, read from ``path``: a net
+    in notation (the one the checkpoint describes) or a model of ``spec``'s factory (made
+    under ``seed``); the kind of network must be the checkpoint's."""
+    held = payload.get("factory")
+    asked = spec.factory if isinstance(spec, ModelSpec) else None
+    if held != asked:
+        was = f"the model {held}" if held is not None else "a net in the papers' notation"
+        now = f"the model {asked}" if asked is not None else "a net in the papers' notation"
+        raise QsnnError(f"checkpoint {path} holds {was}, not {now}; give the one it was trained from or another "
+                        "checkpoint")
+    if not isinstance(spec, ModelSpec):
+        return _notation_net(Path(path), payload)
+    model = build_model(spec, seed)
+    try:
+        model.load_state_dict(payload["model"])
+    except (KeyError, RuntimeError) as error:
+        reason = " ".join(str(error).split())[:200] or "no weights"
+        raise QsnnError(f"checkpoint {path}: its weights do not fit the model {spec.factory} ({reason}); the model "
+                        "has changed since it was trained, or the file is damaged") from None
+    broken = _non_finite(model)
+    if broken:
+        raise QsnnError(f"checkpoint {path} holds non-finite values in {', '.join(broken[:3])} (a diverged training); "
+                        "retrain it with a lower --lr")
+    return model
+
+
+def own_model_weights(path: str | os.PathLike, factory: str) -> tuple[dict[str, Any], str | None]:
+    """The state dict of a model of one's own in ``path`` and the dataset it was trained
+    on (None where the file does not say): a qsnn checkpoint of ``factory`` (``qsnn train
+    --model``), or the plain ``torch.save(model.state_dict(), path)``. A checkpoint of
+    another factory or of a net in notation is refused in one line."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise QsnnError(f"cannot read the weights {path}: {str(error).splitlines()[0]}") from None
+    dataset = None
+    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+        _check_version(path, state)
+        held = state.get("factory")
+        if held is None:
+            notation = (state.get("spec") or {}).get("notation")
+            raise QsnnError(f"{path} is a qsnn checkpoint of the net {notation}, not of a model of your own; convert "
+                            f"it without --model: qsnn convert {path} --scheme SCHEME")
+        if held != factory:
+            raise QsnnError(f"{path} was trained from the model {held}, not {factory}; give --model {held}")
+        dataset = (state.get("config") or {}).get("dataset")
+        state = state.get("model")
+    if not isinstance(state, dict):
+        raise QsnnError(f"{path} holds no state dict; save it with torch.save(model.state_dict(), path)")
+    return state, dataset
 
 
 def check_resumable(saved: dict[str, Any], config: TrainConfig, out_dir: Path) -> None:
+    held = saved.get("model")
+    if held != config.model:  # another model, or a net in notation and a model of one's own
+        was = f"the model {held}" if held is not None else f"the net {saved.get('net')}"
+        now = f"the model {config.model}" if config.model is not None else f"the net {config.net}"
+        again = f"--model {held}" if held is not None else f"--net {saved.get('net')}"
+        raise QsnnError(f"cannot resume {out_dir}: it holds a run of {was}, not {now}; resume it with {again} "
+                        "or give another output directory")
     asked = config.to_dict()
 
     def same(key: str) -> bool:
@@ -219,7 +324,7 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, out_dir: Path) -
 
 
 def write_config(
-    out_dir: Path, config: TrainConfig, spec: NetSpec, device: torch.device, world: int,
+    out_dir: Path, config: TrainConfig, spec: Spec, device: torch.device, world: int,
     global_batch: int, *, resumed: bool,
 ) -> None:
     """config.json: the config, what it resolved to, and the provenance of every start."""
@@ -235,10 +340,10 @@ def write_config(
     write_json(path, {
         "config": config.to_dict(),
         "resolved": {
-            "notation": spec.notation,
+            **({"notation": spec.notation} if isinstance(spec, NetSpec) else {"model": spec.factory}),
             "batch_size": global_batch,
             "lr_decay_epoch": config.resolved_lr_decay_epoch(),
-            "params": spec.plan().params,
+            "params": spec.plan().params if isinstance(spec, NetSpec) else spec.params,
         },
         "spec": spec.to_dict(),
         "provenance": provenance(config.seed),

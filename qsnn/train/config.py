@@ -3,13 +3,14 @@
 "qsnn" is a short schedule (Adam, lr 1e-3 divided by 10 after half the epochs);
 "paper" is the original code's per preset (:func:`paper_recipe`): its epochs, batch, lr
 and schedule. A config is checked when made (one-line errors naming the field and the
-fix) and written to config.json, so a run can be resumed and re-made.
+fix) and written to config.json, so a run can be resumed and re-made. It trains a net in
+the papers' notation (``net``) or a model of one's own (``model``, ``MODULE:FACTORY``,
+:class:`~qsnn.train.model.ModelSpec`), whose own QuantActs set its precision.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,10 @@ from qsnn import data as qdata
 from qsnn.errors import QsnnError, check_seed, integer_in
 from qsnn.net.models import NetSpec
 from qsnn.net.notation import resolve_net
-from qsnn.net.quantization import Precision
+from qsnn.net.quantization import PRECISION_FIELDS, Precision
+from qsnn.nn import factory_name
 from qsnn.options import field_option, optional_int
+from qsnn.train.model import ModelSpec, Spec
 
 # Options that may change when a run is resumed; every other one must match the saved run.
 RESUMABLE_CHANGES = ("epochs", "data_dir", "device", "checkpoint_interval")
@@ -56,10 +59,19 @@ def paper_recipe(net: str, dataset: str) -> dict[str, Any]:
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(Precision):
     """What to train and how: the precision (the fields of :class:`Precision`), the net
-    (notation such as ``20C5-P2-50C5-P2-500``, or a preset), the data and the schedule.
-    Each field carries its command-line option (:mod:`qsnn.train.options`)."""
+    (notation such as ``20C5-P2-50C5-P2-500``, or a preset) or instead a model of one's
+    own (``model``, ``MODULE:FACTORY``: no precision fields, no paper recipe), the data and
+    the schedule. Each field carries its command-line option (:mod:`qsnn.train.options`)."""
 
-    net: str = field_option(help="notation (20C5-P2-50C5-P2-500) or a preset (qsnn nets)")
+    net: str | None = field_option(default=None, help="notation (20C5-P2-50C5-P2-500) or a preset (qsnn nets)")
+    model: str | None = field_option(
+        default=None, metavar="MODULE:FACTORY",
+        help="instead of --net, a model of your own: FACTORY() from MODULE (importable, e.g. qsnn.nn:small_resnet "
+        "or a file of the current folder), built with qsnn.nn modules, whose QuantAct(k, B) set its precision (so "
+        "no --k, --B, --ternary, --fp32, --encoding-k/B or --recipe paper). It reads the dataset's images at full "
+        "size (CIFAR 3x32x32, trained with flips and shifts of up to 4 pixels) as x = pixels / 255, as qsnn "
+        "convert --model takes them, and outputs one logit per class",
+    )
     dataset: str = field_option(help="mnist, fashion-mnist, cifar10 or cifar100")
     epochs: int = field_option(default=3, type=int, help="default {default}")
     batch_size: int | None = field_option(  # None: 200 for MNIST-like data, 128 for CIFAR
@@ -88,6 +100,7 @@ class TrainConfig(Precision):
         if self.recipe not in RECIPES:
             raise QsnnError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         super().__post_init__()  # reads B and the encoding values, checks k, B and them
+        self._check_net_or_model()
         for name in ("epochs", "batch_size", "lr_decay_epoch", "train_limit", "test_limit"):
             value = getattr(self, name)
             minimum = 0 if name == "lr_decay_epoch" else 1
@@ -103,8 +116,33 @@ class TrainConfig(Precision):
                 f"checkpoint_interval must be >= 0 seconds, got {self.checkpoint_interval!r}"
             )
 
-    def spec(self) -> NetSpec:
-        """The network to build: notation resolved, input shape, classes and padding of the data."""
+    def _check_net_or_model(self) -> None:
+        """One of net and model; a model's own QuantActs set its precision."""
+        if (self.net is None) == (self.model is None):
+            raise QsnnError(
+                "net and model are exclusive: give one of them" if self.net is not None else
+                "give a net (notation or a preset) or a model of your own (model, MODULE:FACTORY)"
+            )
+        if self.model is None:
+            return
+        factory_name(self.model)
+        default = Precision()
+        changed = [name for name in PRECISION_FIELDS if getattr(self, name) != getattr(default, name)]
+        if self.recipe != "qsnn":
+            changed.append("recipe")
+        if changed:
+            raise QsnnError(
+                f"{', '.join(changed)} {'does' if len(changed) == 1 else 'do'} not apply to a model of your own "
+                f"({self.model}): its QuantAct(k, B) set its precision, and the papers' recipe is for their nets; "
+                f"drop {'it' if len(changed) == 1 else 'them'}"
+            )
+
+    def spec(self) -> Spec:
+        """The network to build: notation resolved, input shape, classes and padding of the
+        data; for a model of one's own, its :class:`ModelSpec` (the model made and checked
+        against the data's images and classes)."""
+        if self.model is not None:
+            return ModelSpec.of(self.model, self.dataset)
         notation, _ = resolve_net(self.net)
         info = qdata.dataset_info(self.dataset)
         spec = NetSpec(
@@ -118,14 +156,14 @@ class TrainConfig(Precision):
         spec.plan()  # raises a QsnnError if the net does not fit the input
         return spec
 
-    def check_memory(self, spec: NetSpec) -> None:
+    def check_memory(self, spec: Spec) -> None:
         """Refuse a batch whose activations alone would not fit in this machine's memory."""
-        activations = sum(math.prod(layer.out_shape) for layer in spec.plan().layers)
-        needed = 4 * 4 * activations * self.resolved_batch_size()  # float32: values, gradients, masks
+        needed = 4 * 4 * spec.activations() * self.resolved_batch_size()  # float32: values, gradients, masks
         total = _physical_memory()
         if total and needed > total // 2:
+            name = spec.notation if isinstance(spec, NetSpec) else spec.factory
             raise QsnnError(
-                f"a batch of {self.resolved_batch_size():,} images of {spec.notation} needs about "
+                f"a batch of {self.resolved_batch_size():,} images of {name} needs about "
                 f"{needed / 2**30:.1f} GB of activations, over half of this machine's {total / 2**30:.1f} GB; "
                 "use a smaller --batch-size"
             )
@@ -160,13 +198,20 @@ class TrainConfig(Precision):
         filling in what they leave out."""
         values = dict(values)
         recipe = values.pop("recipe", "qsnn")
-        if recipe == "paper":
+        if recipe == "paper" and values.get("net") is not None and values.get("model") is None:
             return cls.paper(values.pop("net"), values.pop("dataset"), **values)
         return cls(recipe=recipe, **values)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, the net and the dataset first (config.json)."""
-        return net_first(dataclasses.asdict(self))
+        """Every field, the net and the dataset first (config.json); for a model of one's
+        own the model first and neither the net nor the fields that do not apply to it."""
+        values = dataclasses.asdict(self)
+        model = values.pop("model")
+        if model is None:
+            return net_first(values)
+        for name in ("net", *PRECISION_FIELDS, "recipe"):
+            del values[name]
+        return {"model": model, "dataset": values.pop("dataset"), **values}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -191,7 +236,10 @@ FIELDS_ADDED = {"recipe": "qsnn"}  # config fields a run written before them had
 
 
 def default_out_dir(config: TrainConfig) -> Path:
-    """runs/<dataset>-<net>-<precision>, e.g. runs/mnist-20C5-P2-50C5-P2-500-k1-Bnone."""
+    """runs/<dataset>-<net>-<precision>, e.g. runs/mnist-20C5-P2-50C5-P2-500-k1-Bnone; for
+    a model of one's own runs/<dataset>-<module>-<factory>."""
+    if config.model is not None:
+        return Path("runs") / f"{config.dataset}-{config.model.replace(':', '-')}"
     return Path("runs") / f"{config.dataset}-{config.net}-{config.label()}"
 
 

@@ -7,9 +7,15 @@ original code's (:func:`paper_recipe`, ``TrainConfig.paper``), whose CIFAR nets 
 the colour augmentation and per-image standardization (:func:`qsnn.data.transforms.paper_augment`,
 the input stage "standardize" of :func:`qsnn.data.transforms.model_input`).
 
+The network is a net in the papers' notation or a model of one's own (``model``,
+``MODULE:FACTORY``: :class:`~qsnn.train.model.ModelSpec`), which reads the dataset's
+images at full size (CIFAR 32x32, trained with flips and shifts of up to 4 pixels), x =
+pixels / 255, as ``qsnn convert --model`` takes them; the loop is the same.
+
 Runs are reproducible bit for bit on the CPU: the weights are initialised from ``seed``,
-and every epoch's shuffle and every step's augmentation come from generators seeded by
-(seed, epoch[, step]), never from global random state. A run stopped anywhere (Ctrl-C,
+every epoch's shuffle and every step's augmentation come from generators seeded by
+(seed, epoch[, step]), never from global random state, and each step runs with the global
+random state seeded by (seed, epoch, step) (a model's dropout, say), restored after it. A run stopped anywhere (Ctrl-C,
 SIGTERM, a crash between checkpoints) and resumed with ``resume=True`` skips the steps it
 had done and ends with exactly the weights of a run that was never stopped.
 
@@ -57,27 +63,56 @@ from qsnn.distributed import check_device
 from qsnn.distributed import setup as _setup_distributed
 from qsnn.errors import QsnnError
 from qsnn.io import RESUME, folder_lock, read_json, write_csv, write_json
-from qsnn.net.models import QuantizedNet
+from qsnn.net.models import NetSpec
 from qsnn.train.checkpoint import (
     check_finite,
     check_resumable,
-    load_checkpoint,
+    checkpoint_model,
+    read_checkpoint,
     save_checkpoint,
     torch_save,
     unwrapped,
     write_config,
 )
 from qsnn.train.config import TrainConfig
+from qsnn.train.model import Spec, build_model
 
 # ----------------------------------------------------------------------------- data and steps
 
 
-def _generator(*parts: int) -> torch.Generator:
-    """A CPU generator seeded from integers, e.g. (seed, epoch): independent of global state."""
+def _mix(*parts: int) -> int:
+    """One seed from integers, e.g. (seed, epoch)."""
     value = 0
     for part in parts:
         value = (value * 1_000_003 + part) % 2**63
-    return torch.Generator().manual_seed(value)
+    return value
+
+
+def _generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded from integers, e.g. (seed, epoch): independent of global state."""
+    return torch.Generator().manual_seed(_mix(*parts))
+
+
+@contextlib.contextmanager
+def _seeded(device: torch.device, *parts: int) -> Iterator[None]:
+    """The global random state (the CPU's, and ``device``'s if a GPU) seeded from ``parts``
+    for the block, then restored: what a model draws in its forward pass (dropout)
+    depends on the step alone, so a resumed run draws it again exactly."""
+    cuda = [device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        value = _mix(*parts)
+        torch.default_generator.manual_seed(value)
+        if cuda:
+            torch.cuda.manual_seed(value)
+        yield
+
+
+def _input_of(spec: Spec | None, dataset: str) -> tuple[str, tuple[int, ...]]:
+    """(input stage, input shape) of a network; a model without a spec reads the dataset's
+    images at full size, x = pixels / 255."""
+    if spec is None:
+        return "pixels", tuple(qdata.dataset_info(dataset).stored_shape)
+    return spec.input_stage, tuple(spec.input_shape)
 
 
 def _batch(
@@ -87,12 +122,14 @@ def _batch(
     train: bool,
     generator: torch.Generator | None,
     device: torch.device,
-    stage: str = "pixels",
+    spec: Spec | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``index`` of ``data`` as (the network's input x, labels) on ``device``;
-    augmented if train. ``stage``: the network's input stage; a standardizing network
-    trains on the CIFAR code's pipeline (crop, flip, brightness, contrast, standardization)."""
-    pixels = qdata.prepare(data.images[index], data.name, train=train, generator=generator)
+    augmented if train. ``spec``: the network (its input stage and shape); a standardizing
+    network trains on the CIFAR code's pipeline (crop, flip, brightness, contrast,
+    standardization)."""
+    stage, shape = _input_of(spec, data.name)
+    pixels = qdata.prepare(data.images[index], data.name, train=train, generator=generator, shape=shape)
     if train and stage == "standardize":
         pixels = qdata.paper_augment(pixels, generator)
     x = qdata.model_input(pixels, stage).to(device, non_blocking=True)
@@ -117,7 +154,7 @@ def train_step(
 @torch.no_grad()
 def _count_correct(
     model: nn.Module, data: qdata.ImageSet, index: torch.Tensor, batch_size: int,
-    device: torch.device,
+    device: torch.device, spec: Spec | None,
 ) -> int:
     """How many of the images ``index`` the net classifies right (eval mode, then restored)."""
     net = unwrapped(model)
@@ -126,8 +163,7 @@ def _count_correct(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, len(index), batch_size):
         x, labels = _batch(
-            data, index[start : start + batch_size], train=False, generator=None, device=device,
-            stage=net.spec.input_stage,
+            data, index[start : start + batch_size], train=False, generator=None, device=device, spec=spec,
         )
         correct += (net(x).argmax(1) == labels).sum()
     net.train(was_training)
@@ -140,14 +176,19 @@ def evaluate(
     *,
     batch_size: int = 1000,
     device: str | torch.device | None = None,
+    spec: Spec | None = None,
 ) -> float:
-    """Test accuracy in % (eval mode, no gradients); ``device`` defaults to the model's."""
+    """Test accuracy in % (eval mode, no gradients); ``device`` defaults to the model's.
+    ``spec``: what the model is (default: a QuantizedNet's own; for any other model, one
+    that reads the images at full size, x = pixels / 255)."""
     if len(data) == 0:
         raise QsnnError(f"cannot evaluate on an empty {data.name} {data.split} set")
     if device is None:
         device = next(unwrapped(model).parameters()).device
+    if spec is None:
+        spec = getattr(unwrapped(model), "spec", None)
     index = torch.arange(len(data))
-    return 100.0 * _count_correct(model, data, index, batch_size, torch.device(device)) / len(data)
+    return 100.0 * _count_correct(model, data, index, batch_size, torch.device(device), spec) / len(data)
 
 
 def _setup_device(name: str, ddp: _Dist) -> torch.device:
@@ -392,10 +433,7 @@ class _Run:
             raise QsnnError(
                 f"{self.out_dir} already holds a run (last.pt); resume it or give another output directory"
             )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed)
-            self.model = QuantizedNet(self.spec)
-        self.model.to(self.device)
+        self.model = build_model(self.spec, self.config.seed).to(self.device)
         self.state = {
             "epoch": 0, "step": 0, "best_acc": -1.0, "best_epoch": 0, "metrics": [],
             "running": _fresh_running(self.device),
@@ -406,10 +444,11 @@ class _Run:
         config, out_dir, ddp = self.config, self.out_dir, self.ddp
         if not self.last_path.exists():
             raise QsnnError(f"nothing to resume: {self.last_path} does not exist; run without resume to start")
-        self.model, checkpoint = load_checkpoint(self.last_path, device=self.device)
+        checkpoint = read_checkpoint(self.last_path, device=self.device)
         saved = checkpoint.get("config") or {}
         check_resumable(saved, config, out_dir)
-        if self.model.spec != self.spec:  # the same options, another net: a preset's layer list has changed since
+        self.model = checkpoint_model(self.last_path, checkpoint, self.spec, config.seed).to(self.device)
+        if isinstance(self.spec, NetSpec) and self.model.spec != self.spec:  # a preset's layers changed since
             raise QsnnError(
                 f"{self.last_path} holds {self.model.spec.describe()}, but these options now build "
                 f"{self.spec.describe()}; train into another folder"
@@ -476,7 +515,7 @@ class _Run:
         check_finite(self.model, self.state, self.config, self.out_dir)
         if self.ddp.main:
             save_checkpoint(
-                self.last_path, self.model, self.config, retry=self.retry,
+                self.last_path, self.model, self.config, retry=self.retry, spec=self.spec,
                 optimizer=self.optimizer.state_dict(), world_size=self.ddp.world,
                 **{key: self.state[key] for key in ("epoch", "step", "best_acc", "best_epoch")},
                 metrics=self.state["metrics"], running=self.state["running"],
@@ -502,11 +541,11 @@ class _Run:
             start = step * self.global_batch + ddp.rank * self.per_rank
             x, labels = _batch(
                 self.train_set, order[start : start + self.per_rank], train=True,
-                generator=_generator(config.seed, epoch, step, ddp.rank), device=self.device,
-                stage=self.spec.input_stage,
+                generator=_generator(config.seed, epoch, step, ddp.rank), device=self.device, spec=self.spec,
             )
             self.at_boundary = False
-            step_loss, step_correct = train_step(self.ddp_model, self.optimizer, x, labels)
+            with _seeded(self.device, config.seed, epoch, step, ddp.rank, 1):
+                step_loss, step_correct = train_step(self.ddp_model, self.optimizer, x, labels)
             save_now = time.monotonic() - last_save >= config.checkpoint_interval
             stop_now = stop.signum is not None
             if ddp.active:  # sum the statistics and agree on saving or stopping
@@ -544,10 +583,11 @@ class _Run:
 
     def test_accuracy(self) -> float:
         if not self.ddp.active:
-            return evaluate(self.model, self.test_set, device=self.device)
+            return evaluate(self.model, self.test_set, device=self.device, spec=self.spec)
         _broadcast_buffers(self.model)
         shard = torch.arange(self.ddp.rank, len(self.test_set), self.ddp.world)
-        hits = torch.tensor([_count_correct(self.model, self.test_set, shard, 1000, self.device)], device=self.device)
+        hits = torch.tensor([_count_correct(self.model, self.test_set, shard, 1000, self.device, self.spec)],
+                            device=self.device)
         dist.all_reduce(hits)
         return 100.0 * int(hits) / len(self.test_set)
 
@@ -574,7 +614,7 @@ class _Run:
             if self.ddp.main:  # checkpoints first: the metrics never hold an epoch last.pt lacks
                 if improved:  # (before last.pt, whose best_epoch names it)
                     save_checkpoint(
-                        self.best_path, self.model, self.config, retry=self.retry, epoch=epoch + 1,
+                        self.best_path, self.model, self.config, retry=self.retry, spec=self.spec, epoch=epoch + 1,
                         test_acc=test_acc, metrics=state["metrics"],
                     )
                 self.save_last()

@@ -2,7 +2,8 @@
 
 Each option is declared with the field it fills (:mod:`qsnn.options`).
 :data:`NETWORK_FIELDS` (the net, dataset, precision and recipe) are shared by ``train``,
-``run`` and ``sweep``; :func:`train_options` lists every option of ``train``;
+``run`` and ``sweep``; :func:`train_options` lists every option of ``train`` (which also
+takes ``--model MODULE:FACTORY``, a model of one's own, instead of ``--net``);
 :func:`config_from_args` turns the parsed options into a :class:`TrainConfig`.
 ``python -m qsnn.train`` (and ``torchrun -m qsnn.train``) runs :func:`main`.
 """
@@ -28,7 +29,7 @@ NETWORK_FIELDS = (
     "net", "dataset", *PRECISION_FIELDS, "recipe", "epochs", "batch_size", "lr", "seed", "train_limit",
 )
 # The rest of `qsnn train`'s TrainConfig fields, and its options that fill no field.
-TRAIN_FIELDS = ("lr_decay_epoch", "data_dir", "test_limit", "device", "checkpoint_interval")
+TRAIN_FIELDS = ("model", "lr_decay_epoch", "data_dir", "test_limit", "device", "checkpoint_interval")
 TRAIN_ONLY = (
     Option.of("--out", required=True, help="output folder"),
     Option.of("--resume", action="store_true", help="continue from OUT/last.pt"),
@@ -41,11 +42,12 @@ TRAIN_ONLY = (
 
 
 def train_options(*, out_required: bool = True) -> list[Option]:
-    """Every option of `qsnn train`: the TrainConfig fields, --out, --resume, --quiet and
-    --save-rank-weights."""
+    """Every option of `qsnn train`: the TrainConfig fields (--model after --net), --out,
+    --resume, --quiet and --save-rank-weights."""
+    net, *network = field_options(TrainConfig, NETWORK_FIELDS, required=("dataset",))
+    model, *rest = field_options(TrainConfig, TRAIN_FIELDS)
     return [
-        *field_options(TrainConfig, NETWORK_FIELDS, required=("net", "dataset")),
-        *field_options(TrainConfig, TRAIN_FIELDS),
+        net, model, *network, *rest,
         *(option.but(required=out_required) if option.flags == ("--out",) else option for option in TRAIN_ONLY),
     ]
 
@@ -62,6 +64,30 @@ def check_precision_options(args: argparse.Namespace) -> None:
             raise QsnnError(f"--fp32 trains a full-precision baseline; drop {', '.join(quantizing)} (they quantize)")
 
 
+def check_model_options(args: argparse.Namespace) -> None:
+    """Exactly one of --net and --model; with --model, no option that sets a precision or
+    the papers' recipe (the model's own QuantAct(k, B) set its precision)."""
+    if (args.net is None) == (args.model is None):
+        raise QsnnError(
+            "--net and --model are exclusive: give --net for a net in the papers' notation or --model for a model "
+            "of your own" if args.net is not None else
+            "give --net (a net in the papers' notation, or a preset) or --model MODULE:FACTORY (a model of your own)"
+        )
+    if args.model is None:
+        return
+    given = [option for option, value in (
+        ("--k", args.k is not None), ("--B", args.B is not None), ("--ternary", args.ternary),
+        ("--fp32", args.full_precision), ("--encoding-k", args.encoding_k is not None),
+        ("--encoding-B", args.encoding_B is not None), ("--recipe paper", args.recipe == "paper"),
+    ) if value]
+    if given:
+        one = len(given) == 1
+        raise QsnnError(
+            f"{', '.join(given)} {'does' if one else 'do'} not apply with --model: the model's own QuantAct(k, B) set "
+            f"its precision (and --epochs, --lr and --batch-size its schedule); drop {'it' if one else 'them'}"
+        )
+
+
 def network_values(args: argparse.Namespace) -> dict:
     """The fields of :data:`NETWORK_FIELDS` given on the command line, as TrainConfig
     and RunSpec take them (their own defaults, or the recipe's, fill in the rest)."""
@@ -70,13 +96,15 @@ def network_values(args: argparse.Namespace) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    check_model_options(args)
     return TrainConfig.from_values(network_values(args) | given_values(args, TRAIN_FIELDS))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m qsnn.train",
-        description="Train a quantized network (torchrun-compatible for data parallelism).",
+        description="Train a quantized network, in the papers' notation (--net) or a model of your own "
+        "(--model MODULE:FACTORY); torchrun-compatible for data parallelism.",
     )
     add_options(parser, train_options())
     return parser

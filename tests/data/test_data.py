@@ -713,6 +713,30 @@ def test_prepare_cifar_train_outputs_are_windows():
         assert sum(torch.equal(out[i], window) for window in windows) == 1
 
 
+def test_prepare_at_full_size_shifts_and_flips_cifar_and_keeps_test_images_whole():
+    """A network that reads CIFAR's whole 32x32 images (a model of one's own): test images
+    unchanged, training images shifted by up to 4 pixels (zero-filled) and flipped."""
+    images = random_cifar(12, seed=6)
+    assert data.prepare(images, "cifar10", train=False, shape=(3, 32, 32)) is images
+    mnist = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
+    assert data.prepare(mnist, "mnist", train=True, shape=(1, 28, 28)) is mnist
+    out = data.prepare(images, "cifar10", train=True, generator=torch.Generator().manual_seed(0), shape=(3, 32, 32))
+    assert out.shape == (12, 3, 32, 32) and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    generator = torch.Generator().manual_seed(0)  # the documented draws: y, x, then flips
+    top = torch.randint(0, 9, (12,), generator=generator)
+    left = torch.randint(0, 9, (12,), generator=generator)
+    flip = torch.rand(12, generator=generator) < 0.5
+    for i in range(12):
+        window = padded[i, :, top[i]:top[i] + 32, left[i]:left[i] + 32]
+        assert torch.equal(out[i], window.flip(-1) if flip[i] else window)
+    with pytest.raises(QsnnError) as refused:
+        data.prepare(images, "cifar10", train=False, shape=(3, 28, 28))
+    assert str(refused.value) == (
+        "cifar10's images go to networks of input 3x24x24 or 3x32x32, not 3x28x28; give a network made for them"
+    )
+
+
 def test_prepare_rejects_bad_input():
     with pytest.raises(QsnnError, match=r"prepare\('cifar10'\) needs uint8 images of shape "
                                         r"\(N, 3, 32, 32\), got torch.float32 \(2, 3, 32, 32\)"):

@@ -362,7 +362,7 @@ def test_load_checkpoint_errors_are_one_clear_line(tmp_path: Path) -> None:
     torch.save(payload, tmp_path / "future.pt")
     assert error(tmp_path / "future.pt") == (
         f"checkpoint {tmp_path / 'future.pt'} has format version 99, newer than this qsnn "
-        "reads (1); upgrade qsnn"
+        "reads (2); upgrade qsnn"
     )
     payload["version"] = 1
     payload["spec"]["notation"] = "64-"
