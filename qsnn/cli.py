@@ -209,12 +209,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
         return _convert_nir(args, out)
     if args.nir_input is not None:
         raise QsnnError(f"--nir-input is for NIR files; {args.checkpoint} is not one")
+    if args.graph and (args.model or args.threshold_scale is not None):
+        raise QsnnError(f"--graph is for a qsnn checkpoint of a notation net; drop "
+                        f"{'--model (a model of your own always converts into a graph)' if args.model else '--threshold-scale'}")
     if args.model:
         return _convert_model(args, out)
     given = [option for option, value in (("--input-shape", args.input_shape), ("--dataset", args.dataset)) if value]
     if given:
         raise QsnnError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for a model of your own (--model); "
                         "a qsnn checkpoint knows its input and dataset")
+    if args.graph:
+        graph = convert(args.checkpoint, args.scheme, graph=True)
+        graph.save(out)
+        print(f"{graph.describe()}, from the net {graph.source['net']} (batch norms folded)\n  written to {out}")
+        return 0
     net = convert(args.checkpoint, args.scheme, threshold_scale=args.threshold_scale)
     net.save(out)
     layers = ", ".join(
@@ -649,6 +657,9 @@ COMMANDS = [
             "--threshold-scale", type=positive_int, default=None,
             help="INT only: round thresholds to 1/SCALE like the original code (e.g. 10000) instead of exact",
         ),
+        Option.of("--graph", action="store_true",
+                  help="a notation net as a spiking graph, its batch norms folded into the weights as for a model of "
+                  "your own (default: the chain network, batch norms exact in its threshold tables)"),
     ), cmd_convert, dict(help="convert a checkpoint into a spiking network file")),
     Command("simulate", (
         NET_FILE, TRAINED_ON.but(help="default: the dataset the network was trained on"), DATA_DIR,

@@ -44,7 +44,7 @@ from qsnn.net.models import QuantizedNet
 from qsnn.net.quantization import max_count
 from qsnn.snn import schemes
 from qsnn.snn.from_nir import is_nir_file
-from qsnn.snn.graph import SpikingGraph, convert_module, convert_nir
+from qsnn.snn.graph import SpikingGraph, convert_module, convert_net, convert_nir
 from qsnn.snn.model import (
     COUNT_LIMIT,
     EXACT_LIMIT,
@@ -218,6 +218,7 @@ def convert(
     threshold_scale: int | None = None,
     source: dict | None = None,
     nir_input: str | None = None,
+    graph: bool = False,
 ) -> SpikingNet | SpikingGraph:
     """Convert a trained network into a spiking network.
 
@@ -231,6 +232,9 @@ def convert(
     - ``convert("net.nir", scheme)``: a NIR graph read for one time step, every IF node a
       layer of binary neurons (:func:`qsnn.snn.graph.convert_nir`; ``nir_input``: the
       pixels it takes, "raw" 0..255 or "unit" p / 255), into a SpikingGraph.
+    - ``convert(net, scheme, graph=True)``: a notation net (or its checkpoint) as a
+      SpikingGraph, its batch norms folded as for a model of one's own
+      (:func:`qsnn.snn.graph.convert_net`).
     """
     if isinstance(model, nn.Module) and not isinstance(model, QuantizedNet):
         if not isinstance(scheme, torch.Tensor) or len(more) != 1 or threshold_scale is not None:
@@ -240,14 +244,19 @@ def convert(
     if more or isinstance(scheme, torch.Tensor):
         raise QsnnError("convert a qsnn network or checkpoint as convert(net, scheme), e.g. convert(net, 'nsd')")
     schemes.of(scheme)  # (a QsnnError naming the schemes, for anything else)
+    if graph and (threshold_scale is not None or nir_input is not None):
+        raise QsnnError("a notation net converts into a graph with exact thresholds from a qsnn checkpoint; "
+                        "drop threshold_scale and nir_input")
     if isinstance(model, str | Path) or nir_input is not None:
-        return _convert_file(model, scheme, threshold_scale, nir_input)
+        return _convert_file(model, scheme, threshold_scale, nir_input, graph)
     if not isinstance(model, QuantizedNet):
         raise QsnnError(
             f"convert() takes a qsnn QuantizedNet or the path of a checkpoint, got {type(model).__name__}; "
             "load a checkpoint with qsnn.load_checkpoint"
         )
     scheme = scheme.lower()
+    if graph:
+        return convert_net(model, scheme, source)
     _check_convertible(model, schemes.of(scheme), threshold_scale)
     model.check_finite("the network")
     if any(tensor.device.type != "cpu" for tensor in model.state_dict().values()):
@@ -289,15 +298,16 @@ def convert(
     return SpikingNet(scheme, layers, output, model.spec, threshold_scale, dict(source or {}), state, eps)
 
 
-def _convert_file(path, scheme: str, threshold_scale: int | None, nir_input: str | None) -> SpikingNet | SpikingGraph:
-    """A NIR file into a SpikingGraph, a qsnn checkpoint into a SpikingNet."""
+def _convert_file(path, scheme: str, threshold_scale: int | None, nir_input: str | None,
+                  graph: bool) -> SpikingNet | SpikingGraph:
+    """A NIR file into a SpikingGraph, a qsnn checkpoint into a SpikingNet (or a graph)."""
     if isinstance(path, str | Path) and is_nir_file(path):
-        if threshold_scale is not None:
-            raise QsnnError("threshold_scale is for the INT papers' nets; a NIR graph converts with exact thresholds")
+        if threshold_scale is not None or graph:
+            raise QsnnError("a NIR graph converts into a graph with exact thresholds; drop threshold_scale and graph")
         return convert_nir(path, scheme, input_range=nir_input)
     if nir_input is not None:
         raise QsnnError("nir_input is for NIR files; give the path of an .nir file")
-    return _convert_checkpoint(Path(path), scheme, threshold_scale)
+    return _convert_checkpoint(Path(path), scheme, threshold_scale, graph)
 
 
 def _check_convertible(model: QuantizedNet, rules: schemes.Scheme, threshold_scale: int | None) -> None:
@@ -348,7 +358,7 @@ def _layer_thresholds(block, index: int, per_unit: Fraction, levels: int | None,
     }
 
 
-def _convert_checkpoint(path: Path, scheme: str, threshold_scale: int | None) -> SpikingNet:
+def _convert_checkpoint(path: Path, scheme: str, threshold_scale: int | None, graph: bool = False) -> SpikingNet | SpikingGraph:
 
     model, payload = load_checkpoint(path)
     config = payload.get("config") or {}
@@ -360,7 +370,7 @@ def _convert_checkpoint(path: Path, scheme: str, threshold_scale: int | None) ->
         "epochs": payload.get("epoch", config.get("epochs")),
         "test_accuracy": history[-1]["test_acc"] if history else payload.get("test_acc"),
     }
-    return convert(model, scheme, threshold_scale=threshold_scale, source=source)
+    return convert(model, scheme, threshold_scale=threshold_scale, source=source, graph=graph)
 
 
 def file_sha256(path: str | Path) -> str:

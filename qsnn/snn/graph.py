@@ -46,13 +46,14 @@ from torch import nn
 
 from qsnn.errors import QsnnError
 from qsnn.io import content_digest, write_sealed_npz
+from qsnn.net.models import QuantizedNet
 from qsnn.nn import make_model
 from qsnn.snn import schemes
 from qsnn.snn.exact import _split, float32_is_ieee
 from qsnn.snn.from_nir import default_input_range, nir_ops, read_nir
 from qsnn.snn.model import COUNT_LIMIT, EXACT_LIMIT, PIXEL_LEVELS
 from qsnn.snn.neurons import Thresholds
-from qsnn.snn.trace import Op, trace
+from qsnn.snn.trace import Op, net_ops, trace
 from qsnn.train.checkpoint import own_model_weights
 
 WEIGHT_BITS = 24  # significant bits kept of each folded weight and bias tensor (float32's)
@@ -232,6 +233,15 @@ def convert_nir(path: str | Path, scheme: str, *, input_range: str | None = None
     if not any(op.kind == "quant" for op in ops):
         raise QsnnError(f"the NIR graph {path} has no IF or Threshold node: nothing in it spikes")
     return _graph_of(ops, rules, {"nir": str(path), "input_range": input_range})
+
+
+def convert_net(model: QuantizedNet, scheme: str, source: dict | None = None) -> SpikingGraph:
+    """A net in the papers' notation as a spiking graph (:func:`qsnn.snn.trace.net_ops`):
+    its batch norms folded into 24-bit weights as for a model of one's own. (The chain
+    converter, ``qsnn.convert(net, scheme)``, keeps them exact in its threshold tables.)"""
+    rules = schemes.of(scheme)
+    return _graph_of(net_ops(model), rules, {"net": model.spec.notation, "precision": model.spec.precision.label(),
+                                              **(source or {})})
 
 
 def _graph_of(ops: list[Op], rules: schemes.Scheme, source: dict) -> SpikingGraph:

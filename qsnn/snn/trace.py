@@ -29,6 +29,7 @@ count can differ where a pre-activation lies within rounding of a level boundary
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from qsnn.errors import QsnnError
+from qsnn.net.models import QuantizedNet
 from qsnn.net.quantization import ternary_values
 from qsnn.nn import QuantAct, QuantConv2d, QuantLinear
 
@@ -211,11 +213,7 @@ def _module_op(node: fx.Node, module: nn.Module, inputs: tuple[str, ...], module
     if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
         if module.running_mean is None:
             raise _refuse(node, "a batch norm without running statistics (track_running_stats=False)")
-        sigma = torch.sqrt(module.running_var.detach().double() + module.eps)
-        gamma = module.weight.detach().double() if module.affine else torch.ones_like(sigma)
-        beta = module.bias.detach().double() if module.affine else torch.zeros_like(sigma)
-        scale = gamma / sigma
-        return Op(node.name, "scale", inputs, shape, scale.numpy(), (beta - module.running_mean.detach().double() * scale).numpy())
+        return Op(node.name, "scale", inputs, shape, *_norm_affine(module))
     if isinstance(module, nn.AvgPool2d):
         if not module.count_include_pad and _pair(module.padding) != (0, 0):
             raise _refuse(node, "AvgPool2d with count_include_pad=False and padding")
@@ -239,6 +237,55 @@ def _module_op(node: fx.Node, module: nn.Module, inputs: tuple[str, ...], module
             raise _refuse(node, f"Flatten to {shape} (only to (batch, features))")
         return Op(node.name, "flatten", inputs, shape)
     raise _refuse(node, type(module).__name__)
+
+
+def _norm_affine(module: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
+    """A batch norm in eval mode as y = a x + c per channel (float64): a = gamma / sigma,
+    c = beta - mu a."""
+    sigma = torch.sqrt(module.running_var.detach().double() + module.eps)
+    gamma = module.weight.detach().double() if module.affine else torch.ones_like(sigma)
+    beta = module.bias.detach().double() if module.affine else torch.zeros_like(sigma)
+    scale = gamma / sigma
+    return scale.cpu().numpy(), (beta - module.running_mean.detach().double() * scale).cpu().numpy()
+
+
+def net_ops(model: QuantizedNet) -> list[Op]:
+    """The operations of a net in the papers' notation (a chain of conv or dense blocks,
+    each with its batch norm and quantizer, and a bias-free classifier), batch norms
+    folded as for a traced model: the notation net as one way of building a graph."""
+    if not model.quantized:
+        raise QsnnError("a full-precision network has no spiking populations; train it with --k")
+    if model.spec.input_stage != "pixels":
+        raise QsnnError("this network standardizes each image first (--recipe paper on CIFAR); a graph takes "
+                        "x = pixels / 255, so convert it without --graph")
+    ops = [Op("input", "input", (), tuple(model.spec.input_shape))]
+    last = ops[0]
+
+    def add(op: Op) -> None:
+        nonlocal last
+        ops.append(op)
+        last = op
+
+    for index, block in enumerate(model.blocks):
+        layer, tag = block.layer, index + 1
+        weight = _float64(block.effective_weight())
+        if layer.kind == "conv":
+            add(Op(f"conv{tag}", "conv", (last.name,), tuple(layer.out_shape), weight, np.zeros(len(weight)), {
+                "stride": (layer.stride, layer.stride), "padding": (layer.padding, layer.padding), "dilation": (1, 1),
+                "groups": 1}))
+        else:
+            if len(last.shape) > 1:
+                add(Op(f"flatten{tag}", "flatten", (last.name,), (math.prod(last.shape),)))
+            add(Op(f"dense{tag}", "linear", (last.name,), tuple(layer.out_shape), weight, np.zeros(len(weight))))
+        add(Op(f"norm{tag}", "scale", (last.name,), last.shape, *_norm_affine(block.norm)))
+        add(Op(f"layer{tag}", "quant", (last.name,), last.shape, attrs={"k": block.k, "B": block.bound,
+                                                                         "module": f"blocks.{index}"}))
+    if len(last.shape) > 1:
+        add(Op("flatten_out", "flatten", (last.name,), (math.prod(last.shape),)))
+    classifier = _float64(model.classifier)
+    add(Op("classifier", "linear", (last.name,), (len(classifier),), classifier, np.zeros(len(classifier))))
+    ops.append(Op("output", "output", (last.name,), last.shape))
+    return _fold_norms(ops)
 
 
 def _avgpool(node: fx.Node, inputs: tuple[str, ...], module) -> Op:
