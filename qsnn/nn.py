@@ -4,7 +4,9 @@
   rounding half up, with the straight-through gradient (1 where 0 < y < B);
 - :class:`QuantConv2d` and :class:`QuantLinear`: convolution and linear layers whose
   weights are ternarized in the forward pass when ``ternary`` (+1, 0, -1 at
-  0.7 mean|w|, straight-through to the float weights), bias-free as the papers' layers.
+  0.7 mean|w|, straight-through to the float weights), bias-free as the papers' layers;
+- :class:`EncodingBlock`: the papers' encoding layer (full-precision convolution, batch
+  norm, QuantAct) on the image itself.
 
 They compute exactly what the blocks of :class:`qsnn.net.models.QuantizedNet` compute
 (the same functions of :mod:`qsnn.net.quantization`), so a model built from them trains
@@ -78,6 +80,18 @@ class QuantLinear(nn.Linear):
         return super().extra_repr() + (", ternary=True" if self.ternary else "")
 
 
+class EncodingBlock(nn.Sequential):
+    """The papers' encoding layer: a bias-free convolution with full-precision weights,
+    batch norm and ``QuantAct(k, B)``, reading the image itself (x = pixels / 255). It
+    becomes the spiking network's encoding population: under INT, rising-threshold
+    neurons that send its count as consecutive spikes from the first step."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 *, k: int, B: int | None) -> None:
+        super().__init__(QuantConv2d(in_channels, out_channels, kernel_size, stride, padding),
+                         nn.BatchNorm2d(out_channels), QuantAct(k, B))
+
+
 # --- residual nets built from these modules ----------------------------------------------
 
 
@@ -116,7 +130,7 @@ class ResNet(nn.Module):
     def __init__(self, in_channels: int, classes: int, widths: tuple[int, ...] = (16, 32, 64), blocks: int = 3,
                  k: int = 1, B: int | None = 2, *, ternary: bool = False, pooled: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(QuantConv2d(in_channels, widths[0], 3, 1, 1), nn.BatchNorm2d(widths[0]), QuantAct(k, B))
+        self.stem = EncodingBlock(in_channels, widths[0], 3, 1, 1, k=k, B=B)
         stages, channels = [], widths[0]
         for index, width in enumerate(widths):
             for block in range(blocks):

@@ -89,3 +89,21 @@ def test_the_documented_example_runs_and_is_lossless(shared_datasets, capsys):
     for line in lines:
         assert "24/24 agree," in line and ": 1" not in line
         assert line.count(": 0") == 3  # (three QuantActs, each 0 mismatching counts)
+
+
+def test_the_encoding_block_is_conv_norm_quant_and_converts_to_the_encoding_population():
+    from qsnn.nn import EncodingBlock
+    from qsnn.snn.convert import convert
+
+    torch.manual_seed(0)
+    block = EncodingBlock(1, 4, 3, 1, 1, k=1, B=2).eval()
+    conv, norm, act = block
+    assert (type(conv).__name__, type(norm).__name__, (act.k, act.B)) == ("QuantConv2d", "BatchNorm2d", (1, 2))
+    assert not conv.ternary and conv.bias is None and conv.padding == (1, 1)
+    x = torch.rand(2, 1, 6, 6)
+    assert torch.equal(block(x), act(norm(conv(x))))
+    model = nn.Sequential(block, QuantConv2d(4, 4, 3, ternary=True), nn.BatchNorm2d(4), QuantAct(1, 2), nn.Flatten(),
+                          nn.Linear(64, 3)).eval()
+    graph = convert(model, torch.zeros(1, 1, 6, 6), "int")
+    assert [node.attrs["role"] for node in graph.populations] == ["encoding", "hidden"]
+    assert [key for key in model.state_dict() if key.startswith("0.")][:2] == ["0.0.weight", "0.1.weight"]
