@@ -5,11 +5,13 @@ on the first ``--train-images`` Fashion-MNIST training images, converts it under
 and SG (``qsnn.convert(model, example_input, scheme)``), simulates the 10,000 test images
 with every image and neuron checked against the converted model's exact evaluation, and
 compares that evaluation with the trained model itself (float64, batch norms unfolded).
-Prints a table and writes graph_resnet.json and graph_resnet.csv (with the command,
+Times each simulation (the exact check of every image included) against the float32
+ANN's pass over the same images, and NSD's and INT's event engine against the dense
+step-by-step simulation on ``--baseline-images`` of them. Prints a table and writes graph_resnet.json and graph_resnet.csv (with the command,
 versions and seed) into ``--out``; the trained weights are kept there and reused.
 
     python benchmarks/graph_resnet.py [--data-dir ../shared/datasets] [--out runs/graph-resnet]
-        [--train-images 20000] [--epochs 2] [--limit 10000] [--threads 2]
+        [--train-images 20000] [--epochs 2] [--limit 10000] [--threads 2] [--baseline-images 1000]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numba
 import torch
 import torch.nn.functional as F
 
@@ -66,21 +69,38 @@ def main() -> int:
     parser.add_argument("--B", type=int, default=2)
     parser.add_argument("--limit", type=int, default=10000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baseline-images", type=int, default=1000,
+                        help="images on which the event engine is timed against the step-by-step simulation")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))  # (the event engine's threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     model = train(args)
     test = data.load("fashion-mnist", "test", args.data_dir)
     pixels, labels = test.images[: args.limit].float(), test.labels[: args.limit].long()
     with torch.no_grad():
         float32_correct = int((model(pixels / 255).argmax(dim=1) == labels).sum())
+        started = time.time()
+        for start in range(0, len(pixels), 1000):
+            model(pixels[start : start + 1000] / 255)
+        ann_seconds = time.time() - started
     rows = []
     for scheme in ("nsd", "int", "sg"):
         graph = convert(model, pixels[:1] / 255, scheme)
+        simulate_graph(graph, pixels[:2], labels[:2])  # (compiles the event engine's kernels once)
         started = time.time()
         result = simulate_graph(graph, pixels, labels, progress=True)
         seconds = time.time() - started
+        speedup = None
+        if scheme != "sg":  # the event engine against the dense step-by-step simulation, on the same images
+            few, few_labels = pixels[: args.baseline_images], labels[: args.baseline_images]
+            started = time.time()
+            events = simulate_graph(graph, few, few_labels, engine="events")
+            middle = time.time()
+            stepwise = simulate_graph(graph, few, few_labels, engine="stepwise")
+            speedup = round((time.time() - middle) / (middle - started), 2)
+            assert (events.positive, events.negative, events.sops) == (stepwise.positive, stepwise.negative, stepwise.sops)
         rows.append({
             "scheme": scheme, "images": result.images, "steps": result.steps,
             "agreement": result.agree[-1], "count_mismatches": sum(result.count_mismatches.values()),
@@ -89,19 +109,24 @@ def main() -> int:
             "spikes_per_image": round(sum(map(sum, result.positive)) / result.images + sum(map(sum, result.negative)) / result.images, 1),
             "negative_spikes_per_image": round(sum(map(sum, result.negative)) / result.images, 1),
             "sops_per_image": round(sum(result.sops) / result.images), "ann_macs_per_image": result.ann_ops // result.images,
-            "seconds": round(seconds, 1),
+            "seconds": round(seconds, 1), "snn_per_ann": round(seconds / ann_seconds, 1),
+            "engine_speedup": speedup,
         })
     agreement = model_agreement(model, graph, pixels)
     print(f"{'scheme':6} {'T':>3} {'agree':>11} {'mismatch':>8} {'SNN %':>6} {'float32 %':>9} {'spikes/img':>10} "
-          f"{'SOPs/img':>10} {'MACs/img':>10} {'time s':>7}")
+          f"{'SOPs/img':>10} {'MACs/img':>10} {'time s':>7} {'SNN/ANN':>7} {'engine x':>8}")
     for row in rows:
         print(f"{row['scheme']:6} {row['steps']:3d} {row['agreement']:5d}/{row['images']:<5d} {row['count_mismatches']:8d} "
               f"{row['snn_accuracy']:6.2f} {row['float32_accuracy']:9.2f} {row['spikes_per_image']:10.1f} "
-              f"{row['sops_per_image']:10d} {row['ann_macs_per_image']:10d} {row['seconds']:7.1f}")
+              f"{row['sops_per_image']:10d} {row['ann_macs_per_image']:10d} {row['seconds']:7.1f} {row['snn_per_ann']:7.1f} "
+              f"{'-' if row['engine_speedup'] is None else row['engine_speedup']:>8}")
+    print(f"float32 ANN: {ann_seconds:.2f} s for the {len(pixels):,} images; engine x: the dense step-by-step "
+          f"simulation's time over the event engine's, on the first {args.baseline_images:,} images (the same records)")
     print(f"trained model (float64, batch norms unfolded) vs the converted model's exact evaluation: "
           f"{agreement.same_predictions:,}/{agreement.images:,} predictions, "
           f"{sum(agreement.count_mismatches.values()):,} counts differ")
-    record = {"command": " ".join(sys.argv), "provenance": provenance(args.seed), "settings": vars(args), "rows": rows,
+    record = {"command": " ".join(sys.argv), "provenance": provenance(args.seed), "settings": vars(args),
+              "ann_seconds": round(ann_seconds, 2), "rows": rows,
               "model_agreement": {"images": agreement.images, "same_predictions": agreement.same_predictions,
                                   "count_mismatches": agreement.count_mismatches}}
     write_json(Path(args.out) / "graph_resnet.json", record)
