@@ -254,9 +254,13 @@ def convert(
             f"convert() takes a qsnn QuantizedNet or the path of a checkpoint, got {type(model).__name__}; "
             "load a checkpoint with qsnn.load_checkpoint"
         )
-    scheme = scheme.lower()
     if graph:
-        return convert_net(model, scheme, source)
+        return convert_net(model, scheme.lower(), source)
+    return _convert_chain(model, scheme.lower(), threshold_scale, source)
+
+
+def _convert_chain(model: QuantizedNet, scheme: str, threshold_scale: int | None, source: dict | None) -> SpikingNet:
+    """A notation net into a SpikingNet: integer weights and exact threshold tables, layer by layer."""
     _check_convertible(model, schemes.of(scheme), threshold_scale)
     model.check_finite("the network")
     if any(tensor.device.type != "cpu" for tensor in model.state_dict().values()):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from qsnn.errors import QsnnError
-from qsnn.snn.trace import Op
+from qsnn.snn.trace import Op, users_of
 
 READ = "Input, Output, Conv2d, Linear, Affine, Scale, Flatten, SumPool2d, AvgPool2d, IF and Threshold"
 INPUT_RANGES = ("raw", "unit")  # pixels 0..255, or p / 255
@@ -266,10 +266,7 @@ def _exclusive_sources(ops: list[Op]) -> list[Op]:
     """Each binary population's threshold becomes a shift of the weighted op before it, so
     that op must feed the population alone: where it feeds more, or is no weighted op,
     a per-channel scale of 1 is put between them."""
-    users: dict[str, int] = {}
-    for op in ops:
-        for name in op.inputs:
-            users[name] = users.get(name, 0) + 1
+    users = users_of(ops)
     by_name = {op.name: op for op in ops}
     out: list[Op] = []
     for op in ops:

@@ -323,6 +323,15 @@ def _check_inputs(ops: list[Op]) -> None:
         raise QsnnError(f"the model's input must be images (batch, channels, height, width), got {tuple(inputs[0].shape)} per item")
 
 
+def users_of(ops: list[Op]) -> dict[str, int]:
+    """How many ops read each op's output."""
+    users: dict[str, int] = {}
+    for op in ops:
+        for name in op.inputs:
+            users[name] = users.get(name, 0) + 1
+    return users
+
+
 def _fold_norms(ops: list[Op]) -> list[Op]:
     """Fold each ``scale`` (batch norm) into the weighted op before it: into a conv or
     linear op that feeds nothing else (w' = w a per output channel, b' = b a + c), or,
@@ -330,10 +339,7 @@ def _fold_norms(ops: list[Op]) -> list[Op]:
     own where a term is not such an op). A scale stays where it follows anything else
     (a population, the input, a pool): there it multiplies values on a coarse grid,
     while a scale of a scale's grid would need twice the bits."""
-    users: dict[str, int] = {}
-    for op in ops:
-        for name in op.inputs:
-            users[name] = users.get(name, 0) + 1
+    users = users_of(ops)
     by_name = {op.name: op for op in ops}
     kept: list[Op] = []
     renamed: dict[str, str] = {}

@@ -29,6 +29,7 @@ from tests.train.test_training import (
     checkpoint,
     stop_at,
 )
+from tests.train.test_training import config as notation_config
 
 TINY = "tests.own_models:tiny"
 ROW_KEYS = ["epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds"]
@@ -40,13 +41,9 @@ def data_dir(shared_datasets: Path) -> str:
 
 
 def config(data_dir: str, **changes: Any) -> TrainConfig:
-    """A tiny run of the tiny model: 600 MNIST training images in 12 steps of 50, 300 test images."""
-    settings: dict[str, Any] = dict(
-        model=TINY, dataset="mnist", data_dir=data_dir, epochs=2, batch_size=50, lr=1e-2,
-        train_limit=600, test_limit=300,
-    )
-    settings.update(changes)
-    return TrainConfig(**settings)
+    """A tiny run of the tiny model: test_training's run (600 MNIST training images in 12
+    steps of 50, 300 test images) with the model in place of the net."""
+    return notation_config(data_dir, **{"net": None, "model": TINY, **changes})
 
 
 def error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
