@@ -21,6 +21,7 @@ import torch
 from qsnn import __version__, data, distributed, pipeline
 from qsnn.data.registry import dataset_info
 from qsnn.deploy.export import EXPORT_FORMATS, export
+from qsnn.deploy.graph_nir import export_graph_nir
 from qsnn.deploy.mapping import format_mapping, map_cores, parse_core
 from qsnn.distributed import check_device
 from qsnn.errors import QsnnError
@@ -548,7 +549,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.format == "nir":  # (a qsnn-int package is a folder; export checks it)
         _not_the_input(Path(args.output), args.file)
-    path = export(SpikingNet.load(args.file), args.format, args.output, steps=args.steps)
+    if is_graph_file(args.file):
+        if args.format != "nir" or args.steps is not None:
+            raise QsnnError("a converted model of your own exports to NIR (--format nir, SG, one time step); "
+                            "the qsnn-int package holds the notation nets' chain networks")
+        path = export_graph_nir(SpikingGraph.load(args.file), args.output)
+    else:
+        path = export(SpikingNet.load(args.file), args.format, args.output, steps=args.steps)
     print(f"wrote {path}")
     return 0
 
