@@ -89,7 +89,8 @@ class GraphResult:
     def to_dict(self) -> dict:
         """The summary result.json holds: totals, per population and per step."""
         return {
-            "images": self.images, "steps": self.steps, "lossless": self.lossless, "agreement": self.agree[-1],
+            "images": self.images, "steps": self.steps, "t_paper": self.t_paper, "t_lossless": self.t_lossless,
+            "lossless": self.lossless, "agreement": self.agree[-1],
             "count_mismatches": self.count_mismatches, "accuracy": self.accuracy,
             "ann_accuracy": 100.0 * self.ann_correct / self.images,
             "spikes_per_image": (sum(map(sum, self.positive)) + sum(map(sum, self.negative))) / self.images,
@@ -97,8 +98,28 @@ class GraphResult:
             "populations": self.population_rows(), "per_step": self.step_rows(),
         }
 
+    @property
+    def t_paper(self) -> int:
+        """The papers' T: the first step (1-based) from which the accuracy stays at its final value."""
+        first = self.steps
+        while first > 1 and self.correct[first - 2] == self.correct[-1]:
+            first -= 1
+        return first
+
+    @property
+    def t_lossless(self) -> int | None:
+        """The first step (1-based) from which every image agrees with the exact evaluation, or None."""
+        first = None
+        for t in range(self.steps, 0, -1):
+            if self.agree[t - 1] != self.images:
+                break
+            first = t
+        return first
+
     def step_rows(self) -> list[dict]:
-        return [{"step": t, "correct": self.correct[t], "agree": self.agree[t], "sops": self.sops[t],
+        """One row per time step t = 1..T, as the notation nets' per_step.csv."""
+        return [{"step": t + 1, "accuracy": 100.0 * self.correct[t] / self.images, "correct": self.correct[t],
+                 "agree": self.agree[t], "agree_fraction": self.agree[t] / self.images, "sops": self.sops[t],
                  "positive": sum(p[t] for p in self.positive), "negative": sum(n[t] for n in self.negative)}
                 for t in range(self.steps)]
 

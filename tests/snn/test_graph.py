@@ -175,6 +175,15 @@ def test_the_residual_sum_makes_negative_spikes_and_they_are_counted(tmp_path):
     saved = json.loads((tmp_path / "sim" / "result.json").read_text())
     assert (saved["scheme"], saved["lossless"], saved["agreement"], saved["provenance"]["seed"]) == ("nsd", True, 16, 0)
     assert saved["per_step"][-1]["agree"] == 16 and len(saved["per_step"]) == result.steps
+    assert [row["step"] for row in saved["per_step"]] == list(range(1, result.steps + 1))
+    assert saved["t_lossless"] == result.t_lossless and saved["t_paper"] == result.t_paper
+    first = result.t_lossless  # (from it on every step agrees on all 16 images; the step before did not)
+    assert all(agree == 16 for agree in result.agree[first - 1:]) and (first == 1 or result.agree[first - 2] < 16)
+    last = result.t_paper
+    assert all(c == result.correct[-1] for c in result.correct[last - 1:]) and (last == 1 or result.correct[last - 2] != result.correct[-1])
+    assert saved["per_step"][-1]["accuracy"] == 100.0 * result.correct[-1] / 16
+    header = (tmp_path / "sim" / "per_step.csv").read_text().splitlines()[0]
+    assert header == "step,accuracy,correct,agree,agree_fraction,sops,positive,negative"
     rows = (tmp_path / "sim" / "populations.csv").read_text().splitlines()
     assert rows[0] == "population,positive,negative,count_mismatches" and rows[3].endswith(f",{sum(result.negative[2])},0")
 
