@@ -1,12 +1,12 @@
-"""The event engine for spiking graphs: integer kernels compiled with numba (CPU).
+"""The event engine for spiking graphs: exact kernels compiled with numba (CPU).
 
 It runs a :class:`qsnn.snn.graph.SpikingGraph` under a time-stepped scheme (NSD, INT) one
 image at a time, images in parallel (numba ``prange``), doing work where spikes are:
 
 - What the pixels and the biases give is the same at every step, so it is computed once,
   densely, in PyTorch (:func:`static_currents`, from the graph evaluated with every
-  population silent): every population's constant input, added to its membranes at t = 0, and the
-  output's constant part. Every node is linear between populations, so the rest of each
+  population silent): every population's constant input, added to its membranes at
+  t = 0, and the output's constant part. Every node is linear between populations, so the rest of each
   membrane is what the spikes bring.
 - At each step the nodes run in execution order. A weighted node, average pool, addition,
   concatenation or flattening receives the events of its inputs (a population's signed
@@ -56,7 +56,7 @@ P_NODE, P_MODEL, P_TABLE, P_LENGTH, P_STATE, P_SIZE = range(6)
 
 
 class GraphProgram(NamedTuple):
-    """A spiking graph laid out for the kernel (flat int64 arrays)."""
+    """A spiking graph laid out for the kernel (flat arrays, neurons channel-last)."""
 
     geometry: np.ndarray  # int64 [nodes, GEOMETRY_WIDTH]
     sources: np.ndarray  # int64: every node's input nodes, from geometry's G_SOURCES
