@@ -2,7 +2,9 @@
 
 Each mirror is tried in turn; a download that is cut short or does not match its
 checksum is discarded and the next mirror tried. CIFAR archives are extracted member by
-member, refusing any member that would land outside the dataset's folder.
+member, refusing any member that would land outside the dataset's folder. One process
+at a time downloads a dataset (its folder is locked, :func:`qsnn.io.folder_lock`); another
+asking meanwhile waits for it, then finds the files there.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from tqdm import tqdm
 from qsnn.data.files import check_file, check_spec, dataset_dir, known_file
 from qsnn.data.registry import CHUNK, DatasetInfo, FileSpec, data_root, dataset_info
 from qsnn.errors import QsnnError
-from qsnn.io import atomic_write
+from qsnn.io import atomic_write, folder_lock
+
+DOWNLOAD_WAIT = 3600.0  # seconds a download waits for another process fetching the same dataset
 
 # --------------------------------------------------------------------------- downloading
 
@@ -121,8 +125,21 @@ def download(
     mirrors = list(info.mirrors if mirrors is None else mirrors)
     if all(check_spec(directory, spec).ok for spec in info.files):
         return directory
+    held = directory if info.archive is None else (directory.parent if directory.name == info.folder else root / info.name)
+    _writable(held)
+    # one download of a dataset at a time (e.g. the cells of a sweep run as separate jobs):
+    # the others wait, then find the files there
+    with folder_lock(held, option="--data-dir", wait=DOWNLOAD_WAIT):
+        if all(check_spec(directory, spec).ok for spec in info.files):
+            return directory
+        return _download_held(info, root, directory, held, mirrors, progress, timeout)
+
+
+def _download_held(info, root: Path, directory: Path, base: Path, mirrors: list[str], progress: bool,
+                   timeout: float) -> Path:
+    """The files that are missing or wrong, fetched into ``directory`` (an archive into
+    ``base``, then extracted)."""
     if info.archive is None:
-        _writable(directory)
         checks = {spec: check_spec(directory, spec) for spec in info.files}
         for check in checks.values():  # all first: never fetch into a folder of another dataset
             owner = (known_file(check.actual_md5) or (None,))[0]
@@ -135,16 +152,13 @@ def download(
             if not check.ok:
                 _fetch(info, spec, directory / spec.name, mirrors, progress, timeout)
         return directory
-    base = directory.parent if directory.name == info.folder else root / info.name
     archive = base / info.archive.name
     if not check_file(archive, info.archive.md5, info.archive.size).ok:
         kept = root / info.archive.name
         if check_file(kept, info.archive.md5, info.archive.size).ok:
             archive = kept
         else:
-            _writable(base)
             _fetch(info, info.archive, archive, mirrors, progress, timeout)
-    _writable(base)
     return _extract(info, archive, base)
 
 

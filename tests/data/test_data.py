@@ -12,6 +12,7 @@ import shutil
 import socket
 import tarfile
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -571,6 +572,40 @@ def test_download_never_overwrites_another_datasets_files(shared_datasets, tmp_p
     with pytest.raises(QsnnError, match="is mnist's file, not fashion-mnist's"):
         data.download("fashion-mnist", raw, progress=False, mirrors=[(shared_datasets / "fashion-mnist").as_uri()])
     assert sorted(p.name for p in raw.iterdir()) == sorted(name.removesuffix(".gz") for name in MNIST_FILES)
+
+
+def test_one_download_of_a_dataset_at_a_time(shared_datasets, tmp_path, monkeypatch):
+    """A download waits while another process holds the dataset's folder, then finds the
+    files that process fetched (and fetches nothing: here it has no mirror); with no time
+    left to wait it says who holds the folder."""
+    from qsnn.data import fetch
+    from qsnn.io import folder_lock
+
+    folder = tmp_path / "mnist"
+    holding, proceed = threading.Event(), threading.Event()
+
+    def other_process():  # (a lock is per process and not re-entrant: the thread stands for another one)
+        with folder_lock(folder, option="--data-dir"):
+            holding.set()
+            proceed.wait(10)
+            time.sleep(0.3)  # (the download below is waiting by now)
+            copy_files(shared_datasets / "mnist", folder, list(MNIST_FILES))
+
+    monkeypatch.setattr(fetch, "DOWNLOAD_WAIT", 0.0)
+    thread = threading.Thread(target=other_process)
+    thread.start()
+    holding.wait(10)
+    with pytest.raises(QsnnError) as refused:
+        data.download("mnist", tmp_path, progress=False, mirrors=[])
+    assert str(refused.value) == (
+        f"{folder} is in use by another qsnn process (pid {os.getpid()}); wait for it to finish or choose another --data-dir"
+    )
+    monkeypatch.setattr(fetch, "DOWNLOAD_WAIT", 30.0)
+    proceed.set()
+    assert data.download("mnist", tmp_path, progress=False, mirrors=[]) == folder
+    thread.join()
+    assert all(check.ok for check in data.verify("mnist", tmp_path))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(MNIST_FILES)  # (no lock file left)
 
 
 def test_download_skips_valid_files_in_read_only_root(shared_datasets):
