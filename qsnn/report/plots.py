@@ -74,6 +74,7 @@ ANN_COLOR = "#555555"
 ANN_DASHES = (0, (5, 3))
 T_PAPER_MARKER = "D"
 REQUIRED_KEYS = ("scheme", "net", "precision", "images", "steps", "per_step", "per_image", "energy", "layers")
+GRAPH_KEYS = ("scheme", "net", "precision", "images", "steps", "per_step", "ann_accuracy")  # a spiking graph's result
 
 _STYLE = {
     "font.size": 10,
@@ -1369,10 +1370,12 @@ def load_result(path: str | os.PathLike) -> dict:
         raise QsnnError(f"cannot read {path}: {error.strerror or error}") from None
     if not isinstance(data, dict):
         raise QsnnError(f"{path} is not a qsnn result: expected a JSON object written by 'qsnn simulate'")
-    missing = [key for key in REQUIRED_KEYS if key not in data]
+    required = GRAPH_KEYS if data.get("kind") == "graph" else REQUIRED_KEYS
+    missing = [key for key in required if key not in data]
     if missing:
         raise QsnnError(f"{path} is not a qsnn result: missing {', '.join(missing)}")
-    shapes = {"per_step": list, "layers": list, "per_image": dict, "energy": dict}
+    shapes = {key: kind for key, kind in {"per_step": list, "layers": list, "per_image": dict, "energy": dict}.items()
+              if key in required}
     wrong = [key for key, kind in shapes.items() if not isinstance(data[key], kind)]
     if wrong or not all(isinstance(p, dict) and "step" in p and "accuracy" in p for p in data["per_step"]):
         raise QsnnError(f"{path} is not a qsnn result: malformed {', '.join(wrong) or 'per_step'}")
@@ -1416,18 +1419,22 @@ def plot_runs(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | N
 
     Accuracy, SOPs and sparsity are always drawn, SOPs per time step where the results have
     them (from a noise sweep only its least noisy run, see :func:`representative`); the noise
-    figure only when some configuration was run at two or more noise values. ``out_dir`` None: :func:`default_plot_dir`.
+    figure only when some configuration was run at two or more noise values. A spiking
+    graph's result (a model of one's own) takes part in the accuracy figure only. ``out_dir`` None: :func:`default_plot_dir`.
     Returns the files written.
     """
     files = find_results(paths)
     summaries = [load_result(file) for file in files]
     out = Path(out_dir) if out_dir is not None else default_plot_dir(paths)
     runs = representative(summaries)
-    written = plot_accuracy(runs, out) + plot_sops(runs, out)
-    if any(cumulative_sops(s) is not None for s in runs):
-        written += plot_sops_per_step(runs, out)
-    written += plot_sparsity(runs, out)
-    sweeps = noise_sweeps(summaries)
+    written = plot_accuracy(runs, out)
+    chains = [s for s in runs if s.get("kind") != "graph"]  # (a spiking graph's result: accuracy only)
+    if chains:
+        written += plot_sops(chains, out)
+        if any(cumulative_sops(s) is not None for s in chains):
+            written += plot_sops_per_step(chains, out)
+        written += plot_sparsity(chains, out)
+    sweeps = noise_sweeps([s for s in summaries if s.get("kind") != "graph"])
     if sweeps:
         written += plot_noise(sweeps, out)
     return written

@@ -128,11 +128,15 @@ class GraphResult:
                  "count_mismatches": self.count_mismatches[name]} for i, name in enumerate(self.populations)]
 
     def write(self, folder: str | Path, graph: SpikingGraph, *, seed: int | None = None) -> Path:
-        """result.json (with the scheme, the command, versions and seed), per_step.csv and
+        """result.json (the scheme, what the graph came from, its precision, the command,
+        versions and seed; ``qsnn plot`` draws its accuracy figure), per_step.csv and
         populations.csv in ``folder``."""
         out = Path(folder)
-        write_json(out / "result.json", {"scheme": graph.scheme, "source": graph.source, **self.to_dict(),
-                                         "provenance": provenance(seed)})
+        write_json(out / "result.json", {
+            "kind": "graph", "scheme": graph.scheme, "net": graph.name(), "precision": graph.precision(),
+            "dataset": graph.source.get("dataset"), "source": graph.source, "snn_accuracy": self.accuracy,
+            **self.to_dict(), "provenance": provenance(seed),
+        })
         write_csv(out / "per_step.csv", self.step_rows())
         write_csv(out / "populations.csv", self.population_rows())
         return out

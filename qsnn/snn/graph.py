@@ -120,6 +120,24 @@ class SpikingGraph:
         ones = np.ones(channels, np.int64)
         return Thresholds.linear(ones * d, ones * 2 * d, 2 << node.attrs["k"], ones * node.levels, -ones)
 
+    def name(self) -> str:
+        """What the graph was converted from: the model's factory or class, the notation, or the NIR file."""
+        source = self.source
+        if source.get("nir"):
+            return Path(source["nir"]).name
+        return str(source.get("model") or source.get("net") or "graph")
+
+    def precision(self) -> str:
+        """Its populations' precision in words: 'k=1 B=2', with the encoding's where it differs."""
+        def text(node: GraphNode) -> str:
+            return f"k={node.attrs['k']} B={'none' if node.attrs['B'] is None else node.attrs['B']}"
+
+        hidden = sorted({text(node) for node in self.populations if node.attrs["role"] == "hidden"})
+        encoding = sorted({text(node) for node in self.populations if node.attrs["role"] == "encoding"})
+        words = " / ".join(hidden or encoding)
+        extra = [value for value in encoding if value not in hidden]
+        return words + (f" (encoding {' / '.join(extra)})" if hidden and extra else "")
+
     def describe(self) -> str:
         kinds = [node.kind for node in self.nodes]
         return (f"{schemes.of(self.scheme).title} spiking graph: {len(self.populations)} populations, "

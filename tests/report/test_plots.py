@@ -185,6 +185,36 @@ def test_plot_runs_draws_the_noise_figure_only_for_a_sweep(runs, tmp_path):
     assert steps == {"0.0"}  # the per-run figures show the sweep's clean run only
 
 
+def test_a_spiking_graphs_result_joins_the_accuracy_figure(runs, tmp_path):
+    """A model of one's own, simulated as a spiking graph, writes a result that `qsnn plot`
+    reads: its accuracy per step beside a notation net's, with T (paper) and T_lossless;
+    the SOP and sparsity figures keep to the notation nets."""
+    from qsnn.sim.graph import simulate_graph
+    from tests.snn.test_graph import tie_pixels, tiny_residual
+
+    model = tiny_residual(1, 2, seed=3)
+    pixels = tie_pixels(16, seed=4)
+    graph = convert(model, pixels[:1] / 255, "nsd")
+    graph.source["dataset"] = "mnist"
+    result = simulate_graph(graph, pixels, torch.arange(16) % 4)
+    result.write(tmp_path / "runs" / "graph", graph, seed=0)
+    saved = plots.load_result(tmp_path / "runs" / "graph" / "result.json")
+    assert (saved["kind"], saved["net"], saved["precision"], saved["dataset"]) == ("graph", "TinyResidual", "k=1 B=2", "mnist")
+    _write_runs(tmp_path / "runs", {"nsd": runs["nsd"]})
+    written = plots.plot_runs([tmp_path / "runs"], tmp_path / "figures")
+    assert [p.name for p in written] == [
+        f"{name}.{ext}" for name in ("accuracy", "sops", "sops_per_step", "sparsity") for ext in ("png", "svg", "csv")
+    ]
+    rows = [r for r in _rows(tmp_path / "figures" / "accuracy.csv") if r["net"] == "TinyResidual"]
+    assert [int(r["step"]) for r in rows] == list(range(1, result.steps + 1))
+    assert [float(r["accuracy"]) for r in rows] == [100.0 * c / 16 for c in result.correct]
+    assert {(r["t_paper"], r["t_lossless"]) for r in rows} == {(str(result.t_paper), str(result.t_lossless))}
+    totals = [r for r in _rows(tmp_path / "figures" / "sparsity.csv") if r["layer"] == "total"]
+    assert len(totals) == 1  # (the notation net's alone)
+    alone = plots.plot_runs([tmp_path / "runs" / "graph"], tmp_path / "alone")
+    assert [p.name for p in alone] == ["accuracy.png", "accuracy.svg", "accuracy.csv"]
+
+
 def test_plot_runs_default_folder(runs, tmp_path):
     write_json(tmp_path / "a" / "result.json", runs["nsd"])
     written = plots.plot_runs([tmp_path / "a"])

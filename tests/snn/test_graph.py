@@ -456,3 +456,12 @@ def test_a_full_precision_net_has_no_graph():
                                       type(model.spec.precision)(full_precision=True)))
     with pytest.raises(QsnnError, match=r"^a full-precision network has no spiking populations; train it with --k$"):
         convert(fp, "nsd", graph=True)
+
+
+def test_a_graph_names_its_source_and_precision():
+    graph = convert(_Concat(nn.AvgPool2d(2)).eval(), torch.zeros(1, 1, 12, 12), "nsd")
+    assert [(node.attrs["role"], node.attrs["k"], node.attrs["B"]) for node in graph.populations] == [
+        ("encoding", 2, 1), ("encoding", 1, 2), ("hidden", 1, 2)]
+    assert (graph.name(), graph.precision()) == ("_Concat", "k=1 B=2 (encoding k=2 B=1)")
+    graph.source = {"nir": "/some/where/net.nir"}
+    assert graph.name() == "net.nir"
