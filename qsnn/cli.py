@@ -317,26 +317,34 @@ def _simulate_graph(args: argparse.Namespace) -> int:
     """`qsnn simulate` of a converted model of one's own: every image checked against the
     converted model's exact evaluation."""
 
-    fixed = [option for option, differs in (
-        ("--noise", args.noise != 0.0), ("--verify", args.verify != "all"), ("--sg-drop", args.sg_drop != SG_DROPS[0]),
-    ) if differs]
-    if fixed:
-        raise QsnnError(f"{', '.join(fixed)} does not apply to a converted model of your own (no noise; every image is "
-                        "checked against the model's exact evaluation); drop it")
+    if args.verify != "all":
+        raise QsnnError("--verify does not apply to a converted model of your own (every image is checked against "
+                        "the model's exact evaluation); drop it")
     graph = SpikingGraph.load(args.file)
     dataset = _own_dataset(args.file, graph.source.get("dataset"), args.dataset)
     pixels, labels = load_test_pixels(dataset, args.data_dir, args.limit, graph.nodes[0].shape)
     out = Path(args.out or Path(args.file).with_suffix("").as_posix() + "-sim")
     with folder_lock(out):
         result = simulate_graph(graph, pixels, labels, steps=args.steps, batch_size=args.batch_size, device=args.device,
-                                progress=not args.quiet)
+                                progress=not args.quiet, noise=args.noise, seed=args.seed, sg_drop=args.sg_drop)
         result.write(out, graph, seed=args.seed)
     spikes = (sum(map(sum, result.positive)) + sum(map(sum, result.negative))) / result.images
+    totals = (f"{spikes:,.0f} spikes and {sum(result.sops) / result.images:,.0f} SOPs per image; results in {out}")
+    mismatches = sum(result.count_mismatches.values())
+    if result.noise == 0:
+        print(
+            f"{'LOSSLESS' if result.lossless else 'NOT lossless'}: the spiking graph agrees with the converted model's "
+            f"exact evaluation on {result.agree[-1]:,} of {result.images:,} images, {mismatches:,} neuron counts differ; "
+            f"accuracy {result.accuracy:.2f}% at T = {result.steps}, {totals}"
+        )
+        return 0
+    dropped = f", spikes dropped in {result.sg_drop}" if result.sg_drop else ", pixel noise"
     print(
-        f"{'LOSSLESS' if result.lossless else 'NOT lossless'}: the spiking graph agrees with the converted model's "
-        f"exact evaluation on {result.agree[-1]:,} of {result.images:,} images, "
-        f"{sum(result.count_mismatches.values()):,} neuron counts differ; accuracy {result.accuracy:.2f}% at T = "
-        f"{result.steps}, {spikes:,.0f} spikes and {sum(result.sops) / result.images:,.0f} SOPs per image; results in {out}"
+        f"noise r = {result.noise:g}{dropped}: accuracy {result.accuracy:.2f}% at T = {result.steps} (the converted "
+        f"model {100.0 * result.ann_correct / result.images:.2f}% on these inputs, "
+        f"{100.0 * result.ann_correct_clean / result.images:.2f}% on the clean images); the spiking graph agrees with "
+        f"{result.reference} on {result.agree[-1]:,} of {result.images:,} images, {mismatches:,} neuron counts "
+        f"differ; {totals}"
     )
     return 0
 

@@ -427,10 +427,18 @@ def test_a_model_of_ones_own_through_the_command_line(capsys, tmp_path, monkeypa
                            "images, 0 neuron counts differ;"), line
     saved = json.loads((tmp_path / "sim" / "result.json").read_text())
     assert (saved["images"], saved["lossless"], saved["source"]["model"]) == (30, True, "my_nets:make")
-    assert _error(capsys, ["simulate", "g.npz", "--data-dir", data_dir, "--noise", "0.1"]) == (
-        "--noise does not apply to a converted model of your own (no noise; every image is checked against the "
-        "model's exact evaluation); drop it"
+    assert _error(capsys, ["simulate", "g.npz", "--data-dir", data_dir, "--verify", "sample"]) == (
+        "--verify does not apply to a converted model of your own (every image is checked against the model's exact "
+        "evaluation); drop it"
     )
+    assert main(["simulate", "g.npz", "--limit", "30", "--data-dir", data_dir, "--quiet", "--noise", "0.2",
+                 "--out", str(tmp_path / "noisy")]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("noise r = 0.2, pixel noise: accuracy "), line
+    assert ("the spiking graph agrees with the converted model's tables on the noisy pixels on 30 of 30 images, 0 neuron "
+            "counts differ;") in line
+    noisy = json.loads((tmp_path / "noisy" / "result.json").read_text())
+    assert (noisy["noise"], noisy["lossless"], noisy["ann_accuracy_clean"]) == (0.2, True, saved["ann_accuracy"])
     assert _error(capsys, ["simulate", "g.npz", "--dataset", "fashion-mnist", "--data-dir", data_dir]) == (
         "g.npz was trained on mnist, not fashion-mnist; drop --dataset (or give --dataset mnist)"
     )

@@ -1420,7 +1420,7 @@ def plot_runs(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | N
     Accuracy, SOPs and sparsity are always drawn, SOPs per time step where the results have
     them (from a noise sweep only its least noisy run, see :func:`representative`); the noise
     figure only when some configuration was run at two or more noise values. A spiking
-    graph's result (a model of one's own) takes part in the accuracy figure only. ``out_dir`` None: :func:`default_plot_dir`.
+    graph's result (a model of one's own) takes part in the accuracy and noise figures. ``out_dir`` None: :func:`default_plot_dir`.
     Returns the files written.
     """
     files = find_results(paths)
@@ -1434,7 +1434,7 @@ def plot_runs(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike | N
         if any(cumulative_sops(s) is not None for s in chains):
             written += plot_sops_per_step(chains, out)
         written += plot_sparsity(chains, out)
-    sweeps = noise_sweeps([s for s in summaries if s.get("kind") != "graph"])
+    sweeps = noise_sweeps(summaries)
     if sweeps:
         written += plot_noise(sweeps, out)
     return written

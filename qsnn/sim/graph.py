@@ -45,6 +45,7 @@ from qsnn.io import provenance, write_csv, write_json
 from qsnn.options import AUTO_MAX_STEPS
 from qsnn.sim import graph_engine
 from qsnn.sim.graph_engine import GraphProgram
+from qsnn.sim.noise import SG_DROPS, NoiseDraws, dropped_spikes, noisy_pixels
 from qsnn.snn import schemes
 from qsnn.snn.graph import (
     LINEAR,
@@ -55,6 +56,7 @@ from qsnn.snn.graph import (
     float32_parts,
     float32_product,
     silent_values,
+    tables_ann,
 )
 from qsnn.snn.neurons import NEURON_MODELS, NeuronModel, Thresholds, target_count
 
@@ -77,6 +79,9 @@ class GraphResult:
     count_mismatches: dict[str, int] = field(default_factory=dict)  # final counts unequal to the exact ANN's
     ann_correct: int = 0
     ann_ops: int = 0  # the ANN's multiply-accumulates for these images
+    noise: float = 0.0  # NSD, INT: the pixel noise ratio; SG: the spike drop probability
+    sg_drop: str | None = None  # SG under noise: where spikes were dropped (SG_DROPS)
+    ann_correct_clean: int = 0  # the exact evaluation on the clean images
 
     @property
     def lossless(self) -> bool:
@@ -86,13 +91,22 @@ class GraphResult:
     def accuracy(self) -> float:
         return 100.0 * self.correct[-1] / self.images
 
+    @property
+    def reference(self) -> str:
+        """What agreement and the count mismatches were measured against."""
+        if self.noise > 0 and self.sg_drop is None:
+            return "the converted model's tables on the noisy pixels"
+        return "the converted model's exact evaluation on the clean pixels"
+
     def to_dict(self) -> dict:
         """The summary result.json holds: totals, per population and per step."""
         return {
             "images": self.images, "steps": self.steps, "t_paper": self.t_paper, "t_lossless": self.t_lossless,
-            "lossless": self.lossless, "agreement": self.agree[-1],
+            "lossless": self.lossless, "agreement": self.agree[-1], "agreement_fraction": self.agree[-1] / self.images,
             "count_mismatches": self.count_mismatches, "accuracy": self.accuracy,
             "ann_accuracy": 100.0 * self.ann_correct / self.images,
+            "ann_accuracy_clean": 100.0 * self.ann_correct_clean / self.images,
+            "noise": self.noise, "sg_drop": self.sg_drop, "reference": self.reference,
             "spikes_per_image": (sum(map(sum, self.positive)) + sum(map(sum, self.negative))) / self.images,
             "sops_per_image": sum(self.sops) / self.images, "ann_ops_per_image": self.ann_ops / self.images,
             "populations": self.population_rows(), "per_step": self.step_rows(),
@@ -250,8 +264,11 @@ class _Setup(NamedTuple):
         )
 
 
-def _single_step(graph: SpikingGraph, setup: _Setup, pixels: torch.Tensor) -> _Batch:
-    """SG: every population's binary neurons fire once against its table, in one step."""
+def _single_step(graph: SpikingGraph, setup: _Setup, pixels: torch.Tensor, noise: float = 0.0,
+                 draws: NoiseDraws | None = None) -> _Batch:
+    """SG: every population's binary neurons fire once against its table, in one step;
+    under ``noise`` each fired binary neuron's spike is lost with that probability, in the
+    encoding populations (the SG paper's model) or in every population (``draws.sg_drop``)."""
     record = _Batch(graph)
     synapses = setup.synapses
     values: dict[str, torch.Tensor] = {}
@@ -266,6 +283,8 @@ def _single_step(graph: SpikingGraph, setup: _Setup, pixels: torch.Tensor) -> _B
             sops += int(((inputs[0] != 0) * synapses[node.name]).sum())
         if node.kind == "quant":
             counts = target_count(inputs[0], setup.tables[node.name])
+            if noise > 0 and (draws.sg_drop == "every-layer" or node.attrs["role"] == "encoding"):
+                counts = dropped_spikes(counts, noise, NoiseDraws(draws.seed, draws.first_image, "every-layer"), index)
             record.counts[node.name] = counts
             record.positive[index].append(int(counts.sum()))
             record.negative[index].append(0)
@@ -289,6 +308,7 @@ def _time_stepped(graph: SpikingGraph, setup: _Setup, pixels: torch.Tensor, step
     logits = torch.zeros((batch, graph.classes), dtype=torch.float64, device=device)
     limit = steps if steps is not None else AUTO_MAX_STEPS
     silent = silent_values(graph, pixels)  # (the part of step 0's changes that no spike caused)
+    integral = bool(torch.equal(pixels, pixels.round()))  # (noisy pixels: float64 products, as silent_values)
     for t in range(limit):
         changes: dict[str, torch.Tensor | None] = {}
         spiked, sops, index = False, 0, 0
@@ -320,7 +340,7 @@ def _time_stepped(graph: SpikingGraph, setup: _Setup, pixels: torch.Tensor, step
                 changes[node.name] = float32_product(node, filled[0], *parts[node.name])
             else:  # (at t = 0 the changes are the values, within the source's bound)
                 changes[node.name] = apply_node(node, filled, with_bias=t == 0,
-                                                input_bound=graph.by_name[node.inputs[0]].bound if t == 0 else None)
+                                                input_bound=graph.by_name[node.inputs[0]].bound if t == 0 and integral else None)
         record.sops.append(sops)
         change = changes[graph.nodes[-1].name]
         if change is not None:
@@ -405,18 +425,33 @@ def simulate_graph(
     device: str = "cpu",
     progress: bool = False,
     engine: str = "auto",
+    noise: float = 0.0,
+    seed: int = 0,
+    sg_drop: str = SG_DROPS[0],
 ) -> GraphResult:
     """Simulate ``graph`` on raw 0..255 ``pixels`` (N, C, H, W) with ``labels``, each batch
     checked against the exact evaluation of the converted model. ``steps``: time steps,
     or None for until nothing is in flight (time-stepped schemes). ``engine``: "events"
     (:mod:`qsnn.sim.graph_engine`, CPU, NSD and INT), "stepwise" (dense tensors step by
     step, any device and scheme; the two agree record for record), or "auto" (the event
-    engine where it can run)."""
+    engine where it can run).
+
+    ``noise`` (drawn image by image from ``seed``, :class:`qsnn.sim.noise.NoiseDraws`):
+    NSD and INT multiply every pixel by 1 + (u - 1/2) noise; the pixels are then no longer
+    integers, so each image is checked against the converted model's tables on its noisy
+    pixels (:func:`qsnn.snn.graph.tables_ann`, float64; its count is what the populations
+    converge to), and the exact evaluation gives the clean accuracy. SG loses each fired
+    binary neuron's spike with probability ``noise``, in the encoding populations or in
+    every population (``sg_drop``), against the exact evaluation on the clean pixels."""
     rules = schemes.of(graph.scheme)
     if rules.single_step and steps not in (None, 1):
         raise QsnnError(f"{rules.title} takes one time step; drop steps={steps}")
     if engine not in ENGINES:
         raise QsnnError(f"engine is one of {', '.join(ENGINES)}, got {engine!r}")
+    if not isinstance(noise, int | float) or not 0 <= noise <= 1:  # (also refuses NaN)
+        raise QsnnError(f"noise must be between 0 and 1, got {noise!r}")
+    if sg_drop not in SG_DROPS:
+        raise QsnnError(f"sg_drop is one of {', '.join(SG_DROPS)}, got {sg_drop!r}")
     names = [node.name for node in graph.populations]
     setup = _Setup.of(graph, device)
     program = _engine_program(graph, setup, engine, device)
@@ -425,21 +460,30 @@ def simulate_graph(
     for start in range(0, len(pixels), batch_size):
         x = pixels[start : start + batch_size].to(device, torch.float64)
         y = labels[start : start + batch_size].to(device)
-        ann = exact_ann(graph, x)
+        draws = NoiseDraws(seed, start, sg_drop)
+        clean = exact_ann(graph, x)
+        ann = clean
         if rules.single_step:
-            record = _single_step(graph, setup, x)
-        elif program is not None:
-            record = _engine_batch(graph, program, x, steps)
+            record = _single_step(graph, setup, x, noise, draws)
         else:
-            record = _time_stepped(graph, setup, x, steps)
-        batches.append((record, ann, y))
+            if noise > 0:
+                x = noisy_pixels(x, noise, draws)
+                ann = tables_ann(graph, x)
+            if program is not None:
+                record = _engine_batch(graph, program, x, steps)
+            else:
+                record = _time_stepped(graph, setup, x, steps)
+        batches.append((record, ann, y, int((clean.predictions == y).sum())))
         bar.update(len(x))
     bar.close()
-    return _gathered(graph, names, batches, len(pixels))
+    result = _gathered(graph, names, batches, len(pixels))
+    result.noise = float(noise)
+    result.sg_drop = sg_drop if rules.single_step and noise > 0 else None
+    return result
 
 
 def _gathered(graph: SpikingGraph, names: list[str], batches: list, images: int) -> GraphResult:
-    steps = max(len(record.predictions) for record, _, _ in batches)
+    steps = max(len(record.predictions) for record, _, _, _ in batches)
     result = GraphResult(images, steps, names, ann_ops=ann_ops(graph) * images)
     result.positive = [[0] * steps for _ in names]
     result.negative = [[0] * steps for _ in names]
@@ -447,7 +491,8 @@ def _gathered(graph: SpikingGraph, names: list[str], batches: list, images: int)
     result.correct = [0] * steps
     result.agree = [0] * steps
     result.count_mismatches = dict.fromkeys(names, 0)
-    for record, ann, labels in batches:
+    for record, ann, labels, clean_correct in batches:
+        result.ann_correct_clean += clean_correct
         for t in range(steps):
             prediction = record.predictions[min(t, len(record.predictions) - 1)]  # (quiescent: final)
             result.correct[t] += int((prediction == labels).sum())

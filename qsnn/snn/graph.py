@@ -52,7 +52,7 @@ from qsnn.snn import schemes
 from qsnn.snn.exact import _split, float32_is_ieee
 from qsnn.snn.from_nir import default_input_range, nir_ops, read_nir
 from qsnn.snn.model import COUNT_LIMIT, EXACT_LIMIT, PIXEL_LEVELS
-from qsnn.snn.neurons import Thresholds
+from qsnn.snn.neurons import Thresholds, target_count
 from qsnn.snn.trace import Op, net_ops, trace
 from qsnn.train.checkpoint import own_model_weights
 
@@ -455,6 +455,7 @@ def silent_values(graph: SpikingGraph, pixels: torch.Tensor) -> dict[str, torch.
     time step of a spiking simulation. (A weighted node of a silent input gives its bias.)"""
     values: dict[str, torch.Tensor] = {}
     zero: set[str] = set()
+    integral = bool(torch.equal(pixels, pixels.round()))  # (float32 parts are exact for integer inputs only)
     for node in graph.nodes:
         if node.kind == "input":
             values[node.name] = pixels.to(torch.float64)
@@ -467,7 +468,7 @@ def silent_values(graph: SpikingGraph, pixels: torch.Tensor) -> dict[str, torch.
             bias = torch.from_numpy(node.bias).to(pixels.device, torch.float64)
             values[node.name] = bias.view(1, -1, *([1] * (len(node.shape) - 1))).expand(len(pixels), *node.shape)
         else:
-            values[node.name] = apply_node(node, inputs, input_bound=_bound(graph, node))
+            values[node.name] = apply_node(node, inputs, input_bound=_bound(graph, node) if integral else None)
     return values
 
 
@@ -484,6 +485,26 @@ class GraphANN:
     counts: dict[str, torch.Tensor]
     logits: torch.Tensor
     predictions: torch.Tensor
+
+
+def tables_ann(graph: SpikingGraph, pixels: torch.Tensor) -> GraphANN:
+    """The converted model evaluated with its populations' threshold tables, count =
+    #{i : V >= T(i)}, on pixels that need not be integers (under input noise): what the
+    spiking populations converge to on that input. (On integer pixels it equals
+    :func:`exact_ann`, which decides by the count formula instead.) Float64 throughout."""
+    values: dict[str, torch.Tensor] = {}
+    counts = {}
+    for node in graph.nodes:
+        if node.kind == "input":
+            values[node.name] = pixels.to(torch.float64)
+        elif node.kind == "quant":
+            n = target_count(values[node.inputs[0]], graph.thresholds(node).to(pixels.device))
+            counts[node.name] = n
+            values[node.name] = n.to(torch.float64)
+        else:
+            values[node.name] = apply_node(node, [values[name] for name in node.inputs])
+    logits = values[graph.nodes[-1].name]
+    return GraphANN(counts, logits, logits.argmax(dim=1))
 
 
 def exact_ann(graph: SpikingGraph, pixels: torch.Tensor) -> GraphANN:

@@ -213,6 +213,13 @@ def test_a_spiking_graphs_result_joins_the_accuracy_figure(runs, tmp_path):
     assert len(totals) == 1  # (the notation net's alone)
     alone = plots.plot_runs([tmp_path / "runs" / "graph"], tmp_path / "alone")
     assert [p.name for p in alone] == ["accuracy.png", "accuracy.svg", "accuracy.csv"]
+    noisy = simulate_graph(graph, pixels, torch.arange(16) % 4, noise=0.5, seed=1)
+    noisy.write(tmp_path / "runs" / "graph-noisy", graph)
+    written = plots.plot_runs([tmp_path / "runs" / "graph", tmp_path / "runs" / "graph-noisy"], tmp_path / "sweep")
+    assert [p.name for p in written] == [f"{name}.{ext}" for name in ("accuracy", "noise") for ext in ("png", "svg", "csv")]
+    rows = _rows(tmp_path / "sweep" / "noise.csv")
+    assert [(r["noise"], float(r["snn_accuracy"]), float(r["ann_accuracy_clean"])) for r in rows] == [
+        ("0.0", result.accuracy, 100.0 * result.ann_correct / 16), ("0.5", noisy.accuracy, 100.0 * result.ann_correct / 16)]
 
 
 def test_plot_runs_default_folder(runs, tmp_path):

@@ -136,3 +136,47 @@ def test_the_engine_is_chosen_where_it_runs_and_refused_where_it_cannot():
     assert simulate_graph(sg, pixels, labels).lossless  # (auto: SG's single step)
     with pytest.raises(QsnnError, match=r"^engine is one of auto, events, stepwise, got 'fast'$"):
         simulate_graph(sg, pixels, labels, engine="fast")
+
+
+def test_under_pixel_noise_the_engines_agree_and_match_the_tables_on_the_noisy_pixels():
+    """NSD and INT under pixel noise: both simulations give the same record whatever the
+    batch size (each image draws its own noise), every count equals the converted model's
+    tables on the noisy pixels, and the clean accuracy is the exact evaluation's."""
+    from qsnn.snn.graph import exact_ann, tables_ann
+
+    model = tiny_residual(1, 2, seed=3)
+    pixels = torch.randint(0, 256, (20, 1, 6, 6), generator=torch.Generator().manual_seed(1)).float()
+    labels = torch.arange(20) % 4
+    for scheme in ("nsd", "int"):
+        graph = convert(model, pixels[:1] / 255, scheme)
+        assert all(torch.equal(tables_ann(graph, pixels).counts[name], counts)  # (integer pixels: the same)
+                   for name, counts in exact_ann(graph, pixels).counts.items())
+        events = simulate_graph(graph, pixels, labels, noise=0.4, seed=3, engine="events", batch_size=7)
+        stepwise = simulate_graph(graph, pixels, labels, noise=0.4, seed=3, engine="stepwise", batch_size=20)
+        assert _record(events) == _record(stepwise) and events.lossless
+        assert events.reference == "the converted model's tables on the noisy pixels"
+        clean = simulate_graph(graph, pixels, labels)
+        assert events.ann_correct_clean == clean.ann_correct and events.sops != clean.sops
+        other = simulate_graph(graph, pixels, labels, noise=0.4, seed=4)
+        assert other.sops != events.sops
+        saved = events.to_dict()
+        assert (saved["noise"], saved["sg_drop"]) == (0.4, None)
+
+
+def test_sg_drops_spikes_in_the_encoding_populations_or_everywhere():
+    model = tiny_residual(1, 2, seed=3)
+    pixels = torch.randint(0, 256, (20, 1, 6, 6), generator=torch.Generator().manual_seed(1)).float()
+    labels = torch.arange(20) % 4
+    graph = convert(model, pixels[:1] / 255, "sg")
+    clean = simulate_graph(graph, pixels, labels)
+    encoding = simulate_graph(graph, pixels, labels, noise=0.3, seed=3, batch_size=7)
+    assert _record(encoding) == _record(simulate_graph(graph, pixels, labels, noise=0.3, seed=3, batch_size=20))
+    assert encoding.sg_drop == "encoding" and not encoding.lossless
+    assert encoding.positive[0][0] < clean.positive[0][0]  # (q1, the encoding population, lost spikes)
+    assert encoding.reference == "the converted model's exact evaluation on the clean pixels"
+    everywhere = simulate_graph(graph, pixels, labels, noise=0.3, seed=3, sg_drop="every-layer")
+    assert everywhere.positive[0] == encoding.positive[0] and everywhere.positive[1] != encoding.positive[1]
+    with pytest.raises(QsnnError, match=r"^noise must be between 0 and 1, got 1.5$"):
+        simulate_graph(graph, pixels, labels, noise=1.5)
+    with pytest.raises(QsnnError, match=r"^sg_drop is one of encoding, every-layer, got 'all'$"):
+        simulate_graph(graph, pixels, labels, noise=0.3, sg_drop="all")
