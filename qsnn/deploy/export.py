@@ -377,11 +377,17 @@ def _check_raw_pixels(net: SpikingNet, what: str) -> None:
 def export_nir(net: SpikingNet, path: str | os.PathLike) -> Path:
     """Write ``net`` as a NIR graph (HDF5) to ``path``; needs the optional ``nir`` package."""
     _check_raw_pixels(net, "a NIR export")
+    return write_nir(nir_graph, net, path)
+
+
+def write_nir(build: Callable, network, path: str | os.PathLike) -> Path:
+    """``build(network)``, a NIR graph, written atomically to ``path``; one line where the
+    optional ``nir`` package is missing."""
     try:
         import nir
     except ImportError:
         raise QsnnError("NIR export needs the nir package: pip install 'qsnn[nir]'") from None
-    graph = nir_graph(net)
+    graph = build(network)
     with atomic_path(path) as tmp:
         nir.write(str(tmp), graph)
     return Path(path)

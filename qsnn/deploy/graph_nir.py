@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qsnn.deploy.export import NIR_FORMAT, nir_thresholds
+from qsnn.deploy.export import NIR_FORMAT, nir_thresholds, write_nir
 from qsnn.errors import QsnnError
-from qsnn.io import atomic_path
 from qsnn.snn import schemes
 from qsnn.snn.graph import GraphNode, SpikingGraph
 
@@ -155,11 +154,4 @@ def _metadata(graph: SpikingGraph) -> dict:
 def export_graph_nir(graph: SpikingGraph, path: str | os.PathLike) -> Path:
     """Write an SG spiking graph as a NIR graph (HDF5) to ``path``; needs the optional ``nir`` package."""
     _check_exportable(graph)
-    try:
-        import nir
-    except ImportError:
-        raise QsnnError("NIR export needs the nir package: pip install 'qsnn[nir]'") from None
-    built = graph_nir(graph)
-    with atomic_path(path) as tmp:
-        nir.write(str(tmp), built)
-    return Path(path)
+    return write_nir(graph_nir, graph, path)

@@ -46,6 +46,7 @@ from qsnn.options import AUTO_MAX_STEPS
 from qsnn.sim import graph_engine
 from qsnn.sim.graph_engine import GraphProgram
 from qsnn.sim.noise import SG_DROPS, NoiseDraws, dropped_spikes, noisy_pixels
+from qsnn.sim.run import StepTimes
 from qsnn.snn import schemes
 from qsnn.snn.graph import (
     LINEAR,
@@ -65,7 +66,7 @@ ENGINE_STEPS = 64  # the event engine's first run: steps recorded per image befo
 
 
 @dataclass
-class GraphResult:
+class GraphResult(StepTimes):
     """A spiking graph on a test set: per step (0-based), summed over the images."""
 
     images: int
@@ -112,23 +113,6 @@ class GraphResult:
             "populations": self.population_rows(), "per_step": self.step_rows(),
         }
 
-    @property
-    def t_paper(self) -> int:
-        """The papers' T: the first step (1-based) from which the accuracy stays at its final value."""
-        first = self.steps
-        while first > 1 and self.correct[first - 2] == self.correct[-1]:
-            first -= 1
-        return first
-
-    @property
-    def t_lossless(self) -> int | None:
-        """The first step (1-based) from which every image agrees with the exact evaluation, or None."""
-        first = None
-        for t in range(self.steps, 0, -1):
-            if self.agree[t - 1] != self.images:
-                break
-            first = t
-        return first
 
     def step_rows(self) -> list[dict]:
         """One row per time step t = 1..T, as the notation nets' per_step.csv."""

@@ -41,8 +41,38 @@ from qsnn.snn.reference import (
 from qsnn.snn.schemes import SCHEMES
 
 
+class StepTimes:
+    """T (paper) and T_lossless of a result that counts, per time step, its ``correct``
+    predictions and those that ``agree`` with the reference, over ``images`` images."""
+
+    correct: list[int]
+    agree: list[int]
+    images: int
+
+    @property
+    def t_paper(self) -> int:
+        """The papers' T (1-based): the first step from which the number of correct
+        predictions stays at its final value (their figures' and tables' time steps; an
+        image may still change its prediction after it, as long as the number of correct
+        ones does not change)."""
+        first = len(self.correct)
+        while first > 1 and self.correct[first - 2] == self.correct[-1]:
+            first -= 1
+        return first
+
+    @property
+    def t_lossless(self) -> int | None:
+        """The first step (1-based) from which every image agrees with the reference, or None."""
+        first = None
+        for t in range(len(self.agree), 0, -1):
+            if self.agree[t - 1] != self.images:
+                break
+            first = t
+        return first
+
+
 @dataclass
-class SimulationResult:
+class SimulationResult(StepTimes):
     """Aggregated statistics of a simulation over a dataset (all sums over images)."""
 
     scheme: str
@@ -69,25 +99,6 @@ class SimulationResult:
     def accuracy(self) -> list[float]:
         return [100.0 * c / self.images for c in self.correct]
 
-    @property
-    def t_paper(self) -> int:
-        """The papers' T: the first step from which the accuracy stays at its final value
-        (their figures' and tables' time steps; an image may still change its prediction
-        after it, as long as the number of correct ones does not change)."""
-        first = self.steps
-        while first > 1 and self.correct[first - 2] == self.correct[-1]:
-            first -= 1
-        return first
-
-    @property
-    def t_lossless(self) -> int | None:
-        """First step from which every image agrees with the ANN, or None."""
-        first = None
-        for t in range(self.steps, 0, -1):
-            if self.agree[t - 1] != self.images:
-                break
-            first = t
-        return first
 
 
 def checked_inputs(net: SpikingNet, pixels, labels) -> tuple[torch.Tensor, torch.Tensor]:

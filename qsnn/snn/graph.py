@@ -492,17 +492,8 @@ def tables_ann(graph: SpikingGraph, pixels: torch.Tensor) -> GraphANN:
     #{i : V >= T(i)}, on pixels that need not be integers (under input noise): what the
     spiking populations converge to on that input. (On integer pixels it equals
     :func:`exact_ann`, which decides by the count formula instead.) Float64 throughout."""
-    values: dict[str, torch.Tensor] = {}
-    counts = {}
-    for node in graph.nodes:
-        if node.kind == "input":
-            values[node.name] = pixels.to(torch.float64)
-        elif node.kind == "quant":
-            n = target_count(values[node.inputs[0]], graph.thresholds(node).to(pixels.device))
-            counts[node.name] = n
-            values[node.name] = n.to(torch.float64)
-        else:
-            values[node.name] = apply_node(node, [values[name] for name in node.inputs])
+    values, counts = _evaluated(
+        graph, pixels, lambda node, source, v: target_count(v, graph.thresholds(node).to(pixels.device)), bounds=False)
     logits = values[graph.nodes[-1].name]
     return GraphANN(counts, logits, logits.argmax(dim=1))
 
@@ -511,6 +502,16 @@ def exact_ann(graph: SpikingGraph, pixels: torch.Tensor) -> GraphANN:
     """The converted model's exact evaluation on raw 0..255 integer pixels."""
     if pixels.is_floating_point() and not torch.equal(pixels, pixels.round()):
         raise QsnnError("the exact ANN of a graph takes raw integer pixels 0..255")
+    values, counts = _evaluated(graph, pixels, lambda node, source, v: population_counts(node, v, source.denominator),
+                                bounds=True)
+    logits = values[graph.nodes[-1].name].to(torch.int64)
+    return GraphANN(counts, logits, logits.argmax(dim=1))
+
+
+def _evaluated(graph: SpikingGraph, pixels: torch.Tensor, count_of, *, bounds: bool) -> tuple[dict, dict]:
+    """Every node's value (float64) and every population's counts, each population counting
+    by ``count_of(node, source, membrane)``; ``bounds``: products in float32 parts where the
+    integer inputs allow (:func:`float32_parts`)."""
     values: dict[str, torch.Tensor] = {}
     counts = {}
     for node in graph.nodes:
@@ -518,10 +519,9 @@ def exact_ann(graph: SpikingGraph, pixels: torch.Tensor) -> GraphANN:
             values[node.name] = pixels.to(torch.float64)
         elif node.kind == "quant":
             source = graph.by_name[node.inputs[0]]
-            n = population_counts(node, values[source.name], source.denominator)
-            counts[node.name] = n
+            counts[node.name] = n = count_of(node, source, values[source.name])
             values[node.name] = n.to(torch.float64)
         else:
-            values[node.name] = apply_node(node, [values[name] for name in node.inputs], input_bound=_bound(graph, node))
-    logits = values[graph.nodes[-1].name].to(torch.int64)
-    return GraphANN(counts, logits, logits.argmax(dim=1))
+            values[node.name] = apply_node(node, [values[name] for name in node.inputs],
+                                           input_bound=_bound(graph, node) if bounds else None)
+    return values, counts
