@@ -267,8 +267,7 @@ def _single_step(graph: SpikingGraph, setup: _Setup, pixels: torch.Tensor, noise
             sops += int(((inputs[0] != 0) * synapses[node.name]).sum())
         if node.kind == "quant":
             counts = target_count(inputs[0], setup.tables[node.name])
-            if noise > 0 and (draws.sg_drop == "every-layer" or node.attrs["role"] == "encoding"):
-                counts = dropped_spikes(counts, noise, NoiseDraws(draws.seed, draws.first_image, "every-layer"), index)
+            counts = dropped_spikes(counts, noise, draws, index, encoding=node.attrs["role"] == "encoding")
             record.counts[node.name] = counts
             record.positive[index].append(int(counts.sum()))
             record.negative[index].append(0)
@@ -372,10 +371,10 @@ def _engine_batch(graph: SpikingGraph, program: GraphProgram, pixels: torch.Tens
         positive[:, :width] += run.positive[:, :, :width].sum(axis=0)
         negative[:, :width] += run.negative[:, :, :width].sum(axis=0)
         sops[:width] += run.sops[:, :width].sum(axis=0)
-        for row, image in enumerate(images):  # (after its last step an image's prediction stays)
-            used = int(run.steps[row])
-            predictions[image, :used] = run.predictions[row, :used]
-            predictions[image, used:] = run.predictions[row, used - 1]
+        last = run.predictions[np.arange(len(images)), run.steps - 1]  # (after its last step a prediction stays)
+        predictions[images] = last[:, None]
+        predictions[images, :width] = np.where(np.arange(width) < run.steps[:, None], run.predictions[:, :width],
+                                               last[:, None])
         counts[images] = run.counts
     record.positive, record.negative = positive.tolist(), negative.tolist()
     record.sops = sops.tolist()

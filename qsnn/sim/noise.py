@@ -39,8 +39,10 @@ class NoiseDraws:
         self.first_image = first_image
         self.sg_drop = sg_drop
 
-    def drops_in(self, layer: int) -> bool:
-        return self.sg_drop == "every-layer" or layer == 0
+    def drops_in(self, layer: int, encoding: bool | None = None) -> bool:
+        """Whether layer ``layer`` drops spikes; ``encoding``: whether it is an encoding
+        layer (default: the first, as in a chain; a graph's populations say so themselves)."""
+        return self.sg_drop == "every-layer" or (layer == 0 if encoding is None else encoding)
 
     def generator(self, image: int, stage: int) -> torch.Generator:
         """The CPU generator of image ``image`` of this batch (0-based) at ``stage``."""
@@ -61,11 +63,12 @@ def noisy_pixels(pixels: torch.Tensor, ratio: float, draws: NoiseDraws) -> torch
     return pixels.to(torch.float64) * (1.0 + (u - 0.5) * ratio)
 
 
-def dropped_spikes(counts: torch.Tensor, ratio: float, draws: NoiseDraws | None, layer: int) -> torch.Tensor:
+def dropped_spikes(counts: torch.Tensor, ratio: float, draws: NoiseDraws | None, layer: int,
+                   encoding: bool | None = None) -> torch.Tensor:
     """SG's spike drop, image by image from each image's own stream, in the layers the
-    drop model names (the encoding layer only, by default)."""
+    drop model names (the encoding layer only, by default; see NoiseDraws.drops_in)."""
     draws = draws if draws is not None else NoiseDraws(0)
-    if ratio <= 0 or not draws.drops_in(layer):
+    if ratio <= 0 or not draws.drops_in(layer, encoding):
         return counts
     return torch.cat([
         drop_spikes(counts[image : image + 1], ratio, draws.generator(image, layer + 1))

@@ -11,11 +11,10 @@ from torch import nn
 from qsnn.cli import main
 from qsnn.deploy.graph_nir import export_graph_nir, graph_nir
 from qsnn.errors import QsnnError
-from qsnn.nn import small_resnet
 from qsnn.snn.convert import convert
 from qsnn.snn.graph import exact_ann
 from tests.nir_interpreter import run_one_step
-from tests.snn.test_graph import _Concat, tie_pixels, tiny_residual
+from tests.snn.test_graph import _Concat, random_small_resnet, tie_pixels, tiny_residual
 
 nir = pytest.importorskip("nir")
 
@@ -50,13 +49,7 @@ def test_a_residual_graph_exports_exactly_and_reads_back(tmp_path, k, B):
 
 
 def test_a_small_resnet_exports_exactly(tmp_path):
-    torch.manual_seed(2)
-    model = small_resnet(k=1, B=2).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_var.uniform_(0.2, 2.0)
-                module.bias.uniform_(0.0, 0.6)
+    model = random_small_resnet(1, 2, seed=2)
     pixels = torch.randint(0, 256, (6, 1, 28, 28), generator=torch.Generator().manual_seed(2)).float()
     graph = convert(model, pixels[:1] / 255, "sg")
     _assert_exact(graph, pixels, tmp_path / "resnet.nir")

@@ -347,19 +347,26 @@ def test_an_unbounded_population_beyond_its_count_limit_is_refused_not_clipped()
     assert simulate_graph(graph, pixels / 255 * 100, torch.zeros(1, dtype=torch.int64)).lossless  # (x = 100/255: 627 levels)
 
 
-def test_float32_parts_give_the_float64_products_exactly(monkeypatch):
-    """After the first step, conv and linear nodes fed by spikes multiply in float32 parts
-    of their integer weights; every statistic equals the float64 path's."""
+def random_small_resnet(k: int, B: int | None, seed: int) -> nn.Module:
+    """qsnn.nn.small_resnet with random weights and batch-norm statistics that make it fire."""
     from qsnn.nn import small_resnet
-    from qsnn.sim import graph as simulation
 
-    torch.manual_seed(3)
-    model = small_resnet(k=2, B=1).eval()
+    torch.manual_seed(seed)
+    model = small_resnet(k=k, B=B).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.running_var.uniform_(0.2, 2.0)
                 module.bias.uniform_(0.0, 0.6)
+    return model
+
+
+def test_float32_parts_give_the_float64_products_exactly(monkeypatch):
+    """After the first step, conv and linear nodes fed by spikes multiply in float32 parts
+    of their integer weights; every statistic equals the float64 path's."""
+    from qsnn.sim import graph as simulation
+
+    model = random_small_resnet(2, 1, seed=3)
     pixels = torch.randint(0, 256, (12, 1, 28, 28), generator=torch.Generator().manual_seed(3)).float()
     graph = convert(model, pixels[:1] / 255, "nsd")
     parts = simulation._float32_parts(graph, "cpu")
