@@ -248,7 +248,7 @@ def _simulate_one_batch(net, simulator, verifier, verify, clean, target, start, 
     inputs = noisy_pixels(clean, noise, draws) if rules.noise == "pixels" and noise > 0 else clean
     noise_here = noise if rules.noise == "spikes" else 0.0  # pixel noise is in ``inputs`` already
     if against_model:  # the reference is the trained model's exact ANN, on every image
-        ann = verifier.ann(clean.cpu())
+        ann = verifier.exact(clean.cpu())
         record = simulator(net, inputs, steps, noise=noise_here, draws=draws)
     elif isinstance(simulator, EventSimulator):
         record, counts, logits = simulator.against_ann(net, inputs, steps, noise=noise_here, draws=draws, checks=checks)

@@ -65,6 +65,7 @@ class ModelCheck:
         self.net = net
         self._ann = None
         self.pending: list = []
+        self._spent = None  # the last result of exact(), reused by the next
         self.images = self.disagreements = 0
         self.differing = [0] * len(net.layers)
 
@@ -74,6 +75,12 @@ class ModelCheck:
         if self._ann is None:
             self._ann = ExactANN(self.net.source_model())
         return self._ann
+
+    def exact(self, pixels: torch.Tensor):
+        """The exact ANN of one batch, as the reference of :meth:`record`; each call reuses
+        the previous call's count tensors, which the caller is done with by then."""
+        self._spent = self.ann(pixels, recycle=self._spent)
+        return self._spent
 
     def record(self, differing: list[int], disagreements: int, images: int) -> None:
         self.differing = [a + b for a, b in zip(self.differing, differing, strict=True)]

@@ -103,6 +103,36 @@ class ANNResult:
 UNIT_ROUNDOFF32 = 2.0**-24
 
 
+@njit(inline="always", cache=True)
+def _decide_row(first, box, bounded, capped, b, c, alpha, beta, per_input, per_box, constant, top_level,
+                counts, inputs, near):
+    """One channel of one image (see :func:`_decide_kernel`): (near neurons, largest count
+    of the others). Branch-free, so that LLVM vectorizes it; ``bounded`` and ``capped``
+    are constants where it is inlined (most counts are 0, some not, unpredictably): n =
+    floor(u) as a float64 integer, exact; the doubt at a clamped end only where u is near it."""
+    doubts = 0
+    largest = 0
+    for p in range(first.shape[2]):
+        f = np.float64(first[b, c, p])
+        u = alpha * f + beta
+        margin = per_input * abs(f) + constant
+        if bounded:
+            margin += per_box * np.float64(box[b, 0, p])
+        n = np.floor(u)
+        doubt = ((u - n <= margin) | (n + 1.0 - u <= margin)) & ((n >= 0.0) | (u > -margin))
+        n = max(n, 0.0)
+        if capped:
+            doubt = doubt & ((n < top_level) | (u < top_level + 1.0 + margin))
+            n = min(n, top_level)
+        count = np.int64(n)
+        counts[b, c, p] = count
+        inputs[b, c, p] = np.float32(n)
+        near[b, c, p] = doubt
+        doubts += np.int64(doubt)
+        largest = max(largest, count * (1 - np.int64(doubt)))
+    return doubts, largest
+
+
 @njit(parallel=True, cache=True)
 def _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inverse, levels, counts, inputs, near,
                    found, found_count, top):
@@ -127,33 +157,26 @@ def _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inve
     room = found.shape[1]
     for b in prange(images):
         listed = 0
-        largest = 0.0
+        largest = 0
         for c in range(channels):
             a, m, h = slope[c], mean[c], shift[c]
             alpha, beta = a * inverse, h - a * m
             per_input = abs(alpha) * FLOAT_SLACK
             per_box = abs(alpha) * gamma_n * (1 + 4 * gamma_n) * np.float64(largest_weight[c]) if bounded else 0.0
             constant = FLOAT_SLACK * (abs(a) * abs(m) + abs(h) + 1.0) + abs(alpha) * 2.0**-100
-            doubts = 0
-            # branch-free (most counts are 0, some not, unpredictably): n = floor(u) as a
-            # float64 integer, exact; the doubt at a clamped end only where u is near it
-            for p in range(plane):
-                f = np.float64(first[b, c, p])
-                u = alpha * f + beta
-                margin = per_input * abs(f) + constant
-                if bounded:
-                    margin += per_box * np.float64(box[b, 0, p])
-                n = np.floor(u)
-                doubt = ((u - n <= margin) | (n + 1.0 - u <= margin)) & ((n >= 0.0) | (u > -margin))
-                n = max(n, 0.0)
-                if capped:
-                    doubt = doubt & ((n < top_level) | (u < top_level + 1.0 + margin))
-                    n = min(n, top_level)
-                counts[b, c, p] = np.int64(n)
-                inputs[b, c, p] = np.float32(n)
-                near[b, c, p] = doubt
-                doubts += doubt
-                largest = max(largest, 0.0 if doubt else n)
+            if bounded and capped:  # (one specialized loop each)
+                doubts, most = _decide_row(first, box, True, True, b, c, alpha, beta, per_input, per_box, constant,
+                                           top_level, counts, inputs, near)
+            elif bounded:
+                doubts, most = _decide_row(first, box, True, False, b, c, alpha, beta, per_input, per_box, constant,
+                                           top_level, counts, inputs, near)
+            elif capped:
+                doubts, most = _decide_row(first, box, False, True, b, c, alpha, beta, per_input, per_box, constant,
+                                           top_level, counts, inputs, near)
+            else:
+                doubts, most = _decide_row(first, box, False, False, b, c, alpha, beta, per_input, per_box, constant,
+                                           top_level, counts, inputs, near)
+            largest = max(largest, most)
             if doubts:
                 for p in range(plane):
                     if near[b, c, p]:
@@ -161,40 +184,48 @@ def _decide_kernel(first, box, largest_weight, gamma_n, slope, mean, shift, inve
                             found[b, listed] = c * plane + p
                         listed += 1
         found_count[b] = listed
-        top[b] = np.int64(largest)
+        top[b] = largest
 
 
 NEAR_ROOM = 256  # near neurons per image listed by the decision kernel (more: found by a scan)
 
 
-@njit(inline="always", cache=True)
+# The near sums are sums of products that are exact integers below 2^53 in float64 in any
+# order (see _near_sums): reassociating them, as vectorized reductions do, changes nothing.
+EXACT_SUMS = {"reassoc", "contract"}
+
+
+@njit(inline="always", fastmath=EXACT_SUMS, cache=True)
 def _near_sum(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i):
     """out[:, i] (see :func:`_near_sums`) for the neuron ``flat`` of image ``b``."""
-    pieces = parts.shape[0]
     in_c, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
     c = flat // plane
     q = flat - c * plane
     oy = q // out_w
     ox = q - oy * out_w
-    for j in range(pieces):
-        out[j, i] = 0.0
-    for ci in range(in_c):
-        for ky in range(kernel):
-            iy = oy * stride + ky - pad
-            if iy < 0 or iy >= in_h:
-                continue
-            for kx in range(kernel):
-                ix = ox * stride + kx - pad
-                if ix < 0 or ix >= in_w:
-                    continue
-                value = np.float64(x[b, ci, iy, ix])
-                if value != 0.0:
-                    t = (ci * kernel + ky) * kernel + kx
-                    for j in range(pieces):
-                        out[j, i] += parts[j, c, t] * value
+    top = oy * stride - pad  # the receptive field's corner, and the rows and columns inside the image
+    left = ox * stride - pad
+    ky_lo, ky_hi = max(0, -top), min(kernel, in_h - top)
+    kx_lo, kx_hi = max(0, -left), min(kernel, in_w - left)
+    dense = in_h == 1 and in_w == 1 and kernel == 1
+    for j in range(parts.shape[0]):
+        weights = parts[j, c]
+        total = 0.0
+        if dense:  # (one contiguous run)
+            for ci in range(in_c):
+                total += weights[ci] * np.float64(x[b, ci, 0, 0])
+            out[j, i] = total
+            continue
+        for ci in range(in_c):
+            for ky in range(ky_lo, ky_hi):
+                row = x[b, ci, top + ky]
+                at = (ci * kernel + ky) * kernel
+                for kx in range(kx_lo, kx_hi):
+                    total += weights[at + kx] * np.float64(row[left + kx])
+        out[j, i] = total
 
 
-@njit(cache=True)
+@njit(fastmath=EXACT_SUMS, cache=True)
 def _near_sums(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
     """out[j, i] = sum_t parts[j, c, t] x_t over the inputs x_t of neuron i: channel c and
     output position q of the flat index neuron[i] = c * plane + q, in image image[i].
@@ -207,7 +238,7 @@ def _near_sums(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
         _near_sum(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, out, i)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, fastmath=EXACT_SUMS, cache=True)
 def _near_sums_parallel(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
     """:func:`_near_sums` with the neurons shared among the threads."""
     for i in prange(image.shape[0]):
@@ -290,6 +321,7 @@ class ExactANN:
             ))
         self.output = _integer_grid(model.classifier.detach().cpu().to(torch.float64).numpy())
         self._parts: dict = {}
+        self._held: dict = {}  # see _buffers
 
     def _parts_for(self, key, scaled: np.ndarray, largest_input: float):
         """``scaled`` split into parts whose every sum of products with inputs up to
@@ -312,14 +344,18 @@ class ExactANN:
             )
         return self._parts["stacked", index, bits], bits
 
-    def __call__(self, pixels) -> ANNResult:
+    def __call__(self, pixels, recycle: ANNResult | None = None) -> ANNResult:
+        """The exact ANN of raw pixels; ``recycle``: an earlier result no longer needed,
+        whose count tensors of the same shapes receive this call's counts (the caller of a
+        batch after batch avoids a fresh allocation, and its page faults, each time)."""
 
         x, inputs_per_unit = self._first_inputs(pixels.cpu())  # x = inputs / inputs_per_unit
         integral = inputs_per_unit != 1
         counts, decided = [], 0
         largest = None  # the largest input of the next block, where known
         for index, layer in enumerate(self.blocks):
-            n, x, recomputed, largest = self._block(index, layer, x, inputs_per_unit, integral, largest)
+            into = recycle.counts[index] if recycle is not None and index < len(recycle.counts) else None
+            n, x, recomputed, largest = self._block(index, layer, x, inputs_per_unit, integral, largest, into)
             integral = True
             counts.append(n)
             decided += recomputed
@@ -348,12 +384,13 @@ class ExactANN:
         return pixels.to(torch.float32), Fraction(PIXEL_SCALE)  # (pixels: exact)
 
     def _block(self, index: int, layer: _Block, x, inputs_per_unit: Fraction, integral: bool = True,
-               largest: float | None = None):
+               largest: float | None = None, into: torch.Tensor | None = None):
         """(counts, the same as float32, neurons decided beyond the first pass, the largest
         count) of one block for inputs x: integers >= 0 (pixels or counts), as float32
         where they are below 2^24, else as float64; or, not ``integral``, any float32
         values (a standardized image), whose near neurons are decided in rational
-        arithmetic. ``largest``: the largest |x|, where the caller knows it."""
+        arithmetic. ``largest``: the largest |x|, where the caller knows it; ``into``: a
+        tensor the counts may be written to (used where it is int64 of their shape)."""
 
         block = layer.block
         if largest is None:
@@ -363,9 +400,9 @@ class ExactANN:
         channels = layer.scaled.shape[0]
         images = first.shape[0]
         shape = (images, *block.layer.out_shape)
-        counts = torch.empty(shape, dtype=torch.int64)
-        inputs = torch.empty(shape, dtype=torch.float32)
-        near = torch.empty(shape, dtype=torch.bool)
+        fits = into is not None and into.dtype == torch.int64 and tuple(into.shape) == shape and into.is_contiguous()
+        counts = into if fits else torch.empty(shape, dtype=torch.int64)
+        inputs, near = self._buffers(index, shape)
         found = np.empty((images, NEAR_ROOM), np.int64)
         found_count = np.empty(images, np.int64)
         top = np.zeros(images, np.int64)
@@ -413,6 +450,16 @@ class ExactANN:
                 flat_counts[image[i], neuron[i]] = layer.rules[int(channel[i])].count(Fraction(exact[i]) / per_unit)
         flat_inputs[image, neuron] = flat_counts[image, neuron]
         return counts, inputs, total, max(largest_count, int(flat_counts[image, neuron].max()))
+
+    def _buffers(self, index: int, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block ``index``'s float32 counts (the next block's inputs) and near flags for a
+        batch of ``shape``: kept from call to call, since fresh ones of this size cost a
+        page fault every 4 KiB each time (the allocator returns freed memory this large
+        to the system)."""
+        held = self._held.get(index)
+        if held is None or tuple(held[0].shape) != shape:
+            held = self._held[index] = (torch.empty(shape, dtype=torch.float32), torch.empty(shape, dtype=torch.bool))
+        return held
 
     def _first_pass(self, index: int, layer: _Block, x, largest: float, integral: bool):
         """The float first pass W x of a block: (its result, the per-neuron sum of |x| that

@@ -553,6 +553,30 @@ def test_more_near_neurons_than_the_kernel_lists_are_all_decided(monkeypatch, ro
         assert np.array_equal(a.reshape(len(pixels), -1).numpy(), b), f"block {index + 1}"
 
 
+def test_a_recycled_result_receives_the_counts_and_held_buffers_carry_nothing_over():
+    """ExactANN(pixels, recycle=earlier) writes the counts into the earlier result's
+    tensors where the shapes match (a new batch size gets new ones), and the buffers it
+    keeps between calls (the next block's inputs, the near flags) carry nothing from one
+    call to the next: every call equals a fresh ExactANN's and the definition."""
+    model = tie_net(1, 2, True)
+    pixels = tie_pixels()
+    ann = ExactANN(model)
+    first = ann(pixels.flip(0))
+    tensors = [c for c in first.counts]
+    second = ann(pixels, recycle=first)
+    assert all(a is b for a, b in zip(second.counts, tensors, strict=True))
+    fresh = ExactANN(model)(pixels)
+    wanted, _ = defined_counts(model, pixels)
+    assert second.decided_exactly == fresh.decided_exactly > 0
+    for index, (a, b, c) in enumerate(zip(second.counts, fresh.counts, wanted, strict=True)):
+        assert torch.equal(a, b) and np.array_equal(a.reshape(len(pixels), -1).numpy(), c), f"block {index + 1}"
+    assert torch.equal(second.logits, fresh.logits) and torch.equal(second.predictions, fresh.predictions)
+    third = ann(pixels[100:107], recycle=second)  # another batch size: new tensors, the same values
+    assert not any(a is b for a, b in zip(third.counts, tensors, strict=True))
+    for a, b in zip(third.counts, fresh.counts, strict=True):
+        assert torch.equal(a, b[100:107])
+
+
 def _decide_by_the_definition(first, box, largest_weight, gamma_n, slope, mean, shift, inverse, levels):
     """_decide_kernel's contract, neuron by neuron in Python floats: (counts, near)."""
     from qsnn.snn.exact import FLOAT_SLACK
