@@ -292,7 +292,8 @@ class ExactANN:
     of products is a float64 integer below 2^53), then, if still near, the count in
     exact rational arithmetic (:meth:`ChannelRule.count`). The logits are exact integers
     in the classifier's grid and the prediction their argmax (the first among ties).
-    Inputs: raw integer pixel values 0..255 (x = p / 255).
+    Inputs: raw integer pixel values 0..255 (x = p / 255). An instance keeps working
+    buffers from call to call (:meth:`_buffers`): one thread at a time per instance.
     """
 
     def __init__(self, model) -> None:
