@@ -443,8 +443,9 @@ class ExactANN:
             if isinstance(exact, torch.Tensor):  # int64 -> float64 rounds by 2^-53 at most: within the margin
                 zf = exact.to(torch.float64) / float(per_unit)
                 exact = exact.tolist()
-            else:
-                zf = torch.tensor([float(Fraction(v) / per_unit) for v in exact], dtype=torch.float64)
+            else:  # Python ints: int / int is correctly rounded, the same float as float(Fraction(v) / per_unit)
+                numerator, denominator = per_unit.numerator, per_unit.denominator
+                zf = torch.tensor([v * denominator / numerator for v in exact], dtype=torch.float64)
             sub, still = self._decide_at(layer, zf, channel)
             flat_counts[image, neuron] = sub.numpy()
             for i in still.nonzero()[:, 0].tolist():
