@@ -721,6 +721,22 @@ def test_prepare_cifar_test_is_centre_crop():
     assert torch.equal(out, images[:, :, 4:28, 4:28])
 
 
+def _documented_windows(source: torch.Tensor, seed: int, size: int) -> tuple:
+    """The training windows prepare() draws with a generator seeded ``seed``, replayed from
+    its documented draws (top rows, left columns, then flips; offsets 0..8): (the size x
+    size windows of ``source``, flipped where drawn, top, left, flip)."""
+    count = len(source)
+    generator = torch.Generator().manual_seed(seed)
+    top = torch.randint(0, 9, (count,), generator=generator)
+    left = torch.randint(0, 9, (count,), generator=generator)
+    flip = torch.rand(count, generator=generator) < 0.5
+    windows = []
+    for i in range(count):
+        window = source[i, :, top[i]:top[i] + size, left[i]:left[i] + size]
+        windows.append(window.flip(-1) if flip[i] else window)
+    return windows, top, left, flip
+
+
 def test_prepare_cifar_train_crop_and_flip():
     images = random_cifar(64)
     first = data.prepare(images, "cifar100", train=True, generator=torch.Generator().manual_seed(3))
@@ -729,13 +745,9 @@ def test_prepare_cifar_train_crop_and_flip():
     assert first.shape == (64, 3, 24, 24) and first.dtype == torch.uint8
     assert torch.equal(first, again) and not torch.equal(first, other)
 
-    generator = torch.Generator().manual_seed(3)  # the documented draws: y, x, then flips
-    top = torch.randint(0, 9, (64,), generator=generator)
-    left = torch.randint(0, 9, (64,), generator=generator)
-    flip = torch.rand(64, generator=generator) < 0.5
+    windows, top, left, flip = _documented_windows(images, seed=3, size=24)
     for i in range(64):
-        window = images[i, :, top[i]:top[i] + 24, left[i]:left[i] + 24]
-        assert torch.equal(first[i], window.flip(-1) if flip[i] else window)
+        assert torch.equal(first[i], windows[i])
     assert 0 < int(flip.sum()) < 64 and len(set(top.tolist())) > 1 and len(set(left.tolist())) > 1
 
 
@@ -758,13 +770,9 @@ def test_prepare_at_full_size_shifts_and_flips_cifar_and_keeps_test_images_whole
     out = data.prepare(images, "cifar10", train=True, generator=torch.Generator().manual_seed(0), shape=(3, 32, 32))
     assert out.shape == (12, 3, 32, 32) and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
-    generator = torch.Generator().manual_seed(0)  # the documented draws: y, x, then flips
-    top = torch.randint(0, 9, (12,), generator=generator)
-    left = torch.randint(0, 9, (12,), generator=generator)
-    flip = torch.rand(12, generator=generator) < 0.5
+    windows, *_ = _documented_windows(padded, seed=0, size=32)
     for i in range(12):
-        window = padded[i, :, top[i]:top[i] + 32, left[i]:left[i] + 32]
-        assert torch.equal(out[i], window.flip(-1) if flip[i] else window)
+        assert torch.equal(out[i], windows[i])
     with pytest.raises(QsnnError) as refused:
         data.prepare(images, "cifar10", train=False, shape=(3, 28, 28))
     assert str(refused.value) == (

@@ -23,6 +23,7 @@ from qsnn.train.model import ModelSpec
 from tests import own_models
 from tests.helpers import one_thread  # noqa: F401  (autouse: one intra-op thread in this module)
 from tests.train.test_training import (
+    ROW_KEYS,
     TORCHRUN_ENV,
     assert_same_run,
     assert_same_tensors,
@@ -32,12 +33,6 @@ from tests.train.test_training import (
 from tests.train.test_training import config as notation_config
 
 TINY = "tests.own_models:tiny"
-ROW_KEYS = ["epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(shared_datasets: Path) -> str:
-    return str(shared_datasets)
 
 
 def config(data_dir: str, **changes: Any) -> TrainConfig:
@@ -249,19 +244,27 @@ def test_convert_takes_a_training_checkpoint_or_a_state_dict_of_the_same_factory
     )
 
 
+def _trained_on_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str, seed: int) -> Path:
+    """``model`` trained one epoch by qsnn train --model on 32 CIFAR-10-format images
+    written to tmp_path/data (accepted in-process); returns the run folder."""
+    from tests.data.test_data import accept_files, write_cifar
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    write_cifar(folder, "cifar10", count=32, seed=seed)
+    accept_files(monkeypatch, "cifar10", folder)
+    out = tmp_path / "run"
+    assert qsnn(["train", "--model", model, "--dataset", "cifar10", "--epochs", "1", "--batch-size", "16",
+                 "--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
 def test_a_cifar_model_reads_whole_images_from_training_to_simulation(
     capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A model of one's own on CIFAR trains on the whole 3x32x32 images (not the notation
     nets' 24x24 crops), converts from its checkpoint at that size, and simulates losslessly."""
-    from tests.data.test_data import accept_files, write_cifar
-
-    folder = tmp_path / "data" / "cifar-10-batches-py"
-    write_cifar(folder, "cifar10", count=32, seed=3)
-    accept_files(monkeypatch, "cifar10", folder)
-    out, model = tmp_path / "run", "tests.own_models:colour"
-    assert qsnn(["train", "--model", model, "--dataset", "cifar10", "--epochs", "1", "--batch-size", "16",
-                 "--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"]) == 0
+    model = "tests.own_models:colour"
+    out = _trained_on_cifar(tmp_path, monkeypatch, model, seed=3)
     assert json.loads((out / "config.json").read_text())["spec"]["input_shape"] == [3, 32, 32]
     assert qsnn(["convert", str(out / "last.pt"), "--model", model, "--scheme", "nsd", "-o", str(tmp_path / "g.npz")]) == 0
     assert SpikingGraph.load(tmp_path / "g.npz").nodes[0].shape == (3, 32, 32)
@@ -280,14 +283,8 @@ def test_resnet20_trained_by_qsnn_on_cifar_format_data_converts_and_simulates_lo
     """The conversion papers' ResNet-20 preset (19 populations, 9 residual additions),
     trained one epoch by qsnn train --model on 32 CIFAR-10-format images, converts under
     NSD and SG and simulates losslessly on 8 of them."""
-    from tests.data.test_data import accept_files, write_cifar
-
-    folder = tmp_path / "data" / "cifar-10-batches-py"
-    write_cifar(folder, "cifar10", count=32, seed=4)
-    accept_files(monkeypatch, "cifar10", folder)
-    out, model = tmp_path / "run", "qsnn.nn:resnet20"
-    assert qsnn(["train", "--model", model, "--dataset", "cifar10", "--epochs", "1", "--batch-size", "16",
-                 "--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"]) == 0
+    model = "qsnn.nn:resnet20"
+    out = _trained_on_cifar(tmp_path, monkeypatch, model, seed=4)
     for scheme in ("nsd", "sg"):
         graph = tmp_path / f"{scheme}.npz"
         assert qsnn(["convert", str(out / "last.pt"), "--model", model, "--scheme", scheme, "-o", str(graph)]) == 0

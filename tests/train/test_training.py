@@ -31,12 +31,6 @@ NET = "8C5-P2-16C5-P2-32"
 ROW_KEYS = ["epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(shared_datasets: Path) -> str:
-    """The folder with the original MNIST files (conftest skips the test without it)."""
-    return str(shared_datasets)
-
-
 def config(data_dir: str, **changes: Any) -> TrainConfig:
     """A tiny run: 600 training images in 12 steps of 50, 300 test images."""
     settings: dict[str, Any] = dict(
