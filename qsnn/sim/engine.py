@@ -517,13 +517,14 @@ def _scan(
     up_spikes = 0
     first_spikes = 0  # neurons spiking for the first time
     beyond = 0  # neurons whose new threshold lies beyond the table
-    for i in range(changing):  # branch-free but for the rare thresholds beyond the table
+    for i in range(changing):  # branch-free; the rare thresholds beyond the table are listed in far
         k = crossing_at[i]
         n = base + k
+        sign = flag[k]
+        rising = sign > 0
         first_spikes += 1 - fired[n]
         fired[n] = 1
-        rising = flag[k] > 0
-        c = count[n] + (1 if rising else -1)
+        c = count[n] + sign
         count[n] = c
         # rising: T(c - 1) was the upper threshold and T(c) (table column c + 1) comes in;
         # falling: T(c) was the lower threshold and T(c - 1) (column c) comes in
@@ -533,19 +534,16 @@ def _scan(
         new = levels[at + channel_of[n], min(column, tabled)]
         upper[n] = new if rising else old_lower
         lower[n] = old_upper if rising else new
-        if column > tabled:
-            far[beyond] = n
-            beyond += 1
+        far[beyond] = n
+        beyond += column > tabled
         up_spikes += rising
+        events[at_event + i] = first_index[n]
+        signs[at_event + i] = sign
     for i in range(beyond):  # rare, and out of the loop above: it divides
         n = far[i]
         ch = channel_of[n]
         upper[n] = threshold_at(count[n], at + ch, offset, step, scale, exact, size, constant, big)
         lower[n] = threshold_at(count[n] - 1, at + ch, offset, step, scale, exact, size, constant, big)
-    for i in range(changing):
-        n = crossing_at[i]
-        events[at_event + i] = first_index[base + n]
-        signs[at_event + i] = flag[n]
     return changing, up_spikes, first_spikes
 
 
