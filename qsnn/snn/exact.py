@@ -58,12 +58,14 @@ def _split(scaled: np.ndarray, bits: int) -> list[np.ndarray]:
             return parts
 
 
-def _combine(sums: list, bound: float, bits: int):
+def _combine(sums: list, bits: int):
     """sum_j sums[j] 2^(bits j), exactly: an int64 tensor where it fits, else a nested
-    list of Python ints. ``sums``: float64 tensors of exact integers; ``bound``: the
-    largest magnitude of any of them."""
+    list of Python ints. ``sums``: float64 tensors of exact integers."""
 
-    if bound * 2.0 ** (bits * (len(sums) - 1)) * 2 < 2.0**62:
+    # |every partial total| <= sum_j max|sums[j]| 2^(bits j); the factor 2 covers the
+    # rounding of this float estimate
+    bound = sum(float(m.abs().max()) * 2.0 ** (bits * j) for j, m in enumerate(sums) if m.numel())
+    if bound * 2 < 2.0**62:
         total = torch.zeros(sums[0].shape, dtype=torch.int64)
         for j, m in enumerate(sums):
             total += m.to(torch.int64) << (bits * j)
@@ -225,6 +227,48 @@ def _near_sum(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i):
         out[j, i] = total
 
 
+@njit(inline="always", fastmath=EXACT_SUMS, cache=True)
+def _near_sum_last(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i):
+    """:func:`_near_sum` for channel-last inputs, ``x`` (images, H, W * C), and ``parts``
+    in (row, column, channel) order: the inputs a kernel row reaches are one contiguous
+    run, as are its weights, summed as one vectorized dot product."""
+    in_h = x.shape[1]
+    in_c = parts.shape[2] // (kernel * kernel)
+    in_w = x.shape[2] // in_c
+    c = flat // plane
+    q = flat - c * plane
+    oy = q // out_w
+    ox = q - oy * out_w
+    top = oy * stride - pad
+    left = ox * stride - pad
+    ky_lo, ky_hi = max(0, -top), min(kernel, in_h - top)
+    kx_lo, kx_hi = max(0, -left), min(kernel, in_w - left)
+    width = (kx_hi - kx_lo) * in_c
+    for j in range(parts.shape[0]):
+        weights = parts[j, c]
+        total = 0.0
+        for ky in range(ky_lo, ky_hi):
+            run = x[b, top + ky, (left + kx_lo) * in_c : (left + kx_lo) * in_c + width]
+            row = weights[(ky * kernel + kx_lo) * in_c : (ky * kernel + kx_lo) * in_c + width]
+            for t in range(width):
+                total += row[t] * np.float64(run[t])
+        out[j, i] = total
+
+
+@njit(fastmath=EXACT_SUMS, cache=True)
+def _near_sums_last(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
+    """:func:`_near_sums` for channel-last inputs (see :func:`_near_sum_last`)."""
+    for i in range(image.shape[0]):
+        _near_sum_last(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, out, i)
+
+
+@njit(parallel=True, fastmath=EXACT_SUMS, cache=True)
+def _near_sums_last_parallel(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
+    """:func:`_near_sums_last` with the neurons shared among the threads."""
+    for i in prange(image.shape[0]):
+        _near_sum_last(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, out, i)
+
+
 @njit(fastmath=EXACT_SUMS, cache=True)
 def _near_sums(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
     """out[j, i] = sum_t parts[j, c, t] x_t over the inputs x_t of neuron i: channel c and
@@ -248,6 +292,8 @@ def _near_sums_parallel(x, parts, image, neuron, plane, out_w, kernel, stride, p
 # multiply-adds below which a kernel runs on one thread: starting the threads costs more, and
 # far more on a loaded machine, where a parallel region waits for its slowest thread's turn
 SERIAL_WORK = 1 << 22
+# near sums, as a multiple of the inputs' size, from which the inputs are copied channel-last
+CHANNEL_LAST_WORK = 1.0
 
 
 def float32_is_ieee() -> bool:
@@ -334,16 +380,20 @@ class ExactANN:
             self._parts[key, bits] = [torch.from_numpy(p) for p in _split(scaled, bits)]
         return self._parts[key, bits], bits
 
-    def _stacked_parts(self, index: int, scaled: np.ndarray, largest_input: float):
-        """:meth:`_parts_for` as one float64 array (parts, out channels, fan-in), for
-        :func:`_near_sums`: (that array, bits)."""
+    def _stacked_parts(self, index: int, scaled: np.ndarray, largest_input: float, channel_last: bool = False):
+        """:meth:`_parts_for` as one float64 array (parts, out channels, fan-in), the fan-in
+        in the weights' (channel, row, column) order, or with ``channel_last`` in (row,
+        column, channel) order, for :func:`_near_sums` and :func:`_near_sums_last`: (that
+        array, bits)."""
 
         parts, bits = self._parts_for(index, scaled, largest_input)
-        if ("stacked", index, bits) not in self._parts:
-            self._parts["stacked", index, bits] = np.ascontiguousarray(
-                np.stack([p.reshape(p.shape[0], -1).numpy() for p in parts])
-            )
-        return self._parts["stacked", index, bits], bits
+        key = ("stacked", index, bits, channel_last)
+        if key not in self._parts:
+            stacked = np.stack([p.numpy() for p in parts])
+            if channel_last:  # (parts, out c, in c, K, K) -> (parts, out c, K, K, in c)
+                stacked = stacked.transpose(0, 1, 3, 4, 2)
+            self._parts[key] = np.ascontiguousarray(stacked.reshape(len(parts), scaled.shape[0], -1))
+        return self._parts[key], bits
 
     def __call__(self, pixels, recycle: ANNResult | None = None) -> ANNResult:
         """The exact ANN of raw pixels; ``recycle``: an earlier result no longer needed,
@@ -555,25 +605,38 @@ class ExactANN:
         """W_int x at the neurons ``neuron`` (flat indices within their image) of the images
         ``image``, for integer inputs x up to ``largest``: an int64 tensor where every value
         fits, else a list of Python ints. Each part of W_int (see :meth:`_parts_for`) is
-        summed exactly in float64 by :func:`_near_sums`, and the parts are combined in
-        integers."""
+        summed exactly in float64 by :func:`_near_sums` (or, on channel-last inputs,
+        :func:`_near_sums_last`), and the parts are combined in integers."""
 
-        parts, bits = self._stacked_parts(index, layer.scaled, largest)
         block = layer.block
+        terms = int(np.prod(layer.scaled.shape[1:]))
+        # channel-last when the sums outweigh a copy of the inputs: each kernel position's
+        # inputs are then one contiguous run (wide layers; a few neurons keep the gather)
+        channel_last = block.layer.kind == "conv" and len(image) * terms >= CHANNEL_LAST_WORK * x.numel()
+        parts, bits = self._stacked_parts(index, layer.scaled, largest, channel_last)
         if block.layer.kind == "conv":
-            inputs = x
+            inputs = x.permute(0, 2, 3, 1).reshape(len(x), x.shape[2], -1) if channel_last else x  # (copied)
             plane, out_w = int(np.prod(block.layer.out_shape[1:])), block.layer.out_shape[2]
             kernel, stride, pad = block.layer.kernel, block.layer.stride, block.layer.padding
         else:
             inputs = x.reshape(len(x), -1, 1, 1)
             plane = out_w = kernel = stride = 1
             pad = 0
-        out = np.empty((len(parts), len(image)))
-        kernel_for = _near_sums if len(image) * parts.shape[0] * parts.shape[2] < SERIAL_WORK else _near_sums_parallel
-        kernel_for(np.ascontiguousarray(inputs.numpy()), parts, np.ascontiguousarray(image, dtype=np.int64),
-                   np.ascontiguousarray(neuron, dtype=np.int64), plane, out_w, kernel, stride, pad, out)
+        serial = len(image) * parts.shape[0] * parts.shape[2] < SERIAL_WORK
+        if channel_last:
+            kernel_for = _near_sums_last if serial else _near_sums_last_parallel
+        else:
+            kernel_for = _near_sums if serial else _near_sums_parallel
+        # channel-last: channel by channel (of all the images), so that each channel's weight
+        # rows, far larger than an image's inputs, come from memory once, then from the caches
+        order = np.argsort(neuron // plane, kind="stable") if channel_last else np.arange(len(neuron))
+        by_channel = np.empty((len(parts), len(image)))
+        kernel_for(np.ascontiguousarray(inputs.numpy()), parts, np.ascontiguousarray(image[order], dtype=np.int64),
+                   np.ascontiguousarray(neuron[order], dtype=np.int64), plane, out_w, kernel, stride, pad, by_channel)
+        out = np.empty_like(by_channel)
+        out[:, order] = by_channel
         sums = [torch.from_numpy(row) for row in out]
-        return _combine(sums, max(float(m.abs().max()) for m in sums), bits)
+        return _combine(sums, bits)
 
     @staticmethod
     def _rational_membranes(layer: _Block, x, where) -> list[Fraction]:
@@ -596,7 +659,7 @@ class ExactANN:
         scaled, s = self.output
         parts, bits = self._parts_for("output", scaled, float(largest))
         sums = [F.linear(x.flatten(1), part) for part in parts]
-        logits = _combine(sums, max(float(m.abs().max()) for m in sums), bits)
+        logits = _combine(sums, bits)
         denominator = Fraction(2) ** s * inputs_per_unit
         power_of_two = denominator.denominator == 1 and denominator.numerator.bit_count() == 1
         if isinstance(logits, torch.Tensor):

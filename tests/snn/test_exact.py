@@ -490,14 +490,17 @@ def _membrane_in_fractions(block, x: torch.Tensor, image: int, neuron: int) -> F
     ("4C3-6", "same", 2**40, torch.float64),  # counts past float32: totals past int64, as Python ints
 ])
 @pytest.mark.parametrize("threads", ["one", "all"])
-def test_near_membranes_are_the_exact_sums(monkeypatch, notation, padding, largest, dtype, threads):
-    """ExactANN._exact_membranes (the float64 parts summed by _near_sums, on one thread or
-    shared among them, then combined) equals sum w x in fractions at any neuron, border and
-    padding included."""
+@pytest.mark.parametrize("layout", ["gathered", "channel-last"])
+def test_near_membranes_are_the_exact_sums(monkeypatch, notation, padding, largest, dtype, threads, layout):
+    """ExactANN._exact_membranes (the float64 parts summed by _near_sums on the inputs as
+    they are, or by _near_sums_last on a channel-last copy with the neurons taken channel
+    by channel; on one thread or shared among them; then combined) equals sum w x in
+    fractions at any neuron, border and padding included."""
     import qsnn.snn.exact as exact
     from tests.helpers import random_net
 
     monkeypatch.setattr(exact, "SERIAL_WORK", 2**62 if threads == "one" else 0)
+    monkeypatch.setattr(exact, "CHANNEL_LAST_WORK", math.inf if layout == "gathered" else 0.0)
 
     model = random_net(notation, k=1, B=None, seed=7, input_shape=(2, 8, 8), padding=padding)
     ann = ExactANN(model)
@@ -519,6 +522,25 @@ def test_near_membranes_are_the_exact_sums(monkeypatch, notation, padding, large
             assert Fraction(found[i]) / scale == _membrane_in_fractions(layer.block, x, int(image[i]), int(neuron[i])), (
                 f"block {index + 1}, image {image[i]}, neuron {neuron[i]}"
             )
+
+
+def test_parts_are_combined_in_int64_wherever_the_total_fits_and_as_python_ints_beyond():
+    """_combine(sums, bits) = sum_j sums[j] 2^(bits j) exactly: int64 when the parts' own
+    bounds keep every total below 2^62 (a low part near 2^52 with a small high part
+    included), Python ints beyond."""
+    from qsnn.snn.exact import _combine
+
+    low = torch.tensor([2.0**52 - 1, -(2.0**52 - 1), 0.0, 12345.0], dtype=torch.float64)
+    high = torch.tensor([3.0, -5.0, 2.0**20, 0.0], dtype=torch.float64)
+    wanted = [int(a) + (int(b) << 35) for a, b in zip(low.tolist(), high.tolist(), strict=True)]
+    found = _combine([low, high], 35)
+    assert isinstance(found, torch.Tensor) and found.dtype == torch.int64
+    assert found.tolist() == wanted
+    high[2] = 2.0**40  # 2^75: past int64
+    found = _combine([low, high], 35)
+    assert isinstance(found, list)
+    assert found == [int(a) + (int(b) << 35) for a, b in zip(low.tolist(), high.tolist(), strict=True)]
+    assert found[2] == 2**75
 
 
 def test_a_tie_the_float32_pass_misses_is_decided_by_the_exact_membrane():
