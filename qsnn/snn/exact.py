@@ -197,18 +197,24 @@ NEAR_ROOM = 256  # near neurons per image listed by the decision kernel (more: f
 EXACT_SUMS = {"reassoc", "contract"}
 
 
-@njit(inline="always", fastmath=EXACT_SUMS, cache=True)
-def _near_sum(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i):
-    """out[:, i] (see :func:`_near_sums`) for the neuron ``flat`` of image ``b``."""
-    in_c, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
+@njit(inline="always", cache=True)
+def _receptive_field(flat, plane, out_w, kernel, stride, pad, in_h, in_w):
+    """The output channel of neuron ``flat`` (c * plane + position), its receptive field's
+    corner (top, left) and the kernel rows and columns inside the image."""
     c = flat // plane
     q = flat - c * plane
     oy = q // out_w
     ox = q - oy * out_w
-    top = oy * stride - pad  # the receptive field's corner, and the rows and columns inside the image
+    top = oy * stride - pad
     left = ox * stride - pad
-    ky_lo, ky_hi = max(0, -top), min(kernel, in_h - top)
-    kx_lo, kx_hi = max(0, -left), min(kernel, in_w - left)
+    return c, top, left, max(0, -top), min(kernel, in_h - top), max(0, -left), min(kernel, in_w - left)
+
+
+@njit(inline="always", fastmath=EXACT_SUMS, cache=True)
+def _near_sum(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i):
+    """out[:, i] (see :func:`_near_sums`) for the neuron ``flat`` of image ``b``."""
+    in_c, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
+    c, top, left, ky_lo, ky_hi, kx_lo, kx_hi = _receptive_field(flat, plane, out_w, kernel, stride, pad, in_h, in_w)
     dense = in_h == 1 and in_w == 1 and kernel == 1
     for j in range(parts.shape[0]):
         weights = parts[j, c]
@@ -235,14 +241,7 @@ def _near_sum_last(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i)
     in_h = x.shape[1]
     in_c = parts.shape[2] // (kernel * kernel)
     in_w = x.shape[2] // in_c
-    c = flat // plane
-    q = flat - c * plane
-    oy = q // out_w
-    ox = q - oy * out_w
-    top = oy * stride - pad
-    left = ox * stride - pad
-    ky_lo, ky_hi = max(0, -top), min(kernel, in_h - top)
-    kx_lo, kx_hi = max(0, -left), min(kernel, in_w - left)
+    c, top, left, ky_lo, ky_hi, kx_lo, kx_hi = _receptive_field(flat, plane, out_w, kernel, stride, pad, in_h, in_w)
     width = (kx_hi - kx_lo) * in_c
     for j in range(parts.shape[0]):
         weights = parts[j, c]
