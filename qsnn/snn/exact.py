@@ -211,9 +211,11 @@ def _receptive_field(flat, plane, out_w, kernel, stride, pad, in_h, in_w):
 
 
 @njit(inline="always", fastmath=EXACT_SUMS, cache=True)
-def _near_sum(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i):
-    """out[:, i] (see :func:`_near_sums`) for the neuron ``flat`` of image ``b``."""
-    in_c, in_h, in_w = x.shape[1], x.shape[2], x.shape[3]
+def _near_sum(x, parts, b, flat, plane, out_w, kernel, stride, pad, in_w, out, i):
+    """out[:, i] (see :func:`_near_sums`) for the neuron ``flat`` of image ``b``, from
+    inputs ``x`` (images, C, H * W) and ``parts`` in the weights' (channel, row, column)
+    order."""
+    in_c, in_h = x.shape[1], x.shape[2] // in_w
     c, top, left, ky_lo, ky_hi, kx_lo, kx_hi = _receptive_field(flat, plane, out_w, kernel, stride, pad, in_h, in_w)
     dense = in_h == 1 and in_w == 1 and kernel == 1
     for j in range(parts.shape[0]):
@@ -221,12 +223,12 @@ def _near_sum(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i):
         total = 0.0
         if dense:  # (one contiguous run)
             for ci in range(in_c):
-                total += weights[ci] * np.float64(x[b, ci, 0, 0])
+                total += weights[ci] * np.float64(x[b, ci, 0])
             out[j, i] = total
             continue
         for ci in range(in_c):
             for ky in range(ky_lo, ky_hi):
-                row = x[b, ci, top + ky]
+                row = x[b, ci, (top + ky) * in_w : (top + ky + 1) * in_w]
                 at = (ci * kernel + ky) * kernel
                 for kx in range(kx_lo, kx_hi):
                     total += weights[at + kx] * np.float64(row[left + kx])
@@ -234,13 +236,12 @@ def _near_sum(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i):
 
 
 @njit(inline="always", fastmath=EXACT_SUMS, cache=True)
-def _near_sum_last(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i):
-    """:func:`_near_sum` for channel-last inputs, ``x`` (images, H, W * C), and ``parts``
+def _near_sum_last(x, parts, b, flat, plane, out_w, kernel, stride, pad, in_w, out, i):
+    """:func:`_near_sum` from channel-last inputs, ``x`` (images, H, W * C), and ``parts``
     in (row, column, channel) order: the inputs a kernel row reaches are one contiguous
     run, as are its weights, summed as one vectorized dot product."""
     in_h = x.shape[1]
-    in_c = parts.shape[2] // (kernel * kernel)
-    in_w = x.shape[2] // in_c
+    in_c = x.shape[2] // in_w
     c, top, left, ky_lo, ky_hi, kx_lo, kx_hi = _receptive_field(flat, plane, out_w, kernel, stride, pad, in_h, in_w)
     width = (kx_hi - kx_lo) * in_c
     for j in range(parts.shape[0]):
@@ -254,38 +255,35 @@ def _near_sum_last(x, parts, b, flat, plane, out_w, kernel, stride, pad, out, i)
         out[j, i] = total
 
 
-@njit(fastmath=EXACT_SUMS, cache=True)
-def _near_sums_last(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
-    """:func:`_near_sums` for channel-last inputs (see :func:`_near_sum_last`)."""
-    for i in range(image.shape[0]):
-        _near_sum_last(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, out, i)
-
-
-@njit(parallel=True, fastmath=EXACT_SUMS, cache=True)
-def _near_sums_last_parallel(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
-    """:func:`_near_sums_last` with the neurons shared among the threads."""
-    for i in prange(image.shape[0]):
-        _near_sum_last(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, out, i)
+@njit(inline="always", fastmath=EXACT_SUMS, cache=True)
+def _near_sum_either(x, parts, b, flat, plane, out_w, kernel, stride, pad, in_w, channel_last, out, i):
+    """:func:`_near_sum_last` or :func:`_near_sum`, as the inputs' layout is."""
+    if channel_last:
+        _near_sum_last(x, parts, b, flat, plane, out_w, kernel, stride, pad, in_w, out, i)
+    else:
+        _near_sum(x, parts, b, flat, plane, out_w, kernel, stride, pad, in_w, out, i)
 
 
 @njit(fastmath=EXACT_SUMS, cache=True)
-def _near_sums(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
+def _near_sums(x, parts, image, neuron, plane, out_w, kernel, stride, pad, in_w, channel_last, out):
     """out[j, i] = sum_t parts[j, c, t] x_t over the inputs x_t of neuron i: channel c and
     output position q of the flat index neuron[i] = c * plane + q, in image image[i].
-    ``x``: (images, C, H, W) (a dense layer's inputs as (images, features, 1, 1), with
-    plane = out_w = kernel = stride = 1, pad = 0); ``parts``: (parts, out channels,
-    C * kernel * kernel) in the weights' (channel, row, column) order; inputs outside
-    the image (padding) are 0. The caller makes every part's every sum of products an
-    integer below 2^53 in float64, so that each is exact, whatever the order."""
+    ``x``: (images, C, H * W), or with ``channel_last`` (images, H, W * C) (a dense
+    layer's inputs as (images, features, 1), with plane = out_w = kernel = stride =
+    in_w = 1, pad = 0); ``parts``: (parts, out channels, C * kernel * kernel) in the
+    weights' (channel, row, column) order, or with ``channel_last`` (row, column,
+    channel); inputs outside the image (padding) are 0. The caller makes every part's
+    every sum of products an integer below 2^53 in float64, so that each is exact,
+    whatever the order."""
     for i in range(image.shape[0]):
-        _near_sum(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, out, i)
+        _near_sum_either(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, in_w, channel_last, out, i)
 
 
 @njit(parallel=True, fastmath=EXACT_SUMS, cache=True)
-def _near_sums_parallel(x, parts, image, neuron, plane, out_w, kernel, stride, pad, out):
+def _near_sums_parallel(x, parts, image, neuron, plane, out_w, kernel, stride, pad, in_w, channel_last, out):
     """:func:`_near_sums` with the neurons shared among the threads."""
     for i in prange(image.shape[0]):
-        _near_sum(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, out, i)
+        _near_sum_either(x, parts, image[i], neuron[i], plane, out_w, kernel, stride, pad, in_w, channel_last, out, i)
 
 
 # multiply-adds below which a kernel runs on one thread: starting the threads costs more, and
@@ -382,8 +380,7 @@ class ExactANN:
     def _stacked_parts(self, index: int, scaled: np.ndarray, largest_input: float, channel_last: bool = False):
         """:meth:`_parts_for` as one float64 array (parts, out channels, fan-in), the fan-in
         in the weights' (channel, row, column) order, or with ``channel_last`` in (row,
-        column, channel) order, for :func:`_near_sums` and :func:`_near_sums_last`: (that
-        array, bits)."""
+        column, channel) order, for :func:`_near_sums`: (that array, bits)."""
 
         parts, bits = self._parts_for(index, scaled, largest_input)
         key = ("stacked", index, bits, channel_last)
@@ -604,8 +601,8 @@ class ExactANN:
         """W_int x at the neurons ``neuron`` (flat indices within their image) of the images
         ``image``, for integer inputs x up to ``largest``: an int64 tensor where every value
         fits, else a list of Python ints. Each part of W_int (see :meth:`_parts_for`) is
-        summed exactly in float64 by :func:`_near_sums` (or, on channel-last inputs,
-        :func:`_near_sums_last`), and the parts are combined in integers."""
+        summed exactly in float64 by :func:`_near_sums` (on a channel-last copy of the
+        inputs where that pays), and the parts are combined in integers."""
 
         block = layer.block
         terms = int(np.prod(layer.scaled.shape[1:]))
@@ -613,25 +610,22 @@ class ExactANN:
         # inputs are then one contiguous run (wide layers; a few neurons keep the gather)
         channel_last = block.layer.kind == "conv" and len(image) * terms >= CHANNEL_LAST_WORK * x.numel()
         parts, bits = self._stacked_parts(index, layer.scaled, largest, channel_last)
-        if block.layer.kind == "conv":
-            inputs = x.permute(0, 2, 3, 1).reshape(len(x), x.shape[2], -1) if channel_last else x  # (copied)
+        if block.layer.kind == "conv":  # (images, C, H * W), or a channel-last copy (images, H, W * C)
+            inputs = x.permute(0, 2, 3, 1).reshape(len(x), x.shape[2], -1) if channel_last else x.flatten(2)
             plane, out_w = int(np.prod(block.layer.out_shape[1:])), block.layer.out_shape[2]
-            kernel, stride, pad = block.layer.kernel, block.layer.stride, block.layer.padding
+            kernel, stride, pad, in_w = block.layer.kernel, block.layer.stride, block.layer.padding, x.shape[3]
         else:
-            inputs = x.reshape(len(x), -1, 1, 1)
-            plane = out_w = kernel = stride = 1
+            inputs = x.reshape(len(x), -1, 1)
+            plane = out_w = kernel = stride = in_w = 1
             pad = 0
-        serial = len(image) * parts.shape[0] * parts.shape[2] < SERIAL_WORK
-        if channel_last:
-            kernel_for = _near_sums_last if serial else _near_sums_last_parallel
-        else:
-            kernel_for = _near_sums if serial else _near_sums_parallel
+        kernel_for = _near_sums if len(image) * parts.shape[0] * parts.shape[2] < SERIAL_WORK else _near_sums_parallel
         # channel-last: channel by channel (of all the images), so that each channel's weight
         # rows, far larger than an image's inputs, come from memory once, then from the caches
         order = np.argsort(neuron // plane, kind="stable") if channel_last else np.arange(len(neuron))
         by_channel = np.empty((len(parts), len(image)))
         kernel_for(np.ascontiguousarray(inputs.numpy()), parts, np.ascontiguousarray(image[order], dtype=np.int64),
-                   np.ascontiguousarray(neuron[order], dtype=np.int64), plane, out_w, kernel, stride, pad, by_channel)
+                   np.ascontiguousarray(neuron[order], dtype=np.int64), plane, out_w, kernel, stride, pad, in_w,
+                   channel_last, by_channel)
         out = np.empty_like(by_channel)
         out[:, order] = by_channel
         sums = [torch.from_numpy(row) for row in out]
