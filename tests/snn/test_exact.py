@@ -493,9 +493,9 @@ def _membrane_in_fractions(block, x: torch.Tensor, image: int, neuron: int) -> F
 @pytest.mark.parametrize("layout", ["gathered", "channel-last"])
 def test_near_membranes_are_the_exact_sums(monkeypatch, notation, padding, largest, dtype, threads, layout):
     """ExactANN._exact_membranes (the float64 parts summed by _near_sums on the inputs as
-    they are, or by _near_sums_last on a channel-last copy with the neurons taken channel
-    by channel; on one thread or shared among them; then combined) equals sum w x in
-    fractions at any neuron, border and padding included."""
+    they are, or on a channel-last copy with the neurons taken channel by channel; on one
+    thread or shared among them; then combined) equals sum w x in fractions at any
+    neuron, border and padding included."""
     import qsnn.snn.exact as exact
     from tests.helpers import random_net
 
