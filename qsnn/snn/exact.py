@@ -217,15 +217,9 @@ def _near_sum(x, parts, b, flat, plane, out_w, kernel, stride, pad, in_w, out, i
     order."""
     in_c, in_h = x.shape[1], x.shape[2] // in_w
     c, top, left, ky_lo, ky_hi, kx_lo, kx_hi = _receptive_field(flat, plane, out_w, kernel, stride, pad, in_h, in_w)
-    dense = in_h == 1 and in_w == 1 and kernel == 1
     for j in range(parts.shape[0]):
         weights = parts[j, c]
         total = 0.0
-        if dense:  # (one contiguous run)
-            for ci in range(in_c):
-                total += weights[ci] * np.float64(x[b, ci, 0])
-            out[j, i] = total
-            continue
         for ci in range(in_c):
             for ky in range(ky_lo, ky_hi):
                 row = x[b, ci, (top + ky) * in_w : (top + ky + 1) * in_w]
@@ -269,8 +263,8 @@ def _near_sums(x, parts, image, neuron, plane, out_w, kernel, stride, pad, in_w,
     """out[j, i] = sum_t parts[j, c, t] x_t over the inputs x_t of neuron i: channel c and
     output position q of the flat index neuron[i] = c * plane + q, in image image[i].
     ``x``: (images, C, H * W), or with ``channel_last`` (images, H, W * C) (a dense
-    layer's inputs as (images, features, 1), with plane = out_w = kernel = stride =
-    in_w = 1, pad = 0); ``parts``: (parts, out channels, C * kernel * kernel) in the
+    layer's inputs as (images, 1, features), channel-last, with plane = out_w = kernel =
+    stride = in_w = 1, pad = 0); ``parts``: (parts, out channels, C * kernel * kernel) in the
     weights' (channel, row, column) order, or with ``channel_last`` (row, column,
     channel); inputs outside the image (padding) are 0. The caller makes every part's
     every sum of products an integer below 2^53 in float64, so that each is exact,
@@ -606,28 +600,32 @@ class ExactANN:
 
         block = layer.block
         terms = int(np.prod(layer.scaled.shape[1:]))
-        # channel-last when the sums outweigh a copy of the inputs: each kernel position's
-        # inputs are then one contiguous run (wide layers; a few neurons keep the gather)
-        channel_last = block.layer.kind == "conv" and len(image) * terms >= CHANNEL_LAST_WORK * x.numel()
-        parts, bits = self._stacked_parts(index, layer.scaled, largest, channel_last)
-        if block.layer.kind == "conv":  # (images, C, H * W), or a channel-last copy (images, H, W * C)
-            inputs = x.permute(0, 2, 3, 1).reshape(len(x), x.shape[2], -1) if channel_last else x.flatten(2)
+        # a convolution's inputs copied channel-last when the sums outweigh the copy: each
+        # kernel row's inputs are then one contiguous run (wide layers; a few neurons keep
+        # the gather). A dense layer's inputs are one run as they are: (images, 1, features).
+        copied = block.layer.kind == "conv" and len(image) * terms >= CHANNEL_LAST_WORK * x.numel()
+        parts, bits = self._stacked_parts(index, layer.scaled, largest, copied)
+        if block.layer.kind == "conv":  # (images, C, H * W), or the copy (images, H, W * C)
+            inputs = x.permute(0, 2, 3, 1).reshape(len(x), x.shape[2], -1) if copied else x.flatten(2)
             plane, out_w = int(np.prod(block.layer.out_shape[1:])), block.layer.out_shape[2]
             kernel, stride, pad, in_w = block.layer.kernel, block.layer.stride, block.layer.padding, x.shape[3]
         else:
-            inputs = x.reshape(len(x), -1, 1)
+            inputs = x.reshape(len(x), 1, -1)
             plane = out_w = kernel = stride = in_w = 1
             pad = 0
         kernel_for = _near_sums if len(image) * parts.shape[0] * parts.shape[2] < SERIAL_WORK else _near_sums_parallel
-        # channel-last: channel by channel (of all the images), so that each channel's weight
-        # rows, far larger than an image's inputs, come from memory once, then from the caches
-        order = np.argsort(neuron // plane, kind="stable") if channel_last else np.arange(len(neuron))
-        by_channel = np.empty((len(parts), len(image)))
-        kernel_for(np.ascontiguousarray(inputs.numpy()), parts, np.ascontiguousarray(image[order], dtype=np.int64),
-                   np.ascontiguousarray(neuron[order], dtype=np.int64), plane, out_w, kernel, stride, pad, in_w,
-                   channel_last, by_channel)
-        out = np.empty_like(by_channel)
-        out[:, order] = by_channel
+        if copied:  # channel by channel (of all the images): each channel's weight rows, far
+            # larger than an image's inputs, come from memory once, then from the caches
+            order = np.argsort(neuron // plane, kind="stable")
+            image, neuron = image[order], neuron[order]
+        found = np.empty((len(parts), len(image)))
+        kernel_for(np.ascontiguousarray(inputs.numpy()), parts, np.ascontiguousarray(image, dtype=np.int64),
+                   np.ascontiguousarray(neuron, dtype=np.int64), plane, out_w, kernel, stride, pad, in_w,
+                   copied or block.layer.kind != "conv", found)
+        out = found
+        if copied:
+            out = np.empty_like(found)
+            out[:, order] = found
         sums = [torch.from_numpy(row) for row in out]
         return _combine(sums, bits)
 
