@@ -1061,8 +1061,10 @@ def run(program: Program, encoding_counts: np.ndarray, steps: int, auto: bool, e
 
 
 def _chunks(images: int) -> int:
-    """Chunks of images for the parallel kernels: a few per thread, for balance."""
-    return max(1, min(images, 4 * numba.get_num_threads()))
+    """Chunks of images for the parallel kernels: one per thread. numba hands each thread
+    an equal run of consecutive iterations, so more chunks would not balance the threads;
+    they would only allocate more sets of state buffers."""
+    return max(1, min(images, numba.get_num_threads()))
 
 
 def threads() -> int:
