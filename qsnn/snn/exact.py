@@ -604,6 +604,7 @@ class ExactANN:
         # kernel row's inputs are then one contiguous run (wide layers; a few neurons keep
         # the gather). A dense layer's inputs are one run as they are: (images, 1, features).
         copied = block.layer.kind == "conv" and len(image) * terms >= CHANNEL_LAST_WORK * x.numel()
+        channel_last = copied or block.layer.kind != "conv"  # (a dense layer's one kernel position: either order)
         parts, bits = self._stacked_parts(index, layer.scaled, largest, copied)
         if block.layer.kind == "conv":  # (images, C, H * W), or the copy (images, H, W * C)
             inputs = x.permute(0, 2, 3, 1).reshape(len(x), x.shape[2], -1) if copied else x.flatten(2)
@@ -621,7 +622,7 @@ class ExactANN:
         found = np.empty((len(parts), len(image)))
         kernel_for(np.ascontiguousarray(inputs.numpy()), parts, np.ascontiguousarray(image, dtype=np.int64),
                    np.ascontiguousarray(neuron, dtype=np.int64), plane, out_w, kernel, stride, pad, in_w,
-                   copied or block.layer.kind != "conv", found)
+                   channel_last, found)
         out = found
         if copied:
             out = np.empty_like(found)
